@@ -32,6 +32,20 @@ def _cmd_bench(args: argparse.Namespace, rest: list[str]) -> dict:
   return target.run(target_parser.parse_args(rest))
 
 
+def _cmd_train(args: argparse.Namespace, rest: list[str]) -> dict:
+  from sesam_jax import config_lib
+  from sesam_jax.train import loop
+  config = config_lib.config_from_flags(args.config, rest)
+  return loop.train_and_evaluate(config, args.workdir)
+
+
+def _cmd_eval(args: argparse.Namespace, rest: list[str]) -> dict:
+  from sesam_jax import config_lib
+  from sesam_jax.train import loop
+  config = config_lib.config_from_flags(args.config, rest)
+  return loop.evaluate_workdir(config, args.workdir)
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="sesam", description=__doc__.splitlines()[0],
@@ -51,6 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--what", required=True,
                  help="benchmark target; `sesam bench --what NAME --help` lists its flags")
   p.set_defaults(handler=_cmd_bench, takes_rest=True)
+
+  for name, handler, text in (
+      ("train", _cmd_train, "train a student (resumes from --workdir), then evaluate it"),
+      ("eval", _cmd_eval, "evaluate the latest checkpoint in --workdir (student and EMA)")):
+    p = sub.add_parser(name, help=text, epilog="Any config field can be overridden with "
+                       "--config.FIELD=VALUE (e.g. --config.optim.lr=6e-5 --config.num_steps=100).")
+    p.add_argument("--config", required=True, metavar="FILE.py[:ARGS]",
+                   help="config file and its arguments, e.g. configs/segformer_camvid.py:weak=points")
+    p.add_argument("--workdir", required=True, help="run directory (checkpoints, logs)")
+    p.set_defaults(handler=handler, takes_rest=True)
   return parser
 
 

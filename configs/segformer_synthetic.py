@@ -1,0 +1,17 @@
+"""SegFormer (tiny variant by default) on the generated `synthetic` scenes: no data needed.
+
+  sesam train --config=configs/segformer_synthetic.py:weak=points --workdir=workdirs/synth
+
+Used by the tests (kill-and-resume, multi-device) and the demo; finishes in a couple of minutes
+on a CPU. The short schedule lowers the EMA decay to 0.9 so the teacher follows the student.
+Arguments after the colon: weak=fine|points|scribbles|coarse, runlocal, tiny (default on here;
+`tiny=0` trains SegFormer-B0).
+"""
+
+from sesam_jax import config_lib
+
+
+def get_config(arg=None):
+  config, args = config_lib.student_dataset_config("segformer", "synthetic", "tiny," + (arg or ""))
+  config_lib.synthetic_schedule(config, runlocal=args.runlocal)
+  return config

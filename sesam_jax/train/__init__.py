@@ -1,0 +1,1 @@
+"""Training: train state with EMA teacher, optimizer, losses, the jitted step, the loop."""

@@ -1,0 +1,144 @@
+"""The pure training step, jitted once over the data-parallel mesh.
+
+`train_step(state, batch, rng, *, model, cfg) -> (state, metrics)`: label sources -> student
+forward -> CE -> AdamW -> EMA. Under `jit` with the batch sharded on "data" and the state
+replicated, XLA inserts the gradient all-reduce; losses are means over the global batch, so 1 and
+N devices compute the same thing. The SeSAM step adds a teacher forward and more label sources by
+extending `label_sources` (it already receives the state and a key).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from sesam_jax.train import losses
+from sesam_jax.train.optim import global_norm
+from sesam_jax.train.train_state import TrainState, replicated
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  """Static settings of the step (hashable; closed over by jit, never traced)."""
+  lr_schedule: Callable[[Any], Any]   # backbone lr at a step, for the `lr` metric
+  ema_decay: float = 0.999            # teacher = decay * teacher + (1 - decay) * student
+  weak_weight: float = 1.0            # weight of the CE on the training labels
+  ignore_index: int = losses.IGNORE_INDEX
+
+
+def normalize(images_BHWC: jax.Array) -> jax.Array:
+  """uint8 images -> the student's float32 input (ImageNet mean/std of sesam_jax.models)."""
+  from sesam_jax.models import normalize_images  # the models package owns the constants
+  return normalize_images(images_BHWC)
+
+
+def label_sources(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array, *,
+                  model: nn.Module, cfg: StepConfig) -> dict[str, losses.LabelSource]:
+  """The supervision of this step: name -> (labels BxHxW, weight).
+
+  Supervised training has one source, `weak` (the fine label when training on fine labels).
+  The SeSAM step extends this with `sam` and `pseudo` (teacher forward on the weak view).
+  """
+  del state, rng, model
+  return {"weak": losses.LabelSource(batch["weak"], cfg.weak_weight)}
+
+
+def ema_update(ema: Any, new: Any, decay: float) -> Any:
+  """decay * ema + (1 - decay) * new, leaf by leaf, keeping each leaf's dtype."""
+  return jax.tree.map(lambda e, n: (decay * e + (1.0 - decay) * n).astype(e.dtype), ema, new)
+
+
+def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array, *,
+               model: nn.Module, cfg: StepConfig) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer step.
+
+  Args:
+    state: the current TrainState.
+    batch: "image" BxCxCx3 uint8, "weak" BxCxC uint8 (255 = unlabeled), plus whatever the
+      label sources read.
+    rng: the run's base key; folded with the step so a resumed run draws the same keys.
+    model: the student.
+    cfg: static step settings.
+
+  Returns:
+    (new state, metrics): scalar float32 metrics `loss`, `loss_<src>`, `coverage_<src>`,
+    `grad_norm`, `param_norm`, `update_norm`, `lr`.
+  """
+  step_rng = jax.random.fold_in(rng, state.step)
+  sources_rng, dropout_rng = jax.random.split(step_rng)
+  sources = label_sources(state, batch, sources_rng, model=model, cfg=cfg)
+  images = normalize(batch["image"])
+
+  def loss_fn(params: Any) -> tuple[jax.Array, tuple[Any, dict]]:
+    logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, images,
+                                  train=True, mutable=["batch_stats"],
+                                  rngs={"dropout": dropout_rng})
+    loss, metrics = losses.segmentation_loss(logits, sources, cfg.ignore_index)
+    return loss, (updates.get("batch_stats", {}), metrics)
+
+  (loss, (batch_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  new_state = state.replace(
+      step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
+      ema_params=ema_update(state.ema_params, params, cfg.ema_decay),
+      ema_batch_stats=ema_update(state.ema_batch_stats, batch_stats, cfg.ema_decay))
+  metrics.update(loss=loss, grad_norm=global_norm(grads), param_norm=global_norm(params),
+                 update_norm=global_norm(updates), lr=cfg.lr_schedule(state.step))
+  return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+
+
+def make_mesh(devices: list | None = None) -> Mesh:
+  """A 1-D data-parallel mesh over `devices` (default: every device of every host)."""
+  return Mesh(np.asarray(devices if devices is not None else jax.devices()), ("data",))
+
+
+def check_batch_size(global_batch: int, mesh: Mesh, what: str = "batch_size") -> None:
+  """Fails early when the global batch does not split evenly across devices and hosts."""
+  n = mesh.devices.size
+  if global_batch % n or global_batch % jax.process_count():
+    raise ValueError(f"config.{what}={global_batch} does not split across {n} devices "
+                     f"({jax.process_count()} hosts); use a multiple of {n}, e.g. "
+                     f"--config.{what}={max(n, global_batch // n * n)}.")
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """The sharding of batch arrays: leading (example) axis split over "data"."""
+  return NamedSharding(mesh, P("data"))
+
+
+def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Host numpy batch (this host's examples) -> global jax arrays split over "data"."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in batch.items()}
+
+
+def jit_train_step(model: nn.Module, cfg: StepConfig, mesh: Mesh, state: TrainState,
+                   step_fn: Callable = train_step) -> Callable:
+  """`step_fn` bound to model/cfg, jitted with explicit shardings and the state donated.
+
+  Args:
+    model: the student.
+    cfg: static step settings.
+    mesh: the data mesh.
+    state: a state (abstract is fine) whose structure fixes the state shardings.
+    step_fn: the step to compile (the SeSAM step passes its own with the same signature).
+
+  Returns:
+    A function (state, batch, rng) -> (state, metrics).
+  """
+  state_sharding = jax.tree.map(lambda _: replicated(mesh), state)
+  return jax.jit(functools.partial(step_fn, model=model, cfg=cfg),
+                 in_shardings=(state_sharding, batch_sharding(mesh), replicated(mesh)),
+                 out_shardings=(state_sharding, replicated(mesh)),
+                 donate_argnums=(0,))
