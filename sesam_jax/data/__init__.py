@@ -1,0 +1,1 @@
+"""Datasets, weak labels and the host input pipeline."""
