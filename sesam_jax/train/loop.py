@@ -162,12 +162,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
   _write_config(config, workdir)
 
-  # Each host reads its own slice of the global batch from its own seeded stream.
+  # Each host reads its own slice of the data and supplies its share of the global batch.
   dataset = make_train_dataset(
       train_source, crop=config.crop, batch_size=config.batch_size // jax.process_count(),
-      seed=config.seed + 1_000_003 * jax.process_index(), weak=config.weak,
-      weak_seed=config.weak_seed, scale_range=tuple(config.scale_range),
-      num_workers=config.num_workers)
+      seed=config.seed, weak=config.weak, weak_seed=config.weak_seed,
+      scale_range=tuple(config.scale_range), num_workers=config.num_workers,
+      shard_index=jax.process_index(), shard_count=jax.process_count())
   iterator = iter(dataset)
   ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
   if ckpt.latest_step() is not None:

@@ -1,0 +1,68 @@
+"""Config files, `file.py:arg` parsing and `--config.x=y` overrides with type coercion."""
+
+import glob
+import os
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from sesam_jax import config_lib
+from sesam_jax.train import optim, train_state
+from tests.train import fakes
+
+CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "..", "configs", "*.py")))
+
+
+def test_parse_arg_flags_and_values():
+  args = config_lib.parse_arg("weak=points,runlocal", weak="fine", runlocal=False, steps=3)
+  assert (args.weak, args.runlocal, args.steps) == ("points", True, 3)
+  with pytest.raises(ValueError, match="unknown config argument 'wek'"):
+    config_lib.parse_arg("wek=points", weak="fine")
+
+
+def test_overrides_coerce_to_field_type():
+  config = config_lib.base_config()
+  config_lib.apply_overrides(config, ["--config.optim.lr=6e-5", "--config.num_steps", "1e3",
+                                      "--config.eval.ema=false", "--config.scale_range=0.5,1",
+                                      "--config.dataset.name=camvid"])
+  assert config.optim.lr == 6e-5 and config.num_steps == 1000 and config.eval.ema is False
+  assert config.scale_range == (0.5, 1.0) and config.dataset.name == "camvid"
+  with pytest.raises(ValueError, match="no such field"):
+    config_lib.apply_overrides(config, ["--config.optim.lrr=1"])
+  with pytest.raises(ValueError, match="cannot read this as a int"):
+    config_lib.apply_overrides(config, ["--config.num_steps=ten"])
+  with pytest.raises(ValueError, match="unknown flag"):
+    config_lib.apply_overrides(config, ["--steps=3"])
+
+
+def test_paper_schedules():
+  c = config_lib.load_config(os.path.join(os.path.dirname(CONFIGS[0]), "segformer_cityscapes.py"))
+  assert (c.crop, c.batch_size, c.num_steps, c.eval.mode) == (1024, 8, 120_000, "slide")
+  c = config_lib.load_config(CONFIGS[0].replace(os.path.basename(CONFIGS[0]),
+                                                "deeplabv3plus_ade20k.py:weak=scribbles"))
+  assert (c.crop, c.batch_size, c.num_steps, c.weak) == (512, 16, 160_000, "scribbles")
+  c = config_lib.load_config(CONFIGS[0].replace(os.path.basename(CONFIGS[0]), "segformer_voc.py"))
+  assert (c.crop, c.batch_size, c.num_steps, c.optim.lr, c.ema_decay) == (512, 16, 60_000, 1e-4,
+                                                                          0.999)
+  with pytest.raises(FileNotFoundError, match="not found"):
+    config_lib.load_config("configs/nope.py:weak=fine")
+  with pytest.raises(ValueError, match="weak='dots'"):
+    config_lib.load_config(CONFIGS[0] + ":weak=dots")
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_every_config_loads_and_builds_its_model(path):
+  fakes.install()
+  from sesam_jax.models import create_model
+  for arg in ("", ":weak=coarse,runlocal"):
+    config = config_lib.load_config(path + arg)
+    assert config.weak in config_lib.WEAK_KINDS
+    assert config.batch_size % 4 == 0 or config.batch_size < 4, "fake 4-device mesh"
+    model = create_model(config.model, 19, dtype=jnp.dtype(config.dtype))
+    variables = jax.eval_shape(lambda: train_state.init_variables(model, jax.random.key(0), 64))
+    # The optimizer's head/backbone split must find the head of every student.
+    optim.make_optimizer(config.optim, variables["params"], config.num_steps)
+    out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, 64, 64, 3)), train=False),
+                         variables)
+    assert out.shape == (2, 16, 16, 19)
