@@ -9,7 +9,7 @@ import pytest
 
 from sesam_jax import config_lib
 from sesam_jax.train import optim, train_state
-from tests.train import fakes
+from . import fakes
 
 CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "..", "configs", "*.py")))
 

@@ -9,7 +9,7 @@ import pytest
 from sesam_jax import config_lib
 from sesam_jax.train import losses, optim, train_state
 from sesam_jax.train import train_step as step_lib
-from tests.train import fakes
+from . import fakes
 
 
 def _model(num_classes=4):

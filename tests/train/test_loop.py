@@ -1,0 +1,108 @@
+"""End to end on `synthetic`: train, SIGKILL mid-run, resume, same parameters; `sesam eval`."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from sesam_jax import config_lib, main as sesam_main
+from sesam_jax.train import loop
+from . import fakes
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+CONFIG = os.path.join(REPO, "configs", "segformer_synthetic.py") + ":runlocal"
+OVERRIDES = ["--config.num_steps=6", "--config.checkpoint_every=2", "--config.log_every=2",
+             "--config.crop=32", "--config.batch_size=8", "--config.dataset.image_size=48,64",
+             "--config.dataset.num_train_images=16", "--config.dataset.num_val_images=6",
+             "--config.eval.batch_size=4", "--config.optim.warmup_steps=2"]
+
+# Runs `sesam train` in a child process that stalls after committing the step-4 checkpoint, so
+# the parent can SIGKILL it at a known point (the kill itself is real and abrupt).
+_CHILD = """
+import sys, time
+sys.path.insert(0, {repo!r})
+from tests.train import fakes
+fakes.install()
+from sesam_jax.train import checkpoint
+_save = checkpoint.Checkpointer.save
+def save(self, step, state, iterator):
+  _save(self, step, state, iterator)
+  if step == 4:
+    self.manager.wait_until_finished()
+    print("CHECKPOINT 4", flush=True)
+    time.sleep(600)
+checkpoint.Checkpointer.save = save
+from sesam_jax import main
+sys.exit(main.main(sys.argv[1:]))
+"""
+
+
+def _final_params(workdir, step):
+  path = os.path.join(workdir, "checkpoints", str(step), "state")
+  return ocp.StandardCheckpointer().restore(path)["params"]
+
+
+def _config():
+  return config_lib.config_from_flags(CONFIG, OVERRIDES)
+
+
+def test_killed_run_resumes_to_the_same_parameters(tmp_path, capsys):
+  fakes.install()
+  work_a, work_b = str(tmp_path / "a"), str(tmp_path / "b")
+  result_a = loop.train_and_evaluate(_config(), work_a)
+  assert result_a["step"] == 6 and 0.0 <= result_a["val_miou"] <= 1.0
+  assert result_a["val_images"] == 6 and "val_miou_ema" in result_a
+  rows = [json.loads(line) for line in open(os.path.join(work_a, "metrics.jsonl"))]
+  assert [r["step"] for r in rows if "train/loss" in r] == [2, 4, 6]
+  assert os.listdir(os.path.join(work_a, "tensorboard"))
+
+  env = dict(os.environ, PYTHONPATH=REPO)
+  child = subprocess.Popen(
+      [sys.executable, "-c", _CHILD.format(repo=REPO), "train", f"--config={CONFIG}",
+       f"--workdir={work_b}", *OVERRIDES], env=env, stdout=subprocess.PIPE, text=True)
+  try:
+    line = child.stdout.readline()  # blocks until step 4 is committed (or the child dies)
+    assert line.startswith("CHECKPOINT 4"), f"child exited early: {child.wait()}"
+    child.send_signal(signal.SIGKILL)
+  finally:
+    child.kill()
+    child.wait()
+  assert os.listdir(os.path.join(work_b, "checkpoints")) == ["2", "4"] or set(
+      os.listdir(os.path.join(work_b, "checkpoints"))) >= {"4"}
+
+  result_b = loop.train_and_evaluate(_config(), work_b)  # the same command, resumed
+  assert result_b["step"] == 6
+  a, b = _final_params(work_a, 6), _final_params(work_b, 6)
+  for (path, x), y in zip(_leaves(a), [leaf for _, leaf in _leaves(b)]):
+    np.testing.assert_array_equal(x, y, err_msg=path)
+  assert result_b["val_miou"] == pytest.approx(result_a["val_miou"])
+
+  # `sesam eval` on the finished workdir reproduces the final evaluation.
+  capsys.readouterr()
+  assert sesam_main.main(["eval", f"--config={CONFIG}", f"--workdir={work_a}", *OVERRIDES]) == 0
+  out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert out["step"] == 6 and out["val_miou"] == pytest.approx(result_a["val_miou"])
+  assert "eval_seconds" in out
+
+
+def _leaves(tree, prefix=""):
+  if isinstance(tree, dict):
+    return [item for k in sorted(tree) for item in _leaves(tree[k], f"{prefix}/{k}")]
+  return [(prefix, np.asarray(tree))]
+
+
+def test_non_finite_metrics_stop_with_the_step():
+  with pytest.raises(loop.NonFiniteError, match="step 12: non-finite"):
+    loop._check_finite(12, {"loss": float("nan"), "grad_norm": 1.0})
+
+
+def test_eval_without_checkpoint_is_a_clear_error(tmp_path, capsys):
+  fakes.install()
+  code = sesam_main.main(["eval", f"--config={CONFIG}", f"--workdir={tmp_path}", *OVERRIDES])
+  assert code == 2 and "no checkpoint" in capsys.readouterr().err
