@@ -13,7 +13,6 @@ about). A scene depends only on (seed, split, index), is generated on access
 from __future__ import annotations
 
 import functools
-import hashlib
 
 import numpy as np
 
@@ -30,11 +29,6 @@ TEXTURE_AMPLITUDE = np.array([10, 22, 28, 30, 26, 26, 30], np.float32)
 
 def info() -> base.DatasetInfo:
   return base.DatasetInfo("synthetic", CLASS_NAMES, COLORS, len(CLASS_NAMES))
-
-
-def stable_hash(text: str) -> int:
-  """A 63-bit hash of `text` that is the same in every process (unlike hash())."""
-  return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") >> 1
 
 
 @functools.lru_cache(maxsize=8)
@@ -112,7 +106,7 @@ def generate_scene(seed: int, index: int, size: tuple[int, int] = (256, 512), *,
   H, W = size
   if H < 16 or W < 16:
     raise ValueError(f"synthetic scenes need size >= 16x16, got {size}.")
-  rng = np.random.default_rng(np.random.SeedSequence([seed, stable_hash(split), index]))
+  rng = np.random.default_rng(np.random.SeedSequence([seed, base.stable_hash(split), index]))
   yy, xx = _grid(H, W)
   label = np.empty((H, W), np.uint8)
   instance = np.zeros((H, W), np.int32)

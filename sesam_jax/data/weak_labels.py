@@ -1,0 +1,417 @@
+"""Weak labels from fine labels (the paper's three protocols), and user weak labels.
+
+Every function maps an HxW uint8 fine label (class ids, 255 = ignore) to an
+HxW uint8 weak label with 255 = unlabeled:
+
+- `points`: exactly one pixel per class present, drawn uniformly from that
+  class's pixels (Paul et al. 2020's one click per class).
+- `scribbles`: for each connected region above a minimum area, a stroke along
+  the longest path of the region's skeleton (a random stretch of it, like a
+  hand-drawn line that does not reach the region's ends), a few pixels wide and
+  clipped to the region (ScribbleSup-style, Lin et al. 2016).
+- `coarse`: for each connected region above a minimum area, its interior eroded
+  away from every class boundary and traced as a simplified polygon; boundaries
+  stay unlabeled (like Cityscapes gtCoarse and Das et al. 2023b).
+
+Randomness comes from a generator seeded by (seed, stable hash of the image
+id, kind), so a label is reproducible across processes and independent of the
+order in which images are visited. Size-dependent defaults (minimum area,
+widths, erosion) scale with the image so Cityscapes and CamVid get the same look.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import time
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage, sparse
+from scipy.sparse import csgraph
+from skimage import draw, measure, morphology
+
+from sesam_jax.data import base
+
+KINDS = ("points", "scribbles", "coarse")
+UNLABELED = base.IGNORE_INDEX
+# 8-neighbourhood offsets used to link skeleton pixels into a graph.
+_NEIGHBOURS = ((0, 1), (1, -1), (1, 0), (1, 1))
+
+
+def weak_label_rng(seed: int, image_id: str, kind: str) -> np.random.Generator:
+  """The generator for one (seed, image, kind): independent of visiting order."""
+  return np.random.default_rng(np.random.SeedSequence(
+      [int(seed), base.stable_hash(str(image_id)), KINDS.index(kind)]))
+
+
+def _check_label(label: np.ndarray, num_classes: int, ignore_index: int) -> np.ndarray:
+  label = np.asarray(label)
+  if label.ndim != 2:
+    raise ValueError(f"weak labels need an HxW label map, got shape {label.shape}.")
+  present = np.unique(label)
+  bad = present[(present >= num_classes) & (present != ignore_index)]
+  if bad.size:
+    raise ValueError(f"label holds ids {bad.tolist()} outside 0..{num_classes - 1} and "
+                     f"{ignore_index} (ignore); pass the dataset's num_classes.")
+  return label
+
+
+def _regions(label: np.ndarray, num_classes: int, ignore_index: int, min_area: float):
+  """Connected regions (8-connected, one class each) with at least `min_area` pixels.
+
+  Yields:
+    (class id, (row slice, col slice) bounding box, bool mask inside the box).
+  """
+  # measure.label links neighbouring pixels of equal value: one call finds every
+  # class's components. Ignore pixels become background 0 after the shift.
+  shifted = np.where(label == ignore_index, 0, label.astype(np.int32) + 1)
+  components = measure.label(shifted, background=0, connectivity=2)
+  for region in measure.regionprops(components):
+    if region.area < min_area:
+      continue
+    r0, c0, r1, c1 = region.bbox
+    class_id = int(label[region.coords[0, 0], region.coords[0, 1]])
+    yield class_id, (slice(r0, r1), slice(c0, c1)), region.image
+
+
+def make_points(label: np.ndarray, rng: np.random.Generator, *, num_classes: int,
+                ignore_index: int = UNLABELED) -> np.ndarray:
+  """One pixel per class present, uniform over that class's pixels.
+
+  Args:
+    label: HxW uint8 fine label.
+    rng: the image's generator (`weak_label_rng`).
+    num_classes: number of classes; ids >= it other than `ignore_index` are an error.
+    ignore_index: the fine label's ignore value.
+
+  Returns:
+    HxW uint8: one pixel per present class, 255 elsewhere.
+  """
+  label = _check_label(label, num_classes, ignore_index)
+  weak = np.full(label.shape, UNLABELED, np.uint8)
+  flat = label.ravel()
+  for class_id in np.unique(flat):
+    if class_id == ignore_index:
+      continue
+    where = np.flatnonzero(flat == class_id)
+    weak.flat[where[rng.integers(len(where))]] = class_id
+  return weak
+
+
+def _longest_skeleton_path(mask: np.ndarray) -> np.ndarray:
+  """Kx2 (row, col) pixels of the longest path of `mask`'s skeleton (in the box).
+
+  The skeleton is a graph on its pixels (8-neighbours); two breadth-first
+  searches (farthest node from anywhere, then farthest from that) give its
+  diameter, exact on trees and a close approximation when the skeleton has loops.
+  """
+  skeleton = morphology.skeletonize(mask)
+  pixels = np.argwhere(skeleton)
+  if len(pixels) == 0:  # Degenerate (e.g. 2-pixel-wide) shapes: use the deepest pixel.
+    depth = ndimage.distance_transform_edt(mask)
+    return np.array([np.unravel_index(np.argmax(depth), mask.shape)])
+  if len(pixels) == 1:
+    return pixels
+  index = np.full(mask.shape, -1, np.int64)
+  index[pixels[:, 0], pixels[:, 1]] = np.arange(len(pixels))
+  padded = np.pad(index, 1, constant_values=-1)
+  rows, cols = [], []
+  for dr, dc in _NEIGHBOURS:
+    neighbour = padded[1 + pixels[:, 0] + dr, 1 + pixels[:, 1] + dc]
+    keep = neighbour >= 0
+    rows.append(np.flatnonzero(keep)), cols.append(neighbour[keep])
+  rows, cols = np.concatenate(rows), np.concatenate(cols)
+  graph = sparse.csr_matrix((np.ones(len(rows), np.int8), (rows, cols)),
+                            shape=(len(pixels),) * 2)
+  order = csgraph.breadth_first_order(graph, 0, directed=False, return_predecessors=False)
+  start = order[-1]  # BFS visits by depth: the last node is a farthest one.
+  order, predecessors = csgraph.breadth_first_order(graph, start, directed=False)
+  path = [order[-1]]
+  while path[-1] != start:
+    path.append(predecessors[path[-1]])
+  return pixels[np.array(path)]
+
+
+def make_scribbles(label: np.ndarray, rng: np.random.Generator, *, num_classes: int,
+                   ignore_index: int = UNLABELED, min_area: float | None = None,
+                   width: int | None = None,
+                   length_range: tuple[float, float] = (0.6, 1.0)) -> np.ndarray:
+  """A stroke along each large region's skeleton, clipped to the region.
+
+  Args:
+    label: HxW uint8 fine label.
+    rng: the image's generator.
+    num_classes: number of classes.
+    ignore_index: the fine label's ignore value.
+    min_area: regions smaller than this (pixels) get no scribble; default
+      2e-4 of the image (35 px at 480x360, 420 px at 2048x1024).
+    width: stroke width in pixels; default 0.8% of the shorter side, odd, >= 3.
+    length_range: the stroke covers a random stretch of this fraction of the
+      skeleton's longest path.
+
+  Returns:
+    HxW uint8 scribbles, 255 elsewhere. Every scribble pixel lies in its region.
+  """
+  label = _check_label(label, num_classes, ignore_index)
+  H, W = label.shape
+  min_area = 2e-4 * H * W if min_area is None else min_area
+  if width is None:
+    width = max(3, int(round(0.008 * min(H, W))) | 1)
+  weak = np.full(label.shape, UNLABELED, np.uint8)
+  footprint = np.ones((width, width), bool)
+  for class_id, box, mask in _regions(label, num_classes, ignore_index, min_area):
+    path = _longest_skeleton_path(mask)
+    keep = max(1, int(round(len(path) * rng.uniform(*length_range))))
+    begin = rng.integers(0, len(path) - keep + 1)
+    path = path[begin:begin + keep]
+    stroke = np.zeros(mask.shape, bool)
+    stroke[path[:, 0], path[:, 1]] = True
+    stroke = ndimage.binary_dilation(stroke, footprint) & mask  # Stays inside the region.
+    weak[box][stroke] = class_id
+  return weak
+
+
+def _class_boundary_distance(label: np.ndarray) -> np.ndarray:
+  """HxW float: distance of each pixel to the nearest change of label value."""
+  edge = np.zeros(label.shape, bool)
+  vertical = label[1:] != label[:-1]
+  horizontal = label[:, 1:] != label[:, :-1]
+  edge[1:] |= vertical
+  edge[:-1] |= vertical
+  edge[:, 1:] |= horizontal
+  edge[:, :-1] |= horizontal
+  if not edge.any():
+    return np.full(label.shape, np.inf)
+  return ndimage.distance_transform_edt(~edge)
+
+
+def make_coarse(label: np.ndarray, rng: np.random.Generator, *, num_classes: int,
+                ignore_index: int = UNLABELED, min_area: float | None = None,
+                erosion: tuple[float, float] | None = None,
+                tolerance: float | None = None) -> np.ndarray:
+  """An eroded, polygon-simplified interior per region; boundaries unlabeled.
+
+  Args:
+    label: HxW uint8 fine label.
+    rng: the image's generator.
+    num_classes: number of classes.
+    ignore_index: the fine label's ignore value.
+    min_area: regions smaller than this (pixels) are dropped; default 1e-3 of
+      the image (173 px at 480x360).
+    erosion: (low, high) pixels kept clear of every class boundary, drawn per
+      region; default (0.008, 0.02) of the shorter side (2.9-7.2 px at 360).
+    tolerance: polygon simplification tolerance in pixels (Douglas-Peucker);
+      default 0.005 of the shorter side, and never above the low erosion, so a
+      polygon rarely crosses into a neighbour.
+
+  Returns:
+    HxW uint8 coarse label, 255 elsewhere.
+  """
+  label = _check_label(label, num_classes, ignore_index)
+  H, W = label.shape
+  short = min(H, W)
+  min_area = 1e-3 * H * W if min_area is None else min_area
+  erosion = (0.008 * short, 0.02 * short) if erosion is None else erosion
+  tolerance = min(0.005 * short, erosion[0]) if tolerance is None else tolerance
+  distance = _class_boundary_distance(label)
+  weak = np.full(label.shape, UNLABELED, np.uint8)
+  for class_id, box, mask in _regions(label, num_classes, ignore_index, min_area):
+    interior = mask & (distance[box] > rng.uniform(*erosion))
+    if interior.sum() < 4:
+      continue
+    # Polygons of the interior's outlines; even-odd filling keeps holes open.
+    filled = np.zeros(mask.shape, bool)
+    for contour in measure.find_contours(np.pad(interior, 1).astype(np.uint8), 0.5):
+      polygon = measure.approximate_polygon(contour - 1, tolerance)
+      if len(polygon) < 4:  # A closed triangle has 4 vertices (first == last).
+        continue
+      rr, cc = draw.polygon(polygon[:, 0], polygon[:, 1], shape=mask.shape)
+      filled[rr, cc] ^= True
+    target = weak[box]
+    target[filled & (target == UNLABELED)] = class_id
+  return weak
+
+
+_MAKERS = {"points": make_points, "scribbles": make_scribbles, "coarse": make_coarse}
+
+
+def make_weak_label(label: np.ndarray, kind: str, *, seed: int, image_id: str,
+                    num_classes: int, ignore_index: int = UNLABELED, **kw) -> np.ndarray:
+  """A weak label of `kind` from a fine label, deterministic in (seed, image_id).
+
+  Args:
+    label: HxW uint8 fine label (class ids, `ignore_index` = ignore).
+    kind: "points", "scribbles" or "coarse".
+    seed: protocol seed.
+    image_id: the image's id (file stem); hashed stably into the generator.
+    num_classes: number of classes.
+    ignore_index: the fine label's ignore value.
+    **kw: options of make_scribbles / make_coarse (min_area, width, erosion, ...).
+
+  Returns:
+    HxW uint8 weak label, 255 = unlabeled.
+  """
+  if kind not in _MAKERS:
+    raise ValueError(f"unknown weak label kind {kind!r}; choose one of: {', '.join(KINDS)}.")
+  rng = weak_label_rng(seed, image_id, kind)
+  return _MAKERS[kind](label, rng, num_classes=num_classes, ignore_index=ignore_index, **kw)
+
+
+# ---------------------------------------------------------------- user weak labels
+
+
+def read_weak_label(folder: str | os.PathLike, image_id: str, *, num_classes: int,
+                    shape: tuple[int, int] | None = None) -> np.ndarray:
+  """Reads `folder/<image_id>.png` (class ids, 255 = unlabeled).
+
+  Args:
+    folder: folder of weak-label PNGs ('L' or palette 'P').
+    image_id: the image stem.
+    num_classes: values must be < num_classes or 255.
+    shape: (H, W) the label must have (its image's size), if given.
+
+  Returns:
+    HxW uint8 weak label.
+  """
+  path = pathlib.Path(folder) / f"{image_id}.png"
+  if not path.is_file():
+    raise FileNotFoundError(f"weak label {path} not found for image {image_id!r}; every image "
+                            f"of the split needs <image stem>.png in {folder} (generate them "
+                            "with `sesam weak-labels` or export yours there).")
+  values = base.read_label_values(path)
+  weak = base.apply_lut(values, base.identity_lut(num_classes), path, "weak label")
+  if shape is not None and weak.shape != tuple(shape):
+    raise ValueError(f"weak label {path} is {weak.shape[1]}x{weak.shape[0]} (WxH) but its image "
+                     f"is {shape[1]}x{shape[0]}; labels must have the image's size.")
+  return weak
+
+
+class WeakLabeledSource:
+  """A source whose items also carry "weak_label" (HxW uint8, 255 = unlabeled).
+
+  The weak label is either generated from the fine label (`kind`, `seed`) or
+  read from a folder of PNGs (`folder`), e.g. the user's own annotations.
+  """
+
+  def __init__(self, source, *, kind: str | None = None, seed: int = 0,
+               folder: str | os.PathLike | None = None, **kw):
+    """Args:
+      source: a dataset source (`get_source`).
+      kind: generate this kind ("points", "scribbles", "coarse") ...
+      seed: ... with this seed;
+      folder: or read `<id>.png` from this folder (exactly one of kind/folder).
+      **kw: options for make_weak_label.
+    """
+    if (kind is None) == (folder is None):
+      raise ValueError("WeakLabeledSource takes exactly one of kind= or folder=.")
+    if kind is not None and kind not in KINDS:
+      raise ValueError(f"unknown weak label kind {kind!r}; choose one of: {', '.join(KINDS)}.")
+    if folder is not None:
+      folder = base.require_dir(folder, "weak label folder",
+                                "pass the folder holding <image stem>.png weak labels.")
+      missing = [i for i in source.ids if not (folder / f"{i}.png").is_file()]
+      if missing:
+        raise FileNotFoundError(f"{len(missing)} image(s) have no weak label in {folder}, e.g. "
+                                f"{folder / (missing[0] + '.png')}; add them or choose another "
+                                "folder.")
+    self.source, self.kind, self.seed, self.folder, self._kw = source, kind, seed, folder, kw
+    self.info, self.ids = source.info, source.ids
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, index: int) -> dict:
+    item = dict(self.source[index])
+    if self.folder is not None:
+      item["weak_label"] = read_weak_label(self.folder, item["id"],
+                                           num_classes=self.info.num_classes,
+                                           shape=item["label"].shape)
+    else:
+      item["weak_label"] = make_weak_label(item["label"], self.kind, seed=self.seed,
+                                           image_id=item["id"], num_classes=self.info.num_classes,
+                                           ignore_index=self.info.ignore_index, **self._kw)
+    return item
+
+
+# ---------------------------------------------------------------- whole splits
+
+
+class WeakLabelStats:
+  """Accumulates the quality of weak labels against fine labels over images."""
+
+  def __init__(self, num_classes: int, ignore_index: int = UNLABELED):
+    self.num_classes, self.ignore_index = num_classes, ignore_index
+    self.images = self.pixels = self.labeled = self.judged = self.agree = 0
+    self.pairs = self.covered = 0
+
+  def add(self, weak: np.ndarray, fine: np.ndarray) -> None:
+    """Adds one image: HxW uint8 weak label (255 unlabeled) and fine label."""
+    labeled = weak != UNLABELED
+    judged = labeled & (fine != self.ignore_index)  # Weak pixels on void cannot be judged.
+    self.images += 1
+    self.pixels += weak.size
+    self.labeled += int(labeled.sum())
+    self.judged += int(judged.sum())
+    self.agree += int((judged & (weak == fine)).sum())
+    present = np.unique(fine[fine != self.ignore_index])
+    hit = np.unique(fine[labeled & (weak == fine)])
+    self.pairs += len(present)
+    self.covered += len(np.intersect1d(present, hit))
+
+  def summary(self) -> dict:
+    """images, labeled_fraction, purity, classes_covered (see `generate_weak_labels`)."""
+    return {
+        "images": self.images,
+        "labeled_fraction": self.labeled / max(self.pixels, 1),
+        "purity": self.agree / self.judged if self.judged else float("nan"),
+        "classes_covered": self.covered / self.pairs if self.pairs else float("nan"),
+    }
+
+
+def generate_weak_labels(source, kind: str, *, seed: int, out_dir: str | os.PathLike,
+                         limit: int | None = None, show_progress: bool | None = None,
+                         **kw) -> dict:
+  """Writes `<out_dir>/<image id>.png` weak labels for a whole split and scores them.
+
+  Args:
+    source: a dataset source.
+    kind: "points", "scribbles" or "coarse".
+    seed: protocol seed.
+    out_dir: created if missing; files are written atomically (temp name, rename).
+    limit: only the first `limit` images (quick looks).
+    show_progress: progress bar (None: tqdm decides).
+    **kw: options for make_weak_label.
+
+  Returns:
+    {"images", "labeled_fraction" (weak pixels / all pixels), "purity" (weak pixels
+    agreeing with the fine label / weak pixels on non-void fine pixels),
+    "classes_covered" (fraction of (image, present class) pairs with a correct
+    weak pixel), "kind", "seed", "out", "seconds", "ms_per_image" (generation only)}.
+  """
+  from sesam_jax import report
+  if kind not in KINDS:
+    raise ValueError(f"unknown weak label kind {kind!r}; choose one of: {', '.join(KINDS)}.")
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  info = source.info
+  stats = WeakLabelStats(info.num_classes, info.ignore_index)
+  count = len(source) if limit is None else min(limit, len(source))
+  start, making = time.perf_counter(), 0.0
+  for i in report.progress(range(count), desc=f"{kind} labels", unit="img",
+                           disable=(not show_progress) if show_progress is not None else None):
+    item = source[i]
+    t = time.perf_counter()
+    weak = make_weak_label(item["label"], kind, seed=seed, image_id=item["id"],
+                           num_classes=info.num_classes, ignore_index=info.ignore_index, **kw)
+    making += time.perf_counter() - t
+    base.write_png_atomic(out_dir / f"{item['id']}.png", weak, palette=info.colors)
+    stats.add(weak, item["label"])
+  return {**stats.summary(), "kind": kind, "seed": seed, "out": str(out_dir),
+          "seconds": round(time.perf_counter() - start, 3),
+          "ms_per_image": round(1000 * making / max(count, 1), 2)}
+
+
+def weak_label_ids(folder: str | os.PathLike) -> Sequence[str]:
+  """Stems of the PNGs in a weak-label folder, sorted."""
+  return sorted(p.stem for p in pathlib.Path(folder).glob("*.png"))
