@@ -125,11 +125,9 @@ def test_deterministic_in_seed_and_id_across_processes(camvid):
   # Another process with another hash salt draws the same numbers.
   code = ("from sesam_jax.data import weak_labels as wl;"
           "print(wl.weak_label_rng(5, '0016E5_07959', 'points').integers(1 << 30, size=3))")
-  outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, env={**os.environ, "PYTHONHASHSEED": str(s)}).stdout
-          for s in (1, 2)}
-  assert len(outs) == 1
-  assert outs.pop().strip() == str(wl.weak_label_rng(5, "0016E5_07959", "points")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       env={**os.environ, "PYTHONHASHSEED": "12345"}).stdout
+  assert out.strip() == str(wl.weak_label_rng(5, "0016E5_07959", "points")
                                    .integers(1 << 30, size=3))
 
 
@@ -137,9 +135,12 @@ def test_fast_on_camvid(camvid):
   label = camvid[1]["label"]
   for kind in wl.KINDS:
     wl.make_weak_label(label, kind, seed=0, image_id="warm", num_classes=11)
-    start = time.perf_counter()
-    wl.make_weak_label(label, kind, seed=0, image_id="x", num_classes=11)
-    assert time.perf_counter() - start < 0.5, kind
+    seconds = []
+    for image_id in ("x", "y"):
+      start = time.perf_counter()
+      wl.make_weak_label(label, kind, seed=0, image_id=image_id, num_classes=11)
+      seconds.append(time.perf_counter() - start)
+    assert min(seconds) < 0.5, (kind, seconds)  # ~2 / 60 / 120 ms on one idle core.
 
 
 def test_bad_inputs():
