@@ -56,3 +56,18 @@ def test_table_and_weak_vs_fine():
   assert metrics.weak_vs_fine(0.6, 0.75) == pytest.approx(0.8)
   with pytest.raises(ValueError):
     metrics.weak_vs_fine(0.5, 0.0)
+
+
+def test_confusion_matrix_on_a_sharded_batch():
+  """Data-parallel evaluation: the batch sharded over the 4 fake devices."""
+  import jax
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+  rng = np.random.default_rng(7)
+  gt = rng.integers(0, 5, (8, 16, 16)).astype(np.uint8)
+  pred = rng.integers(0, 5, (8, 16, 16)).astype(np.uint8)
+  mesh = Mesh(np.array(jax.devices()[:4]), ("data",))
+  sharding = NamedSharding(mesh, PartitionSpec("data"))
+  cm = metrics.confusion_matrix(jax.device_put(gt, sharding), jax.device_put(pred, sharding), 5)
+  assert np.array_equal(np.asarray(cm), np.asarray(metrics.confusion_matrix(gt, pred, 5)))
+  assert int(np.asarray(cm).sum()) == gt.size

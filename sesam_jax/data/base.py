@@ -29,7 +29,7 @@ INVALID = -1
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # eq would compare numpy arrays.
 class DatasetInfo:
   """Static facts about a dataset.
 
