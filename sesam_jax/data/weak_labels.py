@@ -392,9 +392,8 @@ class WeakLabelStats:
     self.judged += int(judged.sum())
     self.agree += int((judged & (weak == fine)).sum())
     present = np.unique(fine[fine != self.ignore_index])
-    hit = np.unique(fine[labeled & (weak == fine)])
     self.pairs += len(present)
-    self.covered += len(np.intersect1d(present, hit))
+    self.covered += len(np.intersect1d(present, np.unique(weak[labeled])))
 
   def summary(self) -> dict:
     """images, labeled_fraction, purity, classes_covered (see `generate_weak_labels`)."""
@@ -423,8 +422,9 @@ def generate_weak_labels(source, kind: str, *, seed: int, out_dir: str | os.Path
   Returns:
     {"images", "labeled_fraction" (weak pixels / all pixels), "purity" (weak pixels
     agreeing with the fine label / weak pixels on non-void fine pixels),
-    "classes_covered" (fraction of (image, present class) pairs with a correct
-    weak pixel), "kind", "seed", "out", "seconds", "ms_per_image" (generation only)}.
+    "classes_covered" (fraction of (image, class present in the fine label)
+    pairs with at least one weak pixel of that class), "kind", "seed", "out",
+    "seconds" (all work), "ms_per_image" (label generation only)}.
   """
   from sesam_jax import report
   if kind not in KINDS:
