@@ -37,6 +37,7 @@ SPLIT_FOLDERS = {"train": "training", "training": "training", "val": "validation
 
 
 def info() -> base.DatasetInfo:
+  """Class names, colours and class count of this dataset."""
   return base.DatasetInfo("ade20k", CLASS_NAMES, base.default_colors(len(CLASS_NAMES) + 1)[1:],
                           len(CLASS_NAMES))
 

@@ -21,6 +21,7 @@ VOID_ID = 11
 
 
 def info() -> base.DatasetInfo:
+  """Class names, colours and class count of this dataset."""
   return base.DatasetInfo("camvid", CLASS_NAMES, COLORS, len(CLASS_NAMES))
 
 

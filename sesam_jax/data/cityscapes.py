@@ -29,6 +29,7 @@ LABEL_ID_TO_TRAIN_ID = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21
 
 
 def info() -> base.DatasetInfo:
+  """Class names, colours and class count of this dataset."""
   return base.DatasetInfo("cityscapes", CLASS_NAMES, COLORS, len(CLASS_NAMES))
 
 

@@ -28,6 +28,7 @@ TEXTURE_AMPLITUDE = np.array([10, 22, 28, 30, 26, 26, 30], np.float32)
 
 
 def info() -> base.DatasetInfo:
+  """Class names, colours and class count of this dataset."""
   return base.DatasetInfo("synthetic", CLASS_NAMES, COLORS, len(CLASS_NAMES))
 
 

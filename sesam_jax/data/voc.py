@@ -21,6 +21,7 @@ CLASS_NAMES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "
 
 
 def info() -> base.DatasetInfo:
+  """Class names, colours and class count of this dataset."""
   return base.DatasetInfo("voc", CLASS_NAMES, base.default_colors(len(CLASS_NAMES)),
                           len(CLASS_NAMES))
 
