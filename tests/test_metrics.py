@@ -16,17 +16,21 @@ def test_confusion_matrix_matches_sklearn(seed):
   pred = rng.integers(0, C, gt.shape).astype(np.uint8)
   gt[rng.random(gt.shape) < 0.1] = 255  # Ignored.
   pred[rng.random(gt.shape) < 0.2] = 255  # Unlabeled: a miss for the true class.
-  cm = np.asarray(metrics.confusion_matrix(gt, pred, C))
+  cm = np.asarray(metrics.confusion_matrix(gt, pred, C, unlabeled_column=True))
   assert cm.shape == (C, C + 1)
   keep = gt != 255
   reference = sk_confusion_matrix(gt[keep], pred[keep], labels=list(range(C)) + [255])
   assert np.array_equal(cm, reference[:C])
+  # The square form leaves unlabeled predictions out.
+  square = np.asarray(metrics.confusion_matrix(gt, pred, C))
+  assert square.shape == (C, C) and np.array_equal(square, reference[:C, :C])
 
   # Dense predictions: the square part alone is sklearn's matrix, IoU is jaccard.
   dense = rng.integers(0, C, gt.shape).astype(np.uint8)
-  cm = np.asarray(metrics.confusion_matrix(gt, dense, C))
+  cm = np.asarray(metrics.confusion_matrix(gt, dense, C, unlabeled_column=True))
   assert cm[:, C].sum() == 0
   assert np.array_equal(cm[:, :C], sk_confusion_matrix(gt[keep], dense[keep], labels=range(C)))
+  assert np.array_equal(cm[:, :C], np.asarray(metrics.confusion_matrix(gt, dense, C)))
   expected = jaccard_score(gt[keep], dense[keep], labels=range(C), average=None)
   np.testing.assert_allclose(metrics.per_class_iou(cm), expected)
   np.testing.assert_allclose(metrics.per_class_iou(cm[:, :C]), expected)
@@ -36,7 +40,7 @@ def test_confusion_matrix_matches_sklearn(seed):
 def test_unlabeled_is_a_miss_not_a_false_positive():
   gt = np.array([[0, 0, 1, 1]], np.uint8)
   pred = np.array([[0, 255, 1, 255]], np.uint8)
-  cm = metrics.confusion_matrix(gt, pred, 2)
+  cm = metrics.confusion_matrix(gt, pred, 2, unlabeled_column=True)
   np.testing.assert_allclose(metrics.per_class_iou(cm), [0.5, 0.5])
   assert metrics.precision_of_labeled(cm) == 1.0 and metrics.pixel_accuracy(cm) == 0.5
 

@@ -164,6 +164,9 @@ def test_read_user_weak_labels(tmp_path):
   Image.fromarray(weak[:, :40]).save(folder / f"{source.ids[1]}.png")
   with_weak = wl.WeakLabeledSource(source, folder=folder)
   assert np.array_equal(with_weak[0]["weak_label"], weak)
+  assert np.array_equal(wl.WeakLabelDir(folder, num_classes=7).read(source.ids[0], (32, 48)), weak)
+  with pytest.raises(FileNotFoundError, match="nope.png"):
+    wl.WeakLabelDir(folder, num_classes=7, ids=["nope"])
   with pytest.raises(ValueError, match=rf"{source.ids[1]}.png is 40x32.*48x32"):
     with_weak[1]
   weak[0, 0] = 9  # Not a synthetic class.

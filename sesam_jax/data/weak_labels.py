@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import pathlib
 import time
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -324,6 +325,30 @@ def read_weak_label(folder: str | os.PathLike, image_id: str, *, num_classes: in
   return weak
 
 
+class WeakLabelDir:
+  """A folder of user-provided (or `sesam weak-labels`) weak labels, `<id>.png` each."""
+
+  def __init__(self, folder: str | os.PathLike, *, num_classes: int,
+               ids: Sequence[str] | None = None):
+    """Args:
+      folder: the folder; must exist.
+      num_classes: values must be < num_classes or 255.
+      ids: if given, every `<id>.png` must exist (checked now, not mid-training).
+    """
+    self.folder = base.require_dir(folder, "weak label folder",
+                                   "pass the folder holding <image stem>.png weak labels.")
+    self.num_classes = num_classes
+    missing = [i for i in ids or () if not (self.folder / f"{i}.png").is_file()]
+    if missing:
+      raise FileNotFoundError(f"{len(missing)} image(s) have no weak label in {self.folder}, "
+                              f"e.g. {self.folder / (missing[0] + '.png')}; add them or choose "
+                              "another folder.")
+
+  def read(self, image_id: str, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """HxW uint8 weak label of `image_id` (see `read_weak_label`)."""
+    return read_weak_label(self.folder, image_id, num_classes=self.num_classes, shape=shape)
+
+
 class WeakLabeledSource:
   """A source whose items also carry "weak_label" (HxW uint8, 255 = unlabeled).
 
@@ -344,15 +369,9 @@ class WeakLabeledSource:
       raise ValueError("WeakLabeledSource takes exactly one of kind= or folder=.")
     if kind is not None and kind not in KINDS:
       raise ValueError(f"unknown weak label kind {kind!r}; choose one of: {', '.join(KINDS)}.")
-    if folder is not None:
-      folder = base.require_dir(folder, "weak label folder",
-                                "pass the folder holding <image stem>.png weak labels.")
-      missing = [i for i in source.ids if not (folder / f"{i}.png").is_file()]
-      if missing:
-        raise FileNotFoundError(f"{len(missing)} image(s) have no weak label in {folder}, e.g. "
-                                f"{folder / (missing[0] + '.png')}; add them or choose another "
-                                "folder.")
-    self.source, self.kind, self.seed, self.folder, self._kw = source, kind, seed, folder, kw
+    self._reader = None if folder is None else WeakLabelDir(
+        folder, num_classes=source.info.num_classes, ids=source.ids)
+    self.source, self.kind, self.seed, self._kw = source, kind, seed, kw
     self.info, self.ids = source.info, source.ids
 
   def __len__(self) -> int:
@@ -360,10 +379,8 @@ class WeakLabeledSource:
 
   def __getitem__(self, index: int) -> dict:
     item = dict(self.source[index])
-    if self.folder is not None:
-      item["weak_label"] = read_weak_label(self.folder, item["id"],
-                                           num_classes=self.info.num_classes,
-                                           shape=item["label"].shape)
+    if self._reader is not None:
+      item["weak_label"] = self._reader.read(item["id"], item["label"].shape)
     else:
       item["weak_label"] = make_weak_label(item["label"], self.kind, seed=self.seed,
                                            image_id=item["id"], num_classes=self.info.num_classes,

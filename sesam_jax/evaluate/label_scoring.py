@@ -45,7 +45,8 @@ def score_label_folder(source, labels_dir: str | os.PathLike, *, limit: int | No
     item = source[i]
     label = weak_labels.read_weak_label(labels_dir, item["id"], num_classes=info.num_classes,
                                         shape=item["label"].shape)
-    confusion += np.asarray(metrics.confusion_matrix(item["label"], label, info.num_classes))
+    confusion += np.asarray(metrics.confusion_matrix(item["label"], label, info.num_classes,
+                                                           unlabeled_column=True))
     labeled += int((label != base.IGNORE_INDEX).sum())
     pixels += label.size
   iou = metrics.per_class_iou(confusion)

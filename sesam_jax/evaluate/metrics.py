@@ -2,11 +2,16 @@
 
 The confusion matrix is summed on device per batch (one scatter-add) and the
 IoU arithmetic runs on host in float64 over the accumulated counts. Rows are
-true classes, columns predicted classes, plus one last column "unlabeled":
-a prediction of 255 (or any id >= C) for a pixel of class c is a miss for c.
-That makes a partly labeled map (a weak label) score fairly against a dense
-one: its unlabeled pixels count against recall but not against any class's
-precision. Ground-truth pixels of 255 (or >= C) are ignored entirely.
+true classes, columns predicted classes; ground-truth pixels of 255 (or any id
+>= C) are ignored entirely.
+
+Scoring a partly labeled map (a weak or SAM-refined label, 255 = unlabeled)
+needs one more column: with `unlabeled_column=True` the matrix is Cx(C+1) and
+a prediction of 255 for a pixel of class c lands in the last column, a miss
+for c that counts against c's recall but against no class's precision, so a
+sparse map is scored fairly against a dense one. The default CxC form is for
+model predictions (argmax never gives 255); there, out-of-range predictions
+are left out. `miou` and `per_class_iou` accept both forms.
 """
 
 from __future__ import annotations
@@ -19,28 +24,34 @@ import jax.numpy as jnp
 import numpy as np
 
 
-@functools.partial(jax.jit, static_argnames=("num_classes",))
-def confusion_matrix(gt: jax.Array, pred: jax.Array, num_classes: int) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("num_classes", "unlabeled_column"))
+def confusion_matrix(gt: jax.Array, pred: jax.Array, num_classes: int, *,
+                     unlabeled_column: bool = False) -> jax.Array:
   """Counts (true class, predicted class) pixel pairs.
 
   Args:
     gt: integer class ids of any shape (e.g. BxHxW uint8); 255 or >= C ignored.
-    pred: same shape; 255 or >= C counts in the last ("unlabeled") column.
+    pred: same shape, predicted ids; 255 (or any id outside 0..C-1) is "unlabeled".
     num_classes: C.
+    unlabeled_column: False: CxC, unlabeled predictions left out (for argmax
+      predictions, which have none). True: Cx(C+1), the last column counts
+      unlabeled predictions as misses of the true class (for scoring weak /
+      refined label maps).
 
   Returns:
-    Cx(C+1) int32: [c, k] = pixels of true class c predicted k (k = C: unlabeled).
-    For dense predictions the last column is zero and [:, :C] is the usual
-    square confusion matrix; `miou` and `per_class_iou` accept either shape.
+    CxC or Cx(C+1) int32: [c, k] = pixels of true class c predicted k.
   """
   gt = jnp.asarray(gt).astype(jnp.int32).ravel()
   pred = jnp.asarray(pred).astype(jnp.int32).ravel()
+  labeled = (pred >= 0) & (pred < num_classes)
   valid = (gt >= 0) & (gt < num_classes)
-  pred = jnp.where((pred >= 0) & (pred < num_classes), pred, num_classes)
-  index = jnp.where(valid, gt * (num_classes + 1) + pred, 0)
-  counts = jnp.zeros(num_classes * (num_classes + 1), jnp.int32).at[index].add(
-      valid.astype(jnp.int32))
-  return counts.reshape(num_classes, num_classes + 1)
+  if not unlabeled_column:
+    valid &= labeled
+  columns = num_classes + 1 if unlabeled_column else num_classes
+  pred = jnp.where(labeled, pred, num_classes)
+  index = jnp.where(valid, gt * columns + pred, 0)
+  counts = jnp.zeros(num_classes * columns, jnp.int32).at[index].add(valid.astype(jnp.int32))
+  return counts.reshape(num_classes, columns)
 
 
 def per_class_iou(confusion: np.ndarray | jax.Array) -> np.ndarray:
