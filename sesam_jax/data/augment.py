@@ -120,11 +120,12 @@ def invert_geometry(crop_map: np.ndarray, geom: Geometry, full_hw: tuple[int, in
   unflipped = crop_map[:, ::-1] if geom.flip else crop_map
   window = unflipped[:ch, :cw]
   sy, sx = sh / h, sw / w
-  # Full-image pixel centres that fall inside the window, mapped into it.
-  ys = np.arange(h)
-  xs = np.arange(w)
-  cy = np.floor((ys + 0.5) * sy - geom.y0).astype(int)
-  cx = np.floor((xs + 0.5) * sx - geom.x0).astype(int)
-  ry, rx = (cy >= 0) & (cy < ch), (cx >= 0) & (cx < cw)
-  out[np.ix_(ry, rx)] = window[np.ix_(cy[ry], cx[rx])]
+  # Full-image pixels whose footprint [Y, Y+1) meets the window, each taking
+  # the window pixel under its centre (clipped at the window's edge).
+  ys, xs = np.arange(h), np.arange(w)
+  ry = (ys + 1 > geom.y0 / sy) & (ys < (geom.y0 + ch) / sy)
+  rx = (xs + 1 > geom.x0 / sx) & (xs < (geom.x0 + cw) / sx)
+  cy = np.clip(np.floor((ys[ry] + 0.5) * sy - geom.y0).astype(int), 0, ch - 1)
+  cx = np.clip(np.floor((xs[rx] + 0.5) * sx - geom.x0).astype(int), 0, cw - 1)
+  out[np.ix_(ry, rx)] = window[np.ix_(cy, cx)]
   return out
