@@ -1,4 +1,4 @@
-"""Dataset sources, weak labels and the label-folder readers.
+"""Datasets (sources), weak labels and the host input pipeline.
 
 `get_source(name, data_dir=..., split=...)` returns a random-access source:
 `len(source)`, `source[i] -> {"id", "image": HxWx3 uint8, "label": HxW uint8}`

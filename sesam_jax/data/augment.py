@@ -1,0 +1,131 @@
+"""Host-side weak geometric augmentation: random scale, crop, horizontal flip.
+
+One random draw (a `Geometry`) is applied to the image, the weak label and the
+fine label alike, and travels with the example, so that anything computed on
+the full-resolution image later (SAM masks from cached embeddings) can be
+brought into the same crop with `apply_geometry`.
+
+The crop is resampled directly from the matching window of the source image
+(PIL's `resize(box=...)`), which equals "resize the whole image by `scale`,
+pad to at least `crop` with the fill value, take the window at (y0, x0), flip"
+without ever materialising the scaled image (a 2x Cityscapes frame is 2048x4096).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from PIL import Image
+
+IGNORE = 255
+
+
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+  """One draw of the weak geometric augmentation.
+
+  Attributes:
+    scale: resize factor applied to the source image (scaled size is
+      round(H * scale) x round(W * scale)).
+    y0, x0: top-left corner of the crop in the scaled image, which is padded
+      at the bottom/right with the fill value when smaller than the crop.
+    flip: whether the crop is mirrored left-right.
+  """
+  scale: float
+  y0: int
+  x0: int
+  flip: bool
+
+  def as_array(self) -> np.ndarray:
+    """Packs the draw as float32 [scale, y0, x0, flip] (the batch's "aug" row)."""
+    return np.array([self.scale, self.y0, self.x0, float(self.flip)], np.float32)
+
+  @classmethod
+  def from_array(cls, row: np.ndarray) -> "Geometry":
+    return cls(float(row[0]), int(row[1]), int(row[2]), bool(row[3] > 0.5))
+
+
+def scaled_size(hw: tuple[int, int], scale: float) -> tuple[int, int]:
+  """Size (H, W) of an HxW image resized by `scale` (at least 1x1)."""
+  return max(1, round(hw[0] * scale)), max(1, round(hw[1] * scale))
+
+
+def sample_geometry(rng: np.random.Generator, hw: tuple[int, int], crop: int, *,
+                    scale_range: tuple[float, float] = (0.5, 2.0),
+                    flip_prob: float = 0.5) -> Geometry:
+  """Draws a random scale (uniform in `scale_range`), crop corner and flip."""
+  scale = float(rng.uniform(*scale_range))
+  sh, sw = scaled_size(hw, scale)
+  y0 = int(rng.integers(0, max(sh - crop, 0) + 1))
+  x0 = int(rng.integers(0, max(sw - crop, 0) + 1))
+  return Geometry(scale, y0, x0, bool(rng.random() < flip_prob))
+
+
+def apply_geometry(array: np.ndarray, geom: Geometry, crop: int, *, nearest: bool,
+                   fill: int = IGNORE) -> np.ndarray:
+  """Brings a full-resolution map into the augmented crop.
+
+  Args:
+    array: HxW or HxWxC uint8 (an image, a label map, a mask).
+    geom: the draw recorded for the example.
+    crop: side of the square crop.
+    nearest: nearest-neighbour resampling (labels, masks); else bilinear (images).
+    fill: value of padded pixels (255 for labels; images use 0).
+
+  Returns:
+    crop x crop (x C) uint8 array.
+  """
+  h, w = array.shape[:2]
+  sh, sw = scaled_size((h, w), geom.scale)
+  # The part of the crop window that lies inside the scaled image.
+  ch, cw = min(crop, sh - geom.y0), min(crop, sw - geom.x0)
+  out = np.full((crop, crop) + array.shape[2:], fill, dtype=array.dtype)
+  if ch > 0 and cw > 0:
+    sy, sx = sh / h, sw / w  # Exact per-axis factors after rounding.
+    box = (geom.x0 / sx, geom.y0 / sy, (geom.x0 + cw) / sx, (geom.y0 + ch) / sy)
+    resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
+    window = Image.fromarray(array).resize((cw, ch), resample=resample, box=box)
+    out[:ch, :cw] = np.asarray(window)
+  if geom.flip:
+    out = out[:, ::-1]
+  return np.ascontiguousarray(out)
+
+
+def invert_geometry(crop_map: np.ndarray, geom: Geometry, full_hw: tuple[int, int], *,
+                    fill: int = IGNORE) -> np.ndarray:
+  """Brings a crop-space label map back to full resolution (nearest).
+
+  The inverse of `apply_geometry` for label maps: pixels of the full image
+  that the crop window does not cover get `fill`. Used to extend an image's
+  full-resolution weak label with the teacher's confident pseudo-labels, which
+  are predicted on the augmented crop.
+
+  Args:
+    crop_map: CxC uint8 map in crop coordinates (after flip).
+    geom: the draw that produced the crop.
+    full_hw: (H, W) of the full-resolution image.
+    fill: value outside the crop window.
+
+  Returns:
+    HxW uint8.
+  """
+  h, w = full_hw
+  crop = crop_map.shape[0]
+  sh, sw = scaled_size(full_hw, geom.scale)
+  ch, cw = min(crop, sh - geom.y0), min(crop, sw - geom.x0)
+  out = np.full((h, w), fill, dtype=crop_map.dtype)
+  if ch <= 0 or cw <= 0:
+    return out
+  unflipped = crop_map[:, ::-1] if geom.flip else crop_map
+  window = unflipped[:ch, :cw]
+  sy, sx = sh / h, sw / w
+  # Full-image pixels whose footprint [Y, Y+1) meets the window, each taking
+  # the window pixel under its centre (clipped at the window's edge).
+  ys, xs = np.arange(h), np.arange(w)
+  ry = (ys + 1 > geom.y0 / sy) & (ys < (geom.y0 + ch) / sy)
+  rx = (xs + 1 > geom.x0 / sx) & (xs < (geom.x0 + cw) / sx)
+  cy = np.clip(np.floor((ys[ry] + 0.5) * sy - geom.y0).astype(int), 0, ch - 1)
+  cx = np.clip(np.floor((xs[rx] + 0.5) * sx - geom.x0).astype(int), 0, cw - 1)
+  out[np.ix_(ry, rx)] = window[np.ix_(cy, cx)]
+  return out

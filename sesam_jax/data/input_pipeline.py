@@ -1,0 +1,202 @@
+"""The host input pipeline: grain over random-access sources.
+
+Training examples flow as
+
+  source[i] -> {"id", "image", "label"}          (decode, in the worker)
+    + weak label of the configured kind          (generated once per image, memoised)
+    -> shuffle (reseeded every epoch), repeat forever
+    -> weak geometric augmentation               (one draw for image, weak, fine label)
+    -> batch -> optional worker processes (grain `mp_prefetch`)
+
+and come out as numpy batches (layouts in `make_train_dataset`). The iterator
+is a grain `DatasetIterator`: `get_state()` / `set_state()` make the data
+stream resumable, and the training loop saves that state next to the train
+state with orbax.
+"""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+import grain
+import numpy as np
+
+from sesam_jax.data import augment
+
+IGNORE = augment.IGNORE
+
+
+class Source(Protocol):
+  """What the pipeline needs of a dataset source (see `sesam_jax.data`)."""
+  ids: list[str]
+
+  def __len__(self) -> int: ...
+
+  def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+
+WeakFn = Callable[[int, dict[str, Any]], np.ndarray]
+
+
+def weak_label_fn(source: Source, weak: str, *, weak_seed: int = 0,
+                  weak_dir: str | pathlib.Path | None = None) -> WeakFn:
+  """Returns `fn(index, example) -> HxW uint8` giving the example's weak label.
+
+  Args:
+    source: the dataset source (for class count and ids).
+    weak: "fine" (the fine label itself), or "points" | "scribbles" | "coarse",
+      generated from the fine label exactly as `sesam weak-labels` does.
+    weak_seed: seed of the weak-label protocol (same meaning as `--seed`).
+    weak_dir: read `<id>.png` weak labels from this folder instead of
+      generating them (the user's own labels, or `sesam weak-labels` output).
+  """
+  if weak == "fine" and weak_dir is None:
+    return lambda index, example: example["label"]
+  from sesam_jax.data import weak_labels  # Heavy (scikit-image); only when needed.
+  if weak_dir is not None:
+    reader = weak_labels.WeakLabelDir(weak_dir, num_classes=source.info.num_classes)
+    return lambda index, example: reader.read(example["id"], example["label"].shape)
+
+  @functools.lru_cache(maxsize=None)
+  def generate(index: int) -> np.ndarray:
+    # Deterministic in (seed, id), so a per-process memo is safe with workers.
+    example = source[index]
+    return weak_labels.make_weak_label(
+        example["label"], weak, seed=weak_seed, image_id=example["id"],
+        num_classes=source.info.num_classes)
+
+  return lambda index, example: generate(index)
+
+
+class _AttachWeak(grain.transforms.Map):
+  """Adds "index" and "weak" to a source example (before shuffling)."""
+
+  def __init__(self, weak_fn: WeakFn):
+    self._weak_fn = weak_fn
+
+  def map(self, element: tuple[int, dict[str, Any]]) -> dict[str, Any]:
+    index, example = element
+    weak = self._weak_fn(index, example)
+    if weak.shape != example["label"].shape:
+      raise ValueError(f"weak label of {example['id']!r} is {weak.shape}, "
+                       f"its fine label {example['label'].shape}: regenerate the weak labels.")
+    return {"id": example["id"], "image": example["image"], "label": example["label"],
+            "weak": weak, "index": np.int32(index)}
+
+
+class _WeakGeometricAug(grain.transforms.RandomMap):
+  """Random scale / crop / flip, one draw for image, weak and fine labels."""
+
+  def __init__(self, crop: int, scale_range: tuple[float, float]):
+    self._crop = crop
+    self._scale_range = scale_range
+
+  def random_map(self, example: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    geom = augment.sample_geometry(rng, example["image"].shape[:2], self._crop,
+                                   scale_range=self._scale_range)
+    crop = functools.partial(augment.apply_geometry, geom=geom, crop=self._crop)
+    return {
+        "image": crop(example["image"], nearest=False, fill=0),
+        "label": crop(example["label"], nearest=True),
+        "weak": crop(example["weak"], nearest=True),
+        "index": example["index"],
+        "aug": geom.as_array(),
+    }
+
+
+def make_train_dataset(source: Source, *, crop: int, batch_size: int, seed: int,
+                       weak: str = "fine", weak_seed: int = 0,
+                       weak_dir: str | pathlib.Path | None = None,
+                       scale_range: tuple[float, float] = (0.5, 2.0),
+                       num_workers: int = 0, shard_index: int = 0,
+                       shard_count: int = 1) -> grain.IterDataset:
+  """An infinite, deterministic stream of augmented training batches.
+
+  Args:
+    source: a random-access dataset source.
+    crop: side of the square training crop (pixels).
+    batch_size: examples per batch (this host's share of the global batch).
+    seed: seed of shuffling and augmentation; epochs are reshuffled.
+    weak: which label rides as "weak" ("fine", "points", "scribbles", "coarse").
+    weak_seed: seed of the weak-label protocol.
+    weak_dir: optional folder of `<id>.png` weak labels to read instead.
+    scale_range: range of the random scale factor.
+    num_workers: grain worker processes (0 = in the main process).
+    shard_index, shard_count: this host's slice of the data (multi-host).
+
+  Returns:
+    A grain IterDataset; `iter()` of it yields dicts of numpy arrays:
+      "image": BxCxCx3 uint8 (padding 0), "label": BxCxC uint8 fine label
+      (255 = ignore or padding), "weak": BxCxC uint8 (255 = unlabeled),
+      "index": B int32 (position in `source`), "aug": Bx4 float32 rows of
+      [scale, y0, x0, flip] (`augment.Geometry.from_array`).
+  """
+  if crop <= 0 or batch_size <= 0:
+    raise ValueError(f"crop and batch_size must be positive, got {crop} and {batch_size}.")
+  if len(source) == 0:
+    raise ValueError("the dataset source is empty: check the data directory and split.")
+  weak_fn = weak_label_fn(source, weak, weak_seed=weak_seed, weak_dir=weak_dir)
+  n = len(source)
+  ds = grain.MapDataset.source(source)
+  # Indices past len(source) reach here once the dataset repeats: fold them.
+  ds = ds.map_with_index(lambda index, example: (index % n, example))
+  if shard_count > 1:
+    ds = ds[shard_index::shard_count]
+  ds = ds.map(_AttachWeak(weak_fn))
+  ds = ds.shuffle(seed=seed).repeat()
+  ds = ds.random_map(_WeakGeometricAug(crop, scale_range), seed=seed)
+  ds = ds.batch(batch_size, drop_remainder=True)
+  ids = ds.to_iter_dataset()
+  if num_workers > 0:
+    # grain's worker pool reads absl flags; outside an absl app they are unparsed.
+    from absl import flags
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
+    ids = ids.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  return ids
+
+
+def _pad_to(array: np.ndarray, hw: tuple[int, int], fill: int) -> np.ndarray:
+  pad = [(0, hw[0] - array.shape[0]), (0, hw[1] - array.shape[1])]
+  pad += [(0, 0)] * (array.ndim - 2)
+  return np.pad(array, pad, constant_values=fill)
+
+
+def make_eval_dataset(source: Source, *, batch_size: int,
+                      weak_fn: WeakFn | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """Every example once, in order, batched at full resolution; none dropped.
+
+  Images of a batch are padded at the bottom/right to the batch's largest
+  size (labels with 255), and the last batch is filled up with padding
+  examples marked `valid=False`, so the jitted evaluation sees one shape.
+
+  Yields:
+    {"image": BxHxWx3 uint8, "label": BxHxW uint8, "index": B int32,
+     "hw": Bx2 int32 (true size), "valid": B bool}; plus "weak" when
+    `weak_fn` is given.
+  """
+  n = len(source)
+  for start in range(0, n, batch_size):
+    examples = [source[i] for i in range(start, min(start + batch_size, n))]
+    hw = tuple(max(e["image"].shape[k] for e in examples) for k in (0, 1))
+    count = len(examples)
+    batch = {
+        "image": np.zeros((batch_size, *hw, 3), np.uint8),
+        "label": np.full((batch_size, *hw), IGNORE, np.uint8),
+        "index": np.zeros((batch_size,), np.int32),
+        "hw": np.zeros((batch_size, 2), np.int32),
+        "valid": np.arange(batch_size) < count,
+    }
+    if weak_fn is not None:
+      batch["weak"] = np.full((batch_size, *hw), IGNORE, np.uint8)
+    for k, e in enumerate(examples):
+      batch["image"][k] = _pad_to(e["image"], hw, 0)
+      batch["label"][k] = _pad_to(e["label"], hw, IGNORE)
+      batch["index"][k] = start + k
+      batch["hw"][k] = e["image"].shape[:2]
+      if weak_fn is not None:
+        batch["weak"][k] = _pad_to(weak_fn(start + k, e), hw, IGNORE)
+    yield batch
