@@ -14,6 +14,7 @@ occur, so a wrong file is reported instead of silently trained on.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import os
@@ -152,17 +153,18 @@ def read_label_values(path: str | os.PathLike) -> np.ndarray:
   try:
     with Image.open(path) as im:
       im.load()
-      if im.mode in ("RGB", "RGBA"):
-        raise ValueError(f"label {path} is a colour ({im.mode}) image; labels must be "
-                         "single-channel class ids ('L' or palette 'P' PNG). Convert the "
-                         "colour coding to ids first.")
-      return np.asarray(im)
+      values = np.asarray(im)
   except FileNotFoundError:
     raise FileNotFoundError(f"label file {path} is missing; restore it or remove its image "
                             "from the split.") from None
   except (OSError, SyntaxError) as e:
     raise ValueError(f"cannot decode label {path} ({e}); the file is corrupt or truncated: "
                      "re-extract it from the original archive.") from None
+  if values.ndim != 2:
+    raise ValueError(f"label {path} is a multi-channel ({im.mode}) image, e.g. colour-coded; "
+                     "labels must be single-channel class ids ('L' or palette 'P' PNG). "
+                     "Convert the colour coding to ids first.")
+  return values
 
 
 def apply_lut(values: np.ndarray, lut: np.ndarray, path: str | os.PathLike,
@@ -227,7 +229,7 @@ class PairedFileSource:
     if not len(ids) == len(image_paths) == len(label_paths):
       raise ValueError("ids, image_paths and label_paths must have the same length.")
     if len(set(ids)) != len(ids):
-      dup = sorted({i for i in ids if list(ids).count(i) > 1})[:5]
+      dup = sorted(i for i, n in collections.Counter(ids).items() if n > 1)[:5]
       raise ValueError(f"{info.name}: duplicate image ids {dup} in {where}; ids are file stems "
                        "and must be unique within a split.")
     self.info = info
