@@ -70,6 +70,11 @@ def _add_dataset_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument("--data-seed", type=int, default=0, help="synthetic only: dataset seed")
 
 
+def _cmd_demo(args: argparse.Namespace) -> dict:
+  from sesam_jax import demo
+  return demo.run_demo(args.out, num_images=args.images, seed=args.seed)
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="sesam", description=__doc__.splitlines()[0],
@@ -97,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--labels", required=True, help="folder of <image stem>.png label maps")
   p.add_argument("--limit", type=int, default=None, help="only the first N images")
   p.set_defaults(handler=_cmd_eval_labels)
+
+  p = sub.add_parser("demo", help="run the whole pipeline on generated `synthetic` scenes")
+  p.add_argument("--out", default="sesam_demo", help="output folder (default: ./sesam_demo)")
+  p.add_argument("--images", type=int, default=16, help="number of validation scenes")
+  p.add_argument("--seed", type=int, default=0, help="dataset and weak-label seed")
+  p.set_defaults(handler=_cmd_demo)
 
   p = sub.add_parser("bench", help="throughput / memory / parity benchmarks (side-by-side ratios)",
                      add_help=False)
