@@ -46,6 +46,49 @@ def _cmd_eval(args: argparse.Namespace, rest: list[str]) -> dict:
   return loop.evaluate_workdir(config, args.workdir)
 
 
+def _source_from_args(args: argparse.Namespace):
+  from sesam_jax import data
+  kw = {}
+  if args.dataset == "synthetic":
+    kw = dict(num_images=args.num_images, size=tuple(args.size), seed=args.data_seed)
+  return data.get_source(args.dataset, data_dir=args.data_dir, split=args.split, **kw)
+
+
+def _cmd_weak_labels(args: argparse.Namespace) -> dict:
+  from sesam_jax.data import weak_labels
+  source = _source_from_args(args)
+  result = weak_labels.generate_weak_labels(source, args.kind, seed=args.seed, out_dir=args.out,
+                                            limit=args.limit)
+  report.log(f"{args.kind}: {result['images']} images -> {args.out}: labeled "
+             f"{100 * result['labeled_fraction']:.2f}% of pixels, purity {result['purity']:.4f}, "
+             f"classes covered {result['classes_covered']:.3f}, {result['seconds']:.1f} s")
+  return {"dataset": args.dataset, "split": args.split, **result}
+
+
+def _cmd_eval_labels(args: argparse.Namespace) -> dict:
+  from sesam_jax.evaluate import label_scoring
+  source = _source_from_args(args)
+  result = label_scoring.score_label_folder(source, args.labels, limit=args.limit)
+  report.log(result.pop("table"))
+  return {"dataset": args.dataset, "split": args.split, "labels": str(args.labels), **result}
+
+
+def _add_dataset_flags(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--dataset", required=True,
+                 help="camvid, cityscapes, ade20k, voc, custom, synthetic or tfds_cityscapes")
+  p.add_argument("--data-dir", default=None, help="dataset root (not needed for synthetic)")
+  p.add_argument("--split", default="train", help="split name (train, val, ...)")
+  p.add_argument("--num-images", type=int, default=32, help="synthetic only: scenes in the split")
+  p.add_argument("--size", type=int, nargs=2, default=(256, 512), metavar=("H", "W"),
+                 help="synthetic only: scene size in pixels")
+  p.add_argument("--data-seed", type=int, default=0, help="synthetic only: dataset seed")
+
+
+def _cmd_demo(args: argparse.Namespace) -> dict:
+  from sesam_jax import demo
+  return demo.run_demo(args.out, num_images=args.images, seed=args.seed)
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="sesam", description=__doc__.splitlines()[0],
@@ -59,6 +102,26 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--minutes", action="append", metavar="KIND=MIN",
                  help="override minutes per image for a kind (repeatable)")
   p.set_defaults(handler=_cmd_cost)
+
+  p = sub.add_parser("weak-labels", help="make points/scribbles/coarse labels from fine labels")
+  _add_dataset_flags(p)
+  p.add_argument("--kind", required=True, choices=("points", "scribbles", "coarse"))
+  p.add_argument("--seed", type=int, default=0, help="protocol seed (labels depend on seed and id)")
+  p.add_argument("--out", required=True, help="folder for <image stem>.png weak labels")
+  p.add_argument("--limit", type=int, default=None, help="only the first N images")
+  p.set_defaults(handler=_cmd_weak_labels)
+
+  p = sub.add_parser("eval-labels", help="score a folder of label maps against the fine labels")
+  _add_dataset_flags(p)
+  p.add_argument("--labels", required=True, help="folder of <image stem>.png label maps")
+  p.add_argument("--limit", type=int, default=None, help="only the first N images")
+  p.set_defaults(handler=_cmd_eval_labels)
+
+  p = sub.add_parser("demo", help="run the whole pipeline on generated `synthetic` scenes")
+  p.add_argument("--out", default="sesam_demo", help="output folder (default: ./sesam_demo)")
+  p.add_argument("--images", type=int, default=16, help="number of validation scenes")
+  p.add_argument("--seed", type=int, default=0, help="dataset and weak-label seed")
+  p.set_defaults(handler=_cmd_demo)
 
   p = sub.add_parser("bench", help="throughput / memory / parity benchmarks (side-by-side ratios)",
                      add_help=False)

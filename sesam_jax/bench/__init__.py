@@ -15,6 +15,7 @@ from types import ModuleType
 # name -> module path; each module defines add_arguments(parser) and run(args).
 TARGETS: dict[str, str] = {
     "input": "sesam_jax.bench.input",
+    "weak_labels": "sesam_jax.bench.weak_labels",
 }
 
 

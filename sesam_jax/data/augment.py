@@ -90,3 +90,42 @@ def apply_geometry(array: np.ndarray, geom: Geometry, crop: int, *, nearest: boo
   if geom.flip:
     out = out[:, ::-1]
   return np.ascontiguousarray(out)
+
+
+def invert_geometry(crop_map: np.ndarray, geom: Geometry, full_hw: tuple[int, int], *,
+                    fill: int = IGNORE) -> np.ndarray:
+  """Brings a crop-space label map back to full resolution (nearest).
+
+  The inverse of `apply_geometry` for label maps: pixels of the full image
+  that the crop window does not cover get `fill`. Used to extend an image's
+  full-resolution weak label with the teacher's confident pseudo-labels, which
+  are predicted on the augmented crop.
+
+  Args:
+    crop_map: CxC uint8 map in crop coordinates (after flip).
+    geom: the draw that produced the crop.
+    full_hw: (H, W) of the full-resolution image.
+    fill: value outside the crop window.
+
+  Returns:
+    HxW uint8.
+  """
+  h, w = full_hw
+  crop = crop_map.shape[0]
+  sh, sw = scaled_size(full_hw, geom.scale)
+  ch, cw = min(crop, sh - geom.y0), min(crop, sw - geom.x0)
+  out = np.full((h, w), fill, dtype=crop_map.dtype)
+  if ch <= 0 or cw <= 0:
+    return out
+  unflipped = crop_map[:, ::-1] if geom.flip else crop_map
+  window = unflipped[:ch, :cw]
+  sy, sx = sh / h, sw / w
+  # Full-image pixels whose footprint [Y, Y+1) meets the window, each taking
+  # the window pixel under its centre (clipped at the window's edge).
+  ys, xs = np.arange(h), np.arange(w)
+  ry = (ys + 1 > geom.y0 / sy) & (ys < (geom.y0 + ch) / sy)
+  rx = (xs + 1 > geom.x0 / sx) & (xs < (geom.x0 + cw) / sx)
+  cy = np.clip(np.floor((ys[ry] + 0.5) * sy - geom.y0).astype(int), 0, ch - 1)
+  cx = np.clip(np.floor((xs[rx] + 0.5) * sx - geom.x0).astype(int), 0, cw - 1)
+  out[np.ix_(ry, rx)] = window[np.ix_(cy, cx)]
+  return out

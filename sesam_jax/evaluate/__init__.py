@@ -1,1 +1,1 @@
-"""Evaluation: confusion matrices on device, mIoU / per-class IoU on the host."""
+"""Evaluation: confusion matrices on device, mIoU / per-class IoU on host, label scoring."""
