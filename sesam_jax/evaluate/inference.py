@@ -21,6 +21,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from sesam_jax import report
+from sesam_jax.evaluate import metrics
 
 IGNORE_INDEX = 255
 
@@ -82,12 +83,6 @@ def predict_logits(model: nn.Module, variables: Mapping[str, Any], images_BHWC: 
   return _resize((total / count)[:, :sh, :sw], (h, w))
 
 
-def _confusion(gt_BHW: jax.Array, pred_BHW: jax.Array, num_classes: int) -> jax.Array:
-  """C x C int32 counts, rows = ground truth; gt 255 (or >= C) ignored."""
-  from sesam_jax.evaluate import metrics
-  return metrics.confusion_matrix(gt_BHW, pred_BHW, num_classes)
-
-
 def _eval_batch(variables: Mapping[str, Any], batch: Mapping[str, jax.Array], *,
                 model: nn.Module, num_classes: int, mode: str, window: int, stride: int,
                 image_scale: float) -> jax.Array:
@@ -95,7 +90,7 @@ def _eval_batch(variables: Mapping[str, Any], batch: Mapping[str, jax.Array], *,
                           stride=stride, image_scale=image_scale)
   pred = jnp.argmax(logits, axis=-1).astype(jnp.int32)
   gt = jnp.where(batch["valid"][:, None, None], batch["label"].astype(jnp.int32), IGNORE_INDEX)
-  return _confusion(gt, pred, num_classes)
+  return metrics.confusion_matrix(gt, pred, num_classes)
 
 
 def make_eval_fn(model: nn.Module, mesh: Mesh, *, num_classes: int, mode: str = "whole",
@@ -119,16 +114,6 @@ def pad_batch(batch: Mapping[str, np.ndarray], multiple: int) -> dict[str, np.nd
     out = {k: np.concatenate([v, np.full((extra, *v.shape[1:]), fill.get(k, 0), v.dtype)])
            for k, v in out.items()}
   return out
-
-
-def iou_from_confusion(confusion: np.ndarray) -> tuple[float, np.ndarray]:
-  """(mIoU over classes present in gt or pred, per-class IoU with NaN for absent classes)."""
-  c = np.asarray(confusion, np.float64)
-  inter = np.diag(c)
-  union = c.sum(0) + c.sum(1) - inter
-  with np.errstate(invalid="ignore", divide="ignore"):
-    iou = np.where(union > 0, inter / union, np.nan)
-  return (float(np.nanmean(iou)) if np.any(union > 0) else float("nan")), iou
 
 
 def evaluate(model: nn.Module, weights: Mapping[str, Mapping[str, Any]],
@@ -175,14 +160,12 @@ def evaluate(model: nn.Module, weights: Mapping[str, Mapping[str, Any]],
   names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
   result: dict[str, Any] = {}
   for name, conf in sums.items():
-    miou, iou = iou_from_confusion(conf)
-    result[f"{name}_miou"] = miou
+    iou = metrics.per_class_iou(conf)
+    result[f"{name}_miou"] = metrics.miou(conf)
     result[f"{name}_per_class_iou"] = [None if np.isnan(v) else round(float(v), 4) for v in iou]
     result[f"{name}_confusion"] = conf
     if log:
-      report.log(f"{name}: mIoU {miou:.4f} over {num_images} images")
-      for cls, v in zip(names, iou):
-        report.log(f"  {cls:>16}: {'  n/a' if np.isnan(v) else f'{v:.4f}'}")
+      report.log(f"{name} weights, {num_images} images:\n{metrics.format_iou_table(conf, names)}")
   result["num_images"] = num_images
   result["eval_seconds"] = time.time() - start
   return result
