@@ -3,8 +3,11 @@
 For upper bounds and tests, never a SAM: its name is always "oracle". Fine
 connected components (8-connected, per class) stand in for objects. For a
 prompt the candidates are, in order:
-  0 part:  the whole candidate restricted to disks around the prompt points
-           (radius `part_radius` * sqrt(area/pi) each);
+  0 part:  the whole candidate restricted to a disk of radius
+           `part_radius` * sqrt(area/pi) around each of the first `part_points`
+           prompt points (default 1 point: at most a quarter of the object; with
+           all K points the "part" covers nearly the whole object and is no longer
+           a part);
   1 whole: the fine component(s) under the positive points;
   2 over:  the whole merged with every touching component of another class.
 Scores are fixed (`scores`, default part 0.9 > whole 0.8 > over 0.7): a modelling
@@ -31,10 +34,11 @@ class OracleBackend:
 
   is_oracle = True
 
-  def __init__(self, *, part_radius: float = 0.5, scores: Sequence[float] = (0.9, 0.8, 0.7),
+  def __init__(self, *, part_radius: float = 0.5, part_points: int = 1, scores: Sequence[float] = (0.9, 0.8, 0.7),
                ignore_index: int = 255):
     self.name = "oracle"
     self.part_radius = part_radius
+    self.part_points = part_points
     self.scores = np.asarray(scores, np.float32)
     self.ignore_index = ignore_index
     self._comp = None
@@ -120,7 +124,7 @@ class OracleBackend:
     radius = self.part_radius * np.sqrt(len(ys) / np.pi)
     # Squared distance of every whole-pixel to its nearest prompt point.
     d2 = np.full(len(ys), np.inf)
-    for x, y in pts:
+    for x, y in pts[:self.part_points]:
       d2 = np.minimum(d2, (xs - x) ** 2 + (ys - y) ** 2)
     part = np.zeros_like(whole)
     keep = d2 <= radius ** 2

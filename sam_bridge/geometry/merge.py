@@ -17,7 +17,8 @@ def merge_masks(weak: np.ndarray, masks: Sequence[np.ndarray], classes: Sequence
   Conflict rule (two masks of different classes claim a pixel): the mask with the
   higher priority wins (refine.py passes each mask's compatibility p with the weak
   label: the mask that agrees best with the annotation is trusted most); equal
-  priorities go to the smaller mask (the more specific object). Pixels labeled in
+  priorities go to the smaller mask (the more specific object), full ties to the later
+  mask in `masks`. Pixels labeled in
   the weak label always keep their weak class; pixels no mask claims stay unlabeled.
 
   Args:
