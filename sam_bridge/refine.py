@@ -68,6 +68,9 @@ class RefineConfig:
 def _resize(a: np.ndarray, hw: tuple[int, int], nearest: bool) -> np.ndarray:
   if a.shape[:2] == hw:
     return a
+  fy, fx = a.shape[0] / hw[0], a.shape[1] / hw[1]
+  if not nearest and fy == fx and fy == int(fy):
+    return np.asarray(Image.fromarray(a).reduce(int(fy)))  # Box filter: fast, exact for 2x, 4x.
   return np.asarray(Image.fromarray(a).resize((hw[1], hw[0]), Image.NEAREST if nearest else Image.BILINEAR))
 
 
@@ -182,8 +185,7 @@ def _sparse_to_coarse(backend, weak, config, records, timer) -> np.ndarray:
   preds = _predict(backend, prompts, timer, weak.shape)
   masks, classes, prios = [], [], []
   for s, prompt, pred in zip(strokes, prompts, preds):
-    areas = pred.masks.reshape(3, -1).sum(1)
-    r, p = geometry.coverage_compatibility(pred.masks, s.mask, s.bbox)
+    r, p, areas = geometry.coverage_compatibility(pred.masks, s.mask, s.bbox, return_areas=True)
     idx, _ = geometry.select_mask(r, p, pred.scores, areas, strategy="smallest")
     used = areas[idx] > 0
     records.append(InstanceRecord(s.class_id, s.area, s.bbox, prompt.points, idx if used else -1,
@@ -217,10 +219,9 @@ def _instances_stage(backend, base, ext, config, rng, conf, records, timer) -> n
       prompts.append(PromptSet(np.zeros((0, 2), np.float32), np.zeros(0, np.int32),
                                mask=inst.full_mask(region.shape)))
   preds = _predict(backend, prompts, timer, region.shape)
-  masks, classes, prios = [], [], []
+  masks, classes, prios, mask_areas = [], [], [], []
   for inst, prompt, pred in zip(insts, prompts, preds):
-    r, p = geometry.coverage_compatibility(pred.masks, inst.mask, inst.bbox)
-    areas = pred.masks.reshape(3, -1).sum(1)
+    r, p, areas = geometry.coverage_compatibility(pred.masks, inst.mask, inst.bbox, return_areas=True)
     idx, ok = geometry.select_mask(r, p, pred.scores, areas, strategy=config.selection,
                                    tau1=config.tau1, tau2=config.tau2, rng=rng)
     records.append(InstanceRecord(inst.class_id, inst.area, inst.bbox, prompt.points, idx,
@@ -228,7 +229,9 @@ def _instances_stage(backend, base, ext, config, rng, conf, records, timer) -> n
     masks.append(pred.masks[idx])
     classes.append(inst.class_id)
     prios.append(float(p[idx]))
-  return geometry.merge_masks(base, masks, classes, prios, ignore_index=config.ignore_index)
+    mask_areas.append(int(areas[idx]))
+  return geometry.merge_masks(base, masks, classes, prios, ignore_index=config.ignore_index,
+                              areas=mask_areas)
 
 
 def _naive(backend, weak, config, records, timer) -> np.ndarray:

@@ -79,10 +79,10 @@ class TransformersSamBackend:
   @classmethod
   def random(cls, variant: str = "vit_b", *, seed: int = 0, **kw) -> "TransformersSamBackend":
     """A randomly initialised SamModel of `variant` (RANDOM_VARIANTS); reported as random."""
-    import torch
-    from transformers import SamConfig, SamModel
     if variant not in RANDOM_VARIANTS:
       raise ValueError(f"unknown random SAM variant {variant!r}; choose from {sorted(RANDOM_VARIANTS)}")
+    import torch
+    from transformers import SamConfig, SamModel
     v = dict(RANDOM_VARIANTS[variant])
     size = v.get("image_size", 1024)
     torch.manual_seed(seed)

@@ -60,10 +60,8 @@ def find_instances(label: np.ndarray, *, min_area: int = 16, connectivity: int =
   label = np.asarray(label)
   if label.ndim != 2:
     raise ValueError(f"label must be HxW, got shape {label.shape}")
-  # skimage treats `background` as no component; shift so that 0 is unlabeled.
-  shifted = label.astype(np.int32) + 1
-  shifted[label == ignore_index] = 0
-  cc = skimage.measure.label(shifted, background=0, connectivity=connectivity)
+  # skimage labels regions of equal value; `background` pixels form no component.
+  cc = skimage.measure.label(label, background=ignore_index, connectivity=connectivity)
   return _instances_from_cc(cc, label, min_area)
 
 

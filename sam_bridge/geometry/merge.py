@@ -11,7 +11,8 @@ UNLABELED = 255
 
 def merge_masks(weak: np.ndarray, masks: Sequence[np.ndarray], classes: Sequence[int],
                 priorities: Sequence[float], *, ignore_index: int = UNLABELED,
-                boxes: Sequence[tuple[int, int, int, int] | None] | None = None) -> np.ndarray:
+                boxes: Sequence[tuple[int, int, int, int] | None] | None = None,
+                areas: Sequence[int] | None = None) -> np.ndarray:
   """Paints instance masks into a label, weak pixels last.
 
   Conflict rule (two masks of different classes claim a pixel): the mask with the
@@ -28,21 +29,23 @@ def merge_masks(weak: np.ndarray, masks: Sequence[np.ndarray], classes: Sequence
     priorities: one float per mask.
     ignore_index: the unlabeled value.
     boxes: optional (y0, x0, y1, x1) per mask when masks are crops; None = full.
+    areas: pixel count of each mask if already known (saves a pass).
 
   Returns:
     HxW uint8 label.
   """
   out = np.full(weak.shape, ignore_index, np.uint8)
-  areas = [int(np.count_nonzero(m)) for m in masks]
+  if areas is None:
+    areas = [int(np.count_nonzero(m)) for m in masks]
   # Paint ascending (priority, -area): later paint wins, so highest priority, then smallest.
   order = sorted(range(len(masks)), key=lambda i: (priorities[i], -areas[i]))
   for i in order:
     box = boxes[i] if boxes is not None else None
     if box is None:
-      out[masks[i]] = classes[i]
+      np.copyto(out, np.uint8(classes[i]), where=masks[i])  # No index arrays, unlike out[m] = c.
     else:
       y0, x0, y1, x1 = box
-      out[y0:y1, x0:x1][masks[i]] = classes[i]
+      np.copyto(out[y0:y1, x0:x1], np.uint8(classes[i]), where=masks[i])
   labeled = weak != ignore_index
   out[labeled] = weak[labeled]
   return out

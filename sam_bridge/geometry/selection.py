@@ -8,7 +8,7 @@ SELECTION_STRATEGIES = ("sesam", "best_score", "random", "smallest")
 
 
 def coverage_compatibility(masks: np.ndarray, weak_crop: np.ndarray,
-                           bbox: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+                           bbox: tuple[int, int, int, int], *, return_areas: bool = False):
   """r_i = |S_i n W| / |W| and p_i = |S_i n W| / |S_i| for every candidate.
 
   Args:
@@ -17,15 +17,16 @@ def coverage_compatibility(masks: np.ndarray, weak_crop: np.ndarray,
     bbox: (y0, x0, y1, x1) of `weak_crop` in the image.
 
   Returns:
-    (r, p): two N float64 arrays; p = 0 for an empty candidate.
+    (r, p): two N float64 arrays; p = 0 for an empty candidate; with
+    `return_areas`, (r, p, areas) with areas the N candidate pixel counts.
   """
   y0, x0, y1, x1 = bbox
   inter = np.count_nonzero(masks[:, y0:y1, x0:x1] & weak_crop[None], axis=(1, 2))
-  area = np.count_nonzero(masks.reshape(len(masks), -1), axis=1)
+  area = np.array([np.count_nonzero(m) for m in masks])  # Per mask: the fast bool path.
   w_area = max(int(np.count_nonzero(weak_crop)), 1)
   r = inter / w_area
   p = np.where(area > 0, inter / np.maximum(area, 1), 0.0)
-  return r, p
+  return (r, p, area) if return_areas else (r, p)
 
 
 def select_mask(r: np.ndarray, p: np.ndarray, scores: np.ndarray, areas: np.ndarray | None = None,
