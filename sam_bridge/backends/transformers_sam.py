@@ -1,11 +1,16 @@
-"""SAM through `transformers` (SamModel), frozen, in inference mode.
+"""SAM through `transformers`, frozen, in inference mode: SamModel (SAM ViT-B/L/H),
+SamHQModel, Sam2Model (SAM 2.1) and Sam3TrackerModel (SAM 3's promptable tracker).
 
-Pre/post-processing follows the official predictor exactly: the longest side is
+SAM and SAM-HQ ("letterbox" family): pre/post-processing follows the official
+predictor exactly: the longest side is
 resized to the encoder size (PIL bilinear on uint8, as torchvision does on PIL
 images), pixels normalised with SAM's mean/std and zero-padded bottom/right to a
 square; low-resolution logits are upsampled to the padded size, cropped, resized
-to the image size and thresholded at 0. The image embedding is computed once in
-`set_image` and reused for every prompt batch.
+to the image size and thresholded at 0. SAM 2 / SAM 3 tracker ("square" family):
+the image is resized to SxS, scaled to [0, 1] and normalised with ImageNet
+mean/std, as their image processors do; low-resolution logits are resized straight
+to the image size. The image embedding is computed once in `set_image` and reused
+for every prompt batch.
 """
 
 from __future__ import annotations
@@ -21,6 +26,12 @@ from sam_bridge.api import Prediction, PromptSet
 
 PIXEL_MEAN = np.array([123.675, 116.28, 103.53], np.float32)
 PIXEL_STD = np.array([58.395, 57.12, 57.375], np.float32)
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+# config.json model_type -> (transformers class name, preprocessing family).
+MODEL_TYPES = {"sam": ("SamModel", "letterbox"), "sam_hq": ("SamHQModel", "letterbox"),
+               "sam2": ("Sam2Model", "square"), "sam3_tracker": ("Sam3TrackerModel", "square")}
 
 # Randomly initialised variants for tests and benchmarks: encoder width/depth/heads/global blocks.
 RANDOM_VARIANTS = {
@@ -73,7 +84,12 @@ class TransformersSamBackend:
     self.model = model.to(self.device, self.dtype).eval().requires_grad_(False)
     self.batch_size = batch_size
     self.mask_logit = mask_logit
-    self.size = int(model.config.vision_config.image_size)
+    self.model_type = model.config.model_type
+    if self.model_type not in MODEL_TYPES:
+      raise ValueError(f"model_type {self.model_type!r} is not a SAM; supported: {sorted(MODEL_TYPES)}")
+    self.family = MODEL_TYPES[self.model_type][1]
+    size = model.config.prompt_encoder_config.image_size
+    self.size = int(size if np.isscalar(size) else size[0])
     self._emb = None
 
   @classmethod
@@ -112,11 +128,12 @@ class TransformersSamBackend:
     if not cfg_file.exists():
       raise FileNotFoundError(f"{cfg_file} missing: save the model with save_pretrained()")
     model_type = json.loads(cfg_file.read_text()).get("model_type")
-    if model_type != "sam":
-      raise ValueError(f"{p}: model_type {model_type!r}; this backend runs SamModel ('sam') "
-                       "checkpoints (SamHQ/Sam2/Sam3Tracker are not wired yet)")
-    from transformers import SamModel
-    return cls(SamModel.from_pretrained(p), name=f"transformers:{p.name}", **kw)
+    if model_type not in MODEL_TYPES:
+      raise ValueError(f"{cfg_file}: model_type {model_type!r}; this backend runs "
+                       f"{', '.join(sorted(MODEL_TYPES))} checkpoints")
+    import transformers
+    model_cls = getattr(transformers, MODEL_TYPES[model_type][0])
+    return cls(model_cls.from_pretrained(p), name=f"transformers:{p.name} ({model_type})", **kw)
 
   # --- Backend protocol ---
 
@@ -130,9 +147,18 @@ class TransformersSamBackend:
     with torch.inference_mode():
       self._emb = self.model.get_image_embeddings(self.pixel_values.to(self.device, self.dtype))
 
+  def _embedding_kwargs(self) -> dict:
+    if self.model_type == "sam_hq":  # (image embeddings, intermediate ViT embeddings).
+      return {"image_embeddings": self._emb[0], "intermediate_embeddings": self._emb[1]}
+    return {"image_embeddings": self._emb}
+
   def preprocess(self, image: np.ndarray):
-    """HxWx3 uint8 -> (1x3xSxS float32 tensor, (h, w) resized size)."""
+    """HxWx3 uint8 -> (1x3xSxS float32 tensor, (h, w) size of the image inside it)."""
     import torch
+    if self.family == "square":
+      resized = np.asarray(Image.fromarray(image).resize((self.size, self.size), Image.BILINEAR))
+      x = (resized.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+      return torch.from_numpy(x.transpose(2, 0, 1)[None].copy()), (self.size, self.size)
     resized = resize_longest(image, self.size)
     x = (resized.astype(np.float32) - PIXEL_MEAN) / PIXEL_STD
     h, w = resized.shape[:2]
@@ -175,7 +201,7 @@ class TransformersSamBackend:
     if batch[0].mask is not None:
       kw["input_masks"] = self._mask_input(batch[0].mask).to(self.device, self.dtype)
     with torch.inference_mode():
-      res = self.model(image_embeddings=self._emb, multimask_output=True, **kw)
+      res = self.model(multimask_output=True, **self._embedding_kwargs(), **kw)
       masks = self.postprocess(res.pred_masks[0].float())  # B x 3 x H x W bool
       scores = res.iou_scores[0].float().cpu().numpy()
     return [Prediction(masks[b], scores[b].astype(np.float32)) for b in range(len(batch))]
@@ -185,6 +211,11 @@ class TransformersSamBackend:
     import torch.nn.functional as F
     h, w = self.resized_hw
     out = []
+    if self.family == "square":  # No padding: low-res logits map straight onto the image.
+      for s in range(0, low_res.shape[0], 4):
+        x = F.interpolate(low_res[s:s + 4], self.image_hw, mode="bilinear", align_corners=False)
+        out.append((x > 0).cpu().numpy())
+      return np.concatenate(out)
     for s in range(0, low_res.shape[0], 4):  # Chunks keep the padded-size upsample small.
       x = F.interpolate(low_res[s:s + 4], (self.size, self.size), mode="bilinear", align_corners=False)
       x = F.interpolate(x[..., :h, :w], self.image_hw, mode="bilinear", align_corners=False)

@@ -88,3 +88,36 @@ def test_bf16_dtype_runs():
   sam.set_image(image)
   (pred,) = sam.predict([PromptSet.from_points([[15, 15]])])
   pred.validate((48, 64))
+
+
+def _family_backend(cls_name, cfg_name, **cfg):
+  import transformers
+  from sam_bridge.backends.transformers_sam import TransformersSamBackend
+  model = getattr(transformers, cls_name)(getattr(transformers, cfg_name)(**cfg))
+  return TransformersSamBackend(model, name=f"{cls_name} (random weights)")
+
+
+def _check_runs(backend):
+  image, _ = _scene()
+  backend.set_image(image)
+  preds = backend.predict([PromptSet.from_points([[15, 15], [20, 20]]),
+                           PromptSet(np.zeros((0, 2), np.float32), np.zeros(0, np.int32),
+                                     box=np.float32([10, 10, 29, 29]))])
+  for p in preds:
+    p.validate((48, 64))
+
+
+def test_sam_hq_family_runs():
+  pytest.importorskip("transformers")
+  _check_runs(_family_backend(
+      "SamHQModel", "SamHQConfig",
+      vision_config=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                         global_attn_indexes=[1], window_size=4, image_size=256),
+      prompt_encoder_config=dict(image_size=256), mask_decoder_config=dict(vit_dim=64)))
+
+
+@pytest.mark.slow
+def test_sam2_family_runs():
+  # The default Sam2Config (Hiera, 1024 px) takes ~10 s on this CPU: a slow check.
+  pytest.importorskip("transformers")
+  _check_runs(_family_backend("Sam2Model", "Sam2Config"))
