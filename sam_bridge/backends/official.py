@@ -50,6 +50,9 @@ class OfficialSamBackend:
   def predict(self, prompts: Sequence[PromptSet]) -> list[Prediction]:
     out = []
     for p in prompts:
+      if p.mask is not None:
+        raise ValueError("backend 'segment_anything' takes point and box prompts here; use "
+                         "'transformers:<same checkpoint>' for mask prompts")
       masks, scores, _ = self.predictor.predict(
           point_coords=p.points if len(p.points) else None,
           point_labels=p.point_labels if len(p.points) else None,

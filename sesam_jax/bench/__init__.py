@@ -14,6 +14,7 @@ from types import ModuleType
 
 # name -> module path; each module defines add_arguments(parser) and run(args).
 TARGETS: dict[str, str] = {
+    "sam": "sesam_jax.bench.sam",
 }
 
 
