@@ -16,6 +16,7 @@ from types import ModuleType
 TARGETS: dict[str, str] = {
     "input": "sesam_jax.bench.input",
     "weak_labels": "sesam_jax.bench.weak_labels",
+    "sam": "sesam_jax.bench.sam",
 }
 
 

@@ -1,0 +1,136 @@
+"""Requests, results and the Backend protocol, with their numpy layouts.
+
+Coordinates are always (x, y) pixels in the frame of the image given to
+`Backend.set_image` (x = column, y = row), float32. Masks are HxW bool in that
+same frame. A backend sets an image once (its embedding is computed once), then
+predicts many prompt sets in batches; every prompt set yields exactly three
+candidate masks with three scores (SAM's multimask output).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+UNLABELED = 255  # Weak/refined label value for "no class".
+NUM_CANDIDATES = 3  # SAM's multimask output: three granularities per prompt set.
+
+
+@dataclasses.dataclass
+class PromptSet:
+  """One prompt for one object.
+
+  Attributes:
+    points: Nx2 float32 (x, y) pixels; may be empty (0x2) when a box or mask is given.
+    point_labels: N int32, 1 = foreground, 0 = background.
+    box: 4 float32 (x0, y0, x1, y1) pixels, inclusive corners, or None.
+    mask: HxW bool region prompt (SAM's mask input), or None.
+  """
+  points: np.ndarray
+  point_labels: np.ndarray
+  box: np.ndarray | None = None
+  mask: np.ndarray | None = None
+
+  @staticmethod
+  def from_points(points_xy: np.ndarray, labels: np.ndarray | None = None) -> "PromptSet":
+    """Foreground points (Nx2 (x, y)) as a prompt set; labels default to all 1."""
+    pts = np.asarray(points_xy, np.float32).reshape(-1, 2)
+    lab = np.ones(len(pts), np.int32) if labels is None else np.asarray(labels, np.int32)
+    return PromptSet(points=pts, point_labels=lab)
+
+  @property
+  def kind(self) -> tuple[int, bool, bool]:
+    """(num points, has box, has mask): prompt sets of one kind batch together."""
+    return (len(self.points), self.box is not None, self.mask is not None)
+
+
+@dataclasses.dataclass
+class Prediction:
+  """Three candidate masks for one prompt set.
+
+  Attributes:
+    masks: 3xHxW bool, in the order the backend produces them.
+    scores: 3 float32, the backend's own quality estimate (SAM: predicted IoU).
+  """
+  masks: np.ndarray
+  scores: np.ndarray
+
+  def validate(self, shape: tuple[int, int]) -> None:
+    """Raises ValueError unless masks are 3xHxW bool matching `shape` and scores 3 finite floats."""
+    m, s = self.masks, self.scores
+    if not isinstance(m, np.ndarray) or m.dtype != bool or m.shape != (NUM_CANDIDATES, *shape):
+      raise ValueError(f"backend returned masks {getattr(m, 'shape', type(m))} "
+                       f"{getattr(m, 'dtype', '')}; expected {NUM_CANDIDATES}x{shape[0]}x{shape[1]} bool")
+    if not isinstance(s, np.ndarray) or s.shape != (NUM_CANDIDATES,) or not np.all(np.isfinite(s)):
+      raise ValueError(f"backend returned scores {s!r}; expected {NUM_CANDIDATES} finite floats")
+
+
+@runtime_checkable
+class Backend(Protocol):
+  """A promptable segmenter, frozen. `name` says what it is in every report."""
+
+  name: str
+  is_oracle: bool
+
+  def set_image(self, image: np.ndarray, *, fine_label: np.ndarray | None = None) -> None:
+    """Encodes one image (HxWx3 uint8) once; `fine_label` (HxW uint8) only for the oracle."""
+
+  def predict(self, prompts: Sequence[PromptSet]) -> list[Prediction]:
+    """Three candidates per prompt set for the current image, batched inside."""
+
+
+@dataclasses.dataclass
+class RefineRequest:
+  """One example sent to the refiner / service.
+
+  Attributes:
+    example_id: the image id (stem); results are keyed by it.
+    image: HxWx3 uint8.
+    weak: HxW uint8 weak label, 255 = unlabeled.
+    extension: optional HxW uint8 confident pseudo-labels (theta2) extending the weak
+      label where it is 255; 255 = none.
+    fine: optional HxW uint8 fine label, for the oracle backend only.
+  """
+  example_id: str
+  image: np.ndarray
+  weak: np.ndarray
+  extension: np.ndarray | None = None
+  fine: np.ndarray | None = None
+
+
+@dataclasses.dataclass
+class InstanceRecord:
+  """What happened to one instance (one connected component of one class)."""
+  class_id: int
+  area: int  # Pixels of the instance mask W (working resolution).
+  bbox: tuple[int, int, int, int]  # (y0, x0, y1, x1), exclusive ends.
+  points: np.ndarray  # Kx2 float32 (x, y) prompts sent (working resolution).
+  chosen: int  # Index of the selected candidate, -1 if none was used.
+  coverage: float  # r of the chosen candidate.
+  compatibility: float  # p of the chosen candidate.
+  qualified: bool  # Whether the chosen candidate passed both thresholds.
+  stage: str = "instances"  # "sparse" (sparse-to-coarse) or "instances".
+
+
+@dataclasses.dataclass
+class RefineResult:
+  """The SeSAM label for one example.
+
+  Attributes:
+    example_id: as in the request.
+    label: HxW uint8 refined label, 255 = unlabeled.
+    coarse: HxW uint8 stage-1 label for points/scribbles (sparse to coarse), else None.
+    records: per-instance records (both stages).
+    fallback: True when the service returned the weak label because refinement failed.
+    error: the failure message when `fallback` is True.
+    info: backend name and timings (seconds).
+  """
+  example_id: str
+  label: np.ndarray
+  coarse: np.ndarray | None = None
+  records: list[InstanceRecord] = dataclasses.field(default_factory=list)
+  fallback: bool = False
+  error: str = ""
+  info: dict[str, Any] = dataclasses.field(default_factory=dict)

@@ -1,0 +1,234 @@
+"""SAM through `transformers`, frozen, in inference mode: SamModel (SAM ViT-B/L/H),
+SamHQModel, Sam2Model (SAM 2.1) and Sam3TrackerModel (SAM 3's promptable tracker).
+
+SAM and SAM-HQ ("letterbox" family): pre/post-processing follows the official
+predictor exactly: the longest side is
+resized to the encoder size (PIL bilinear on uint8, as torchvision does on PIL
+images), pixels normalised with SAM's mean/std and zero-padded bottom/right to a
+square; low-resolution logits are upsampled to the padded size, cropped, resized
+to the image size and thresholded at 0. SAM 2 / SAM 3 tracker ("square" family):
+the image is resized to SxS, scaled to [0, 1] and normalised with ImageNet
+mean/std, as their image processors do; low-resolution logits are resized straight
+to the image size. The image embedding is computed once in `set_image` and reused
+for every prompt batch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import pathlib
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from sam_bridge.api import Prediction, PromptSet
+
+PIXEL_MEAN = np.array([123.675, 116.28, 103.53], np.float32)
+PIXEL_STD = np.array([58.395, 57.12, 57.375], np.float32)
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+# config.json model_type -> (transformers class name, preprocessing family).
+MODEL_TYPES = {"sam": ("SamModel", "letterbox"), "sam_hq": ("SamHQModel", "letterbox"),
+               "sam2": ("Sam2Model", "square"), "sam3_tracker": ("Sam3TrackerModel", "square")}
+
+# Randomly initialised variants for tests and benchmarks: encoder width/depth/heads/global blocks.
+RANDOM_VARIANTS = {
+    "vit_b": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, global_attn_indexes=[2, 5, 8, 11]),
+    "vit_l": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, global_attn_indexes=[5, 11, 17, 23]),
+    "vit_h": dict(hidden_size=1280, num_hidden_layers=32, num_attention_heads=16, global_attn_indexes=[7, 15, 23, 31]),
+    # Not a SAM size: a few-second model for tests (same code paths, 256-pixel input).
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, global_attn_indexes=[1],
+                 window_size=4, image_size=256),
+}
+
+
+def resize_longest(image: np.ndarray, target: int) -> np.ndarray:
+  """HxWx3 uint8 -> hxwx3 uint8 with max(h, w) == target (official ResizeLongestSide)."""
+  h, w = image.shape[:2]
+  scale = target / max(h, w)
+  nh, nw = int(h * scale + 0.5), int(w * scale + 0.5)
+  return np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
+
+
+def _torch_dtype(dtype: str):
+  import torch
+  table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+  if dtype not in table:
+    raise ValueError(f"unknown dtype {dtype!r}; choose float32 or bfloat16")
+  return table[dtype]
+
+
+class TransformersSamBackend:
+  """A frozen `transformers` SamModel as a Backend.
+
+  Args:
+    model: a SamModel (weights loaded).
+    name: what it is, for reports (e.g. "transformers:sam_vit_b" or "random:vit_b (random weights)").
+    device: torch device string.
+    dtype: "float32" or "bfloat16".
+    batch_size: prompt sets per decoder call.
+    mask_logit: magnitude of the logits a binary mask prompt is turned into.
+  """
+
+  is_oracle = False
+
+  def __init__(self, model, *, name: str, device: str = "cpu", dtype: str = "float32",
+               batch_size: int = 32, mask_logit: float = 8.0):
+    import torch
+    self.name = name
+    self.device = torch.device(device)
+    self.dtype = _torch_dtype(dtype)
+    self.model = model.to(self.device, self.dtype).eval().requires_grad_(False)
+    self.batch_size = batch_size
+    self.mask_logit = mask_logit
+    self.model_type = model.config.model_type
+    if self.model_type not in MODEL_TYPES:
+      raise ValueError(f"model_type {self.model_type!r} is not a SAM; supported: {sorted(MODEL_TYPES)}")
+    self.family = MODEL_TYPES[self.model_type][1]
+    size = model.config.prompt_encoder_config.image_size
+    self.size = int(size if np.isscalar(size) else size[0])
+    self._emb = None
+
+  @classmethod
+  def random(cls, variant: str = "vit_b", *, seed: int = 0, **kw) -> "TransformersSamBackend":
+    """A randomly initialised SamModel of `variant` (RANDOM_VARIANTS); reported as random."""
+    if variant not in RANDOM_VARIANTS:
+      raise ValueError(f"unknown random SAM variant {variant!r}; choose from {sorted(RANDOM_VARIANTS)}")
+    import torch
+    from transformers import SamConfig, SamModel
+    v = dict(RANDOM_VARIANTS[variant])
+    size = v.get("image_size", 1024)
+    torch.manual_seed(seed)
+    model = SamModel(SamConfig(vision_config=v, prompt_encoder_config=dict(image_size=size)))
+    return cls(model, name=f"random:{variant} (random weights, not a trained SAM)", **kw)
+
+  @classmethod
+  def from_path(cls, path: str, **kw) -> "TransformersSamBackend":
+    """Loads a `transformers` weights directory or an official `sam_vit_*.pth` (converted)."""
+    import torch
+    p = pathlib.Path(path)
+    if not p.exists():
+      raise FileNotFoundError(f"{p}: no SAM weights there; give a transformers directory "
+                              "(config.json + weights) or an official sam_vit_*.pth file")
+    if p.is_file():
+      from transformers import SamModel
+      from sam_bridge.backends.sam_convert import convert_official_sam, sam_config_from_official
+      sd = torch.load(p, map_location="cpu", weights_only=True)
+      model = SamModel(sam_config_from_official(sd))
+      missing, unexpected = model.load_state_dict(convert_official_sam(sd), strict=False)
+      if missing or unexpected:
+        raise ValueError(f"{p}: not an official SAM checkpoint (missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]})")
+      return cls(model, name=f"transformers:{p.name} (official, converted)", **kw)
+    import json
+    cfg_file = p / "config.json"
+    if not cfg_file.exists():
+      raise FileNotFoundError(f"{cfg_file} missing: save the model with save_pretrained()")
+    model_type = json.loads(cfg_file.read_text()).get("model_type")
+    if model_type not in MODEL_TYPES:
+      raise ValueError(f"{cfg_file}: model_type {model_type!r}; this backend runs "
+                       f"{', '.join(sorted(MODEL_TYPES))} checkpoints")
+    import transformers
+    model_cls = getattr(transformers, MODEL_TYPES[model_type][0])
+    return cls(model_cls.from_pretrained(p), name=f"transformers:{p.name} ({model_type})", **kw)
+
+  # --- Backend protocol ---
+
+  def set_image(self, image: np.ndarray, *, fine_label: np.ndarray | None = None) -> None:
+    """Encodes HxWx3 uint8 `image` once (fine_label is ignored)."""
+    import torch
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+      raise ValueError(f"image must be HxWx3 uint8, got {image.shape} {image.dtype}")
+    self.pixel_values, self.resized_hw = self.preprocess(image)
+    self.image_hw = image.shape[:2]
+    with torch.inference_mode():
+      self._emb = self.model.get_image_embeddings(self.pixel_values.to(self.device, self.dtype))
+
+  def _embedding_kwargs(self) -> dict:
+    if self.model_type == "sam_hq":  # (image embeddings, intermediate ViT embeddings).
+      return {"image_embeddings": self._emb[0], "intermediate_embeddings": self._emb[1]}
+    return {"image_embeddings": self._emb}
+
+  def preprocess(self, image: np.ndarray):
+    """HxWx3 uint8 -> (1x3xSxS float32 tensor, (h, w) size of the image inside it)."""
+    import torch
+    if self.family == "square":
+      resized = np.asarray(Image.fromarray(image).resize((self.size, self.size), Image.BILINEAR))
+      x = (resized.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+      return torch.from_numpy(x.transpose(2, 0, 1)[None].copy()), (self.size, self.size)
+    resized = resize_longest(image, self.size)
+    x = (resized.astype(np.float32) - PIXEL_MEAN) / PIXEL_STD
+    h, w = resized.shape[:2]
+    padded = np.zeros((self.size, self.size, 3), np.float32)
+    padded[:h, :w] = x
+    return torch.from_numpy(padded.transpose(2, 0, 1)[None].copy()), (h, w)
+
+  def predict(self, prompts: Sequence[PromptSet]) -> list[Prediction]:
+    if self._emb is None:
+      raise RuntimeError("call set_image before predict")
+    out: list[Prediction | None] = [None] * len(prompts)
+    order = sorted(range(len(prompts)), key=lambda i: prompts[i].kind)
+    for kind, group in itertools.groupby(order, key=lambda i: prompts[i].kind):
+      idx = list(group)
+      # Mask prompts carry one dense embedding each: decode them one at a time.
+      step = 1 if kind[2] else self.batch_size
+      for s in range(0, len(idx), step):
+        chunk = idx[s:s + step]
+        for i, pred in zip(chunk, self._decode([prompts[i] for i in chunk])):
+          out[i] = pred
+    return out
+
+  # --- internals ---
+
+  def _scale(self) -> float:
+    return self.resized_hw[0] / self.image_hw[0], self.resized_hw[1] / self.image_hw[1]
+
+  def _decode(self, batch: list[PromptSet]) -> list[Prediction]:
+    import torch
+    sy, sx = self._scale()
+    kw = {}
+    n_points = len(batch[0].points)
+    if n_points:
+      pts = np.stack([p.points for p in batch]).astype(np.float32) * np.float32([sx, sy])
+      kw["input_points"] = torch.from_numpy(pts[None]).to(self.device, self.dtype)
+      kw["input_labels"] = torch.from_numpy(np.stack([p.point_labels for p in batch])[None].astype(np.int64)).to(self.device)
+    if batch[0].box is not None:
+      boxes = np.stack([p.box for p in batch]).astype(np.float32) * np.float32([sx, sy, sx, sy])
+      kw["input_boxes"] = torch.from_numpy(boxes[None]).to(self.device, self.dtype)
+    if batch[0].mask is not None:
+      kw["input_masks"] = self._mask_input(batch[0].mask).to(self.device, self.dtype)
+    with torch.inference_mode():
+      res = self.model(multimask_output=True, **self._embedding_kwargs(), **kw)
+      masks = self.postprocess(res.pred_masks[0].float())  # B x 3 x H x W bool
+      scores = res.iou_scores[0].float().cpu().numpy()
+    return [Prediction(masks[b], scores[b].astype(np.float32)) for b in range(len(batch))]
+
+  def postprocess(self, low_res) -> np.ndarray:
+    """B x 3 x s x s logits -> B x 3 x H x W bool (official Sam.postprocess_masks, then > 0)."""
+    import torch.nn.functional as F
+    h, w = self.resized_hw
+    out = []
+    if self.family == "square":  # No padding: low-res logits map straight onto the image.
+      for s in range(0, low_res.shape[0], 4):
+        x = F.interpolate(low_res[s:s + 4], self.image_hw, mode="bilinear", align_corners=False)
+        out.append((x > 0).cpu().numpy())
+      return np.concatenate(out)
+    for s in range(0, low_res.shape[0], 4):  # Chunks keep the padded-size upsample small.
+      x = F.interpolate(low_res[s:s + 4], (self.size, self.size), mode="bilinear", align_corners=False)
+      x = F.interpolate(x[..., :h, :w], self.image_hw, mode="bilinear", align_corners=False)
+      out.append((x > 0).cpu().numpy())
+    return np.concatenate(out)
+
+  def _mask_input(self, mask: np.ndarray):
+    """HxW bool -> 1x1x(S/4)x(S/4) logits in the padded frame (SAM's mask input)."""
+    import torch
+    import torch.nn.functional as F
+    h, w = self.resized_hw
+    m = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)) > 0
+    padded = np.zeros((self.size, self.size), np.float32)
+    padded[:h, :w] = m
+    low = F.avg_pool2d(torch.from_numpy(padded)[None, None], 4)
+    return (low * 2 - 1) * self.mask_logit

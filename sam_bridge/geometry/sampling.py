@@ -1,0 +1,124 @@
+"""Point prompts for one instance: SeSAM's grid + distance sampling (eq. 2) and ablations.
+
+SeSAM: the normalised distance transform (distance to the nearest background
+pixel divided by its maximum) is the probability field; it peaks on the medial
+axis (skeleton) and is lowest at the boundary, so no explicit skeletonisation is
+done (the paper's skeleton is the ridge of this field). The bounding box
+(s1 x s2 = S) is cut into ceil(s1/sqrt(S/K)) x ceil(s2/sqrt(S/K)) cells; K cells
+holding mask pixels are drawn uniformly at random; one point is drawn from each
+such cell with probability proportional to the field.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import scipy.ndimage as ndi
+
+SAMPLING_STRATEGIES = ("sesam", "center", "boundary", "random", "confidence")
+
+
+def distance_field(mask: np.ndarray, *, max_pixels: int = 1 << 16) -> np.ndarray:
+  """Euclidean distance to the nearest non-mask pixel, the box border counting as outside.
+
+  Args:
+    mask: hxw bool (an instance inside its bounding box).
+    max_pixels: boxes larger than this are measured on a strided grid (stride s,
+      distances times s) and spread back by repetition: the field only weights a
+      random draw, and large regions (road, sky) would otherwise dominate the time.
+
+  Returns:
+    hxw float32, > 0 inside the mask, 0 outside.
+  """
+  stride = max(1, math.ceil(math.sqrt(mask.size / max_pixels)))
+  if stride == 1:
+    return ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1].astype(np.float32)
+  small = ndi.distance_transform_edt(np.pad(mask[::stride, ::stride], 1))[1:-1, 1:-1]
+  big = np.repeat(np.repeat(small.astype(np.float32) * stride, stride, 0), stride, 1)
+  big = big[:mask.shape[0], :mask.shape[1]]
+  # Pixels of the mask that the strided grid missed still get a small positive weight.
+  return np.where(mask, np.maximum(big, 1.0), 0.0).astype(np.float32)
+
+
+def grid_shape(height: int, width: int, k: int) -> tuple[int, int]:
+  """Eq. 2: ceil(s1/sqrt(S/K)) x ceil(s2/sqrt(S/K)) cells for an s1 x s2 box."""
+  side = math.sqrt(height * width / k)
+  return math.ceil(height / side), math.ceil(width / side)
+
+
+def _weighted_pick(rng: np.random.Generator, weights: np.ndarray, n: int) -> np.ndarray:
+  """n indices without replacement, P proportional to weights (Efraimidis-Spirakis keys)."""
+  keys = np.log(rng.random(len(weights))) / np.maximum(weights, 1e-12)
+  n = min(n, len(weights))
+  return np.argpartition(-keys, n - 1)[:n] if n < len(weights) else np.arange(len(weights))
+
+
+def sample_points(mask: np.ndarray, *, k: int = 5, strategy: str = "sesam",
+                  rng: np.random.Generator, confidence: np.ndarray | None = None,
+                  center_quantile: float = 0.8, boundary_band: float = 0.2) -> np.ndarray:
+  """K point prompts inside one instance.
+
+  Args:
+    mask: hxw bool, the instance inside its bounding box (non-empty).
+    k: number of points K (paper: 5).
+    strategy: "sesam" (grid + distance, eq. 2), "center" (uniform among pixels whose
+      normalised distance >= center_quantile: near the distance maxima), "boundary"
+      (uniform among pixels whose normalised distance <= boundary_band), "random"
+      (uniform over the mask), "confidence" (the K most confident pixels, top-k;
+      needs `confidence`, so it exists only in training with a teacher).
+    rng: numpy Generator; the only source of randomness.
+    confidence: hxw float confidence map aligned with `mask` (strategy "confidence").
+    center_quantile, boundary_band: bands of the normalised distance field for the
+      center/boundary ablations (ours; the paper gives no numbers).
+
+  Returns:
+    min(k, area)x2 float32 (x, y) pixel coordinates relative to the box's top-left.
+  """
+  if strategy not in SAMPLING_STRATEGIES:
+    raise ValueError(f"unknown sampling strategy {strategy!r}; choose from {SAMPLING_STRATEGIES}")
+  ys, xs = np.nonzero(mask)
+  if len(ys) == 0:
+    raise ValueError("cannot sample points from an empty mask")
+  if strategy == "confidence":
+    if confidence is None:
+      raise ValueError("sampling strategy 'confidence' needs a confidence map (the teacher's); "
+                       "it exists only in training, not at label level")
+    conf = confidence[ys, xs]
+    idx = np.argsort(-conf, kind="stable")[:k]
+  elif strategy == "random":
+    idx = rng.choice(len(ys), size=min(k, len(ys)), replace=False)
+  else:
+    dist = distance_field(mask)[ys, xs]
+    norm = dist / dist.max()
+    if strategy == "center":
+      pool = np.flatnonzero(norm >= center_quantile * norm.max())
+      idx = pool[rng.choice(len(pool), size=min(k, len(pool)), replace=False)]
+    elif strategy == "boundary":
+      pool = np.flatnonzero(norm <= max(boundary_band, norm.min()))
+      idx = pool[rng.choice(len(pool), size=min(k, len(pool)), replace=False)]
+    else:
+      idx = _sesam_indices(ys, xs, norm, mask.shape, k, rng)
+  return np.stack([xs[idx], ys[idx]], axis=1).astype(np.float32)
+
+
+def _sesam_indices(ys: np.ndarray, xs: np.ndarray, weight: np.ndarray, shape: tuple[int, int],
+                   k: int, rng: np.random.Generator) -> np.ndarray:
+  h, w = shape
+  rows, cols = grid_shape(h, w, k)
+  cell = (ys * rows // h) * cols + (xs * cols // w)
+  occupied = np.unique(cell)
+  chosen_cells = rng.choice(occupied, size=min(k, len(occupied)), replace=False)
+  # One weighted draw per chosen cell: the largest Efraimidis-Spirakis key wins.
+  keys = np.log(rng.random(len(ys))) / np.maximum(weight, 1e-12)
+  picked = []
+  for c in chosen_cells:
+    in_cell = np.flatnonzero(cell == c)
+    picked.append(in_cell[np.argmax(keys[in_cell])])
+  if len(picked) < k:
+    # Fewer occupied cells than K (thin or sparse shapes): fill from the whole mask
+    # with the same field, without repeating a pixel.
+    rest = np.setdiff1d(np.arange(len(ys)), picked)
+    if len(rest):
+      picked.extend(rest[_weighted_pick(rng, weight[rest], k - len(picked))])
+  return np.asarray(picked, np.int64)

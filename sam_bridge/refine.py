@@ -1,0 +1,264 @@
+"""One image + weak label -> SeSAM label (paper section 3.2). Pure orchestration, no threads.
+
+Pipeline (mode "sesam"):
+  points/scribbles: stage 1, sparse to coarse: every weak stroke/point prompts the
+    backend with its own pixels (a point as is, a stroke as up to `stroke_k` evenly
+    spaced points) and the smallest non-empty candidate is kept; the weak pixels
+    plus these masks form the coarse label of stage 2.
+  stage 2 (all kinds): the coarse label, extended by the optional confident
+    pseudo-labels where it is unlabeled, is split into instances (connected
+    components per class, eq. 1); each instance prompts the backend with K points
+    (eq. 2 sampling), its box or its mask; one candidate per instance is chosen by
+    coverage/compatibility; the chosen masks are merged (higher compatibility wins
+    a conflict) and the coarse label's own pixels keep their class.
+Mode "naive" (the paper's SAM baseline): the weak label prompts SAM directly, one
+prompt per class: coarse masks as mask prompts, points as points, scribbles as
+point sets; the best-scoring candidate is kept.
+
+Everything runs at a working resolution whose longest side is at most
+`work_long_side` (default 1024, SAM's own input size; SAM's masks are 256x256 before
+upsampling), and the result is resized back (nearest) with the full-resolution weak
+pixels restored on top.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+from PIL import Image
+
+from sam_bridge import geometry
+from sam_bridge.api import Backend, InstanceRecord, PromptSet, RefineRequest, RefineResult
+
+MODES = ("sesam", "naive")
+WEAK_KINDS = ("coarse", "points", "scribbles")
+PROMPT_TYPES = ("points", "box", "mask")
+
+
+@dataclasses.dataclass(frozen=True)
+class RefineConfig:
+  """Every knob of refinement, with the paper's defaults where it gives one."""
+  mode: str = "sesam"  # "sesam" or "naive" (SAM baseline).
+  weak_kind: str = "coarse"  # "coarse", "points" or "scribbles".
+  k: int = 5  # Points per instance (paper K = 5).
+  sampling: str = "sesam"  # geometry.SAMPLING_STRATEGIES.
+  selection: str = "sesam"  # geometry.SELECTION_STRATEGIES.
+  prompt: str = "points"  # "points", "box" or "mask" (Table 4c).
+  instances: bool = True  # False: one prompt per class (Table 3b, no instance separation).
+  tau1: float = 0.3  # Coverage threshold r >= tau1.
+  tau2: float = 0.7  # Compatibility threshold p >= tau2.
+  min_area: int = 16  # Instances smaller than this (working-resolution pixels) are skipped.
+  stroke_k: int = 5  # Points per scribble stroke in the sparse-to-coarse stage.
+  point_extent: int = 7  # A weak blob no wider than this (pixels) is one point.
+  work_long_side: int = 1024  # Working resolution: longest side in pixels.
+  ignore_index: int = 255  # Unlabeled value.
+
+  def validate(self) -> "RefineConfig":
+    for field, value, choices in (("mode", self.mode, MODES), ("weak_kind", self.weak_kind, WEAK_KINDS),
+                                  ("prompt", self.prompt, PROMPT_TYPES),
+                                  ("sampling", self.sampling, geometry.SAMPLING_STRATEGIES),
+                                  ("selection", self.selection, geometry.SELECTION_STRATEGIES)):
+      if value not in choices:
+        raise ValueError(f"refine {field}={value!r}; choose one of {choices}")
+    return self
+
+
+def _resize(a: np.ndarray, hw: tuple[int, int], nearest: bool) -> np.ndarray:
+  if a.shape[:2] == hw:
+    return a
+  fy, fx = a.shape[0] / hw[0], a.shape[1] / hw[1]
+  if not nearest and fy == fx and fy == int(fy):
+    return np.asarray(Image.fromarray(a).reduce(int(fy)))  # Box filter: fast, exact for 2x, 4x.
+  return np.asarray(Image.fromarray(a).resize((hw[1], hw[0]), Image.NEAREST if nearest else Image.BILINEAR))
+
+
+class _Timer:
+  def __init__(self):
+    self.t = {"encode": 0.0, "decode": 0.0, "total": 0.0}
+
+  def add(self, key: str, t0: float) -> None:
+    self.t[key] = self.t.get(key, 0.0) + time.perf_counter() - t0
+
+
+def refine(backend: Backend, request: RefineRequest, config: RefineConfig = RefineConfig(), *,
+           seed: int = 0, confidence: np.ndarray | None = None) -> RefineResult:
+  """Refines one weak label with `backend`.
+
+  Args:
+    backend: any Backend; an oracle needs `request.fine`.
+    request: image HxWx3 uint8, weak HxW uint8 (255 = unlabeled), optional extension
+      HxW uint8 (theta2 pseudo-labels, 255 = none), optional fine HxW uint8.
+    config: RefineConfig.
+    seed: randomness of point sampling / random selection (with the example id).
+    confidence: optional HxW float32 teacher confidence, for sampling "confidence".
+
+  Returns:
+    RefineResult: label HxW uint8; coarse (stage 1, points/scribbles) or None; one
+    InstanceRecord per prompt; info with the backend name, instance counts and
+    seconds for "encode", "decode", "geometry" and "total".
+  """
+  config.validate()
+  t_start = time.perf_counter()
+  timer = _Timer()
+  image, weak = np.asarray(request.image), np.asarray(request.weak)
+  if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+    raise ValueError(f"{request.example_id}: image must be HxWx3 uint8, got {image.shape} {image.dtype}")
+  full_hw = image.shape[:2]
+  for name, arr in (("weak", weak), ("extension", request.extension), ("fine", request.fine)):
+    if arr is not None and arr.shape != full_hw:
+      raise ValueError(f"{request.example_id}: {name} label {arr.shape} does not match image {full_hw}")
+  if backend.is_oracle and request.fine is None:
+    raise ValueError(f"{request.example_id}: backend {backend.name} is an oracle and needs the fine label")
+  # Working resolution.
+  scale = min(1.0, config.work_long_side / max(full_hw))
+  hw = (max(1, round(full_hw[0] * scale)), max(1, round(full_hw[1] * scale)))
+  image_w = _resize(image, hw, nearest=False)
+  weak_w = _resize(weak, hw, nearest=True)
+  ext_w = None if request.extension is None else _resize(np.asarray(request.extension), hw, nearest=True)
+  fine_w = None if request.fine is None else _resize(np.asarray(request.fine), hw, nearest=True)
+  # Seeded per example so that a result does not depend on processing order.
+  rng = np.random.default_rng([seed, abs(hash_id(request.example_id))])
+  conf_w = None
+  if confidence is not None:
+    conf_w = np.asarray(Image.fromarray(confidence.astype(np.float32)).resize((hw[1], hw[0]), Image.BILINEAR))
+
+  t0 = time.perf_counter()
+  backend.set_image(image_w, fine_label=fine_w if backend.is_oracle else None)
+  timer.add("encode", t0)
+
+  records: list[InstanceRecord] = []
+  coarse_w = None
+  if config.mode == "naive":
+    label_w = _naive(backend, weak_w, config, records, timer)
+  else:
+    base = weak_w
+    if config.weak_kind in ("points", "scribbles"):
+      coarse_w = _sparse_to_coarse(backend, weak_w, config, records, timer)
+      base = coarse_w
+    label_w = _instances_stage(backend, base, ext_w, config, rng, conf_w, records, timer)
+
+  label = _restore(label_w, weak, full_hw, config.ignore_index)
+  coarse = None if coarse_w is None else _restore(coarse_w, weak, full_hw, config.ignore_index)
+  timer.add("total", t_start)
+  t = timer.t
+  info = {"backend": backend.name, "oracle": bool(backend.is_oracle), "working_hw": hw,
+          "instances": sum(r.stage == "instances" for r in records),
+          "sparse_prompts": sum(r.stage == "sparse" for r in records),
+          "seconds": {"encode": t["encode"], "decode": t["decode"], "total": t["total"],
+                      "geometry": t["total"] - t["encode"] - t["decode"]}}
+  return RefineResult(request.example_id, label, coarse, records, info=info)
+
+
+def hash_id(example_id: str) -> int:
+  """A process-independent 63-bit hash of an example id (Python's hash() is salted)."""
+  import hashlib
+  return int.from_bytes(hashlib.blake2b(example_id.encode(), digest_size=8).digest(), "little") >> 1
+
+
+def _restore(label_w: np.ndarray, weak: np.ndarray, full_hw: tuple[int, int], ignore: int) -> np.ndarray:
+  out = _resize(label_w, full_hw, nearest=True).copy()
+  keep = weak != ignore
+  out[keep] = weak[keep]
+  return out
+
+
+def _predict(backend: Backend, prompts: list[PromptSet], timer: _Timer, hw: tuple[int, int]):
+  t0 = time.perf_counter()
+  preds = backend.predict(prompts) if prompts else []
+  timer.add("decode", t0)
+  if len(preds) != len(prompts):
+    raise ValueError(f"backend {backend.name} returned {len(preds)} predictions for {len(prompts)} prompts")
+  for p in preds:
+    p.validate(hw)
+  return preds
+
+
+def _sparse_to_coarse(backend, weak, config, records, timer) -> np.ndarray:
+  """Stage 1 for points/scribbles: each stroke's smallest candidate (see module docstring)."""
+  strokes = geometry.find_instances(weak, min_area=1, ignore_index=config.ignore_index)
+  prompts = []
+  for s in strokes:
+    pts = geometry.stroke_points(s.mask, k=config.stroke_k, point_extent=config.point_extent)
+    prompts.append(PromptSet.from_points(pts + np.float32([s.bbox[1], s.bbox[0]])))
+  preds = _predict(backend, prompts, timer, weak.shape)
+  masks, classes, prios = [], [], []
+  for s, prompt, pred in zip(strokes, prompts, preds):
+    r, p, areas = geometry.coverage_compatibility(pred.masks, s.mask, s.bbox, return_areas=True)
+    idx, _ = geometry.select_mask(r, p, pred.scores, areas, strategy="smallest")
+    used = areas[idx] > 0
+    records.append(InstanceRecord(s.class_id, s.area, s.bbox, prompt.points, idx if used else -1,
+                                  float(r[idx]), float(p[idx]), False, stage="sparse"))
+    if used:
+      masks.append(pred.masks[idx])
+      classes.append(s.class_id)
+      prios.append(-float(areas[idx]))  # Smaller masks win conflicts: they are the precise ones.
+  return geometry.merge_masks(weak, masks, classes, prios, ignore_index=config.ignore_index)
+
+
+def _instances_stage(backend, base, ext, config, rng, conf, records, timer) -> np.ndarray:
+  """Stage 2: instances of the (extended) coarse label -> prompts -> selection -> merge."""
+  region = base
+  if ext is not None:
+    region = np.where(base != config.ignore_index, base, ext).astype(np.uint8)
+  find = geometry.find_instances if config.instances else geometry.class_instances
+  insts = find(region, min_area=config.min_area, ignore_index=config.ignore_index)
+  prompts = []
+  for inst in insts:
+    y0, x0, y1, x1 = inst.bbox
+    if config.prompt == "points":
+      crop_conf = None if conf is None else conf[y0:y1, x0:x1]
+      pts = geometry.sample_points(inst.mask, k=config.k, strategy=config.sampling, rng=rng,
+                                   confidence=crop_conf)
+      prompts.append(PromptSet.from_points(pts + np.float32([x0, y0])))
+    elif config.prompt == "box":
+      prompts.append(PromptSet(np.zeros((0, 2), np.float32), np.zeros(0, np.int32),
+                               box=np.float32([x0, y0, x1 - 1, y1 - 1])))
+    else:
+      prompts.append(PromptSet(np.zeros((0, 2), np.float32), np.zeros(0, np.int32),
+                               mask=inst.full_mask(region.shape)))
+  preds = _predict(backend, prompts, timer, region.shape)
+  masks, classes, prios, mask_areas = [], [], [], []
+  for inst, prompt, pred in zip(insts, prompts, preds):
+    r, p, areas = geometry.coverage_compatibility(pred.masks, inst.mask, inst.bbox, return_areas=True)
+    idx, ok = geometry.select_mask(r, p, pred.scores, areas, strategy=config.selection,
+                                   tau1=config.tau1, tau2=config.tau2, rng=rng)
+    records.append(InstanceRecord(inst.class_id, inst.area, inst.bbox, prompt.points, idx,
+                                  float(r[idx]), float(p[idx]), ok))
+    masks.append(pred.masks[idx])
+    classes.append(inst.class_id)
+    prios.append(float(p[idx]))
+    mask_areas.append(int(areas[idx]))
+  return geometry.merge_masks(base, masks, classes, prios, ignore_index=config.ignore_index,
+                              areas=mask_areas)
+
+
+def _naive(backend, weak, config, records, timer) -> np.ndarray:
+  """The SAM baseline: one prompt per class straight from the weak label, best score kept."""
+  classes = [int(c) for c in np.unique(weak) if c != config.ignore_index]
+  prompts, kept = [], []
+  for c in classes:
+    m = weak == c
+    if config.weak_kind == "coarse":
+      prompts.append(PromptSet(np.zeros((0, 2), np.float32), np.zeros(0, np.int32), mask=m))
+    else:
+      pts = []
+      for s in geometry.find_instances(m.astype(np.uint8), min_area=1, ignore_index=0):
+        pts.append(geometry.stroke_points(s.mask, k=config.stroke_k, point_extent=config.point_extent)
+                   + np.float32([s.bbox[1], s.bbox[0]]))
+      prompts.append(PromptSet.from_points(np.concatenate(pts)))
+    kept.append(c)
+  preds = _predict(backend, prompts, timer, weak.shape)
+  masks, prios = [], []
+  for c, prompt, pred in zip(kept, prompts, preds):
+    idx = int(np.argmax(pred.scores))
+    m = weak == c
+    rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+    bbox = (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)
+    r, p = geometry.coverage_compatibility(pred.masks, m[bbox[0]:bbox[2], bbox[1]:bbox[3]], bbox)
+    records.append(InstanceRecord(c, int(m.sum()), bbox, prompt.points, idx, float(r[idx]),
+                                  float(p[idx]), False, stage="naive"))
+    masks.append(pred.masks[idx])
+    prios.append(float(pred.scores[idx]))
+  return geometry.merge_masks(weak, masks, kept, prios, ignore_index=config.ignore_index)

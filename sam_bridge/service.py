@@ -1,0 +1,338 @@
+"""A worker process that owns a backend and refines requests sent to it.
+
+The consumer (the training loop's host side, or `sesam refine`) calls
+`submit(request)` and `get()`; the worker (spawned, so torch state never leaks
+into a forked JAX process) builds its backend once and runs `refine.refine` on
+each request. Guarantees:
+  - bounded: at most `max_pending` requests are in flight (submitted, not yet
+    collected); `submit` blocks (backpressure) or raises queue.Full;
+  - keyed: results carry the request's example id and are checked against it
+    (id, label shape and dtype) before they are handed out;
+  - failures surface: a worker exception, a crash (process died) or a timeout
+    (no answer within `timeout_s` of starting an example) raises SamServiceError
+    naming the example in the consumer, or with `fallback=True` returns the weak
+    label for that example (RefineResult.fallback, counted in `stats`); after a
+    crash or timeout the worker is restarted and the other in-flight requests are
+    resent, so none is lost or mixed up;
+  - clean shutdown: `close()` (or the context manager) stops the worker, joining
+    it and terminating it only if it does not exit in time.
+"""
+
+from __future__ import annotations
+
+import collections
+import multiprocessing as mp
+import queue
+import time
+import traceback
+from typing import Callable
+
+import numpy as np
+
+from sam_bridge.api import RefineRequest, RefineResult
+from sam_bridge.refine import RefineConfig
+
+
+class SamServiceError(RuntimeError):
+  """Refinement of one example failed (exception, crash or timeout in the worker)."""
+
+
+def _worker_main(backend_spec, backend_kwargs, factory, config, seed, req_q, res_q, current) -> None:
+  """Worker loop: build the backend, then refine requests until the None sentinel."""
+  from sam_bridge import refine as refine_lib
+  try:
+    if factory is not None:
+      backend = factory(**backend_kwargs)
+    else:
+      from sam_bridge.backends import create_backend
+      backend = create_backend(backend_spec, **backend_kwargs)
+    res_q.put(("ready", None, backend.name))
+  except BaseException:  # Everything, so the consumer hears about it.
+    res_q.put(("fatal", None, traceback.format_exc()))
+    return
+  while True:
+    item = req_q.get()
+    if item is None:
+      break
+    seq, request = item
+    # Synchronous (shared memory), unlike the queue's feeder thread: it survives a hard crash.
+    current.value = seq
+    try:
+      result = refine_lib.refine(backend, request, config, seed=seed)
+      res_q.put(("ok", seq, result))
+    except Exception:
+      res_q.put(("error", seq, traceback.format_exc(limit=4)))
+
+
+class RefineService:
+  """Refines RefineRequests in a worker process (see module docstring).
+
+  Args:
+    backend_spec: a `create_backend` spec ("oracle", "superpixel", "random:vit_b", ...).
+    backend_kwargs: keywords for the backend (device, dtype, ...).
+    config: RefineConfig used for every request.
+    seed: sampling seed (combined with each example id).
+    max_pending: the bound on requests in flight.
+    timeout_s: seconds an example may take in the worker before it counts as hung.
+    fallback: on failure return the weak label (counted) instead of raising.
+    start_timeout_s: seconds to wait for the backend to be built.
+    backend_factory: instead of a spec, a picklable module-level callable returning a
+      Backend (tests use deliberately faulty ones).
+    max_restarts: consecutive worker restarts (without a success between) before giving up.
+  """
+
+  def __init__(self, backend_spec: str = "oracle", *, backend_kwargs: dict | None = None,
+               config: RefineConfig = RefineConfig(), seed: int = 0, max_pending: int = 8,
+               timeout_s: float = 300.0, fallback: bool = False, start_timeout_s: float = 600.0,
+               backend_factory: Callable | None = None, max_restarts: int = 3):
+    config.validate()
+    self._args = (backend_spec, dict(backend_kwargs or {}), backend_factory, config, seed)
+    self.max_pending = max_pending
+    self.timeout_s = timeout_s
+    self.fallback = fallback
+    self.start_timeout_s = start_timeout_s
+    self.max_restarts = max_restarts
+    self._ctx = mp.get_context("spawn")
+    self._seq = 0
+    self._by_seq: dict[int, RefineRequest] = {}  # In flight in the worker, by sequence number.
+    self._seq_of: dict[str, int] = {}  # Example id -> sequence number, for everything uncollected.
+    self._ready: collections.OrderedDict[str, RefineResult] = collections.OrderedDict()
+    self._current: tuple[int, float] | None = None  # (seq, start time) of the example being worked on.
+    self.stats = {"submitted": 0, "completed": 0, "fallbacks": 0, "errors": 0, "restarts": 0}
+    self.backend_name = ""
+    self._proc = None
+    self._closed = False
+    self._consecutive_restarts = 0
+    self._start_worker()
+
+  # --- lifecycle ---
+
+  def _start_worker(self) -> None:
+    # Fresh queues each time: a killed worker may have left the old ones half-read.
+    self._req_q = self._ctx.Queue()
+    self._res_q = self._ctx.Queue()
+    self._current_seq = self._ctx.Value("q", -1, lock=False)
+    self._proc = self._ctx.Process(target=_worker_main,
+                                   args=(*self._args, self._req_q, self._res_q, self._current_seq),
+                                   daemon=True, name="sam-bridge-worker")
+    self._proc.start()
+    deadline = time.monotonic() + self.start_timeout_s
+    while True:
+      try:
+        kind, _, payload = self._res_q.get(timeout=0.05)
+      except queue.Empty:
+        if not self._proc.is_alive():
+          raise SamServiceError(f"SAM worker exited with code {self._proc.exitcode} while building "
+                                f"backend {self._args[0]!r}")
+        if time.monotonic() > deadline:
+          self._kill()
+          raise SamServiceError(f"SAM worker did not build backend {self._args[0]!r} within "
+                                f"{self.start_timeout_s:.0f} s")
+        continue
+      if kind == "ready":
+        self.backend_name = payload
+        break
+      self._kill()
+      raise SamServiceError(f"SAM worker could not build backend {self._args[0]!r}:\n{payload}")
+    # Resend whatever was in flight in the previous worker, in order.
+    for seq in sorted(self._by_seq):
+      self._req_q.put((seq, self._by_seq[seq]))
+    self._current = None
+
+  def _kill(self) -> None:
+    if self._proc is not None and self._proc.is_alive():
+      self._proc.terminate()
+      self._proc.join(5)
+      if self._proc.is_alive():
+        self._proc.kill()
+        self._proc.join(5)
+
+  def close(self) -> None:
+    """Stops the worker (sentinel, join, terminate if stuck). Uncollected results are dropped."""
+    if self._closed:
+      return
+    self._closed = True
+    if self._proc is not None and self._proc.is_alive():
+      try:
+        self._req_q.put(None)
+      except (OSError, ValueError):
+        pass
+      self._proc.join(10)
+    self._kill()
+    for q in (self._req_q, self._res_q):
+      q.cancel_join_thread()
+      q.close()
+
+  def __enter__(self) -> "RefineService":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  # --- consumer API ---
+
+  @property
+  def in_flight(self) -> int:
+    """Requests submitted and not yet collected with get()."""
+    return len(self._seq_of)
+
+  def submit(self, request: RefineRequest, *, block: bool = True, timeout: float | None = None) -> None:
+    """Queues one request; blocks while `max_pending` are in flight (backpressure).
+
+    Raises:
+      ValueError: the example id is already in flight.
+      queue.Full: no room and `block` is False or `timeout` passed.
+      RuntimeError: no room and every in-flight result is already done, waiting to be
+        collected: call get() first (waiting would deadlock).
+    """
+    self._check_open()
+    if request.example_id in self._seq_of:
+      raise ValueError(f"example {request.example_id!r} is already in flight; ids must be unique")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while self.in_flight >= self.max_pending:
+      if not block or (deadline is not None and time.monotonic() > deadline):
+        raise queue.Full(f"{self.in_flight} requests in flight (max_pending={self.max_pending})")
+      if len(self._ready) == self.in_flight:
+        raise RuntimeError(f"all {self.in_flight} in-flight results are done and uncollected: "
+                           "call get() before submitting more")
+      self._pump(0.05)
+    seq = self._seq
+    self._seq += 1
+    self._by_seq[seq] = request
+    self._seq_of[request.example_id] = seq
+    self._req_q.put((seq, request))
+    self.stats["submitted"] += 1
+
+  def get(self, example_id: str | None = None, *, timeout: float | None = None) -> RefineResult:
+    """The result for `example_id` (or the oldest finished one), waiting for it.
+
+    Raises:
+      SamServiceError: that example failed and `fallback` is False.
+      KeyError: `example_id` is not in flight.
+      TimeoutError: nothing arrived within `timeout`.
+    """
+    self._check_open()
+    if example_id is not None and example_id not in self._seq_of:
+      raise KeyError(f"example {example_id!r} was not submitted (or was already collected)")
+    if not self._seq_of:
+      raise KeyError("nothing in flight")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+      key = example_id if example_id is not None else next(iter(self._ready), None)
+      if key is not None and key in self._ready:
+        result = self._ready.pop(key)
+        del self._seq_of[key]
+        if isinstance(result, SamServiceError):
+          raise result
+        return result
+      if deadline is not None and time.monotonic() > deadline:
+        raise TimeoutError(f"no result within {timeout} s")
+      self._pump(0.05)
+
+  def map(self, requests, *, ordered: bool = True):
+    """Yields results for an iterable of requests, keeping up to max_pending in flight."""
+    order = collections.deque()
+
+    def take():
+      result = self.get(order[0] if ordered else None)
+      order.remove(result.example_id)
+      return result
+
+    for req in requests:
+      if self.in_flight >= self.max_pending:
+        yield take()
+      self.submit(req)
+      order.append(req.example_id)
+    while order:
+      yield take()
+
+  # --- internals ---
+
+  def _check_open(self) -> None:
+    if self._closed:
+      raise RuntimeError("RefineService is closed")
+
+  def _pump(self, wait: float) -> None:
+    """Moves worker messages into `_ready`; detects crashes and timeouts."""
+    try:
+      kind, seq, payload = self._res_q.get(timeout=wait)
+    except queue.Empty:
+      self._check_worker()
+      return
+    except (EOFError, OSError):
+      self._check_worker(force_dead=True)
+      return
+    if seq not in self._by_seq:
+      return  # A late message from before a restart: that example was already settled.
+    if kind == "ok":
+      self._settle(seq, payload, None)
+    elif kind == "error":
+      self._settle(seq, None, f"refinement raised in the worker:\n{payload}")
+
+  def _check_worker(self, force_dead: bool = False) -> None:
+    seq_now = self._current_seq.value
+    if seq_now >= 0 and (self._current is None or self._current[0] != seq_now):
+      self._current = (seq_now, time.monotonic())
+    dead = force_dead or not self._proc.is_alive()
+    hung = (self._current is not None and self._current[0] in self._by_seq
+            and time.monotonic() - self._current[1] > self.timeout_s)
+    if not dead and not hung:
+      return
+    if dead:
+      # Drain what the worker managed to send before dying.
+      while True:
+        try:
+          kind, seq, payload = self._res_q.get_nowait()
+        except (queue.Empty, EOFError, OSError):
+          break
+        if seq in self._by_seq:
+          if kind == "ok":
+            self._settle(seq, payload, None)
+          elif kind == "error":
+            self._settle(seq, None, f"refinement raised in the worker:\n{payload}")
+    culprit = self._current[0] if self._current is not None and self._current[0] in self._by_seq else None
+    if dead:
+      why = f"the SAM worker died (exit code {self._proc.exitcode})"
+    else:
+      why = f"the SAM worker took longer than {self.timeout_s} s"
+    self._kill()
+    if culprit is not None:
+      self._settle(culprit, None, why)
+    self._consecutive_restarts += 1
+    if self._consecutive_restarts > self.max_restarts:
+      for seq in list(self._by_seq):
+        self._settle(seq, None, f"{why}; restart limit ({self.max_restarts}) reached")
+      raise SamServiceError(f"{why}; gave up after {self.max_restarts} restarts")
+    self.stats["restarts"] += 1
+    self._start_worker()
+
+  def _settle(self, seq: int, result: RefineResult | None, error: str | None) -> None:
+    request = self._by_seq.pop(seq)
+    eid = request.example_id
+    if error is None:
+      error = _check_result(request, result)
+    if error is None:
+      self.stats["completed"] += 1
+      self._consecutive_restarts = 0
+      self._ready[eid] = result
+      return
+    self.stats["errors"] += 1
+    if self.fallback:
+      self.stats["fallbacks"] += 1
+      self._ready[eid] = RefineResult(eid, np.array(request.weak, np.uint8, copy=True),
+                                      fallback=True, error=error, info={"backend": self.backend_name})
+    else:
+      self._ready[eid] = SamServiceError(f"example {eid!r}: {error}")
+
+
+def _check_result(request: RefineRequest, result) -> str | None:
+  """Why a worker's answer cannot be this request's result, or None if it can."""
+  if not isinstance(result, RefineResult):
+    return f"worker returned {type(result).__name__}, not a RefineResult"
+  if result.example_id != request.example_id:
+    return f"worker returned the result of {result.example_id!r} for {request.example_id!r}"
+  label = result.label
+  if not isinstance(label, np.ndarray) or label.dtype != np.uint8 or label.shape != request.weak.shape:
+    return (f"worker returned a label {getattr(label, 'shape', None)} {getattr(label, 'dtype', None)}, "
+            f"expected {request.weak.shape} uint8")
+  return None

@@ -1,0 +1,140 @@
+"""`sesam bench --what sam`: SAM-bridge speed per backend and the geometry time.
+
+For each backend, on a CamVid-sized (360x480) and a Cityscapes-sized (1024x2048)
+scene: seconds to encode the image (`set_image`, once per image) and seconds per
+prompt set in the decoder (batched `predict`), plus the geometry time of one
+refinement (instances, sampling, selection, merging, resizing: everything in
+`refine` except the backend calls) at the working resolution (longest side
+`--work-long-side`, default 1024, so Cityscapes runs at 512x1024). The scenes are
+synthetic (bands + ~50 objects, coarse = objects shrunk) so that the instance count
+is controlled. Random-weight SAMs are timed, never scored. `--parity` also runs the
+official-vs-converted check on a full random ViT-B.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--backends", default="oracle,superpixel,random:vit_b",
+                      help="comma-separated backend specs (random:vit_b = random weights, timing only)")
+  parser.add_argument("--objects", type=int, default=50, help="objects in the synthetic scenes")
+  parser.add_argument("--prompts", type=int, default=16, help="prompt sets per decoder timing")
+  parser.add_argument("--repeats", type=int, default=3, help="median over this many geometry runs")
+  parser.add_argument("--work-long-side", type=int, default=1024, help="working resolution (pixels)")
+  parser.add_argument("--device", default="cpu")
+  parser.add_argument("--dtype", default="float32", help="float32 or bfloat16 (torch backends)")
+  parser.add_argument("--parity", action="store_true",
+                      help="also check official-vs-converted masks on a full random ViT-B")
+
+
+def synthetic_scene(h: int, w: int, objects: int, seed: int = 0):
+  """(image HxWx3 uint8, fine HxW uint8, coarse HxW uint8) with `objects` blobs on bands."""
+  import scipy.ndimage as ndi
+  rng = np.random.default_rng(seed)
+  fine = np.zeros((h, w), np.uint8)  # Road.
+  fine[: h // 3] = 10  # Sky.
+  fine[h // 3: h // 2] = 2  # Buildings.
+  yy, xx = np.mgrid[:h, :w]
+  for _ in range(objects):
+    cy, cx = rng.uniform(h * 0.3, h * 0.95), rng.uniform(0, w)
+    ry, rx = rng.uniform(0.02, 0.08) * h, rng.uniform(0.01, 0.05) * w
+    fine[((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1] = rng.choice([11, 12, 13, 5, 7])
+  palette = rng.integers(0, 255, (256, 3), dtype=np.uint8)
+  image = palette[fine]
+  coarse = np.full((h, w), 255, np.uint8)
+  shrink = max(1, h // 128)
+  for c in np.unique(fine):
+    lab, n = ndi.label(fine == c)
+    eroded = ndi.binary_erosion(lab > 0, iterations=shrink)
+    coarse[eroded] = c
+  return image, fine, coarse
+
+
+def run(args: argparse.Namespace) -> dict:
+  from sam_bridge.api import PromptSet, RefineRequest
+  from sam_bridge.backends import create_backend
+  from sam_bridge.refine import RefineConfig, refine
+  from sesam_jax import report
+
+  cfg = RefineConfig(work_long_side=args.work_long_side)
+  out: dict = {"work_long_side": args.work_long_side, "sizes": {}}
+  scenes = {"camvid_360x480": synthetic_scene(360, 480, args.objects),
+            "cityscapes_1024x2048": synthetic_scene(1024, 2048, args.objects)}
+  for size_name, (image, fine, coarse) in scenes.items():
+    entry: dict = {}
+    # Geometry: refine with the oracle, minus its backend calls.
+    oracle = create_backend("oracle")
+    geo, insts = [], 0
+    for r in range(args.repeats + 1):
+      res = refine(oracle, RefineRequest(size_name, image, coarse, fine=fine), cfg)
+      if r:  # The first run warms caches.
+        geo.append(res.info["seconds"]["geometry"])
+      insts = res.info["instances"]
+    entry["instances"] = insts
+    entry["working_hw"] = list(res.info["working_hw"])
+    entry["geometry_s"] = statistics.median(geo)
+    report.log(f"{size_name}: geometry {entry['geometry_s'] * 1e3:.1f} ms for {insts} instances "
+               f"at {res.info['working_hw']}")
+    # Backends: encoder once per image, decoder per prompt set, at the working resolution.
+    scale = min(1.0, args.work_long_side / max(image.shape[:2]))
+    hw = (round(image.shape[0] * scale), round(image.shape[1] * scale))
+    from PIL import Image
+    img_w = np.asarray(Image.fromarray(image).resize(hw[::-1], Image.BILINEAR))
+    fine_w = np.asarray(Image.fromarray(fine).resize(hw[::-1], Image.NEAREST))
+    rng = np.random.default_rng(0)
+    prompts = [PromptSet.from_points(rng.uniform(0, [hw[1] - 1, hw[0] - 1], (5, 2)))
+               for _ in range(args.prompts)]
+    for spec in args.backends.split(","):
+      kw = {} if spec in ("oracle", "superpixel") else {"device": args.device, "dtype": args.dtype}
+      backend = create_backend(spec, **kw)
+      t0 = time.perf_counter()
+      backend.set_image(img_w, fine_label=fine_w if backend.is_oracle else None)
+      enc = time.perf_counter() - t0
+      t0 = time.perf_counter()
+      backend.predict(prompts)
+      dec = (time.perf_counter() - t0) / len(prompts)
+      entry[spec] = {"name": backend.name, "encode_s": enc, "decode_s_per_prompt": dec}
+      report.log(f"{size_name}: {backend.name}: encode {enc:.3f} s, decode {dec * 1e3:.1f} ms/prompt")
+    out["sizes"][size_name] = entry
+  if args.parity:
+    out["parity_vit_b"] = vit_b_parity()
+  return out
+
+
+def vit_b_parity() -> dict:
+  """Full-size random ViT-B: official modeling code vs the converted transformers model."""
+  import torch
+  from transformers import SamModel
+  from sam_bridge.api import PromptSet
+  from sam_bridge.backends.official_loader import build_official_sam
+  from sam_bridge.backends.sam_convert import convert_official_sam, sam_config_from_official
+  from sam_bridge.backends.transformers_sam import TransformersSamBackend, resize_longest
+  torch.manual_seed(0)
+  official = build_official_sam("vit_b")
+  sd = official.state_dict()
+  model = SamModel(sam_config_from_official(sd))
+  model.load_state_dict(convert_official_sam(sd))
+  backend = TransformersSamBackend(model, name="converted vit_b (random weights)")
+  rng = np.random.default_rng(0)
+  image = rng.integers(0, 255, (360, 480, 3), dtype=np.uint8)
+  backend.set_image(image)
+  prompts = [PromptSet.from_points(rng.uniform(0, [479, 359], (5, 2))) for _ in range(4)]
+  ours = backend.predict(prompts)
+  resized = resize_longest(image, 1024)
+  scale = np.float32([resized.shape[1] / 480, resized.shape[0] / 360])
+  with torch.inference_mode():
+    ref = official([{"image": torch.from_numpy(resized.transpose(2, 0, 1).astype(np.float32)),
+                     "original_size": (360, 480),
+                     "point_coords": torch.from_numpy(np.stack([p.points * scale for p in prompts])),
+                     "point_labels": torch.from_numpy(np.stack([p.point_labels for p in prompts]))}],
+                   multimask_output=True)[0]
+  score_diff = float(np.abs(np.stack([p.scores for p in ours]) - ref["iou_predictions"].numpy()).max())
+  agree = float(np.mean(np.stack([p.masks for p in ours]) == ref["masks"].numpy()))
+  return {"max_score_diff": score_diff, "mask_agreement": agree,
+          "mask_fraction": float(ref["masks"].numpy().mean())}

@@ -1,0 +1,129 @@
+"""refine(): SeSAM and naive modes, two-stage sparse refinement, ablation flags, resolution."""
+
+import numpy as np
+import pytest
+
+from sam_bridge.api import RefineRequest
+from sam_bridge.backends import create_backend
+from sam_bridge.refine import RefineConfig, refine
+
+
+def _scene(h=60, w=80):
+  fine = np.zeros((h, w), np.uint8)
+  fine[10:40, 10:40] = 8
+  fine[10:40, 40:50] = 9
+  fine[45:58, 55:75] = 8
+  image = np.stack([fine * 20, fine * 10, 255 - fine * 20], -1).astype(np.uint8)
+  return image, fine
+
+
+def _coarse(fine):
+  """Weak coarse label: each object shrunk by 1 px, the rest unlabeled."""
+  import scipy.ndimage as ndi
+  weak = np.full(fine.shape, 255, np.uint8)
+  for c in np.unique(fine):
+    lab, n = ndi.label(fine == c)
+    for i in range(1, n + 1):
+      weak[ndi.binary_erosion(lab == i, iterations=1)] = c
+  return weak
+
+
+def _prf(weak, out, fine):
+  added = (out != 255) & (weak == 255)
+  correct = added & (out == fine)
+  return correct.sum() / max(added.sum(), 1), correct.sum() / ((weak == 255) & (fine != 255)).sum()
+
+
+def test_oracle_coarse_refinement_is_precise_and_adds_pixels():
+  image, fine = _scene()
+  weak = _coarse(fine)
+  res = refine(create_backend("oracle"), RefineRequest("a", image, weak, fine=fine))
+  prec, rec = _prf(weak, res.label, fine)
+  assert prec == 1.0 and rec > 0.9
+  assert (res.label[weak != 255] == weak[weak != 255]).all()
+  assert res.info["instances"] == 4 and res.info["oracle"]
+  assert all(r.qualified for r in res.records)
+  assert res.coarse is None
+
+
+def test_best_score_selection_picks_parts_with_oracle():
+  image, fine = _scene()
+  weak = _coarse(fine)
+  res = refine(create_backend("oracle"), RefineRequest("a", image, weak, fine=fine),
+               RefineConfig(selection="best_score"))
+  assert all(r.chosen == 0 for r in res.records)  # The oracle's part scores highest.
+  assert _prf(weak, res.label, fine)[1] < 0.9
+
+
+def test_points_two_stages():
+  image, fine = _scene()
+  weak = np.full(fine.shape, 255, np.uint8)
+  for y, x in [(25, 25), (25, 45), (50, 65), (5, 5)]:
+    weak[y - 1:y + 2, x - 1:x + 2] = fine[y, x]
+  res = refine(create_backend("oracle"), RefineRequest("p", image, weak, fine=fine),
+               RefineConfig(weak_kind="points"))
+  assert res.coarse is not None
+  stages = {r.stage for r in res.records}
+  assert stages == {"sparse", "instances"}
+  assert (res.coarse != 255).sum() > (weak != 255).sum()
+  assert (res.label != 255).sum() >= (res.coarse != 255).sum()
+
+
+def test_extension_widens_the_instances():
+  image, fine = _scene()
+  weak = _coarse(fine)
+  second_car = (fine == 8) & (np.arange(fine.shape[0])[:, None] > 42)
+  weak[second_car] = 255  # The weak label missed the second car ...
+  ext = np.full(fine.shape, 255, np.uint8)
+  ext[46:57, 56:74] = 8  # ... which the teacher's confident pseudo-labels found in part.
+  res = refine(create_backend("oracle"), RefineRequest("e", image, weak, extension=ext, fine=fine))
+  assert res.info["instances"] == 4
+  assert (res.label[second_car] == 8).all()
+  plain = refine(create_backend("oracle"), RefineRequest("e", image, weak, fine=fine))
+  assert plain.info["instances"] == 3
+
+
+@pytest.mark.parametrize("cfg", [
+    RefineConfig(prompt="box"), RefineConfig(prompt="mask"), RefineConfig(instances=False),
+    RefineConfig(sampling="center"), RefineConfig(sampling="boundary"),
+    RefineConfig(sampling="random"), RefineConfig(selection="random"),
+    RefineConfig(mode="naive"), RefineConfig(mode="naive", weak_kind="scribbles"),
+])
+def test_ablation_flags_run(cfg):
+  image, fine = _scene()
+  weak = _coarse(fine)
+  res = refine(create_backend("oracle"), RefineRequest("x", image, weak, fine=fine), cfg)
+  assert res.label.shape == fine.shape and res.label.dtype == np.uint8
+  assert (res.label[weak != 255] == weak[weak != 255]).all()
+
+
+def test_working_resolution_and_determinism():
+  image, fine = _scene(120, 160)
+  weak = _coarse(fine)
+  cfg = RefineConfig(work_long_side=80)
+  backend = create_backend("oracle")
+  a = refine(backend, RefineRequest("w", image, weak, fine=fine), cfg)
+  b = refine(backend, RefineRequest("w", image, weak, fine=fine), cfg)
+  assert a.info["working_hw"] == (60, 80)
+  assert a.label.shape == (120, 160)
+  np.testing.assert_array_equal(a.label, b.label)
+  assert _prf(weak, a.label, fine)[0] > 0.9
+
+
+def test_bad_inputs_fail_early():
+  image, fine = _scene()
+  with pytest.raises(ValueError, match="does not match"):
+    refine(create_backend("oracle"), RefineRequest("x", image, fine[:10], fine=fine))
+  with pytest.raises(ValueError, match="needs the fine label"):
+    refine(create_backend("oracle"), RefineRequest("x", image, fine))
+  with pytest.raises(ValueError, match="sampling"):
+    refine(create_backend("oracle"), RefineRequest("x", image, fine, fine=fine),
+           RefineConfig(sampling="psychic"))
+
+
+def test_transformers_random_end_to_end():
+  pytest.importorskip("torch")
+  image, fine = _scene()
+  res = refine(create_backend("random:tiny"), RefineRequest("t", image, _coarse(fine)))
+  assert res.info["backend"].startswith("random:tiny")
+  assert res.label.shape == fine.shape

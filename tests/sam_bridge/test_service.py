@@ -1,0 +1,89 @@
+"""RefineService: ordering, keying, backpressure, and deliberate worker faults."""
+
+import queue
+
+import numpy as np
+import pytest
+
+from sam_bridge import testing
+from sam_bridge.api import RefineRequest, RefineResult
+from sam_bridge.service import RefineService, SamServiceError, _check_result
+
+
+def _request(i: int, marker: int = 0) -> RefineRequest:
+  rng = np.random.default_rng(i)
+  image = rng.integers(10, 250, (40, 48, 3), dtype=np.uint8)
+  image[0, 0, 0] = marker
+  weak = np.full((40, 48), 255, np.uint8)
+  # A per-example square whose class encodes the example, so mix-ups are visible.
+  y, x = 5 + i % 10, 5 + (3 * i) % 20
+  weak[y:y + 12, x:x + 12] = i % 7
+  return RefineRequest(f"img{i}", image, weak)
+
+
+def _check(result: RefineResult, i: int) -> None:
+  req = _request(i)
+  assert result.example_id == f"img{i}"
+  labeled = req.weak != 255
+  np.testing.assert_array_equal(result.label[labeled], req.weak[labeled])
+  assert set(np.unique(result.label)) <= {i % 7, 255}
+
+
+@pytest.fixture(scope="module")
+def faulty_service():
+  with RefineService(backend_factory=testing.make_faulty_backend, max_pending=4, timeout_s=1.5,
+                     fallback=True, start_timeout_s=60) as svc:
+    yield svc
+
+
+def test_results_keyed_and_complete(faulty_service):
+  results = list(faulty_service.map([_request(i) for i in range(10)]))
+  assert [r.example_id for r in results] == [f"img{i}" for i in range(10)]
+  for i, r in enumerate(results):
+    _check(r, i)
+    assert not r.fallback
+
+
+def test_faults_fall_back_without_touching_other_examples(faulty_service):
+  markers = {2: testing.CRASH, 4: testing.GARBAGE, 5: testing.RAISE, 7: testing.HANG}
+  before = dict(faulty_service.stats)
+  reqs = [_request(i, markers.get(i, 0)) for i in range(9)]
+  results = {r.example_id: r for r in faulty_service.map(reqs, ordered=False)}
+  assert sorted(results) == sorted(r.example_id for r in reqs)
+  for i in range(9):
+    r = results[f"img{i}"]
+    if i in markers:
+      assert r.fallback and r.error
+      np.testing.assert_array_equal(r.label, reqs[i].weak)  # The weak label, unchanged.
+    else:
+      assert not r.fallback
+      _check(r, i)
+  assert faulty_service.stats["fallbacks"] - before["fallbacks"] == 4
+  assert faulty_service.stats["restarts"] - before["restarts"] == 2  # Crash and hang.
+
+
+def test_error_surfaces_when_no_fallback():
+  with RefineService(backend_factory=testing.make_faulty_backend, max_pending=2, timeout_s=5,
+                     start_timeout_s=60) as svc:
+    svc.submit(_request(0, testing.RAISE))
+    svc.submit(_request(1))
+    with pytest.raises(SamServiceError, match="(?s)img0.*deliberate failure"):
+      svc.get("img0")
+    _check(svc.get("img1"), 1)
+    # Backpressure: two in flight fill the service; a third cannot enter without waiting.
+    svc.submit(_request(2))
+    svc.submit(_request(3))
+    with pytest.raises(queue.Full):
+      svc.submit(_request(4), block=False)
+    with pytest.raises(ValueError, match="already in flight"):
+      svc.submit(_request(3), timeout=0.1)
+    _check(svc.get("img3"), 3)
+    _check(svc.get("img2"), 2)
+
+
+def test_result_checks_catch_mismatches():
+  req = _request(0)
+  assert _check_result(req, RefineResult("img1", req.weak.copy())) is not None
+  assert _check_result(req, RefineResult("img0", np.zeros((3, 3), np.uint8))) is not None
+  assert _check_result(req, "garbage") is not None
+  assert _check_result(req, RefineResult("img0", req.weak.copy())) is None
