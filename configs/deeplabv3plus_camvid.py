@@ -3,7 +3,7 @@
   sesam train --config=configs/deeplabv3plus_camvid.py:weak=fine --workdir=workdirs/camvid_fine
   sesam train --config=configs/deeplabv3plus_camvid.py:weak=fine,runlocal --workdir=workdirs/camvid_rl
 
-The data is read from `config.dataset.data_dir`; when it is not given, from `../shared/data/camvid`
+The data is read from `config.data_dir`; when it is not given, from `../shared/data/camvid`
 relative to the working directory (the project's shared data beside the checkout).
 
 Half resolution: images are rescaled by U(0.25, 1.0) (i.e. 0.5x the usual 0.5-2.0 range) before the
@@ -18,7 +18,7 @@ Arguments after the colon: weak=fine|points|scribbles|coarse, runlocal, tiny.
 from sesam_jax import config_lib
 
 # The CPU schedule: steps, global batch, crop (pixels, at half resolution), warm-up, EMA decay.
-CAMVID_CPU = dict(num_steps=1500, batch_size=8, crop=160, warmup_steps=100, ema_decay=0.99)
+CAMVID_CPU = dict(num_steps=400, batch_size=8, crop=128, warmup_steps=40, ema_decay=0.99)
 
 
 def get_config(arg=None):

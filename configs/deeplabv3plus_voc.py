@@ -3,7 +3,7 @@
 Train (fine labels, the upper bound) or on weak labels alone (the paper's "Supervised"):
 
   sesam train --config=configs/deeplabv3plus_voc.py:weak=coarse --workdir=workdirs/deeplabv3plus_voc_coarse \
-      --config.dataset.data_dir=/path/to/voc
+      --config.data_dir=/path/to/voc
 
 Arguments after the colon: weak=fine|points|scribbles|coarse, runlocal (a minutes-long smoke
 run), tiny (the tiny test variant of the student). No pretrained weights exist here, so figures

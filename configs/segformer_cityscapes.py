@@ -3,7 +3,7 @@
 Train (fine labels, the upper bound) or on weak labels alone (the paper's "Supervised"):
 
   sesam train --config=configs/segformer_cityscapes.py:weak=coarse --workdir=workdirs/segformer_cityscapes_coarse \
-      --config.dataset.data_dir=/path/to/cityscapes
+      --config.data_dir=/path/to/cityscapes
 
 Arguments after the colon: weak=fine|points|scribbles|coarse, runlocal (a minutes-long smoke
 run), tiny (the tiny test variant of the student). No pretrained weights exist here, so figures

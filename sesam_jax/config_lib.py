@@ -36,8 +36,8 @@ DATASETS: dict[str, dict[str, Any]] = {
                 eval_window=512, eval_stride=341, eval_batch_size=1),
     # CamVid 480x360: no schedule in the paper; this one is sized for the 2-core CPU (see
     # configs/segformer_camvid.py), half resolution.
-    "camvid": dict(crop=192, batch_size=8, num_steps=1500, eval_mode="whole",
-                   eval_window=192, eval_stride=128, eval_batch_size=8),
+    "camvid": dict(crop=128, batch_size=8, num_steps=400, eval_mode="whole",
+                   eval_window=128, eval_stride=96, eval_batch_size=8),
     "synthetic": dict(crop=64, batch_size=8, num_steps=300, eval_mode="whole",
                       eval_window=64, eval_stride=48, eval_batch_size=8),
 }
@@ -80,9 +80,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = "segformer_b0"          # name for sesam_jax.models.create_model
   c.dtype = "float32"               # compute dtype of the student: float32 | bfloat16
 
+  c.data_dir = ""                   # dataset root (--config.data_dir=DIR); "" = none given
   c.dataset = ml_collections.ConfigDict()
   c.dataset.name = "synthetic"      # name for sesam_jax.data.get_source
-  c.dataset.data_dir = ""           # dataset root; "" = the source's default
   c.dataset.train_split = "train"   # split trained on
   c.dataset.val_split = "val"       # split evaluated on
   c.dataset.num_train_images = 0    # synthetic only: images generated for train (0 = default)
@@ -162,7 +162,7 @@ def camvid_cpu_schedule(config: ml_collections.ConfigDict, *, runlocal: bool, nu
 
   `data_dir` defaults to ../shared/data/camvid relative to the working directory.
   """
-  config.dataset.data_dir = config.dataset.data_dir or os.path.join("..", "shared", "data", "camvid")
+  config.data_dir = config.data_dir or os.path.join("..", "shared", "data", "camvid")
   config.scale_range = (0.25, 1.0)   # half of the usual 0.5-2.0 range: half resolution
   config.eval.image_scale = 0.5
   config.eval.mode = "whole"
@@ -175,11 +175,12 @@ def camvid_cpu_schedule(config: ml_collections.ConfigDict, *, runlocal: bool, nu
   config.log_every = 25
   config.checkpoint_every = 250
   if runlocal:
-    config.num_steps = 200
-    config.optim.warmup_steps = 20
+    config.num_steps = 80
+    config.optim.warmup_steps = 10
     config.crop = 128
     config.ema_decay = 0.9
-    config.checkpoint_every = 100
+    config.log_every = 10
+    config.checkpoint_every = 40
     config.eval.max_images = 0       # still all 101 val images: they are what `val_miou` means
 
 

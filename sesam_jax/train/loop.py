@@ -61,8 +61,8 @@ def make_sources(config: ml_collections.ConfigDict) -> tuple[Any, Any]:
   from sesam_jax.data import get_source
   d = config.dataset
   kw: dict[str, Any] = {}
-  if d.data_dir:
-    kw["data_dir"] = d.data_dir
+  if config.data_dir:
+    kw["data_dir"] = config.data_dir
   train_kw, val_kw = dict(kw), dict(kw)
   if d.name == "synthetic":
     if tuple(d.image_size) != (0, 0):

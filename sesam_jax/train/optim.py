@@ -18,7 +18,7 @@ import optax
 
 # Substrings of a top-level parameter name that mark the decode head (SegFormer's all-MLP
 # decoder, DeepLabV3+'s ASPP + decoder + classifier).
-HEAD_KEYWORDS = ("head", "decoder", "decode", "aspp", "classifier")
+HEAD_KEYWORDS = ("head", "decoder", "decode", "aspp", "classifier", "low_level")
 # Substrings of any path element that exempt a parameter from weight decay.
 NO_DECAY_KEYWORDS = ("norm", "pos", "position", "bias", "scale", "bn")
 
