@@ -149,6 +149,10 @@ def evaluate(model: nn.Module, weights: Mapping[str, Mapping[str, Any]],
   for batch in report.progress(batches, desc="eval", total=total, unit="batch"):
     host = pad_batch(batch, mesh.devices.size)
     num_images += int(host["valid"].sum())
+    if jax.process_count() > 1:
+      # Every host reads the same batches; each contributes its slice of the global batch.
+      n = len(host["valid"]) // jax.process_count()
+      host = {k: v[jax.process_index() * n:(jax.process_index() + 1) * n] for k, v in host.items()}
     device = {k: jax.make_array_from_process_local_data(sharding, v) for k, v in host.items()}
     # Dispatch every weight set before reading back the previous batch's counts.
     new = [(name, eval_fn(variables, device)) for name, variables in weights.items()]
