@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from sesam_jax import config_lib
@@ -13,9 +14,10 @@ from . import fakes
 
 
 def _model(num_classes=4):
-  fakes.install()
-  from sesam_jax.models import create_model
-  return create_model("segformer_tiny", num_classes)
+  """A small conv + batch-norm net: the step's sharding semantics (batch-norm statistics and
+  losses over the global batch) without the compile time of a real student."""
+  fakes.install()  # normalize_images, until sesam_jax.models is on this branch
+  return fakes.TinySeg(num_classes)
 
 
 def _batch(n=8, size=32, num_classes=4, seed=0):
@@ -66,6 +68,19 @@ def test_optimizer_groups_schedule_and_decay_mask():
   mask = optim.decay_mask(params)
   assert mask["decode_head"]["kernel"] and not mask["decode_head"]["bias"]
   assert not any(any(jax.tree.leaves(mask[k])) for k in params if "bn" in k or "norm" in k)
+  # The real students: SegFormer's all-MLP decoder and DeepLabV3+'s ASPP/decoder are the head;
+  # no norm or 1-D parameter is decayed.
+  from sesam_jax.models import create_model
+  for name in ("segformer_tiny", "deeplabv3plus_tiny"):
+    p = train_state.abstract_params(create_model(name, 5))
+    g, m = optim.param_groups(p), optim.decay_mask(p)
+    assert {"head", "backbone"} <= set(jax.tree.leaves(g)), name
+    for path, decayed in jax.tree_util.tree_flatten_with_path(m)[0]:
+      leaf = p
+      for k in path:
+        leaf = leaf[k.key]
+      keys = "/".join(str(k.key) for k in path).lower()
+      assert not decayed or (leaf.ndim >= 2 and "norm" not in keys), keys
   cfg = ml_collections.ConfigDict(dict(lr=1e-4, warmup_steps=10, poly_power=1.0))
   s = optim.lr_schedule(cfg, 110)
   assert float(s(0)) < 1e-9 and float(s(10)) == pytest.approx(1e-4)
@@ -77,9 +92,10 @@ def test_optimizer_groups_schedule_and_decay_mask():
 
 def _run(mesh, steps=3, ema_decay=0.9):
   model = _model()
-  config = config_lib.base_config()
-  config.optim.warmup_steps = 1
-  tx, schedule = optim.make_optimizer(config.optim, train_state.abstract_params(model), 100)
+  # Plain SGD: parameters move linearly in the gradients, so 1 vs 4 devices can be compared
+  # tightly. (Adam turns the rounding noise of near-zero gradients, e.g. of a bias before a
+  # batch norm, into lr-sized steps, which says nothing about the sharding.)
+  tx, schedule = optax.sgd(0.1), optax.constant_schedule(0.1)
   state = train_state.create_train_state(model, tx, jax.random.key(0), mesh)
   cfg = step_lib.StepConfig(lr_schedule=schedule, ema_decay=ema_decay)
   step = step_lib.jit_train_step(model, cfg, mesh, state)
@@ -98,10 +114,10 @@ def test_four_devices_match_one_device():
     for k in a:
       np.testing.assert_allclose(a[k], b[k], rtol=2e-5, atol=1e-7, err_msg=k)
   for tree in ("params", "batch_stats", "ema_params", "ema_batch_stats"):
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                  getattr(state4, tree), getattr(state1, tree))
   assert int(state4.step) == 3
-  assert hist4[-1]["update_norm"] > 0 and hist4[-1]["lr"] > 0
+  assert hist4[-1]["update_norm"] > 0 and hist4[-1]["lr"] == pytest.approx(0.1)
 
 
 def test_ema_follows_params_and_state_is_donated():
