@@ -81,8 +81,17 @@ def _missing(name: str, attr: str) -> bool:
     return True
 
 
+# The name under which TinySeg is registered in the real model registry.
+TEST_MODEL = "test_tiny"
+
+
 def install() -> None:
-  """Registers fakes for whichever of models / metrics / get_source is not importable."""
+  """Registers fakes for whichever of models / metrics / get_source is not importable, and
+  TinySeg as model `test_tiny` (fast end-to-end loop tests whose subject is not the model)."""
+  if not _missing("sesam_jax.models", "MODELS"):
+    from sesam_jax import models
+    models.MODELS.setdefault(TEST_MODEL, lambda num_classes, dtype, **kw: TinySeg(num_classes,
+                                                                                  dtype))
   if _missing("sesam_jax.models", "create_model"):
     m = types.ModuleType("sesam_jax.models")
     m.create_model = lambda name, num_classes, *, dtype=jnp.float32: TinySeg(num_classes, dtype)

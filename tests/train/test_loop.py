@@ -49,8 +49,13 @@ def _final_params(workdir, step):
   return ocp.StandardCheckpointer().restore(path)["params"]
 
 
-def _config():
-  return config_lib.config_from_flags(CONFIG, OVERRIDES)
+def _config(model):
+  return config_lib.config_from_flags(CONFIG, OVERRIDES + [f"--config.model={model}"])
+
+
+# The loop's subject is resume and logging, not the network: the fast TinySeg by default; the
+# real SegFormer-tiny (minutes on 2 shared cores, mostly compilation) as a slow check.
+MODELS = [fakes.TEST_MODEL, pytest.param("segformer_tiny", marks=pytest.mark.slow)]
 
 
 @pytest.fixture
@@ -67,10 +72,11 @@ def compile_cache(tmp_path):
     jax.config.update(n, v)
 
 
-def test_killed_run_resumes_to_the_same_parameters(tmp_path, capsys, compile_cache):
+@pytest.mark.parametrize("model", MODELS)
+def test_killed_run_resumes_to_the_same_parameters(tmp_path, capsys, compile_cache, model):
   fakes.install()
   work_a, work_b = str(tmp_path / "a"), str(tmp_path / "b")
-  result_a = loop.train_and_evaluate(_config(), work_a)
+  result_a = loop.train_and_evaluate(_config(model), work_a)
   assert result_a["step"] == 4 and 0.0 <= result_a["val_miou"] <= 1.0
   assert result_a["val_images"] == 6 and "val_miou_ema" in result_a
   rows = [json.loads(line) for line in open(os.path.join(work_a, "metrics.jsonl"))]
@@ -82,7 +88,7 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path, capsys, compile_cac
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
   child = subprocess.Popen(
       [sys.executable, "-c", _CHILD.format(repo=REPO), "train", f"--config={CONFIG}",
-       f"--workdir={work_b}", *OVERRIDES], env=env, stdout=subprocess.PIPE, text=True)
+       f"--workdir={work_b}", *OVERRIDES, f"--config.model={model}"], env=env, stdout=subprocess.PIPE, text=True)
   try:
     line = child.stdout.readline()  # blocks until step 2 is committed (or the child dies)
     assert line.startswith("CHECKPOINT 2"), f"child exited early: {child.wait()}"
@@ -92,7 +98,7 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path, capsys, compile_cac
     child.wait()
   assert "4" not in os.listdir(os.path.join(work_b, "checkpoints"))
 
-  result_b = loop.train_and_evaluate(_config(), work_b)  # the same command, resumed
+  result_b = loop.train_and_evaluate(_config(model), work_b)  # the same command, resumed
   assert result_b["step"] == 4
   a, b = _final_params(work_a, 4), _final_params(work_b, 4)
   for (path, x), y in zip(_leaves(a), [leaf for _, leaf in _leaves(b)]):
@@ -101,7 +107,8 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path, capsys, compile_cac
 
   # `sesam eval` on the finished workdir reproduces the final evaluation.
   capsys.readouterr()
-  assert sesam_main.main(["eval", f"--config={CONFIG}", f"--workdir={work_a}", *OVERRIDES]) == 0
+  assert sesam_main.main(["eval", f"--config={CONFIG}", f"--workdir={work_a}", *OVERRIDES,
+                          f"--config.model={model}"]) == 0
   out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert out["step"] == 4 and out["val_miou"] == pytest.approx(result_a["val_miou"])
   assert "eval_seconds" in out
