@@ -66,3 +66,13 @@ def test_every_config_loads_and_builds_its_model(path):
     out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, 64, 64, 3)), train=False),
                          variables)
     assert out.shape == (2, 16, 16, 19)
+
+
+def test_camvid_reads_shared_data_unless_data_dir_is_given():
+  path = os.path.join(os.path.dirname(CONFIGS[0]), "segformer_camvid.py")
+  config = config_lib.config_from_flags(path + ":weak=fine,runlocal", [])
+  assert config.data_dir == os.path.join("..", "shared", "data", "camvid")
+  assert config.num_steps < config_lib.load_config(path).num_steps
+  config = config_lib.config_from_flags(path + ":weak=fine,runlocal",
+                                        ["--config.data_dir=/data/camvid"])
+  assert config.data_dir == "/data/camvid" and config.eval.image_scale == 0.5
