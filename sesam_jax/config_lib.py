@@ -317,17 +317,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
     if leaf not in parent:
       raise ValueError(f"--config.{name}: no such field; fields here: "
                        f"{', '.join(sorted(parent.keys()))}.")
-    with parent.unlocked() if hasattr(parent, "unlocked") else _nullcontext():
-      parent[leaf] = _coerce(value, parent[leaf], name)
+    parent[leaf] = _coerce(value, parent[leaf], name)
     i += 1
-
-
-class _nullcontext:
-  def __enter__(self) -> None:
-    return None
-
-  def __exit__(self, *exc: Any) -> None:
-    return None
 
 
 def config_from_flags(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
