@@ -18,7 +18,7 @@ Arguments after the colon: weak=fine|points|scribbles|coarse, runlocal, tiny.
 from sesam_jax import config_lib
 
 # The CPU schedule: steps, global batch, crop (pixels, at half resolution), warm-up, EMA decay.
-CAMVID_CPU = dict(num_steps=400, batch_size=8, crop=128, warmup_steps=40, ema_decay=0.99)
+CAMVID_CPU = dict(num_steps=300, batch_size=8, crop=112, warmup_steps=30, ema_decay=0.99)
 
 
 def get_config(arg=None):

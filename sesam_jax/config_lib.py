@@ -36,8 +36,8 @@ DATASETS: dict[str, dict[str, Any]] = {
                 eval_window=512, eval_stride=341, eval_batch_size=1),
     # CamVid 480x360: no schedule in the paper; this one is sized for the 2-core CPU (see
     # configs/segformer_camvid.py), half resolution.
-    "camvid": dict(crop=128, batch_size=8, num_steps=400, eval_mode="whole",
-                   eval_window=128, eval_stride=96, eval_batch_size=8),
+    "camvid": dict(crop=112, batch_size=8, num_steps=300, eval_mode="whole",
+                   eval_window=112, eval_stride=80, eval_batch_size=8),
     "synthetic": dict(crop=64, batch_size=8, num_steps=300, eval_mode="whole",
                       eval_window=64, eval_stride=48, eval_batch_size=8),
 }
@@ -175,12 +175,12 @@ def camvid_cpu_schedule(config: ml_collections.ConfigDict, *, runlocal: bool, nu
   config.log_every = 25
   config.checkpoint_every = 250
   if runlocal:
-    config.num_steps = 80
-    config.optim.warmup_steps = 10
-    config.crop = 128
+    config.num_steps = 50
+    config.optim.warmup_steps = 5
+    config.crop = 96
     config.ema_decay = 0.9
     config.log_every = 10
-    config.checkpoint_every = 40
+    config.checkpoint_every = 25
     config.eval.max_images = 0       # still all 101 val images: they are what `val_miou` means
 
 
