@@ -1,0 +1,212 @@
+"""Host side of SeSAM training: per-image SAM labels, refreshed round-robin.
+
+The bank keeps, for every training image it has seen, the latest SAM label at
+full resolution and the teacher's latest confident pseudo-labels (>= theta2)
+mapped back to full resolution (the "extension" of the weak label). Each step:
+
+  1. `submit(batch, step)`: 1/M of the batch (positions p with (p + step) % M == 0,
+     so an image is refreshed about every M-th visit) is sent to the bridge
+     service, keyed by image id. With `cache_embeddings` the request is the
+     full-resolution image + weak label + extension (the bridge encodes each
+     image once and afterwards runs only the prompt decoder); without it, the
+     request is the augmented crop itself (the paper's exact behaviour).
+  2. `collect()`: finished results are moved into the bank, never blocking
+     longer than `wait_s`. A crop-space result is mapped back to full
+     resolution (`augment.invert_geometry`).
+  3. `batch_labels(batch)`: each example's full-resolution SAM label is brought
+     into its crop with the example's recorded scale/crop/flip; examples whose
+     refresh is still in flight use the label they had (counted as "stale"),
+     and examples never refined yet get none (255, counted as "missing").
+  4. `update_extension(batch, confident)`: the teacher's confident crop-space
+     pseudo-labels replace the extension inside the crop window.
+
+`state()` / `load_state()` carry labels and extensions across a restart.
+The bridge's own failures surface through its service (SamServiceError), or
+come back as the weak label with `fallback` set, which is counted here.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import io
+import queue
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from sesam_jax.data import augment
+
+IGNORE = augment.IGNORE
+
+
+@dataclasses.dataclass(frozen=True)
+class SamLabelConfig:
+  """Knobs of the SAM label bank (paper defaults where it gives one)."""
+  refresh_every: int = 4          # M: each step refreshes 1/M of its batch
+  cache_embeddings: bool = True   # requests at full resolution (bridge caches the encoder)
+  wait_s: float = 0.0             # longest wait for in-flight results before a step
+  send_fine: bool = False         # attach fine labels (oracle backend only)
+
+
+class SamLabelBank:
+  """Full-resolution SAM labels and teacher extensions per training image.
+
+  Args:
+    source: the training source (`source[i] -> {"id", "image", "label"}`).
+    weak_fn: `fn(index, example) -> HxW uint8` full-resolution weak label.
+    service: the bridge service (`submit(request, block=False)`,
+      `get(timeout=...)`, `in_flight`), e.g. `sam_bridge.service.RefineService`.
+    cfg: SamLabelConfig.
+    crop: side of the training crop.
+  """
+
+  def __init__(self, source: Any, weak_fn: Callable[[int, Mapping[str, Any]], np.ndarray],
+               service: Any, cfg: SamLabelConfig, *, crop: int):
+    if cfg.refresh_every < 1:
+      raise ValueError(f"sam.refresh_every (M) must be >= 1, got {cfg.refresh_every}.")
+    self.source, self.weak_fn, self.service, self.cfg, self.crop = source, weak_fn, service, cfg, crop
+    self.labels: dict[int, np.ndarray] = {}      # index -> HxW uint8 SAM label
+    self.extension: dict[int, np.ndarray] = {}   # index -> HxW uint8 confident pseudo-labels
+    self.hw: dict[int, tuple[int, int]] = {}     # index -> full-resolution size
+    self._pending: dict[str, tuple[int, augment.Geometry | None]] = {}
+    self.stats: collections.Counter = collections.Counter()
+
+  # --- requests ---------------------------------------------------------
+
+  def refresh_positions(self, step: int, batch_size: int) -> list[int]:
+    """Batch positions refreshed at `step` (round-robin, 1/M of the batch)."""
+    m = self.cfg.refresh_every
+    return [p for p in range(batch_size) if (p + step) % m == 0]
+
+  def _full_hw(self, index: int) -> tuple[int, int]:
+    if index not in self.hw:
+      self.hw[index] = tuple(self.source[index]["label"].shape[:2])
+    return self.hw[index]
+
+  def _request(self, batch: Mapping[str, np.ndarray], p: int):
+    from sam_bridge.api import RefineRequest  # numpy-only package; no torch here.
+    index = int(batch["index"][p])
+    geom = augment.Geometry.from_array(batch["aug"][p])
+    example_id = self.source.ids[index]
+    if self.cfg.cache_embeddings:
+      example = self.source[index]
+      self.hw[index] = tuple(example["label"].shape[:2])
+      weak = self.weak_fn(index, example)
+      ext = self.extension.get(index)
+      fine = example["label"] if self.cfg.send_fine else None
+      request = RefineRequest(example_id, example["image"], weak, extension=ext, fine=fine)
+      return request, (index, None)
+    ext = self.extension.get(index)
+    ext_crop = None if ext is None else augment.apply_geometry(ext, geom, self.crop, nearest=True)
+    fine = batch["label"][p] if self.cfg.send_fine else None
+    request = RefineRequest(example_id, np.asarray(batch["image"][p]), np.asarray(batch["weak"][p]),
+                            extension=ext_crop, fine=fine)
+    return request, (index, geom)
+
+  def submit(self, batch: Mapping[str, np.ndarray], step: int) -> int:
+    """Sends this step's share of `batch` for refinement; returns how many went out."""
+    sent = 0
+    for p in self.refresh_positions(step, len(batch["index"])):
+      example_id = self.source.ids[int(batch["index"][p])]
+      if example_id in self._pending:
+        self.stats["already_in_flight"] += 1  # Its previous refresh is not back yet.
+        continue
+      request, pending = self._request(batch, p)
+      try:
+        self.service.submit(request, block=False)
+      except queue.Full:
+        self.stats["queue_full"] += 1  # Backpressure: skip, never block the trainer.
+        continue
+      self._pending[example_id] = pending
+      sent += 1
+    self.stats["sent"] += sent
+    return sent
+
+  # --- results ----------------------------------------------------------
+
+  def _store(self, result) -> None:
+    index, geom = self._pending.pop(result.example_id)
+    if result.fallback:
+      self.stats["fallbacks"] += 1  # The service gave the weak label back.
+    label = np.asarray(result.label, np.uint8)
+    if geom is not None:
+      # A crop-space result: back to full resolution, over the previous label.
+      full = augment.invert_geometry(label, geom, self._full_hw(index))
+      window = augment.invert_geometry(np.zeros_like(label), geom, self._full_hw(index)) == 0
+      label = self.labels.get(index, np.full(full.shape, IGNORE, np.uint8)).copy()
+      label[window] = full[window]
+    self.labels[index] = label
+    self.stats["received"] += 1
+
+  def collect(self, wait_s: float | None = None) -> int:
+    """Moves finished results into the bank, waiting at most `wait_s` in all."""
+    import time
+    deadline = time.monotonic() + (self.cfg.wait_s if wait_s is None else wait_s)
+    got = 0
+    while self._pending:
+      try:
+        result = self.service.get(timeout=max(0.0, deadline - time.monotonic()))
+      except (TimeoutError, KeyError):
+        break
+      self._store(result)
+      got += 1
+    return got
+
+  def batch_labels(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
+    """BxCxC uint8 SAM labels for the batch's crops (255 where none)."""
+    b = len(batch["index"])
+    out = np.full((b, self.crop, self.crop), IGNORE, np.uint8)
+    for p in range(b):
+      index = int(batch["index"][p])
+      if self.source.ids[index] in self._pending:
+        self.stats["stale"] += 1
+      label = self.labels.get(index)
+      if label is None:
+        self.stats["missing"] += 1
+        continue
+      geom = augment.Geometry.from_array(batch["aug"][p])
+      out[p] = augment.apply_geometry(label, geom, self.crop, nearest=True)
+    return out
+
+  def update_extension(self, batch: Mapping[str, np.ndarray], confident: np.ndarray) -> None:
+    """Records the teacher's confident pseudo-labels (BxCxC uint8, 255 = not confident)."""
+    for p in range(len(batch["index"])):
+      index = int(batch["index"][p])
+      geom = augment.Geometry.from_array(batch["aug"][p])
+      hw = self._full_hw(index)
+      full = augment.invert_geometry(np.asarray(confident[p], np.uint8), geom, hw)
+      window = augment.invert_geometry(np.zeros((self.crop, self.crop), np.uint8), geom, hw) == 0
+      ext = self.extension.get(index)
+      ext = np.full(hw, IGNORE, np.uint8) if ext is None else ext.copy()
+      ext[window] = full[window]
+      self.extension[index] = ext
+
+  # --- persistence --------------------------------------------------------
+
+  def state(self) -> bytes:
+    """The bank (labels, extensions, counters) as compressed npz bytes."""
+    arrays = {f"label_{i}": v for i, v in self.labels.items()}
+    arrays.update({f"ext_{i}": v for i, v in self.extension.items()})
+    arrays["stats"] = np.array(sorted(self.stats.items()), dtype=object)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+  def load_state(self, data: bytes) -> None:
+    """Restores `state()`; results in flight at the time are simply re-requested later."""
+    with np.load(io.BytesIO(data), allow_pickle=True) as npz:
+      for key in npz.files:
+        kind, _, index = key.partition("_")
+        if kind == "label":
+          self.labels[int(index)] = npz[key]
+          self.hw[int(index)] = npz[key].shape
+        elif kind == "ext":
+          self.extension[int(index)] = npz[key]
+      if "stats" in npz.files:
+        self.stats = collections.Counter({k: int(v) for k, v in npz["stats"]})
+
+  def summary(self) -> dict[str, int]:
+    """Counters for logs: sent, received, stale, missing, fallbacks, ..."""
+    return {**self.stats, "images_with_sam_label": len(self.labels), "in_flight": len(self._pending)}

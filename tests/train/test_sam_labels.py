@@ -1,0 +1,134 @@
+"""The host-side SAM label bank: round-robin refresh, alignment, staleness, resume."""
+
+import collections
+
+import numpy as np
+
+from sam_bridge.api import RefineResult
+from sesam_jax.data import input_pipeline
+from sesam_jax.train import sam_labels
+
+
+class _Source:
+  def __init__(self, n=8, hw=(40, 56)):
+    self.ids = [f"im{i}" for i in range(n)]
+    self._hw = hw
+
+  def __len__(self):
+    return len(self.ids)
+
+  def __getitem__(self, i):
+    h, w = self._hw
+    yy, xx = np.mgrid[:h, :w]
+    label = ((yy // 8) * 7 + (xx // 8) + i).astype(np.uint8) % 30
+    return {"id": self.ids[i], "image": np.dstack([label] * 3), "label": label}
+
+
+class _InlineService:
+  """Answers each request at once with `fn(request)`; or never, if fn is None."""
+
+  def __init__(self, fn):
+    self.fn, self.done, self.requests = fn, collections.OrderedDict(), []
+
+  def submit(self, request, block=True):
+    self.requests.append(request)
+    if self.fn is not None:
+      self.done[request.example_id] = self.fn(request)
+
+  def get(self, example_id=None, timeout=None):
+    if not self.done:
+      raise TimeoutError("nothing ready")
+    return self.done.popitem(last=False)[1]
+
+
+def _oracle(request):
+  return RefineResult(request.example_id, np.asarray(request.fine, np.uint8))
+
+
+def _batch(source, crop=24, batch_size=4, seed=0):
+  return next(iter(input_pipeline.make_train_dataset(source, crop=crop, batch_size=batch_size,
+                                                     seed=seed, scale_range=(0.7, 1.5))))
+
+
+def _bank(source, service, **kw):
+  cfg = sam_labels.SamLabelConfig(send_fine=True, **kw)
+  return sam_labels.SamLabelBank(source, lambda i, e: e["label"], service, cfg, crop=24)
+
+
+def test_round_robin_refreshes_a_quarter_of_each_batch():
+  bank = _bank(_Source(), _InlineService(_oracle))
+  seen = collections.Counter()
+  for step in range(8):
+    seen.update(bank.refresh_positions(step, 8))
+  assert len(bank.refresh_positions(0, 8)) == 2 and set(seen.values()) == {2}
+
+
+def test_full_resolution_labels_follow_each_crop():
+  source = _Source()
+  bank = _bank(source, _InlineService(_oracle))
+  batch = _batch(source)
+  assert bank.submit(batch, step=0) == 1  # Positions 0 (and 4, absent in a batch of 4).
+  assert bank.collect() == 1
+  labels = bank.batch_labels(batch)
+  np.testing.assert_array_equal(labels[0], batch["label"][0])  # Same geometry as the fine label.
+  assert np.all(labels[1:] == 255) and bank.stats["missing"] == 3
+  # The request was at full resolution, as the embedding cache needs.
+  assert bank.service.requests[0].image.shape[:2] == (40, 56)
+
+
+def test_crop_space_results_are_mapped_back():
+  source = _Source()
+  bank = _bank(source, _InlineService(_oracle), cache_embeddings=False)
+  batch = _batch(source)
+  bank.submit(batch, step=0)
+  bank.collect()
+  assert bank.service.requests[0].image.shape[:2] == (24, 24)
+  index = int(batch["index"][0])
+  full = bank.labels[index]
+  assert full.shape == (40, 56) and (full != 255).any()
+  again = bank.batch_labels(batch)[0]
+  inside = batch["label"][0] != 255
+  assert np.mean(again[inside] == batch["label"][0][inside]) > 0.97
+
+
+def test_in_flight_results_never_block_and_count_as_stale():
+  source = _Source()
+  bank = _bank(source, _InlineService(None))
+  batch = _batch(source)
+  bank.submit(batch, step=0)
+  assert bank.collect(wait_s=0.0) == 0
+  bank.batch_labels(batch)
+  assert bank.stats["stale"] == 1 and bank.stats["missing"] == 4
+  assert bank.submit(batch, step=0) == 0 and bank.stats["already_in_flight"] == 1
+
+
+def test_extension_is_sent_with_the_next_refresh_and_survives_restart():
+  source = _Source()
+  bank = _bank(source, _InlineService(_oracle))
+  batch = _batch(source)
+  confident = np.full((4, 24, 24), 255, np.uint8)
+  confident[:, 5:10, 5:10] = 7
+  bank.update_extension(batch, confident)
+  bank.submit(batch, step=0)
+  bank.collect()
+  ext = bank.service.requests[0].extension
+  assert ext.shape == (40, 56) and set(np.unique(ext)) == {7, 255}
+  restored = _bank(source, _InlineService(_oracle))
+  restored.load_state(bank.state())
+  for a, b in ((bank.labels, restored.labels), (bank.extension, restored.extension)):
+    assert a.keys() == b.keys()
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k])
+  assert restored.stats["sent"] == 1
+
+
+def test_fallbacks_are_counted():
+  source = _Source()
+
+  def failing(request):
+    return RefineResult(request.example_id, np.asarray(request.weak), fallback=True, error="boom")
+
+  bank = _bank(source, _InlineService(failing))
+  bank.submit(_batch(source), step=0)
+  bank.collect()
+  assert bank.summary()["fallbacks"] == 1
