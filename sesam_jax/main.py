@@ -73,6 +73,25 @@ def _cmd_eval_labels(args: argparse.Namespace) -> dict:
   return {"dataset": args.dataset, "split": args.split, "labels": str(args.labels), **result}
 
 
+def _cmd_refine(args: argparse.Namespace) -> dict:
+  from sesam_jax import refine_labels
+  source = _source_from_args(args)
+  backend = f"{args.backend}:{args.checkpoint}" if args.checkpoint else args.backend
+  kw = {"device": args.device, "dtype": args.dtype} if args.backend in ("transformers", "random",
+                                                                          "segment_anything") else {}
+  result = refine_labels.refine_dataset(
+      source, weak_kind=args.weak, out_dir=args.out, backend=backend, backend_kwargs=kw,
+      seed=args.seed, weak_dir=args.weak_dir, limit=args.limit, use_service=args.service,
+      fallback=args.fallback, mode=args.mode, sampling=args.sampling, selection=args.selection,
+      prompt=args.prompt, instances=not args.no_instances, k=args.k, tau1=args.tau1, tau2=args.tau2,
+      work_long_side=args.work_long_side)
+  report.log(f"{result['backend']} on {result['images']} images ({args.weak}): precision "
+             f"{result['precision']:.4f} recall {result['recall']:.4f} F1 {result['f1']:.4f} "
+             f"mIoU {result['miou']:.4f} (weak {result['weak_miou']:.4f}), "
+             f"{result['seconds_per_image']:.2f} s/image")
+  return {"dataset": args.dataset, "split": args.split, **result}
+
+
 def _add_dataset_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument("--dataset", required=True,
                  help="camvid, cityscapes, ade20k, voc, custom, synthetic or tfds_cityscapes")
@@ -116,6 +135,40 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--labels", required=True, help="folder of <image stem>.png label maps")
   p.add_argument("--limit", type=int, default=None, help="only the first N images")
   p.set_defaults(handler=_cmd_eval_labels)
+
+  p = sub.add_parser("refine", help="SeSAM labels: refine weak labels with a SAM backend, score them")
+  _add_dataset_flags(p)
+  p.add_argument("--weak", required=True, choices=("points", "scribbles", "coarse"),
+                 help="weak-label kind (made as `sesam weak-labels` makes them, or read from --weak-dir)")
+  p.add_argument("--seed", type=int, default=0, help="weak-label protocol seed (as sesam weak-labels)")
+  p.add_argument("--weak-dir", default=None, help="read <image stem>.png weak labels from here")
+  p.add_argument("--out", required=True, help="folder for the refined <image stem>.png labels")
+  p.add_argument("--backend", default="oracle",
+                 help="oracle (fine-label upper bound), superpixel, transformers (with --checkpoint), "
+                      "random:vit_b (random weights), segment_anything (with --checkpoint)")
+  p.add_argument("--checkpoint", default=None,
+                 help="weights for transformers/segment_anything: a directory or sam_vit_*.pth")
+  p.add_argument("--device", default="cpu", help="torch device for SAM backends")
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  p.add_argument("--mode", default="sesam", choices=("sesam", "naive"),
+                 help="naive = the paper's SAM baseline (weak labels as prompts directly)")
+  p.add_argument("--sampling", default="sesam", choices=("sesam", "center", "boundary", "random"),
+                 help="point sampling (Table 4a); 'confidence' needs a teacher, so training only")
+  p.add_argument("--selection", default="sesam", choices=("sesam", "best_score", "random"),
+                 help="mask selection (Table 4b)")
+  p.add_argument("--prompt", default="points", choices=("points", "box", "mask"),
+                 help="prompt type (Table 4c)")
+  p.add_argument("--no-instances", action="store_true",
+                 help="one prompt per class instead of per connected component (Table 3b)")
+  p.add_argument("--k", type=int, default=5, help="points per instance (K)")
+  p.add_argument("--tau1", type=float, default=0.3, help="coverage threshold")
+  p.add_argument("--tau2", type=float, default=0.7, help="compatibility threshold")
+  p.add_argument("--work-long-side", type=int, default=1024, help="working resolution, longest side")
+  p.add_argument("--service", action="store_true", help="run the backend in the worker process")
+  p.add_argument("--fallback", action="store_true",
+                 help="with --service: keep the weak label for an image whose refinement fails")
+  p.add_argument("--limit", type=int, default=None, help="only the first N images")
+  p.set_defaults(handler=_cmd_refine)
 
   p = sub.add_parser("demo", help="run the whole pipeline on generated `synthetic` scenes")
   p.add_argument("--out", default="sesam_demo", help="output folder (default: ./sesam_demo)")

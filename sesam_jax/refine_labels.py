@@ -117,11 +117,11 @@ def refine_dataset(source, *, weak_kind: str, out_dir: str | os.PathLike, backen
         name = res.info["backend"]
         is_oracle = bool(res.info.get("oracle", is_oracle))
       _write_png(out / f"{res.example_id}.png", res.label)
-      conf["refined"] += np.asarray(metrics.confusion_matrix(fine, res.label, c))
-      conf["weak"] += np.asarray(metrics.confusion_matrix(fine, weak, c))
+      conf["refined"] += np.asarray(metrics.confusion_matrix(fine, res.label, c, unlabeled_column=True))
+      conf["weak"] += np.asarray(metrics.confusion_matrix(fine, weak, c, unlabeled_column=True))
       add_counts("refined", weak, res.label, fine)
       if res.coarse is not None:
-        conf["coarse"] += np.asarray(metrics.confusion_matrix(fine, res.coarse, c))
+        conf["coarse"] += np.asarray(metrics.confusion_matrix(fine, res.coarse, c, unlabeled_column=True))
         add_counts("coarse", weak, res.coarse, fine)
   finally:
     if service is not None:

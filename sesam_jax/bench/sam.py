@@ -70,16 +70,19 @@ def run(args: argparse.Namespace) -> dict:
     entry: dict = {}
     # Geometry: refine with the oracle, minus its backend calls.
     oracle = create_backend("oracle")
-    geo, insts = [], 0
+    geo, geo_cpu, insts = [], [], 0
     for r in range(args.repeats + 1):
       res = refine(oracle, RefineRequest(size_name, image, coarse, fine=fine), cfg)
       if r:  # The first run warms caches.
         geo.append(res.info["seconds"]["geometry"])
+        geo_cpu.append(res.info["seconds"]["geometry_cpu"])
       insts = res.info["instances"]
     entry["instances"] = insts
     entry["working_hw"] = list(res.info["working_hw"])
     entry["geometry_s"] = statistics.median(geo)
-    report.log(f"{size_name}: geometry {entry['geometry_s'] * 1e3:.1f} ms for {insts} instances "
+    entry["geometry_cpu_s"] = statistics.median(geo_cpu)
+    report.log(f"{size_name}: geometry {entry['geometry_s'] * 1e3:.1f} ms wall, "
+               f"{entry['geometry_cpu_s'] * 1e3:.1f} ms CPU for {insts} instances "
                f"at {res.info['working_hw']}")
     # Backends: encoder once per image, decoder per prompt set, at the working resolution.
     scale = min(1.0, args.work_long_side / max(image.shape[:2]))

@@ -121,3 +121,13 @@ def test_sam2_family_runs():
   # The default Sam2Config (Hiera, 1024 px) takes ~10 s on this CPU: a slow check.
   pytest.importorskip("transformers")
   _check_runs(_family_backend("Sam2Model", "Sam2Config"))
+
+
+def test_segment_anything_backend_explains_missing_torchvision():
+  try:
+    import torchvision  # noqa: F401
+    pytest.skip("torchvision present: the official backend can load here")
+  except ImportError:
+    pass
+  with pytest.raises(ImportError, match="torchvision.*transformers:"):
+    create_backend("segment_anything:/weights/sam_vit_b_01ec64.pth")

@@ -127,3 +127,12 @@ def test_transformers_random_end_to_end():
   res = refine(create_backend("random:tiny"), RefineRequest("t", image, _coarse(fine)))
   assert res.info["backend"].startswith("random:tiny")
   assert res.label.shape == fine.shape
+
+
+@pytest.mark.parametrize("kind,mode", [("coarse", "sesam"), ("points", "sesam"), ("coarse", "naive")])
+def test_empty_weak_label_stays_unlabeled(kind, mode):
+  image = np.zeros((20, 30, 3), np.uint8)
+  weak = np.full((20, 30), 255, np.uint8)
+  res = refine(create_backend("superpixel"), RefineRequest("e", image, weak),
+               RefineConfig(weak_kind=kind, mode=mode))
+  assert (res.label == 255).all() and not res.records
