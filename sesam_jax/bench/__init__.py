@@ -14,6 +14,8 @@ from types import ModuleType
 
 # name -> module path; each module defines add_arguments(parser) and run(args).
 TARGETS: dict[str, str] = {
+    "parity": "sesam_jax.bench.parity",
+    "train-step": "sesam_jax.bench.train_step",
 }
 
 

@@ -298,9 +298,23 @@ def convert_variables(state_dict: dict[str, np.ndarray], rename: Callable,
     for path, _ in _leaves(subtree):
       if _get(variables.get(collection, {}), scope + path) is None:
         raise ValueError(
-            f"no state dict key fills {collection}/{'/'.join(scope + path)} (missing key in the "
-            "checkpoint, or wrong --model / --format for it).")
+            f"no state dict key fills {collection}/{'/'.join(scope + path)}"
+            f"{_missing_key_hint(loaded, scope + path)} (missing from the checkpoint, or wrong "
+            "--model / --format for it).")
   return Conversion(variables, loaded, not_loaded, scope="/".join(scope))
+
+
+_SOURCE_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
+                "var": "running_var"}
+
+
+def _missing_key_hint(loaded: dict[str, str], path: Path) -> str:
+  """Names the source key that would have filled `path`, from a loaded sibling leaf."""
+  module = "/".join(path[:-1])
+  for key, flax_path in loaded.items():
+    if flax_path.split("/", 1)[1].rsplit("/", 1)[0] == module:
+      return f": expected state dict key {key.rsplit('.', 1)[0]}.{_SOURCE_LEAF[path[-1]]!s}"
+  return ""
 
 
 # ----------------------------------------------------------------------------
@@ -505,3 +519,29 @@ def _to_dicts(tree: Any) -> Any:
   if hasattr(tree, "items"):
     return {k: _to_dicts(v) for k, v in tree.items()}
   return tree
+
+
+def convert_file(src: str | os.PathLike, dst: str | os.PathLike, fmt: str, *,
+                 model: str | None = None) -> dict:
+  """`sesam convert`: reads a PyTorch checkpoint, converts it, writes `dst`.
+
+  Args:
+    src: .pth/.pt/.bin/.safetensors state dict.
+    dst: output msgpack file (see `save_converted`); written only on success.
+    fmt: "hf", "mmseg" or "torchvision".
+    model: target student name; inferred when None.
+
+  Returns:
+    {"model", "scope", "dst", "num_loaded", "loaded" (source key -> Flax
+    path), "not_loaded" (source keys left out)}.
+  """
+  if fmt not in FORMATS:
+    raise ValueError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}.")
+  try:
+    conversion = convert_checkpoint(read_state_dict(src), fmt, model=model)
+  except ValueError as e:
+    raise ValueError(f"{src}: {e}") from e
+  save_converted(conversion, dst, source=str(src), fmt=fmt)
+  return {"model": conversion.model, "scope": conversion.scope or "full", "dst": str(dst),
+          "num_loaded": len(conversion.loaded), "loaded": conversion.loaded,
+          "not_loaded": conversion.not_loaded}
