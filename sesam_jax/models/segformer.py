@@ -42,25 +42,58 @@ def resize_bilinear(x_BHWC: jax.Array, height: int, width: int) -> jax.Array:
   return out.astype(x_BHWC.dtype)
 
 
+class _DenseParams(nn.Module):
+  """The parameters of an nn.Dense (same names, shapes, initialisers), used by hand."""
+  in_features: int
+  features: int
+  use_bias: bool = True
+
+  @nn.compact
+  def __call__(self) -> tuple[jax.Array, jax.Array | None]:
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (self.in_features, self.features), jnp.float32)
+    bias = (self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+            if self.use_bias else None)
+    return kernel, bias
+
+
 class SegformerDecodeHead(nn.Module):
-  """All-MLP decoder; input the four stage features, output stride-4 logits."""
+  """All-MLP decoder; input the four stage features, output stride-4 logits.
+
+  With `fold=True` (default) the per-stage projection and that stage's slice of
+  the 1x1 fuse are multiplied into one matrix before they touch any pixel:
+  projection, bilinear upsampling (weights summing to 1) and the fuse are all
+  linear, so up(x @ P + b) @ W == up(x @ (P @ W) + b @ W). The result is the
+  same function of the same parameters (equal up to float rounding), but the
+  (4 * D) -> D matmul over every stride-4 pixel, the head's largest, is gone.
+  """
   num_classes: int
   decoder_hidden_size: int
   dropout_rate: float = 0.1
   dtype: Dtype = jnp.float32
+  fold: bool = True
 
   @nn.compact
   def __call__(self, features: Sequence[jax.Array], train: bool = False) -> jax.Array:
     height, width = features[0].shape[1:3]
-    projected = []
-    for i, feature in enumerate(features):
-      x = nn.Dense(self.decoder_hidden_size, dtype=self.dtype,
-                   name=f"linear_projections_{i}")(feature)
-      projected.append(resize_bilinear(x, height, width))
-    # transformers concatenates the deepest stage first; the fuse weights depend on it.
-    x = jnp.concatenate(projected[::-1], axis=-1)
-    x = nn.Dense(self.decoder_hidden_size, use_bias=False, dtype=self.dtype,
-                 name="linear_fuse")(x)
+    hidden = self.decoder_hidden_size
+    projections = [_DenseParams(f.shape[-1], hidden, name=f"linear_projections_{i}")()
+                   for i, f in enumerate(features)]
+    fuse, _ = _DenseParams(hidden * len(features), hidden, use_bias=False, name="linear_fuse")()
+    if self.fold:
+      x = None
+      for i, (feature, (kernel, bias)) in enumerate(zip(features, projections)):
+        # transformers concatenates the deepest stage first: stage i is fuse block n-1-i.
+        block = fuse[(len(features) - 1 - i) * hidden:(len(features) - i) * hidden]
+        y = (feature.astype(self.dtype) @ (kernel @ block).astype(self.dtype)
+             + (bias @ block).astype(self.dtype))
+        y = resize_bilinear(y, height, width)
+        x = y if x is None else x + y
+    else:
+      projected = [resize_bilinear(f.astype(self.dtype) @ k.astype(self.dtype)
+                                   + b.astype(self.dtype), height, width)
+                   for f, (k, b) in zip(features, projections)]
+      x = jnp.concatenate(projected[::-1], axis=-1) @ fuse.astype(self.dtype)
     x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPS,
                      dtype=self.dtype, name="batch_norm")(x)
     x = nn.relu(x)
@@ -81,6 +114,7 @@ class SegFormer(nn.Module):
     drop_path_rate: encoder stochastic depth (needs a "dropout" rng in training).
     dropout_rate: decode-head dropout before the classifier.
     dwconv_impl: "shift" or "lax" (default: "shift" on CPU, "lax" elsewhere).
+    fold_decoder: fold the head's projections into its fuse (see SegformerDecodeHead).
   """
   num_classes: int
   variant: str = "B0"
@@ -88,6 +122,7 @@ class SegFormer(nn.Module):
   drop_path_rate: float = 0.1
   dropout_rate: float = 0.1
   dwconv_impl: str | None = None
+  fold_decoder: bool = True
 
   @nn.compact
   def __call__(self, images_BHWC: jax.Array, train: bool = False) -> jax.Array:
@@ -100,4 +135,4 @@ class SegFormer(nn.Module):
         name="encoder")(images_BHWC, train)
     return SegformerDecodeHead(self.num_classes, sizes["decoder_hidden_size"],
                                dropout_rate=self.dropout_rate, dtype=self.dtype,
-                               name="decode_head")(features, train)
+                               fold=self.fold_decoder, name="decode_head")(features, train)
