@@ -148,3 +148,16 @@ def test_segformer_dwconv_impls_agree():
   variables = random_variables(shift, images)
   np.testing.assert_allclose(jax.jit(shift.apply)(variables, images),
                              jax.jit(lax_model.apply)(variables, images), atol=1e-5)
+
+
+def test_chunked_attention_matches_plain_with_gradients():
+  keys = jax.random.split(jax.random.key(0), 3)
+  q = jax.random.normal(keys[0], (2, 2, 100, 8))  # 100 queries: chunks of 32 plus padding.
+  k = jax.random.normal(keys[1], (2, 2, 16, 8))
+  v = jax.random.normal(keys[2], (2, 2, 16, 8))
+  loss = lambda chunk: jax.jit(jax.value_and_grad(
+      lambda q, k, v: jnp.sum(mit.attend(q, k, v, query_chunk=chunk) ** 2), argnums=(0, 1, 2)))
+  (plain, plain_grads), (chunked, chunked_grads) = loss(0)(q, k, v), loss(32)(q, k, v)
+  np.testing.assert_allclose(chunked, plain, rtol=1e-5)
+  for a, b in zip(chunked_grads, plain_grads):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

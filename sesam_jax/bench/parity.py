@@ -69,7 +69,7 @@ def _state_dict_numpy(model: Any) -> dict[str, np.ndarray]:
 
 def segformer_parity(variant: str = "B0", *, num_classes: int = 19,
                      sizes: tuple[tuple[int, int], ...] = ((128, 128), (96, 160)),
-                     seed: int = 0, bf16: bool = True) -> dict[str, float]:
+                     seed: int = 0, bf16: bool = True, **model_kwargs: Any) -> dict[str, float]:
   """Max abs logit differences of the Flax SegFormer vs SegformerForSemanticSegmentation.
 
   Args:
@@ -78,6 +78,7 @@ def segformer_parity(variant: str = "B0", *, num_classes: int = 19,
     sizes: (H, W) inputs to compare on (batch 2 each).
     seed: seed of the random weights and images.
     bf16: also measure the Flax model under bf16 compute.
+    **model_kwargs: SegFormer attributes (e.g. query_chunk=64, fold_decoder=False).
 
   Returns:
     {"segformer_fp32_max_abs_diff", "segformer_bf16_max_abs_err" (if bf16),
@@ -98,7 +99,7 @@ def segformer_parity(variant: str = "B0", *, num_classes: int = 19,
     result["segformer_bf16_max_abs_err"] = 0.0
   rng = np.random.default_rng(seed)
   for dtype in ([jnp.float32, jnp.bfloat16] if bf16 else [jnp.float32]):
-    model = segformer.SegFormer(num_classes, variant, dtype=dtype)
+    model = segformer.SegFormer(num_classes, variant, dtype=dtype, **model_kwargs)
     expected = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
     variables = torch_convert.convert_variables(
         _state_dict_numpy(reference), torch_convert.rename_segformer_hf, expected).variables

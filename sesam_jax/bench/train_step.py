@@ -68,7 +68,7 @@ def make_jax_step(name: str, num_classes: int, crop: int, batch: int, dtype: Any
   state = {"params": variables["params"], "batch_stats": variables["batch_stats"],
            "opt": tx.init(variables["params"]), "rng": jax.random.key(1)}
 
-  def loss_fn(params, batch_stats, rng):
+  def loss_fn(params, batch_stats, rng, images, labels):
     logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, images,
                                   train=True, mutable=["batch_stats"], rngs={"dropout": rng})
     logits = jax.image.resize(logits, (batch, crop, crop, num_classes), "linear",
@@ -78,15 +78,16 @@ def make_jax_step(name: str, num_classes: int, crop: int, batch: int, dtype: Any
     loss = jnp.sum(jnp.where(valid, ce, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
     return loss, updates["batch_stats"]
 
-  def step(state):
+  # The batch is an argument (not a closed-over constant that XLA would fold).
+  def step(state, images, labels):
     rng, drop_rng = jax.random.split(state["rng"])
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state["params"], state["batch_stats"], drop_rng)
+        state["params"], state["batch_stats"], drop_rng, images, labels)
     updates, opt = tx.update(grads, state["opt"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     return {"params": params, "batch_stats": batch_stats, "opt": opt, "rng": rng}, loss
 
-  compiled = jax.jit(step, donate_argnums=0).lower(state).compile()
+  compiled = jax.jit(step, donate_argnums=0).lower(state, images, labels).compile()
   info = {"params": int(sum(p.size for p in jax.tree.leaves(variables["params"])))}
   analysis = compiled.memory_analysis()
   if analysis is not None:
@@ -95,7 +96,7 @@ def make_jax_step(name: str, num_classes: int, crop: int, batch: int, dtype: Any
   holder = {"state": state}
 
   def run_one_step():
-    holder["state"], loss = compiled(holder["state"])
+    holder["state"], loss = compiled(holder["state"], images, labels)
     loss.block_until_ready()
     holder["loss"] = float(loss)
 
@@ -134,7 +135,7 @@ def make_torch_step(num_classes: int, crop: int, batch: int, bf16: bool,
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    holder["loss"] = float(loss)
+    holder["loss"] = float(loss.detach())
 
   return run_one_step, {"params": int(sum(p.numel() for p in model.parameters())),
                         "holder": holder}

@@ -115,6 +115,7 @@ class SegFormer(nn.Module):
     dropout_rate: decode-head dropout before the classifier.
     dwconv_impl: "shift" or "lax" (default: "shift" on CPU, "lax" elsewhere).
     fold_decoder: fold the head's projections into its fuse (see SegformerDecodeHead).
+    query_chunk: attention query chunk, 0 = off (default: 1024 on CPU, off elsewhere).
   """
   num_classes: int
   variant: str = "B0"
@@ -123,16 +124,18 @@ class SegFormer(nn.Module):
   dropout_rate: float = 0.1
   dwconv_impl: str | None = None
   fold_decoder: bool = True
+  query_chunk: int | None = None
 
   @nn.compact
   def __call__(self, images_BHWC: jax.Array, train: bool = False) -> jax.Array:
     """Images BxHxWx3 float32 (ImageNet-normalised) -> logits Bx(H/4)x(W/4)xK float32."""
     sizes = mit.MIT_VARIANTS[self.variant]
     impl = self.dwconv_impl or mit.default_dwconv_impl()
+    chunk = mit.default_query_chunk() if self.query_chunk is None else self.query_chunk
     features = mit.MixTransformer(
         sizes["hidden_sizes"], sizes["depths"], sizes["num_heads"],
         drop_path_rate=self.drop_path_rate, dtype=self.dtype, dwconv_impl=impl,
-        name="encoder")(images_BHWC, train)
+        query_chunk=chunk, name="encoder")(images_BHWC, train)
     return SegformerDecodeHead(self.num_classes, sizes["decoder_hidden_size"],
                                dropout_rate=self.dropout_rate, dtype=self.dtype,
                                fold=self.fold_decoder, name="decode_head")(features, train)
