@@ -42,6 +42,12 @@ def _numpy(model):
   return parity._state_dict_numpy(model)
 
 
+def _zero_variables(model, size=32):
+  """Variables of the model's shapes without compiling model.init (slow on 2 cores)."""
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, 3)))
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
 def _flat(tree):
   return {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
           for path, v in jax.tree_util.tree_leaves_with_path(tree)}
@@ -148,8 +154,7 @@ def test_encoder_only_hf_and_mmseg_agree_and_merge(hf_segformer_tiny):
   for k in fa:
     np.testing.assert_array_equal(fa[k], fb[k])
   # Lay the encoder over a fresh 3-class model: encoder replaced, head kept.
-  model = create_model("segformer_tiny", 3)
-  fresh = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  fresh = _zero_variables(create_model("segformer_tiny", 3))
   merged, skipped = torch_convert.merge_pretrained(fresh, hf.variables)
   assert not skipped
   np.testing.assert_array_equal(
@@ -247,7 +252,7 @@ def test_wrong_format_for_model_is_refused(hf_resnet_tiny):
 
 def test_merge_refuses_other_num_classes_unless_skipped(hf_segformer_tiny):
   full = torch_convert.convert_checkpoint(_numpy(hf_segformer_tiny), "hf")
-  fresh = create_model("segformer_tiny", 3).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  fresh = _zero_variables(create_model("segformer_tiny", 3))
   with pytest.raises(ValueError, match="decode_head/classifier"):
     torch_convert.merge_pretrained(fresh, full.variables)
   _, skipped = torch_convert.merge_pretrained(fresh, full.variables, skip_mismatched=True)
@@ -262,9 +267,11 @@ def test_sesam_convert_writes_a_loadable_checkpoint(tmp_path, capsys, hf_segform
   dst = tmp_path / "out" / "segformer_tiny.msgpack"
   assert sesam_main.main(["convert", str(src), str(dst), "--format", "hf"]) == 0
   assert '"not_loaded": []' in capsys.readouterr().out.strip().splitlines()[-1]
-  variables, meta = torch_convert.load_converted(dst)
+  _, meta = torch_convert.load_converted(dst)
   assert meta["model"] == "segformer_tiny" and meta["format"] == "hf"
   model = create_model("segformer_tiny", NUM_CLASSES)
+  variables, skipped = torch_convert.init_from_converted(_zero_variables(model), dst)
+  assert not skipped
   images = np.random.default_rng(0).standard_normal((1, 64, 64, 3)).astype(np.float32)
   logits = model.apply(variables, images)
   with torch.no_grad():

@@ -545,3 +545,23 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, fmt: str, *,
   return {"model": conversion.model, "scope": conversion.scope or "full", "dst": str(dst),
           "num_loaded": len(conversion.loaded), "loaded": conversion.loaded,
           "not_loaded": conversion.not_loaded}
+
+
+def init_from_converted(variables: Any, path: str | os.PathLike, *,
+                        skip_mismatched: bool = False) -> tuple[dict, list[str]]:
+  """Configs' `init`: lays a `sesam convert` checkpoint over initialised variables.
+
+  Args:
+    variables: {"params": ..., "batch_stats": ...} from model.init.
+    path: file written by `sesam convert` (encoder-only or full).
+    skip_mismatched: keep initialised leaves whose shapes differ (e.g. the
+      classifier of a checkpoint trained for another number of classes).
+
+  Returns:
+    (variables, skipped paths).
+  """
+  pretrained, _ = load_converted(path)
+  try:
+    return merge_pretrained(variables, pretrained, skip_mismatched=skip_mismatched)
+  except ValueError as e:
+    raise ValueError(f"{path}: {e}") from e
