@@ -24,6 +24,14 @@ def _cmd_cost(args: argparse.Namespace) -> dict:
   return result
 
 
+def _cmd_convert(args: argparse.Namespace) -> dict:
+  from sesam_jax.models import torch_convert
+  result = torch_convert.convert_file(args.src, args.dst, args.format, model=args.model)
+  report.log(f"{result['model']} ({result['scope']}): {result['num_loaded']} tensors loaded, "
+             f"{len(result['not_loaded'])} not loaded -> {result['dst']}")
+  return result
+
+
 def _cmd_bench(args: argparse.Namespace, rest: list[str]) -> dict:
   from sesam_jax import bench
   target = bench.load_target(args.what)
@@ -175,6 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--images", type=int, default=16, help="number of validation scenes")
   p.add_argument("--seed", type=int, default=0, help="dataset and weak-label seed")
   p.set_defaults(handler=_cmd_demo)
+
+  p = sub.add_parser("convert", help="PyTorch weights -> a Flax checkpoint (msgpack) for `init`")
+  p.add_argument("src", help="PyTorch state dict: .pth, .pt, .bin or .safetensors")
+  p.add_argument("dst", help="output file (msgpack: {meta, variables}), written atomically")
+  p.add_argument("--format", required=True, choices=("hf", "mmseg", "torchvision"),
+                 help="hf: transformers SegFormer/ResNet; mmseg: mit_b*.pth; "
+                      "torchvision: resnet50/101")
+  p.add_argument("--model", default=None,
+                 help="target student (e.g. segformer_b0, deeplabv3plus_r101); inferred if omitted")
+  p.set_defaults(handler=_cmd_convert)
 
   p = sub.add_parser("bench", help="throughput / memory / parity benchmarks (side-by-side ratios)",
                      add_help=False)
