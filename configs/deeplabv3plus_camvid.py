@@ -13,7 +13,7 @@ here); ResNet-50 (40M parameters, dense 3x3 convolutions) is several times slowe
 this CPU, so here this file is for a GPU or for `tiny`; its CPU wall time was not measured. Both are far too short for the paper's EMA decay of
 0.999 (the teacher would still be mostly the random init), so they lower it (0.99 and 0.9).
 No pretrained weights: mIoU is far below ImageNet-initialised figures.
-Arguments after the colon: weak=fine|points|scribbles|coarse, runlocal, tiny.
+Arguments after the colon: weak=fine|points|scribbles|coarse, method=supervised|fixmatch|sam_baseline|sesam, runlocal, tiny.
 """
 
 from sesam_jax import config_lib

@@ -5,7 +5,7 @@ Train (fine labels, the upper bound) or on weak labels alone (the paper's "Super
   sesam train --config=configs/deeplabv3plus_cityscapes.py:weak=coarse --workdir=workdirs/deeplabv3plus_cityscapes_coarse \
       --config.data_dir=/path/to/cityscapes
 
-Arguments after the colon: weak=fine|points|scribbles|coarse, runlocal (a minutes-long smoke
+Arguments after the colon: weak=fine|points|scribbles|coarse, method=supervised|fixmatch|sam_baseline|sesam, runlocal (a minutes-long smoke
 run), tiny (the tiny test variant of the student). No pretrained weights exist here, so figures
 are far below the paper's ImageNet-initialised ones.
 """

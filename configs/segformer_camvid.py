@@ -13,7 +13,7 @@ crop, and evaluated at 0.5x with logits resized back to the full 480x360 labels.
 in under 3 minutes (measured: 173 s, val mIoU 0.137). Both are far too short for the paper's EMA decay of
 0.999 (the teacher would still be mostly the random init), so they lower it (0.99 and 0.9).
 No pretrained weights: mIoU is far below ImageNet-initialised figures.
-Arguments after the colon: weak=fine|points|scribbles|coarse, runlocal, tiny.
+Arguments after the colon: weak=fine|points|scribbles|coarse, method=supervised|fixmatch|sam_baseline|sesam, runlocal, tiny.
 """
 
 from sesam_jax import config_lib

@@ -4,7 +4,7 @@
 
 Used by the tests (kill-and-resume, multi-device) and the demo; finishes in a couple of minutes
 on a CPU. The short schedule lowers the EMA decay to 0.9 so the teacher follows the student.
-Arguments after the colon: weak=fine|points|scribbles|coarse, runlocal, tiny (default on here;
+Arguments after the colon: weak=fine|points|scribbles|coarse, method=supervised|fixmatch|sam_baseline|sesam, runlocal, tiny (default on here;
 `tiny=0` trains SegFormer-B0).
 """
 

@@ -25,6 +25,9 @@ import ml_collections
 # Label kinds the training loop understands: "fine" (dense labels, the upper bound) or a weak kind
 # produced by `sesam_jax.data.weak_labels.make_weak_label`.
 WEAK_KINDS = ("fine", "points", "scribbles", "coarse")
+# Training methods (paper Tables 1-2): weak labels only, FixMatch teacher-student, labels from
+# SAM prompted naively with the weak labels (then supervised), and SeSAM.
+METHODS = ("supervised", "fixmatch", "sam_baseline", "sesam")
 
 # The paper's schedules (section 4.1): crop size, global batch, steps per dataset.
 DATASETS: dict[str, dict[str, Any]] = {
@@ -109,6 +112,39 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.grad_clip = 0.0           # global-norm clip; 0 = off
 
   c.ema_decay = 0.999               # EMA (teacher) decay per step
+  c.method = "supervised"           # supervised | fixmatch | sam_baseline | sesam (METHODS)
+
+  # Teacher-student (fixmatch, sesam): paper section 3.3 / 4.1.
+  c.teacher = ml_collections.ConfigDict()
+  c.teacher.theta1 = 0.96           # confidence of a pseudo-label used in the loss
+  c.teacher.theta2 = 0.98           # confidence of a pseudo-label extending the weak label
+  c.teacher.lambda1 = 1.0           # weight of the SAM-label CE
+  c.teacher.lambda2 = 0.01          # weight of the pseudo-label CE
+  c.teacher.cutmix_prob = 0.5       # strong view: probability of a CutMix box per example
+  c.teacher.jitter_prob = 0.8       # strong view: probability of colour jitter
+  c.teacher.grayscale_prob = 0.2    # strong view: probability of grayscale
+  c.teacher.blur_prob = 0.5         # strong view: probability of Gaussian blur
+
+  # The SAM bridge (sesam, sam_baseline): sam_bridge.refine.RefineConfig and the service.
+  c.sam = ml_collections.ConfigDict()
+  c.sam.backend = "superpixel"      # oracle | superpixel | random:vit_b | transformers | ...
+  c.sam.checkpoint = ""             # weights for transformers / segment_anything backends
+  c.sam.device = "cpu"              # torch device of the bridge
+  c.sam.dtype = "float32"           # torch dtype of the bridge: float32 | bfloat16
+  c.sam.refresh_every = 4           # M: each step refreshes 1/M of its batch
+  c.sam.cache_embeddings = True     # encode each image once, decode at full resolution
+  c.sam.wait_s = 0.0                # longest wait for in-flight SAM labels before a step, s
+  c.sam.timeout_s = 300.0           # seconds one example may take in the bridge
+  c.sam.fallback = False            # on a bridge failure use the weak label (counted) vs stop
+  c.sam.max_pending = 16            # bound of the request queue (backpressure)
+  c.sam.k = 5                       # K: prompt points per instance
+  c.sam.tau1 = 0.3                  # coverage threshold of mask selection
+  c.sam.tau2 = 0.7                  # compatibility threshold of mask selection
+  c.sam.sampling = "sesam"          # sesam | center | boundary | random | confidence
+  c.sam.selection = "sesam"         # sesam | best_score | random
+  c.sam.prompt = "points"           # points | box | mask
+  c.sam.instances = True            # split class masks into connected components
+  c.sam.work_long_side = 1024       # bridge working resolution, longest side (pixels)
   c.loss = ml_collections.ConfigDict()
   c.loss.weak_weight = 1.0          # weight of the CE on the training labels (`weak`)
 
@@ -210,20 +246,27 @@ def student_dataset_config(student: str, dataset: str, arg: str | None, **extra_
   Args:
     student: "segformer" | "deeplabv3plus".
     dataset: a key of DATASETS.
-    arg: the `key=val,...` string of `--config=file.py:arg` (keys: weak, runlocal, tiny and
+    arg: the `key=val,...` string of `--config=file.py:arg` (keys: weak, method, runlocal, tiny and
       `extra_args`).
     **extra_args: further keys the file accepts, with defaults.
 
   Returns:
     (config, parsed arg): the ConfigDict and the parsed `arg`, for file-specific tweaks.
   """
-  args = parse_arg(arg, weak="fine", runlocal=False, tiny=False, **extra_args)
+  args = parse_arg(arg, weak="fine", method="supervised", runlocal=False, tiny=False,
+                   **extra_args)
   if args.weak not in WEAK_KINDS:
     raise ValueError(f"weak={args.weak!r}: choose one of {', '.join(WEAK_KINDS)}.")
+  if args.method not in METHODS:
+    raise ValueError(f"method={args.method!r}: choose one of {', '.join(METHODS)}.")
+  if args.method in ("sam_baseline", "sesam") and args.weak == "fine":
+    raise ValueError(f"method={args.method} refines weak labels; pick weak=points|scribbles|"
+                     "coarse (weak=fine with method=supervised is the upper bound).")
   config = base_config()
   config.model = STUDENTS[student][1 if args.tiny else 0]
   dataset_config(config, dataset)
   config.weak = args.weak
+  config.method = args.method
   if args.runlocal and dataset not in ("camvid", "synthetic"):
     apply_runlocal(config)  # CamVid and synthetic have their own short schedules.
   return config, args

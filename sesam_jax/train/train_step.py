@@ -57,6 +57,46 @@ def ema_update(ema: Any, new: Any, decay: float) -> Any:
   return jax.tree.map(lambda e, n: (decay * e + (1.0 - decay) * n).astype(e.dtype), ema, new)
 
 
+def update_student(state: TrainState, images: jax.Array, sources: Mapping[str, losses.LabelSource],
+                   dropout_rng: jax.Array, *, model: nn.Module, ema_decay: float,
+                   lr_schedule: Callable[[Any], Any], ignore_index: int = losses.IGNORE_INDEX
+                   ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """Student forward on `images`, CE over `sources`, AdamW step, EMA update.
+
+  Shared by the supervised step and the teacher-student step (`sesam_step`).
+
+  Args:
+    state: the current TrainState.
+    images: BxHxWx3 float32 normalised student input.
+    sources: name -> LabelSource (labels at label resolution, weight).
+    dropout_rng: key for drop path / dropout.
+    model: the student.
+    ema_decay: teacher EMA decay.
+    lr_schedule: for the `lr` metric.
+    ignore_index: the unlabeled value.
+
+  Returns:
+    (new state, float32 scalar metrics).
+  """
+  def loss_fn(params: Any) -> tuple[jax.Array, tuple[Any, dict]]:
+    logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, images,
+                                  train=True, mutable=["batch_stats"],
+                                  rngs={"dropout": dropout_rng})
+    loss, metrics = losses.segmentation_loss(logits, sources, ignore_index)
+    return loss, (updates.get("batch_stats", {}), metrics)
+
+  (loss, (batch_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  new_state = state.replace(
+      step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
+      ema_params=ema_update(state.ema_params, params, ema_decay),
+      ema_batch_stats=ema_update(state.ema_batch_stats, batch_stats, ema_decay))
+  metrics.update(loss=loss, grad_norm=global_norm(grads), param_norm=global_norm(params),
+                 update_norm=global_norm(updates), lr=lr_schedule(state.step))
+  return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+
+
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array, *,
                model: nn.Module, cfg: StepConfig) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step.
@@ -76,25 +116,9 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
   step_rng = jax.random.fold_in(rng, state.step)
   sources_rng, dropout_rng = jax.random.split(step_rng)
   sources = label_sources(state, batch, sources_rng, model=model, cfg=cfg)
-  images = normalize(batch["image"])
-
-  def loss_fn(params: Any) -> tuple[jax.Array, tuple[Any, dict]]:
-    logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, images,
-                                  train=True, mutable=["batch_stats"],
-                                  rngs={"dropout": dropout_rng})
-    loss, metrics = losses.segmentation_loss(logits, sources, cfg.ignore_index)
-    return loss, (updates.get("batch_stats", {}), metrics)
-
-  (loss, (batch_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  new_state = state.replace(
-      step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
-      ema_params=ema_update(state.ema_params, params, cfg.ema_decay),
-      ema_batch_stats=ema_update(state.ema_batch_stats, batch_stats, cfg.ema_decay))
-  metrics.update(loss=loss, grad_norm=global_norm(grads), param_norm=global_norm(params),
-                 update_norm=global_norm(updates), lr=cfg.lr_schedule(state.step))
-  return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+  return update_student(state, normalize(batch["image"]), sources, dropout_rng, model=model,
+                        ema_decay=cfg.ema_decay, lr_schedule=cfg.lr_schedule,
+                        ignore_index=cfg.ignore_index)
 
 
 def make_mesh(devices: list | None = None) -> Mesh:

@@ -1,0 +1,106 @@
+"""The teacher-student step of FixMatch and SeSAM (paper, section 3.3).
+
+  weak view (the pipeline's crop) --EMA teacher, stop_gradient--> pseudo-labels, confidence
+  label sources on the weak view: weak > SAM > pseudo (confidence >= theta1)   [targets.py]
+  strong view = CutMix(weak view, and every label map alike) + colour/grey/blur [strong_aug.py]
+  student on the strong view; L = CE(weak) + lambda1 CE(SAM) + lambda2 CE(pseudo)
+
+The step also returns the teacher's *confident* labels (confidence >= theta2,
+else 255) on the weak view, BxCxC uint8: the host maps them back to full
+resolution to extend each image's weak label for its next SAM refresh.
+
+Methods: "fixmatch" uses weak + pseudo; "sesam" adds the batch's "sam" labels.
+("supervised" and "sam_baseline" use the plain `train_step.train_step`.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from sesam_jax.train import losses, strong_aug, targets
+from sesam_jax.train import train_step as step_lib
+from sesam_jax.train.train_state import TrainState, replicated
+
+METHODS = ("fixmatch", "sesam")
+
+
+@dataclasses.dataclass(frozen=True)
+class SesamStepConfig:
+  """Static settings of the teacher-student step (paper defaults)."""
+  lr_schedule: Callable[[Any], Any]        # backbone lr at a step, for the `lr` metric
+  method: str = "sesam"                    # "fixmatch" or "sesam"
+  ema_decay: float = 0.999                 # teacher EMA decay (alpha)
+  theta1: float = 0.96                     # pseudo-label confidence for the loss
+  theta2: float = 0.98                     # confidence for extending the weak label
+  lambda1: float = 1.0                     # weight of the SAM-label CE
+  lambda2: float = 0.01                    # weight of the pseudo-label CE
+  strong: strong_aug.StrongAugConfig = strong_aug.StrongAugConfig()
+  ignore_index: int = losses.IGNORE_INDEX
+
+
+def teacher_predictions(state: TrainState, images_BHWC: jax.Array, *, model: nn.Module,
+                        size: tuple[int, int]) -> tuple[jax.Array, jax.Array]:
+  """EMA teacher on the weak view: (class BxHxW int32, confidence BxHxW), no gradient."""
+  logits = model.apply({"params": state.ema_params, "batch_stats": state.ema_batch_stats},
+                       step_lib.normalize(images_BHWC), train=False)
+  logits = losses.upsample_logits(jax.lax.stop_gradient(logits), size)
+  return targets.pseudo_labels(logits)
+
+
+def sesam_train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array, *,
+                     model: nn.Module, cfg: SesamStepConfig
+                     ) -> tuple[TrainState, dict[str, jax.Array], jax.Array]:
+  """One teacher-student optimizer step.
+
+  Args:
+    state: TrainState (its ema_* trees are the teacher).
+    batch: "image" BxCxCx3 uint8 (weak view), "weak" BxCxC uint8 (255 = unlabeled),
+      and for method "sesam" "sam" BxCxC uint8 (255 = no SAM label).
+    rng: the run's base key (folded with the step).
+    model: the student (and, with EMA weights, the teacher).
+    cfg: SesamStepConfig.
+
+  Returns:
+    (new state, scalar metrics, confident BxCxC uint8 teacher labels >= theta2).
+  """
+  if cfg.method not in METHODS:
+    raise ValueError(f"sesam_train_step: method {cfg.method!r} not in {METHODS}")
+  step_rng = jax.random.fold_in(rng, state.step)
+  aug_rng, dropout_rng = jax.random.split(step_rng)
+  size = batch["weak"].shape[1:3]
+  pseudo, conf = teacher_predictions(state, batch["image"], model=model, size=size)
+  confident = jnp.where(conf >= cfg.theta2, pseudo, cfg.ignore_index).astype(jnp.uint8)
+  sam = batch["sam"] if cfg.method == "sesam" else None
+  maps = targets.split_by_precedence(batch["weak"], sam, pseudo, conf, theta1=cfg.theta1)
+  images = batch["image"].astype(jnp.float32) / 255.0
+  strong_images, maps = strong_aug.strong_augment(aug_rng, images, maps, cfg.strong)
+  x = step_lib.normalize(strong_images * 255.0)
+  sources = {"weak": losses.LabelSource(maps["weak"], 1.0),
+             "pseudo": losses.LabelSource(maps["pseudo"], cfg.lambda2)}
+  if sam is not None:
+    sources["sam"] = losses.LabelSource(maps["sam"], cfg.lambda1)
+
+  new_state, metrics = step_lib.update_student(
+      state, x, sources, dropout_rng, model=model, ema_decay=cfg.ema_decay,
+      lr_schedule=cfg.lr_schedule, ignore_index=cfg.ignore_index)
+  metrics["teacher_confident"] = jnp.mean((confident != cfg.ignore_index).astype(jnp.float32))
+  return new_state, metrics, confident
+
+
+def jit_sesam_step(model: nn.Module, cfg: SesamStepConfig, mesh: Mesh, state: TrainState
+                   ) -> Callable:
+  """`sesam_train_step` jitted over the mesh; the confident map stays sharded like the batch."""
+  state_sharding = jax.tree.map(lambda _: replicated(mesh), state)
+  batch_sharding = step_lib.batch_sharding(mesh)
+  return jax.jit(functools.partial(sesam_train_step, model=model, cfg=cfg),
+                 in_shardings=(state_sharding, batch_sharding, replicated(mesh)),
+                 out_shardings=(state_sharding, replicated(mesh), batch_sharding),
+                 donate_argnums=(0,))

@@ -1,0 +1,62 @@
+"""The teacher-student step: sources, precedence, confident map, sharding over 4 devices."""
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from sesam_jax.train import sesam_step, train_state
+from sesam_jax.train import train_step as step_lib
+from . import fakes
+
+
+def _setup(method, mesh_devices=None, ema_decay=0.5):
+  fakes.install()
+  model = fakes.TinySeg(4)
+  tx = optax.adamw(1e-3)
+  mesh = step_lib.make_mesh(mesh_devices)
+  state = train_state.create_train_state(model, tx, jax.random.key(0), mesh, image_size=32)
+  cfg = sesam_step.SesamStepConfig(lr_schedule=lambda s: 1e-3, method=method, ema_decay=ema_decay,
+                                   theta1=0.0, theta2=0.0)
+  return model, mesh, state, cfg
+
+
+def _batch(n=8, size=32, seed=0):
+  rng = np.random.default_rng(seed)
+  weak = np.full((n, size, size), 255, np.uint8)
+  weak[:, :8] = rng.integers(0, 4, (n, 8, size))
+  sam = np.full((n, size, size), 255, np.uint8)
+  sam[:, 4:16] = 2  # Overlaps the weak rows 4..7: weak wins there.
+  return {"image": rng.integers(0, 256, (n, size, size, 3)).astype(np.uint8), "weak": weak,
+          "sam": sam}
+
+
+@pytest.mark.parametrize("method", ["fixmatch", "sesam"])
+def test_step_runs_and_reports_every_source(method):
+  model, mesh, state, cfg = _setup(method)
+  step = sesam_step.jit_sesam_step(model, cfg, mesh, state)
+  batch = step_lib.shard_batch(_batch(), mesh)
+  state, metrics, confident = step(state, batch, jax.random.key(1))
+  assert int(state.step) == 1 and np.isfinite(float(metrics["loss"]))
+  assert confident.shape == (8, 32, 32) and confident.dtype == np.uint8
+  # theta = 0: every pixel is a confident pseudo-label, and they fill what weak/SAM leave.
+  assert float(metrics["teacher_confident"]) == 1.0
+  if method == "sesam":
+    assert float(metrics["coverage_sam"]) > 0.0
+    total = sum(float(metrics[f"coverage_{s}"]) for s in ("weak", "sam", "pseudo"))
+  else:
+    assert "coverage_sam" not in metrics
+    total = sum(float(metrics[f"coverage_{s}"]) for s in ("weak", "pseudo"))
+  np.testing.assert_allclose(total, 1.0, rtol=1e-6)  # Sources never overlap.
+
+
+def test_four_devices_match_one():
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()[:4]):
+    model, mesh, state, cfg = _setup("sesam", devices)
+    step = sesam_step.jit_sesam_step(model, cfg, mesh, state)
+    state, metrics, confident = step(state, step_lib.shard_batch(_batch(), mesh),
+                                     jax.random.key(3))
+    results.append((float(metrics["loss"]), np.asarray(confident)))
+  np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-4)
+  np.testing.assert_array_equal(results[0][1], results[1][1])
