@@ -81,6 +81,21 @@ class Backend(Protocol):
     """Three candidates per prompt set for the current image, batched inside."""
 
 
+@runtime_checkable
+class CachingBackend(Backend, Protocol):
+  """A Backend whose per-image encoder state can be saved and restored (sam_bridge.cache).
+
+  `load_image_state(image_state())` after `set_image(x)` must leave the backend
+  predicting exactly as after `set_image(x)` itself, without encoding again.
+  """
+
+  def image_state(self) -> dict[str, np.ndarray]:
+    """The current image's encoder state as a flat dict of numeric numpy arrays."""
+
+  def load_image_state(self, state: dict[str, np.ndarray]) -> None:
+    """Makes `state` (from image_state) the current image."""
+
+
 @dataclasses.dataclass
 class RefineRequest:
   """One example sent to the refiner / service.
@@ -92,12 +107,16 @@ class RefineRequest:
     extension: optional HxW uint8 confident pseudo-labels (theta2) extending the weak
       label where it is 255; 255 = none.
     fine: optional HxW uint8 fine label, for the oracle backend only.
+    cache_key: optional key under which the image's encoder state is cached (with a
+      `cache` given to refine); None = the example id when `RefineConfig.cache_embeddings`
+      is set, else no caching.
   """
   example_id: str
   image: np.ndarray
   weak: np.ndarray
   extension: np.ndarray | None = None
   fine: np.ndarray | None = None
+  cache_key: str | None = None
 
 
 @dataclasses.dataclass

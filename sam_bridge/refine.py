@@ -54,6 +54,10 @@ class RefineConfig:
   point_extent: int = 7  # A weak blob no wider than this (pixels) is one point.
   work_long_side: int = 1024  # Working resolution: longest side in pixels.
   ignore_index: int = 255  # Unlabeled value.
+  # With a `cache` passed to refine(): keep each image's encoder state under its example id
+  # (ids must name one image: full-resolution images, not augmented crops). A request's
+  # own `cache_key` turns caching on for that request regardless.
+  cache_embeddings: bool = False
 
   def validate(self) -> "RefineConfig":
     for field, value, choices in (("mode", self.mode, MODES), ("weak_kind", self.weak_kind, WEAK_KINDS),
@@ -93,7 +97,8 @@ class _Timer:
 
 
 def refine(backend: Backend, request: RefineRequest, config: RefineConfig = RefineConfig(), *,
-           seed: int = 0, confidence: np.ndarray | None = None) -> RefineResult:
+           seed: int = 0, confidence: np.ndarray | None = None,
+           cache: "EmbeddingCache | None" = None) -> RefineResult:
   """Refines one weak label with `backend`.
 
   Args:
@@ -103,12 +108,17 @@ def refine(backend: Backend, request: RefineRequest, config: RefineConfig = Refi
     config: RefineConfig.
     seed: randomness of point sampling / random selection (with the example id).
     confidence: optional HxW float32 teacher confidence, for sampling "confidence".
+    cache: optional sam_bridge.cache.EmbeddingCache; used when `request.cache_key` is
+      set or `config.cache_embeddings` (key: the example id), for backends with
+      `image_state` / `load_image_state`. A hit skips the encoder.
 
   Returns:
     RefineResult: label HxW uint8; coarse (stage 1, points/scribbles) or None; one
     InstanceRecord per prompt; info with the backend name, instance counts and
     seconds for "encode", "decode", "geometry" and "total" (wall), and
-    "geometry_cpu" (process CPU seconds outside the backend).
+    "geometry_cpu" (process CPU seconds outside the backend); with a cache, info["cache"]
+    says hit/miss ("source": memory/disk/None), the encoder seconds this hit saved
+    ("encode_s_saved") and the cache's running totals (hits, misses, bytes, ...).
   """
   config.validate()
   timer = _Timer()
@@ -136,7 +146,8 @@ def refine(backend: Backend, request: RefineRequest, config: RefineConfig = Refi
     conf_w = np.asarray(Image.fromarray(confidence.astype(np.float32)).resize((hw[1], hw[0]), Image.BILINEAR))
 
   t0 = timer.start()
-  backend.set_image(image_w, fine_label=fine_w if backend.is_oracle else None)
+  cache_info = _set_image(backend, request, image_w, fine_w if backend.is_oracle else None,
+                          hw, config, cache)
   timer.add("encode", t0)
 
   records: list[InstanceRecord] = []
@@ -161,7 +172,44 @@ def refine(backend: Backend, request: RefineRequest, config: RefineConfig = Refi
                       "geometry": t["total"] - t["encode"] - t["decode"],
                       "geometry_cpu": (timer.cpu["total"] - timer.cpu["encode"]
                                        - timer.cpu["decode"])}}
+  if cache_info is not None:
+    info["cache"] = cache_info
   return RefineResult(request.example_id, label, coarse, records, info=info)
+
+
+def _set_image(backend: Backend, request: RefineRequest, image_w: np.ndarray,
+               fine_w: np.ndarray | None, hw: tuple[int, int], config: RefineConfig,
+               cache) -> dict | None:
+  """backend.set_image, or a cached state of the same image; returns info["cache"] or None."""
+  key_base = request.cache_key
+  if key_base is None and config.cache_embeddings:
+    key_base = request.example_id
+  use = (cache is not None and key_base is not None and hasattr(backend, "image_state")
+         and hasattr(backend, "load_image_state"))
+  if not use:
+    backend.set_image(image_w, fine_label=fine_w)
+    if cache is not None and key_base is not None:
+      return {"hit": False, "source": None, "unsupported": True}
+    return None
+  from sam_bridge.cache import cache_key, image_digest
+  key = cache_key(key_base, backend.name, hw, image_digest(image_w, fine_w))
+  saved_before = cache.stats["encode_s_saved"]
+  found = cache.get(key)
+  if found is not None:
+    backend.load_image_state(found[0])
+    return {"hit": True, "source": found[1], "key": key,
+            "encode_s_saved": cache.stats["encode_s_saved"] - saved_before, **_totals(cache)}
+  t0 = time.perf_counter()
+  backend.set_image(image_w, fine_label=fine_w)
+  cache.put(key, backend.image_state(), encode_s=time.perf_counter() - t0)
+  return {"hit": False, "source": None, "key": key, "encode_s_saved": 0.0, **_totals(cache)}
+
+
+def _totals(cache) -> dict:
+  s = cache.summary()
+  return {"hits": s["hits"], "misses": s["misses"], "disk_hits": s["disk_hits"],
+          "entries": s["entries"], "bytes": s["bytes"], "evictions": s["evictions"],
+          "total_encode_s_saved": s["encode_s_saved"]}
 
 
 def hash_id(example_id: str) -> int:

@@ -33,6 +33,13 @@ class BoxBackend:
     self._hw = image.shape[:2]
     self._marker = int(image[0, 0, 0])
 
+  def image_state(self) -> dict[str, np.ndarray]:
+    return {"hw": np.asarray(self._hw, np.int64), "marker": np.asarray(self._marker, np.int64)}
+
+  def load_image_state(self, state: dict[str, np.ndarray]) -> None:
+    self._hw = tuple(int(v) for v in state["hw"])
+    self._marker = int(state["marker"])
+
   def predict(self, prompts: Sequence[PromptSet]) -> list[Prediction]:
     h, w = self._hw
     out = []

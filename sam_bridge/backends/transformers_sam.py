@@ -147,6 +147,35 @@ class TransformersSamBackend:
     with torch.inference_mode():
       self._emb = self.model.get_image_embeddings(self.pixel_values.to(self.device, self.dtype))
 
+  def image_state(self) -> dict[str, np.ndarray]:
+    """Image embeddings (+ SAM-HQ's intermediate ViT embeddings) and sizes, float32 numpy."""
+    if self._emb is None:
+      raise RuntimeError("call set_image before image_state")
+    embs = self._emb if isinstance(self._emb, (tuple, list)) else (self._emb,)
+    state = {"image_hw": np.asarray(self.image_hw, np.int64),
+             "resized_hw": np.asarray(self.resized_hw, np.int64),
+             "embeddings": embs[0].float().cpu().numpy()}
+    if self.model_type == "sam_hq":
+      for i, t in enumerate(embs[1]):
+        state[f"intermediate_{i}"] = t.float().cpu().numpy()
+    return state
+
+  def load_image_state(self, state: dict[str, np.ndarray]) -> None:
+    """Restores `image_state()`: no encoder call."""
+    import torch
+
+    def tensor(a):
+      return torch.from_numpy(np.ascontiguousarray(a)).to(self.device, self.dtype)
+
+    self.image_hw = tuple(int(v) for v in state["image_hw"])
+    self.resized_hw = tuple(int(v) for v in state["resized_hw"])
+    emb = tensor(state["embeddings"])
+    if self.model_type == "sam_hq":
+      n = sum(k.startswith("intermediate_") for k in state)
+      self._emb = (emb, [tensor(state[f"intermediate_{i}"]) for i in range(n)])
+    else:
+      self._emb = emb
+
   def _embedding_kwargs(self) -> dict:
     if self.model_type == "sam_hq":  # (image embeddings, intermediate ViT embeddings).
       return {"image_embeddings": self._emb[0], "intermediate_embeddings": self._emb[1]}
