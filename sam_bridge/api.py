@@ -67,6 +67,19 @@ class Prediction:
       raise ValueError(f"backend returned scores {s!r}; expected {NUM_CANDIDATES} finite floats")
 
 
+@dataclasses.dataclass
+class LowResPrediction:
+  """Three candidates for one prompt set as the backend's low-resolution logits.
+
+  Attributes:
+    logits: 3xsxs float32 logits (mask = logits > 0) in the backend's low-resolution
+      frame; the image occupies its top-left `LowResBackend.lowres_extent()`.
+    scores: 3 float32, as in Prediction.
+  """
+  logits: np.ndarray
+  scores: np.ndarray
+
+
 @runtime_checkable
 class Backend(Protocol):
   """A promptable segmenter, frozen. `name` says what it is in every report."""
@@ -94,6 +107,25 @@ class CachingBackend(Backend, Protocol):
 
   def load_image_state(self, state: dict[str, np.ndarray]) -> None:
     """Makes `state` (from image_state) the current image."""
+
+
+@runtime_checkable
+class LowResBackend(Backend, Protocol):
+  """A Backend that can hand out low-resolution candidates (SAM: its 256x256 logits).
+
+  refine() then chooses among candidates at that resolution and upsamples only the
+  chosen mask of each prompt set: SAM's full-size post-processing of all three
+  candidates is most of its decode time otherwise.
+  """
+
+  def predict_lowres(self, prompts: Sequence[PromptSet]) -> list[LowResPrediction]:
+    """Like predict, without upsampling."""
+
+  def lowres_extent(self) -> tuple[float, float]:
+    """(height, width) in low-resolution pixels that the current image covers (from the top-left)."""
+
+  def upsample(self, logits: np.ndarray) -> np.ndarray:
+    """Nxsxs float32 logits -> NxHxW bool masks of the current image (as predict would give)."""
 
 
 @dataclasses.dataclass

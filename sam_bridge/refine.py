@@ -58,6 +58,9 @@ class RefineConfig:
   # (ids must name one image: full-resolution images, not augmented crops). A request's
   # own `cache_key` turns caching on for that request regardless.
   cache_embeddings: bool = False
+  # Backends with `predict_lowres` (SAM): choose among candidates at the decoder's own low
+  # resolution and upsample only the chosen mask of each prompt set (see _Candidates).
+  lowres_selection: bool = True
 
   def validate(self) -> "RefineConfig":
     for field, value, choices in (("mode", self.mode, MODES), ("weak_kind", self.weak_kind, WEAK_KINDS),
@@ -82,8 +85,8 @@ class _Timer:
   """Wall seconds and process CPU seconds per phase (CPU time is robust on shared machines)."""
 
   def __init__(self):
-    self.t = {"encode": 0.0, "decode": 0.0, "total": 0.0}
-    self.cpu = {"encode": 0.0, "decode": 0.0, "total": 0.0}
+    self.t = {"encode": 0.0, "decode": 0.0, "upsample": 0.0, "total": 0.0}
+    self.cpu = {"encode": 0.0, "decode": 0.0, "upsample": 0.0, "total": 0.0}
     self._cpu0 = {}
 
   def start(self) -> float:
@@ -115,7 +118,8 @@ def refine(backend: Backend, request: RefineRequest, config: RefineConfig = Refi
   Returns:
     RefineResult: label HxW uint8; coarse (stage 1, points/scribbles) or None; one
     InstanceRecord per prompt; info with the backend name, instance counts and
-    seconds for "encode", "decode", "geometry" and "total" (wall), and
+    seconds for "encode", "decode" (the backend's prompt decoder), "upsample" (chosen
+    low-res masks to full size), "geometry" and "total" (wall), and
     "geometry_cpu" (process CPU seconds outside the backend); with a cache, info["cache"]
     says hit/miss ("source": memory/disk/None), the encoder seconds this hit saved
     ("encode_s_saved") and the cache's running totals (hits, misses, bytes, ...).
@@ -168,10 +172,12 @@ def refine(backend: Backend, request: RefineRequest, config: RefineConfig = Refi
   info = {"backend": backend.name, "oracle": bool(backend.is_oracle), "working_hw": hw,
           "instances": sum(r.stage == "instances" for r in records),
           "sparse_prompts": sum(r.stage == "sparse" for r in records),
-          "seconds": {"encode": t["encode"], "decode": t["decode"], "total": t["total"],
-                      "geometry": t["total"] - t["encode"] - t["decode"],
+          "lowres_selection": bool(config.lowres_selection and _has_lowres(backend)),
+          "seconds": {"encode": t["encode"], "decode": t["decode"], "upsample": t["upsample"],
+                      "total": t["total"],
+                      "geometry": t["total"] - t["encode"] - t["decode"] - t["upsample"],
                       "geometry_cpu": (timer.cpu["total"] - timer.cpu["encode"]
-                                       - timer.cpu["decode"])}}
+                                       - timer.cpu["decode"] - timer.cpu["upsample"])}}
   if cache_info is not None:
     info["cache"] = cache_info
   return RefineResult(request.example_id, label, coarse, records, info=info)
@@ -225,15 +231,82 @@ def _restore(label_w: np.ndarray, weak: np.ndarray, full_hw: tuple[int, int], ig
   return out
 
 
-def _predict(backend: Backend, prompts: list[PromptSet], timer: _Timer, hw: tuple[int, int]):
-  t0 = timer.start()
-  preds = backend.predict(prompts) if prompts else []
-  timer.add("decode", t0)
-  if len(preds) != len(prompts):
-    raise ValueError(f"backend {backend.name} returned {len(preds)} predictions for {len(prompts)} prompts")
-  for p in preds:
-    p.validate(hw)
-  return preds
+def _has_lowres(backend) -> bool:
+  return all(hasattr(backend, a) for a in ("predict_lowres", "lowres_extent", "upsample"))
+
+
+class _Candidates:
+  """The three candidates of each prompt set, and the chosen masks at working resolution.
+
+  Full resolution (any backend): `backend.predict` masks; coverage/compatibility on them.
+  Low resolution (SAM, `config.lowres_selection`): the decoder's sxs logits, restricted to
+  the part the image covers; each working pixel belongs to the low-res cell its centre
+  falls in, so an instance W becomes per-cell pixel counts, |S n W| = sum over S's cells
+  of W's counts and |S| = sum of S's cells' pixel counts (exact wherever S is constant
+  over a cell; the error is at S's boundary, a cell wide). Only the chosen candidate of
+  each prompt set is upsampled, all of them in one batch.
+  """
+
+  def __init__(self, backend: Backend, prompts: list[PromptSet], timer: _Timer, hw: tuple[int, int],
+               lowres: bool):
+    self.backend, self.hw, self.timer = backend, hw, timer
+    self.lowres = bool(lowres and prompts and _has_lowres(backend))
+    t0 = timer.start()
+    if not prompts:
+      preds = []
+    elif self.lowres:
+      preds = backend.predict_lowres(prompts)
+    else:
+      preds = backend.predict(prompts)
+    timer.add("decode", t0)
+    if len(preds) != len(prompts):
+      raise ValueError(f"backend {backend.name} returned {len(preds)} predictions for {len(prompts)} prompts")
+    self.preds = preds
+    if not self.lowres:
+      for p in preds:
+        p.validate(hw)
+      return
+    fh, fw = backend.lowres_extent()
+    s = preds[0].logits.shape[-1]
+    self.ch, self.cw = min(s, max(1, int(np.ceil(fh - 1e-6)))), min(s, max(1, int(np.ceil(fw - 1e-6))))
+    h, w = hw
+    self.cell_y = np.minimum(((np.arange(h) + 0.5) * fh / h).astype(np.int64), self.ch - 1)
+    self.cell_x = np.minimum(((np.arange(w) + 0.5) * fw / w).astype(np.int64), self.cw - 1)
+    self.npix = np.outer(np.bincount(self.cell_y, minlength=self.ch),
+                         np.bincount(self.cell_x, minlength=self.cw)).ravel().astype(np.float64)
+    for p in preds:
+      if p.logits.ndim != 3 or p.logits.shape[0] != 3 or not np.all(np.isfinite(p.scores)):
+        raise ValueError(f"backend {backend.name} returned low-res logits {p.logits.shape}; expected 3xsxs")
+
+  def scores(self, i: int) -> np.ndarray:
+    return self.preds[i].scores
+
+  def stats(self, i: int, crop: np.ndarray, bbox: tuple[int, int, int, int]):
+    """(r, p, areas) of prompt set i's candidates against the weak crop at `bbox`."""
+    if not self.lowres:
+      return geometry.coverage_compatibility(self.preds[i].masks, crop, bbox, return_areas=True)
+    y0, x0, y1, x1 = bbox
+    cells = (self.cell_y[y0:y1, None] * self.cw + self.cell_x[None, x0:x1])[crop]
+    counts = np.bincount(cells, minlength=self.ch * self.cw).astype(np.float64)
+    cand = (self.preds[i].logits[:, :self.ch, :self.cw] > 0).reshape(3, -1)
+    inter = cand @ counts
+    area = cand @ self.npix
+    r = inter / max(float(crop.sum()), 1.0)
+    p = np.where(area > 0, inter / np.maximum(area, 1.0), 0.0)
+    return r, p, area
+
+  def chosen_masks(self, chosen: list[int]) -> list[np.ndarray]:
+    """HxW bool working-resolution mask of candidate chosen[i] of every prompt set i."""
+    if not self.lowres:
+      return [self.preds[i].masks[c] for i, c in enumerate(chosen)]
+    t0 = self.timer.start()
+    masks = self.backend.upsample(np.stack([self.preds[i].logits[c] for i, c in enumerate(chosen)])
+                                  if chosen else np.zeros((0, 1, 1), np.float32))
+    self.timer.add("upsample", t0)
+    if masks.shape != (len(chosen), *self.hw) or masks.dtype != bool:
+      raise ValueError(f"backend {self.backend.name} upsampled to {masks.shape} {masks.dtype}; "
+                       f"expected {len(chosen)}x{self.hw[0]}x{self.hw[1]} bool")
+    return list(masks)
 
 
 def _sparse_to_coarse(backend, weak, config, records, timer) -> np.ndarray:
@@ -243,19 +316,30 @@ def _sparse_to_coarse(backend, weak, config, records, timer) -> np.ndarray:
   for s in strokes:
     pts = geometry.stroke_points(s.mask, k=config.stroke_k, point_extent=config.point_extent)
     prompts.append(PromptSet.from_points(pts + np.float32([s.bbox[1], s.bbox[0]])))
-  preds = _predict(backend, prompts, timer, weak.shape)
-  masks, classes, prios = [], [], []
-  for s, prompt, pred in zip(strokes, prompts, preds):
-    r, p, areas = geometry.coverage_compatibility(pred.masks, s.mask, s.bbox, return_areas=True)
-    idx, _ = geometry.select_mask(r, p, pred.scores, areas, strategy="smallest")
+  cands = _Candidates(backend, prompts, timer, weak.shape, config.lowres_selection)
+  picks, classes, prios = [], [], []
+  for i, (s, prompt) in enumerate(zip(strokes, prompts)):
+    r, p, areas = cands.stats(i, s.mask, s.bbox)
+    idx, _ = geometry.select_mask(r, p, cands.scores(i), areas, strategy="smallest")
     used = areas[idx] > 0
     records.append(InstanceRecord(s.class_id, s.area, s.bbox, prompt.points, idx if used else -1,
                                   float(r[idx]), float(p[idx]), False, stage="sparse"))
     if used:
-      masks.append(pred.masks[idx])
+      picks.append((i, idx))
       classes.append(s.class_id)
       prios.append(-float(areas[idx]))  # Smaller masks win conflicts: they are the precise ones.
+  masks = _gather(cands, picks, len(prompts))
   return geometry.merge_masks(weak, masks, classes, prios, ignore_index=config.ignore_index)
+
+
+def _gather(cands: _Candidates, picks: list[tuple[int, int]], n: int) -> list[np.ndarray]:
+  """Chosen masks for the (prompt index, candidate) pairs in `picks` (upsampled together)."""
+  if not cands.lowres:
+    return [cands.preds[i].masks[c] for i, c in picks]
+  sub = _Candidates.__new__(_Candidates)
+  sub.__dict__.update(cands.__dict__)
+  sub.preds = [cands.preds[i] for i, _ in picks]
+  return sub.chosen_masks([c for _, c in picks])
 
 
 def _instances_stage(backend, base, ext, config, rng, conf, records, timer) -> np.ndarray:
@@ -279,18 +363,19 @@ def _instances_stage(backend, base, ext, config, rng, conf, records, timer) -> n
     else:
       prompts.append(PromptSet(np.zeros((0, 2), np.float32), np.zeros(0, np.int32),
                                mask=inst.full_mask(region.shape)))
-  preds = _predict(backend, prompts, timer, region.shape)
-  masks, classes, prios, mask_areas = [], [], [], []
-  for inst, prompt, pred in zip(insts, prompts, preds):
-    r, p, areas = geometry.coverage_compatibility(pred.masks, inst.mask, inst.bbox, return_areas=True)
-    idx, ok = geometry.select_mask(r, p, pred.scores, areas, strategy=config.selection,
+  cands = _Candidates(backend, prompts, timer, region.shape, config.lowres_selection)
+  chosen, classes, prios = [], [], []
+  for i, (inst, prompt) in enumerate(zip(insts, prompts)):
+    r, p, areas = cands.stats(i, inst.mask, inst.bbox)
+    idx, ok = geometry.select_mask(r, p, cands.scores(i), areas, strategy=config.selection,
                                    tau1=config.tau1, tau2=config.tau2, rng=rng)
     records.append(InstanceRecord(inst.class_id, inst.area, inst.bbox, prompt.points, idx,
                                   float(r[idx]), float(p[idx]), ok))
-    masks.append(pred.masks[idx])
+    chosen.append(idx)
     classes.append(inst.class_id)
     prios.append(float(p[idx]))
-    mask_areas.append(int(areas[idx]))
+  masks = cands.chosen_masks(chosen)
+  mask_areas = [int(np.count_nonzero(m)) for m in masks]
   return geometry.merge_masks(base, masks, classes, prios, ignore_index=config.ignore_index,
                               areas=mask_areas)
 
@@ -310,16 +395,17 @@ def _naive(backend, weak, config, records, timer) -> np.ndarray:
                    + np.float32([s.bbox[1], s.bbox[0]]))
       prompts.append(PromptSet.from_points(np.concatenate(pts)))
     kept.append(c)
-  preds = _predict(backend, prompts, timer, weak.shape)
-  masks, prios = [], []
-  for c, prompt, pred in zip(kept, prompts, preds):
-    idx = int(np.argmax(pred.scores))
+  cands = _Candidates(backend, prompts, timer, weak.shape, config.lowres_selection)
+  chosen, prios = [], []
+  for i, (c, prompt) in enumerate(zip(kept, prompts)):
+    idx = int(np.argmax(cands.scores(i)))
     m = weak == c
     rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
     bbox = (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)
-    r, p = geometry.coverage_compatibility(pred.masks, m[bbox[0]:bbox[2], bbox[1]:bbox[3]], bbox)
+    r, p, _ = cands.stats(i, m[bbox[0]:bbox[2], bbox[1]:bbox[3]], bbox)
     records.append(InstanceRecord(c, int(m.sum()), bbox, prompt.points, idx, float(r[idx]),
                                   float(p[idx]), False, stage="naive"))
-    masks.append(pred.masks[idx])
-    prios.append(float(pred.scores[idx]))
+    chosen.append(idx)
+    prios.append(float(cands.scores(i)[idx]))
+  masks = cands.chosen_masks(chosen)
   return geometry.merge_masks(weak, masks, kept, prios, ignore_index=config.ignore_index)

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from sam_bridge.api import Prediction, PromptSet
+from sam_bridge.api import LowResPrediction, Prediction, PromptSet
 
 CRASH, HANG, GARBAGE, RAISE = 1, 2, 3, 4
 
@@ -72,6 +72,50 @@ class FaultyBackend(BoxBackend):
     if self._marker == GARBAGE:
       return [Prediction(np.ones((2, 5, 5), np.uint8), np.float32([np.nan, 1.0])) for _ in preds]
     return preds
+
+
+class LowResBoxBackend(BoxBackend):
+  """A BoxBackend that also speaks the low-resolution protocol, like SAM's decoder.
+
+  Its logits live on a grid 4x coarser than the image (padded to a square, as SAM's
+  256x256 frame): each cell's logit is the square's coverage of the cell minus 1/2, and
+  `upsample` interpolates them bilinearly, so low-res selection meets the same
+  boundary blur it meets with SAM.
+  """
+
+  def __init__(self, factor: int = 4):
+    super().__init__()
+    self.name = "box low-res (test backend)"
+    self.factor = factor
+
+  def lowres_extent(self) -> tuple[float, float]:
+    return self._hw[0] / self.factor, self._hw[1] / self.factor
+
+  def _side(self) -> int:
+    return -(-max(self._hw) // self.factor)
+
+  def predict_lowres(self, prompts: Sequence[PromptSet]) -> list[LowResPrediction]:
+    f, s = self.factor, self._side()
+    out = []
+    for pred in self.predict(prompts):
+      padded = np.zeros((3, s * f, s * f), np.float32)
+      padded[:, :self._hw[0], :self._hw[1]] = pred.masks
+      logits = padded.reshape(3, s, f, s, f).mean((2, 4)) - 0.5
+      out.append(LowResPrediction(logits.astype(np.float32), pred.scores))
+    return out
+
+  def upsample(self, logits: np.ndarray) -> np.ndarray:
+    import scipy.ndimage as ndi
+    f = self.factor
+    h, w = self._hw
+    out = np.zeros((len(logits), h, w), bool)
+    for i, lg in enumerate(logits):
+      # Cell centres sit at (j + 0.5) * f - 0.5 in image pixels: sample between them linearly.
+      ys = (np.arange(h) + 0.5) / f - 0.5
+      xs = (np.arange(w) + 0.5) / f - 0.5
+      grid = np.meshgrid(ys, xs, indexing="ij")
+      out[i] = ndi.map_coordinates(lg, grid, order=1, mode="nearest") > 0
+    return out
 
 
 def make_box_backend() -> BoxBackend:
