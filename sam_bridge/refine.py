@@ -19,6 +19,13 @@ Everything runs at a working resolution whose longest side is at most
 `work_long_side` (default 1024, SAM's own input size; SAM's masks are 256x256 before
 upsampling), and the result is resized back (nearest) with the full-resolution weak
 pixels restored on top.
+
+Speed (what a training refresh costs): with a `cache` (sam_bridge.cache) and
+`cache_embeddings` (or a request's `cache_key`), an image is encoded once and later
+refreshes only decode prompts. All prompt sets of a stage go to the backend in one
+call (the backend batches them). For SAM backends (`predict_lowres`), candidates are
+compared with the weak instance at the decoder's 256x256 resolution and only the
+chosen mask of each prompt set is upsampled to full size (`lowres_selection`).
 """
 
 from __future__ import annotations
@@ -295,17 +302,18 @@ class _Candidates:
     p = np.where(area > 0, inter / np.maximum(area, 1.0), 0.0)
     return r, p, area
 
-  def chosen_masks(self, chosen: list[int]) -> list[np.ndarray]:
-    """HxW bool working-resolution mask of candidate chosen[i] of every prompt set i."""
+  def chosen_masks(self, picks: list[tuple[int, int]]) -> list[np.ndarray]:
+    """HxW bool working-resolution masks of the (prompt set, candidate) pairs in `picks`."""
     if not self.lowres:
-      return [self.preds[i].masks[c] for i, c in enumerate(chosen)]
+      return [self.preds[i].masks[c] for i, c in picks]
+    if not picks:
+      return []
     t0 = self.timer.start()
-    masks = self.backend.upsample(np.stack([self.preds[i].logits[c] for i, c in enumerate(chosen)])
-                                  if chosen else np.zeros((0, 1, 1), np.float32))
+    masks = self.backend.upsample(np.stack([self.preds[i].logits[c] for i, c in picks]))
     self.timer.add("upsample", t0)
-    if masks.shape != (len(chosen), *self.hw) or masks.dtype != bool:
+    if masks.shape != (len(picks), *self.hw) or masks.dtype != bool:
       raise ValueError(f"backend {self.backend.name} upsampled to {masks.shape} {masks.dtype}; "
-                       f"expected {len(chosen)}x{self.hw[0]}x{self.hw[1]} bool")
+                       f"expected {len(picks)}x{self.hw[0]}x{self.hw[1]} bool")
     return list(masks)
 
 
@@ -328,18 +336,8 @@ def _sparse_to_coarse(backend, weak, config, records, timer) -> np.ndarray:
       picks.append((i, idx))
       classes.append(s.class_id)
       prios.append(-float(areas[idx]))  # Smaller masks win conflicts: they are the precise ones.
-  masks = _gather(cands, picks, len(prompts))
+  masks = cands.chosen_masks(picks)
   return geometry.merge_masks(weak, masks, classes, prios, ignore_index=config.ignore_index)
-
-
-def _gather(cands: _Candidates, picks: list[tuple[int, int]], n: int) -> list[np.ndarray]:
-  """Chosen masks for the (prompt index, candidate) pairs in `picks` (upsampled together)."""
-  if not cands.lowres:
-    return [cands.preds[i].masks[c] for i, c in picks]
-  sub = _Candidates.__new__(_Candidates)
-  sub.__dict__.update(cands.__dict__)
-  sub.preds = [cands.preds[i] for i, _ in picks]
-  return sub.chosen_masks([c for _, c in picks])
 
 
 def _instances_stage(backend, base, ext, config, rng, conf, records, timer) -> np.ndarray:
@@ -374,7 +372,7 @@ def _instances_stage(backend, base, ext, config, rng, conf, records, timer) -> n
     chosen.append(idx)
     classes.append(inst.class_id)
     prios.append(float(p[idx]))
-  masks = cands.chosen_masks(chosen)
+  masks = cands.chosen_masks(list(enumerate(chosen)))
   mask_areas = [int(np.count_nonzero(m)) for m in masks]
   return geometry.merge_masks(base, masks, classes, prios, ignore_index=config.ignore_index,
                               areas=mask_areas)
@@ -407,5 +405,5 @@ def _naive(backend, weak, config, records, timer) -> np.ndarray:
                                   float(p[idx]), False, stage="naive"))
     chosen.append(idx)
     prios.append(float(cands.scores(i)[idx]))
-  masks = cands.chosen_masks(chosen)
+  masks = cands.chosen_masks(list(enumerate(chosen)))
   return geometry.merge_masks(weak, masks, kept, prios, ignore_index=config.ignore_index)

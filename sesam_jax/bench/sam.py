@@ -41,6 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--data-dir", default="../shared/data/camvid", help="CamVid root (--scenes camvid)")
   parser.add_argument("--split", default="train")
   parser.add_argument("--image-index", type=int, default=0, help="CamVid image to time")
+  parser.add_argument("--refreshes", type=int, default=3,
+                      help="cached refreshes timed per backend (median reported)")
+  parser.add_argument("--decoder-dtype", default=None,
+                      help="SAM prompt decoder dtype if not --dtype (bfloat16: ~2x faster on CPU)")
   parser.add_argument("--torch-threads", type=int, default=1,
                       help="torch intra-op threads (the service's default is 1)")
   parser.add_argument("--parity", action="store_true",
@@ -156,7 +160,9 @@ def camvid_refresh(args: argparse.Namespace, cfg) -> dict:
     EmbeddingCache = None
   for spec in args.backends.split(","):
     kw = {} if spec in ("oracle", "superpixel") else {"device": args.device, "dtype": args.dtype}
-    backend = create_backend(spec, **kw)
+    if args.decoder_dtype and "dtype" in kw:
+      kw["decoder_dtype"] = args.decoder_dtype
+    backend = CpuTimed(create_backend(spec, **kw))
     cache_kw = {}
     if EmbeddingCache is not None:
       cache_kw = {"cache": EmbeddingCache()}
@@ -164,25 +170,85 @@ def camvid_refresh(args: argparse.Namespace, cfg) -> dict:
     else:
       cfg_run = cfg
     cold = refine(backend, request, cfg_run, **cache_kw)
-    t0 = time.perf_counter()
-    warm = refine(backend, request, cfg_run, **cache_kw)
-    refresh = time.perf_counter() - t0
-    sec = cold.info["seconds"]
+    cold_cpu = dict(backend.cpu)
+    refreshes, decodes, decodes_cpu = [], [], []
     n = max(cold.info["instances"] + cold.info["sparse_prompts"], 1)
+    for _ in range(max(1, args.refreshes)):
+      t0, c0 = time.perf_counter(), backend.cpu["decode"]
+      warm = refine(backend, request, cfg_run, **cache_kw)
+      refreshes.append(time.perf_counter() - t0)
+      decodes_cpu.append((backend.cpu["decode"] - c0) / n)
+      ws = warm.info["seconds"]
+      decodes.append((ws["decode"] + ws.get("upsample", 0.0)) / n)
+    refresh = statistics.median(refreshes)
+    sec = cold.info["seconds"]
     entry = {"name": backend.name, "instances": cold.info["instances"],
              "encode_s": sec["encode"], "decode_s_per_prompt_set": sec["decode"] / n,
              "geometry_s": sec["geometry"], "cold_refine_s": sec["total"],
              "cached_refresh_s_per_image": refresh,
+             "refresh_decode_s_per_prompt_set": statistics.median(decodes),
+             "encode_cpu_s": cold_cpu["encode"],
+             "refresh_decode_cpu_s_per_prompt_set": statistics.median(decodes_cpu),
+             "refresh_geometry_s": warm.info["seconds"]["geometry"],
              "refresh_encode_s": warm.info["seconds"]["encode"],
              "same_label": bool((cold.label == warm.label).all())}
+    if "upsample" in sec:
+      entry["decode_only_s_per_prompt_set"] = (sec["decode"] - 0.0) / n
+      entry["upsample_s"] = sec["upsample"]
+      entry["decode_s_per_prompt_set"] = (sec["decode"] + sec["upsample"]) / n
     if "cache" in warm.info:
       entry["cache"] = {k: v for k, v in warm.info["cache"].items() if k != "key"}
+    if warm.info.get("lowres_selection"):
+      # The same refresh with full-resolution selection (the bridge before): time and agreement.
+      cfg_full = dataclasses_replace(cfg_run, lowres_selection=False)
+      fulls, full_cpu = [], []
+      for _ in range(max(1, args.refreshes)):
+        c0 = backend.cpu["decode"]
+        fulls.append(refine(backend, request, cfg_full, **cache_kw))
+        full_cpu.append((backend.cpu["decode"] - c0) / n)
+      full = fulls[-1]
+      entry["full_res_selection"] = {
+          "decode_s_per_prompt_set": statistics.median(
+              (f.info["seconds"]["decode"] + f.info["seconds"]["upsample"]) / n for f in fulls),
+          "refresh_s": statistics.median(f.info["seconds"]["total"] for f in fulls),
+          "decode_cpu_s_per_prompt_set": statistics.median(full_cpu),
+          "label_agreement": float((full.label == warm.label).mean()),
+          "same_choice": float(np.mean([a.chosen == b.chosen for a, b in zip(full.records, warm.records)]))}
     out[spec] = entry
     report.log(f"camvid {example['id']}: {backend.name}: encode {entry['encode_s']:.2f} s, decode "
                f"{entry['decode_s_per_prompt_set'] * 1e3:.0f} ms/prompt set x {n}, geometry "
                f"{entry['geometry_s'] * 1e3:.0f} ms; cold {entry['cold_refine_s']:.2f} s, "
-               f"cached refresh {refresh:.2f} s/image")
+               f"cached refresh {refresh:.2f} s/image (decode "
+               f"{entry['refresh_decode_s_per_prompt_set'] * 1e3:.0f} ms/prompt set wall, "
+               f"{entry['refresh_decode_cpu_s_per_prompt_set'] * 1e3:.0f} ms CPU)")
   return out
+
+
+class CpuTimed:
+  """Wraps a backend; adds up process CPU seconds of its encoder and decoder calls.
+
+  With torch on one thread, CPU seconds are the work itself and hardly move when
+  other jobs share the machine, unlike wall seconds.
+  """
+
+  def __init__(self, inner):
+    self._inner = inner
+    self.cpu = {"encode": 0.0, "decode": 0.0}
+
+  def __getattr__(self, name):
+    attr = getattr(self._inner, name)
+    kind = {"set_image": "encode", "predict": "decode", "predict_lowres": "decode",
+            "upsample": "decode"}.get(name)
+    if kind is None:
+      return attr
+
+    def timed(*a, **kw):
+      t0 = time.process_time()
+      try:
+        return attr(*a, **kw)
+      finally:
+        self.cpu[kind] += time.process_time() - t0
+    return timed
 
 
 def dataclasses_replace(cfg, **kw):
