@@ -134,6 +134,14 @@ def run(args: argparse.Namespace) -> dict:
       backend.predict(prompts)
       dec = (time.perf_counter() - t0) / len(prompts)
       entry[spec] = {"name": backend.name, "encode_s": enc, "decode_s_per_prompt": dec}
+      if hasattr(backend, "predict_lowres"):
+        # What refine does now: low-res candidates, then one chosen mask per prompt set upsampled.
+        t0 = time.perf_counter()
+        low = backend.predict_lowres(prompts)
+        backend.upsample(np.stack([p.logits[0] for p in low]))
+        entry[spec]["decode_lowres_s_per_prompt"] = (time.perf_counter() - t0) / len(prompts)
+        report.log(f"{size_name}: {backend.name}: low-res decode + chosen upsample "
+                   f"{entry[spec]['decode_lowres_s_per_prompt'] * 1e3:.1f} ms/prompt")
       report.log(f"{size_name}: {backend.name}: encode {enc:.3f} s, decode {dec * 1e3:.1f} ms/prompt")
     out["sizes"][size_name] = entry
   if args.parity:
