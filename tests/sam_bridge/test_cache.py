@@ -22,14 +22,8 @@ class Counting:
     self.encodes += 1
     self.inner.set_image(image, fine_label=fine_label)
 
-  def predict(self, prompts):
-    return self.inner.predict(prompts)
-
-  def image_state(self):
-    return self.inner.image_state()
-
-  def load_image_state(self, state):
-    self.inner.load_image_state(state)
+  def __getattr__(self, name):  # predict, predict_lowres, upsample, image_state, ...
+    return getattr(self.inner, name)
 
 
 def _scene(h=60, w=80):
@@ -142,3 +136,17 @@ def test_service_cache_hits_and_survives_a_new_worker(tmp_path):
     (res,) = list(svc.map([_request(1)]))
   assert res.info["cache"]["hit"] and res.info["cache"]["source"] == "disk"
   np.testing.assert_array_equal(res.label, first[1].label)
+
+
+@pytest.mark.parametrize("spec", ["superpixel", "random:tiny"])
+def test_backend_state_round_trips_through_disk(tmp_path, spec):
+  if spec.startswith("random"):
+    pytest.importorskip("torch")
+  image, fine, weak = _scene()
+  cfg = RefineConfig(cache_embeddings=True)
+  req = RefineRequest("img", image, weak)
+  first = refine(create_backend(spec), req, cfg, cache=EmbeddingCache(directory=tmp_path))
+  backend = Counting(create_backend(spec))  # A fresh backend and cache: as after a restart.
+  again = refine(backend, req, cfg, cache=EmbeddingCache(directory=tmp_path))
+  assert backend.encodes == 0 and again.info["cache"]["source"] == "disk"
+  np.testing.assert_array_equal(first.label, again.label)
