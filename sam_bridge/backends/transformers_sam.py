@@ -69,7 +69,10 @@ class TransformersSamBackend:
     name: what it is, for reports (e.g. "transformers:sam_vit_b" or "random:vit_b (random weights)").
     device: torch device string.
     dtype: "float32" or "bfloat16".
-    batch_size: prompt sets per decoder call (64: one call for a typical image's instances).
+    batch_size: prompt sets per decoder call; None = 4 on CPU (measured on one thread: the
+      per-prompt-set cost grows with the batch there, ~100 ms at 2-4 vs ~125-145 ms at
+      8-16 for ViT-B, as each prompt set's 64x64x256 activations stop fitting in cache),
+      64 elsewhere (one call for a typical image's instances).
     mask_logit: magnitude of the logits a binary mask prompt is turned into.
     decoder_dtype: dtype of the prompt encoder and mask decoder if not `dtype`
       ("bfloat16" halves the decoder's time on CPU, whose cost is mostly memory
@@ -80,7 +83,8 @@ class TransformersSamBackend:
   is_oracle = False
 
   def __init__(self, model, *, name: str, device: str = "cpu", dtype: str = "float32",
-               batch_size: int = 64, mask_logit: float = 8.0, decoder_dtype: str | None = None):
+               batch_size: int | None = None, mask_logit: float = 8.0,
+               decoder_dtype: str | None = None):
     import torch
     self.name = name
     self.device = torch.device(device)
@@ -92,7 +96,7 @@ class TransformersSamBackend:
         if child_name != "vision_encoder":  # Prompt encoder, mask decoder, positional embedding.
           child.to(self.decoder_dtype)
       self.name += f" (decoder {decoder_dtype})"
-    self.batch_size = batch_size
+    self.batch_size = batch_size or (4 if self.device.type == "cpu" else 64)
     self.mask_logit = mask_logit
     self.model_type = model.config.model_type
     if self.model_type not in MODEL_TYPES:
