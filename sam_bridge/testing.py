@@ -124,3 +124,11 @@ def make_box_backend() -> BoxBackend:
 
 def make_faulty_backend() -> FaultyBackend:
   return FaultyBackend()
+
+
+def make_thread_probe_backend() -> BoxBackend:
+  """A BoxBackend whose name reports torch's thread count in the worker (imports torch)."""
+  import torch
+  backend = BoxBackend()
+  backend.name = f"box (test backend) torch_threads={torch.get_num_threads()}"
+  return backend
