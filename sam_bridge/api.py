@@ -67,6 +67,19 @@ class Prediction:
       raise ValueError(f"backend returned scores {s!r}; expected {NUM_CANDIDATES} finite floats")
 
 
+@dataclasses.dataclass
+class LowResPrediction:
+  """Three candidates for one prompt set as the backend's low-resolution logits.
+
+  Attributes:
+    logits: 3xsxs float32 logits (mask = logits > 0) in the backend's low-resolution
+      frame; the image occupies its top-left `LowResBackend.lowres_extent()`.
+    scores: 3 float32, as in Prediction.
+  """
+  logits: np.ndarray
+  scores: np.ndarray
+
+
 @runtime_checkable
 class Backend(Protocol):
   """A promptable segmenter, frozen. `name` says what it is in every report."""
@@ -81,6 +94,40 @@ class Backend(Protocol):
     """Three candidates per prompt set for the current image, batched inside."""
 
 
+@runtime_checkable
+class CachingBackend(Backend, Protocol):
+  """A Backend whose per-image encoder state can be saved and restored (sam_bridge.cache).
+
+  `load_image_state(image_state())` after `set_image(x)` must leave the backend
+  predicting exactly as after `set_image(x)` itself, without encoding again.
+  """
+
+  def image_state(self) -> dict[str, np.ndarray]:
+    """The current image's encoder state as a flat dict of numeric numpy arrays."""
+
+  def load_image_state(self, state: dict[str, np.ndarray]) -> None:
+    """Makes `state` (from image_state) the current image."""
+
+
+@runtime_checkable
+class LowResBackend(Backend, Protocol):
+  """A Backend that can hand out low-resolution candidates (SAM: its 256x256 logits).
+
+  refine() then chooses among candidates at that resolution and upsamples only the
+  chosen mask of each prompt set: SAM's full-size post-processing of all three
+  candidates is most of its decode time otherwise.
+  """
+
+  def predict_lowres(self, prompts: Sequence[PromptSet]) -> list[LowResPrediction]:
+    """Like predict, without upsampling."""
+
+  def lowres_extent(self) -> tuple[float, float]:
+    """(height, width) in low-resolution pixels that the current image covers (from the top-left)."""
+
+  def upsample(self, logits: np.ndarray) -> np.ndarray:
+    """Nxsxs float32 logits -> NxHxW bool masks of the current image (as predict would give)."""
+
+
 @dataclasses.dataclass
 class RefineRequest:
   """One example sent to the refiner / service.
@@ -92,12 +139,16 @@ class RefineRequest:
     extension: optional HxW uint8 confident pseudo-labels (theta2) extending the weak
       label where it is 255; 255 = none.
     fine: optional HxW uint8 fine label, for the oracle backend only.
+    cache_key: optional key under which the image's encoder state is cached (with a
+      `cache` given to refine); None = the example id when `RefineConfig.cache_embeddings`
+      is set, else no caching.
   """
   example_id: str
   image: np.ndarray
   weak: np.ndarray
   extension: np.ndarray | None = None
   fine: np.ndarray | None = None
+  cache_key: str | None = None
 
 
 @dataclasses.dataclass

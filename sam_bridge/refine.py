@@ -19,6 +19,13 @@ Everything runs at a working resolution whose longest side is at most
 `work_long_side` (default 1024, SAM's own input size; SAM's masks are 256x256 before
 upsampling), and the result is resized back (nearest) with the full-resolution weak
 pixels restored on top.
+
+Speed (what a training refresh costs): with a `cache` (sam_bridge.cache) and
+`cache_embeddings` (or a request's `cache_key`), an image is encoded once and later
+refreshes only decode prompts. All prompt sets of a stage go to the backend in one
+call (the backend batches them). For SAM backends (`predict_lowres`), candidates are
+compared with the weak instance at the decoder's 256x256 resolution and only the
+chosen mask of each prompt set is upsampled to full size (`lowres_selection`).
 """
 
 from __future__ import annotations
@@ -54,6 +61,13 @@ class RefineConfig:
   point_extent: int = 7  # A weak blob no wider than this (pixels) is one point.
   work_long_side: int = 1024  # Working resolution: longest side in pixels.
   ignore_index: int = 255  # Unlabeled value.
+  # With a `cache` passed to refine(): keep each image's encoder state under its example id
+  # (ids must name one image: full-resolution images, not augmented crops). A request's
+  # own `cache_key` turns caching on for that request regardless.
+  cache_embeddings: bool = False
+  # Backends with `predict_lowres` (SAM): choose among candidates at the decoder's own low
+  # resolution and upsample only the chosen mask of each prompt set (see _Candidates).
+  lowres_selection: bool = True
 
   def validate(self) -> "RefineConfig":
     for field, value, choices in (("mode", self.mode, MODES), ("weak_kind", self.weak_kind, WEAK_KINDS),
@@ -78,8 +92,8 @@ class _Timer:
   """Wall seconds and process CPU seconds per phase (CPU time is robust on shared machines)."""
 
   def __init__(self):
-    self.t = {"encode": 0.0, "decode": 0.0, "total": 0.0}
-    self.cpu = {"encode": 0.0, "decode": 0.0, "total": 0.0}
+    self.t = {"encode": 0.0, "decode": 0.0, "upsample": 0.0, "total": 0.0}
+    self.cpu = {"encode": 0.0, "decode": 0.0, "upsample": 0.0, "total": 0.0}
     self._cpu0 = {}
 
   def start(self) -> float:
@@ -93,7 +107,8 @@ class _Timer:
 
 
 def refine(backend: Backend, request: RefineRequest, config: RefineConfig = RefineConfig(), *,
-           seed: int = 0, confidence: np.ndarray | None = None) -> RefineResult:
+           seed: int = 0, confidence: np.ndarray | None = None,
+           cache: "EmbeddingCache | None" = None) -> RefineResult:
   """Refines one weak label with `backend`.
 
   Args:
@@ -103,12 +118,18 @@ def refine(backend: Backend, request: RefineRequest, config: RefineConfig = Refi
     config: RefineConfig.
     seed: randomness of point sampling / random selection (with the example id).
     confidence: optional HxW float32 teacher confidence, for sampling "confidence".
+    cache: optional sam_bridge.cache.EmbeddingCache; used when `request.cache_key` is
+      set or `config.cache_embeddings` (key: the example id), for backends with
+      `image_state` / `load_image_state`. A hit skips the encoder.
 
   Returns:
     RefineResult: label HxW uint8; coarse (stage 1, points/scribbles) or None; one
     InstanceRecord per prompt; info with the backend name, instance counts and
-    seconds for "encode", "decode", "geometry" and "total" (wall), and
-    "geometry_cpu" (process CPU seconds outside the backend).
+    seconds for "encode", "decode" (the backend's prompt decoder), "upsample" (chosen
+    low-res masks to full size), "geometry" and "total" (wall), and
+    "geometry_cpu" (process CPU seconds outside the backend); with a cache, info["cache"]
+    says hit/miss ("source": memory/disk/None), the encoder seconds this hit saved
+    ("encode_s_saved") and the cache's running totals (hits, misses, bytes, ...).
   """
   config.validate()
   timer = _Timer()
@@ -136,7 +157,8 @@ def refine(backend: Backend, request: RefineRequest, config: RefineConfig = Refi
     conf_w = np.asarray(Image.fromarray(confidence.astype(np.float32)).resize((hw[1], hw[0]), Image.BILINEAR))
 
   t0 = timer.start()
-  backend.set_image(image_w, fine_label=fine_w if backend.is_oracle else None)
+  cache_info = _set_image(backend, request, image_w, fine_w if backend.is_oracle else None,
+                          hw, config, cache)
   timer.add("encode", t0)
 
   records: list[InstanceRecord] = []
@@ -157,11 +179,50 @@ def refine(backend: Backend, request: RefineRequest, config: RefineConfig = Refi
   info = {"backend": backend.name, "oracle": bool(backend.is_oracle), "working_hw": hw,
           "instances": sum(r.stage == "instances" for r in records),
           "sparse_prompts": sum(r.stage == "sparse" for r in records),
-          "seconds": {"encode": t["encode"], "decode": t["decode"], "total": t["total"],
-                      "geometry": t["total"] - t["encode"] - t["decode"],
+          "lowres_selection": bool(config.lowres_selection and _has_lowres(backend)),
+          "seconds": {"encode": t["encode"], "decode": t["decode"], "upsample": t["upsample"],
+                      "total": t["total"],
+                      "geometry": t["total"] - t["encode"] - t["decode"] - t["upsample"],
                       "geometry_cpu": (timer.cpu["total"] - timer.cpu["encode"]
-                                       - timer.cpu["decode"])}}
+                                       - timer.cpu["decode"] - timer.cpu["upsample"])}}
+  if cache_info is not None:
+    info["cache"] = cache_info
   return RefineResult(request.example_id, label, coarse, records, info=info)
+
+
+def _set_image(backend: Backend, request: RefineRequest, image_w: np.ndarray,
+               fine_w: np.ndarray | None, hw: tuple[int, int], config: RefineConfig,
+               cache) -> dict | None:
+  """backend.set_image, or a cached state of the same image; returns info["cache"] or None."""
+  key_base = request.cache_key
+  if key_base is None and config.cache_embeddings:
+    key_base = request.example_id
+  use = (cache is not None and key_base is not None and hasattr(backend, "image_state")
+         and hasattr(backend, "load_image_state"))
+  if not use:
+    backend.set_image(image_w, fine_label=fine_w)
+    if cache is not None and key_base is not None:
+      return {"hit": False, "source": None, "unsupported": True}
+    return None
+  from sam_bridge.cache import cache_key, image_digest
+  key = cache_key(key_base, backend.name, hw, image_digest(image_w, fine_w))
+  saved_before = cache.stats["encode_s_saved"]
+  found = cache.get(key)
+  if found is not None:
+    backend.load_image_state(found[0])
+    return {"hit": True, "source": found[1], "key": key,
+            "encode_s_saved": cache.stats["encode_s_saved"] - saved_before, **_totals(cache)}
+  t0 = time.perf_counter()
+  backend.set_image(image_w, fine_label=fine_w)
+  cache.put(key, backend.image_state(), encode_s=time.perf_counter() - t0)
+  return {"hit": False, "source": None, "key": key, "encode_s_saved": 0.0, **_totals(cache)}
+
+
+def _totals(cache) -> dict:
+  s = cache.summary()
+  return {"hits": s["hits"], "misses": s["misses"], "disk_hits": s["disk_hits"],
+          "entries": s["entries"], "bytes": s["bytes"], "evictions": s["evictions"],
+          "total_encode_s_saved": s["encode_s_saved"]}
 
 
 def hash_id(example_id: str) -> int:
@@ -177,15 +238,83 @@ def _restore(label_w: np.ndarray, weak: np.ndarray, full_hw: tuple[int, int], ig
   return out
 
 
-def _predict(backend: Backend, prompts: list[PromptSet], timer: _Timer, hw: tuple[int, int]):
-  t0 = timer.start()
-  preds = backend.predict(prompts) if prompts else []
-  timer.add("decode", t0)
-  if len(preds) != len(prompts):
-    raise ValueError(f"backend {backend.name} returned {len(preds)} predictions for {len(prompts)} prompts")
-  for p in preds:
-    p.validate(hw)
-  return preds
+def _has_lowres(backend) -> bool:
+  return all(hasattr(backend, a) for a in ("predict_lowres", "lowres_extent", "upsample"))
+
+
+class _Candidates:
+  """The three candidates of each prompt set, and the chosen masks at working resolution.
+
+  Full resolution (any backend): `backend.predict` masks; coverage/compatibility on them.
+  Low resolution (SAM, `config.lowres_selection`): the decoder's sxs logits, restricted to
+  the part the image covers; each working pixel belongs to the low-res cell its centre
+  falls in, so an instance W becomes per-cell pixel counts, |S n W| = sum over S's cells
+  of W's counts and |S| = sum of S's cells' pixel counts (exact wherever S is constant
+  over a cell; the error is at S's boundary, a cell wide). Only the chosen candidate of
+  each prompt set is upsampled, all of them in one batch.
+  """
+
+  def __init__(self, backend: Backend, prompts: list[PromptSet], timer: _Timer, hw: tuple[int, int],
+               lowres: bool):
+    self.backend, self.hw, self.timer = backend, hw, timer
+    self.lowres = bool(lowres and prompts and _has_lowres(backend))
+    t0 = timer.start()
+    if not prompts:
+      preds = []
+    elif self.lowres:
+      preds = backend.predict_lowres(prompts)
+    else:
+      preds = backend.predict(prompts)
+    timer.add("decode", t0)
+    if len(preds) != len(prompts):
+      raise ValueError(f"backend {backend.name} returned {len(preds)} predictions for {len(prompts)} prompts")
+    self.preds = preds
+    if not self.lowres:
+      for p in preds:
+        p.validate(hw)
+      return
+    fh, fw = backend.lowres_extent()
+    s = preds[0].logits.shape[-1]
+    self.ch, self.cw = min(s, max(1, int(np.ceil(fh - 1e-6)))), min(s, max(1, int(np.ceil(fw - 1e-6))))
+    h, w = hw
+    self.cell_y = np.minimum(((np.arange(h) + 0.5) * fh / h).astype(np.int64), self.ch - 1)
+    self.cell_x = np.minimum(((np.arange(w) + 0.5) * fw / w).astype(np.int64), self.cw - 1)
+    self.npix = np.outer(np.bincount(self.cell_y, minlength=self.ch),
+                         np.bincount(self.cell_x, minlength=self.cw)).ravel().astype(np.float64)
+    for p in preds:
+      if p.logits.ndim != 3 or p.logits.shape[0] != 3 or not np.all(np.isfinite(p.scores)):
+        raise ValueError(f"backend {backend.name} returned low-res logits {p.logits.shape}; expected 3xsxs")
+
+  def scores(self, i: int) -> np.ndarray:
+    return self.preds[i].scores
+
+  def stats(self, i: int, crop: np.ndarray, bbox: tuple[int, int, int, int]):
+    """(r, p, areas) of prompt set i's candidates against the weak crop at `bbox`."""
+    if not self.lowres:
+      return geometry.coverage_compatibility(self.preds[i].masks, crop, bbox, return_areas=True)
+    y0, x0, y1, x1 = bbox
+    cells = (self.cell_y[y0:y1, None] * self.cw + self.cell_x[None, x0:x1])[crop]
+    counts = np.bincount(cells, minlength=self.ch * self.cw).astype(np.float64)
+    cand = (self.preds[i].logits[:, :self.ch, :self.cw] > 0).reshape(3, -1)
+    inter = cand @ counts
+    area = cand @ self.npix
+    r = inter / max(float(crop.sum()), 1.0)
+    p = np.where(area > 0, inter / np.maximum(area, 1.0), 0.0)
+    return r, p, area
+
+  def chosen_masks(self, picks: list[tuple[int, int]]) -> list[np.ndarray]:
+    """HxW bool working-resolution masks of the (prompt set, candidate) pairs in `picks`."""
+    if not self.lowres:
+      return [self.preds[i].masks[c] for i, c in picks]
+    if not picks:
+      return []
+    t0 = self.timer.start()
+    masks = self.backend.upsample(np.stack([self.preds[i].logits[c] for i, c in picks]))
+    self.timer.add("upsample", t0)
+    if masks.shape != (len(picks), *self.hw) or masks.dtype != bool:
+      raise ValueError(f"backend {self.backend.name} upsampled to {masks.shape} {masks.dtype}; "
+                       f"expected {len(picks)}x{self.hw[0]}x{self.hw[1]} bool")
+    return list(masks)
 
 
 def _sparse_to_coarse(backend, weak, config, records, timer) -> np.ndarray:
@@ -195,18 +324,19 @@ def _sparse_to_coarse(backend, weak, config, records, timer) -> np.ndarray:
   for s in strokes:
     pts = geometry.stroke_points(s.mask, k=config.stroke_k, point_extent=config.point_extent)
     prompts.append(PromptSet.from_points(pts + np.float32([s.bbox[1], s.bbox[0]])))
-  preds = _predict(backend, prompts, timer, weak.shape)
-  masks, classes, prios = [], [], []
-  for s, prompt, pred in zip(strokes, prompts, preds):
-    r, p, areas = geometry.coverage_compatibility(pred.masks, s.mask, s.bbox, return_areas=True)
-    idx, _ = geometry.select_mask(r, p, pred.scores, areas, strategy="smallest")
+  cands = _Candidates(backend, prompts, timer, weak.shape, config.lowres_selection)
+  picks, classes, prios = [], [], []
+  for i, (s, prompt) in enumerate(zip(strokes, prompts)):
+    r, p, areas = cands.stats(i, s.mask, s.bbox)
+    idx, _ = geometry.select_mask(r, p, cands.scores(i), areas, strategy="smallest")
     used = areas[idx] > 0
     records.append(InstanceRecord(s.class_id, s.area, s.bbox, prompt.points, idx if used else -1,
                                   float(r[idx]), float(p[idx]), False, stage="sparse"))
     if used:
-      masks.append(pred.masks[idx])
+      picks.append((i, idx))
       classes.append(s.class_id)
       prios.append(-float(areas[idx]))  # Smaller masks win conflicts: they are the precise ones.
+  masks = cands.chosen_masks(picks)
   return geometry.merge_masks(weak, masks, classes, prios, ignore_index=config.ignore_index)
 
 
@@ -231,18 +361,19 @@ def _instances_stage(backend, base, ext, config, rng, conf, records, timer) -> n
     else:
       prompts.append(PromptSet(np.zeros((0, 2), np.float32), np.zeros(0, np.int32),
                                mask=inst.full_mask(region.shape)))
-  preds = _predict(backend, prompts, timer, region.shape)
-  masks, classes, prios, mask_areas = [], [], [], []
-  for inst, prompt, pred in zip(insts, prompts, preds):
-    r, p, areas = geometry.coverage_compatibility(pred.masks, inst.mask, inst.bbox, return_areas=True)
-    idx, ok = geometry.select_mask(r, p, pred.scores, areas, strategy=config.selection,
+  cands = _Candidates(backend, prompts, timer, region.shape, config.lowres_selection)
+  chosen, classes, prios = [], [], []
+  for i, (inst, prompt) in enumerate(zip(insts, prompts)):
+    r, p, areas = cands.stats(i, inst.mask, inst.bbox)
+    idx, ok = geometry.select_mask(r, p, cands.scores(i), areas, strategy=config.selection,
                                    tau1=config.tau1, tau2=config.tau2, rng=rng)
     records.append(InstanceRecord(inst.class_id, inst.area, inst.bbox, prompt.points, idx,
                                   float(r[idx]), float(p[idx]), ok))
-    masks.append(pred.masks[idx])
+    chosen.append(idx)
     classes.append(inst.class_id)
     prios.append(float(p[idx]))
-    mask_areas.append(int(areas[idx]))
+  masks = cands.chosen_masks(list(enumerate(chosen)))
+  mask_areas = [int(np.count_nonzero(m)) for m in masks]
   return geometry.merge_masks(base, masks, classes, prios, ignore_index=config.ignore_index,
                               areas=mask_areas)
 
@@ -262,16 +393,17 @@ def _naive(backend, weak, config, records, timer) -> np.ndarray:
                    + np.float32([s.bbox[1], s.bbox[0]]))
       prompts.append(PromptSet.from_points(np.concatenate(pts)))
     kept.append(c)
-  preds = _predict(backend, prompts, timer, weak.shape)
-  masks, prios = [], []
-  for c, prompt, pred in zip(kept, prompts, preds):
-    idx = int(np.argmax(pred.scores))
+  cands = _Candidates(backend, prompts, timer, weak.shape, config.lowres_selection)
+  chosen, prios = [], []
+  for i, (c, prompt) in enumerate(zip(kept, prompts)):
+    idx = int(np.argmax(cands.scores(i)))
     m = weak == c
     rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
     bbox = (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)
-    r, p = geometry.coverage_compatibility(pred.masks, m[bbox[0]:bbox[2], bbox[1]:bbox[3]], bbox)
+    r, p, _ = cands.stats(i, m[bbox[0]:bbox[2], bbox[1]:bbox[3]], bbox)
     records.append(InstanceRecord(c, int(m.sum()), bbox, prompt.points, idx, float(r[idx]),
                                   float(p[idx]), False, stage="naive"))
-    masks.append(pred.masks[idx])
-    prios.append(float(pred.scores[idx]))
+    chosen.append(idx)
+    prios.append(float(cands.scores(i)[idx]))
+  masks = cands.chosen_masks(list(enumerate(chosen)))
   return geometry.merge_masks(weak, masks, kept, prios, ignore_index=config.ignore_index)

@@ -16,6 +16,11 @@ each request. Guarantees:
     resent, so none is lost or mixed up;
   - clean shutdown: `close()` (or the context manager) stops the worker, joining
     it and terminating it only if it does not exit in time.
+With `cache=CacheConfig(...)` the worker keeps every image's encoder state
+(sam_bridge.cache, keyed by example id, backend and working size) so that a
+later request for the same image runs only the prompt decoder; with a cache
+directory the states survive a worker restart. `torch_threads` (default 1)
+bounds torch's CPU threads in the worker: it shares the host with the trainer.
 """
 
 from __future__ import annotations
@@ -29,7 +34,11 @@ from typing import Callable
 
 import numpy as np
 
+import dataclasses
+import os
+
 from sam_bridge.api import RefineRequest, RefineResult
+from sam_bridge.cache import CacheConfig
 from sam_bridge.refine import RefineConfig
 
 
@@ -37,15 +46,33 @@ class SamServiceError(RuntimeError):
   """Refinement of one example failed (exception, crash or timeout in the worker)."""
 
 
-def _worker_main(backend_spec, backend_kwargs, factory, config, seed, req_q, res_q, current) -> None:
+def _set_torch_threads(n: int | None) -> None:
+  """Caps torch's intra-op threads (env first: it counts only before torch is imported)."""
+  if not n:
+    return
+  os.environ["OMP_NUM_THREADS"] = str(n)
+  os.environ["MKL_NUM_THREADS"] = str(n)
+  import sys
+  if "torch" in sys.modules:
+    sys.modules["torch"].set_num_threads(n)
+
+
+def _worker_main(backend_spec, backend_kwargs, factory, config, seed, cache_config, torch_threads,
+                 req_q, res_q, current) -> None:
   """Worker loop: build the backend, then refine requests until the None sentinel."""
+  _set_torch_threads(torch_threads)
   from sam_bridge import refine as refine_lib
+  from sam_bridge.cache import EmbeddingCache
+  cache = None
   try:
     if factory is not None:
       backend = factory(**backend_kwargs)
     else:
       from sam_bridge.backends import create_backend
       backend = create_backend(backend_spec, **backend_kwargs)
+    _set_torch_threads(torch_threads)  # torch may have been imported by the backend just now.
+    if cache_config is not None:
+      cache = EmbeddingCache.from_config(cache_config)
     res_q.put(("ready", None, backend.name))
   except BaseException:  # Everything, so the consumer hears about it.
     res_q.put(("fatal", None, traceback.format_exc()))
@@ -58,7 +85,7 @@ def _worker_main(backend_spec, backend_kwargs, factory, config, seed, req_q, res
     # Synchronous (shared memory), unlike the queue's feeder thread: it survives a hard crash.
     current.value = seq
     try:
-      result = refine_lib.refine(backend, request, config, seed=seed)
+      result = refine_lib.refine(backend, request, config, seed=seed, cache=cache)
       res_q.put(("ok", seq, result))
     except Exception:
       res_q.put(("error", seq, traceback.format_exc(limit=4)))
@@ -79,14 +106,23 @@ class RefineService:
     backend_factory: instead of a spec, a picklable module-level callable returning a
       Backend (tests use deliberately faulty ones).
     max_restarts: consecutive worker restarts (without a success between) before giving up.
+    cache: CacheConfig: keep per-image encoder state in the worker (every request is
+      then cached by its example id: send full-resolution images whose id names one
+      image, not augmented crops; a changed image under the same id misses, it never
+      reuses a wrong embedding). None = encode every request.
+    torch_threads: torch CPU threads in the worker (None = torch's default).
   """
 
   def __init__(self, backend_spec: str = "oracle", *, backend_kwargs: dict | None = None,
                config: RefineConfig = RefineConfig(), seed: int = 0, max_pending: int = 8,
                timeout_s: float = 300.0, fallback: bool = False, start_timeout_s: float = 600.0,
-               backend_factory: Callable | None = None, max_restarts: int = 3):
+               backend_factory: Callable | None = None, max_restarts: int = 3,
+               cache: CacheConfig | None = None, torch_threads: int | None = 1):
     config.validate()
-    self._args = (backend_spec, dict(backend_kwargs or {}), backend_factory, config, seed)
+    if cache is not None and not config.cache_embeddings:
+      config = dataclasses.replace(config, cache_embeddings=True)
+    self._args = (backend_spec, dict(backend_kwargs or {}), backend_factory, config, seed, cache,
+                  torch_threads)
     self.max_pending = max_pending
     self.timeout_s = timeout_s
     self.fallback = fallback

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from sam_bridge.api import Prediction, PromptSet
+from sam_bridge.api import LowResPrediction, Prediction, PromptSet
 
 CRASH, HANG, GARBAGE, RAISE = 1, 2, 3, 4
 
@@ -32,6 +32,13 @@ class BoxBackend:
   def set_image(self, image: np.ndarray, *, fine_label: np.ndarray | None = None) -> None:
     self._hw = image.shape[:2]
     self._marker = int(image[0, 0, 0])
+
+  def image_state(self) -> dict[str, np.ndarray]:
+    return {"hw": np.asarray(self._hw, np.int64), "marker": np.asarray(self._marker, np.int64)}
+
+  def load_image_state(self, state: dict[str, np.ndarray]) -> None:
+    self._hw = tuple(int(v) for v in state["hw"])
+    self._marker = int(state["marker"])
 
   def predict(self, prompts: Sequence[PromptSet]) -> list[Prediction]:
     h, w = self._hw
@@ -67,9 +74,61 @@ class FaultyBackend(BoxBackend):
     return preds
 
 
+class LowResBoxBackend(BoxBackend):
+  """A BoxBackend that also speaks the low-resolution protocol, like SAM's decoder.
+
+  Its logits live on a grid 4x coarser than the image (padded to a square, as SAM's
+  256x256 frame): each cell's logit is the square's coverage of the cell minus 1/2, and
+  `upsample` interpolates them bilinearly, so low-res selection meets the same
+  boundary blur it meets with SAM.
+  """
+
+  def __init__(self, factor: int = 4):
+    super().__init__()
+    self.name = "box low-res (test backend)"
+    self.factor = factor
+
+  def lowres_extent(self) -> tuple[float, float]:
+    return self._hw[0] / self.factor, self._hw[1] / self.factor
+
+  def _side(self) -> int:
+    return -(-max(self._hw) // self.factor)
+
+  def predict_lowres(self, prompts: Sequence[PromptSet]) -> list[LowResPrediction]:
+    f, s = self.factor, self._side()
+    out = []
+    for pred in self.predict(prompts):
+      padded = np.zeros((3, s * f, s * f), np.float32)
+      padded[:, :self._hw[0], :self._hw[1]] = pred.masks
+      logits = padded.reshape(3, s, f, s, f).mean((2, 4)) - 0.5
+      out.append(LowResPrediction(logits.astype(np.float32), pred.scores))
+    return out
+
+  def upsample(self, logits: np.ndarray) -> np.ndarray:
+    import scipy.ndimage as ndi
+    f = self.factor
+    h, w = self._hw
+    out = np.zeros((len(logits), h, w), bool)
+    for i, lg in enumerate(logits):
+      # Cell centres sit at (j + 0.5) * f - 0.5 in image pixels: sample between them linearly.
+      ys = (np.arange(h) + 0.5) / f - 0.5
+      xs = (np.arange(w) + 0.5) / f - 0.5
+      grid = np.meshgrid(ys, xs, indexing="ij")
+      out[i] = ndi.map_coordinates(lg, grid, order=1, mode="nearest") > 0
+    return out
+
+
 def make_box_backend() -> BoxBackend:
   return BoxBackend()
 
 
 def make_faulty_backend() -> FaultyBackend:
   return FaultyBackend()
+
+
+def make_thread_probe_backend() -> BoxBackend:
+  """A BoxBackend whose name reports torch's thread count in the worker (imports torch)."""
+  import torch
+  backend = BoxBackend()
+  backend.name = f"box (test backend) torch_threads={torch.get_num_threads()}"
+  return backend

@@ -56,8 +56,23 @@ class OracleBackend:
     n = int(self._comp.max())
     self._comp_class = np.full(n + 1, -1, np.int32)
     self._comp_class[self._comp.ravel()] = shifted.ravel() - 1
+    self._tables()
+
+  def _tables(self) -> None:
     self._objects = [None] + list(ndi.find_objects(self._comp))
-    self._area = np.bincount(self._comp.ravel(), minlength=n + 1)
+    self._area = np.bincount(self._comp.ravel(), minlength=len(self._comp_class))
+
+  def image_state(self) -> dict[str, np.ndarray]:
+    """The fine components (int32 map) and each component's class."""
+    if self._comp is None:
+      raise RuntimeError("call set_image before image_state")
+    return {"components": self._comp.astype(np.int32), "component_class": self._comp_class}
+
+  def load_image_state(self, state: dict[str, np.ndarray]) -> None:
+    """Restores `image_state()`."""
+    self._comp = state["components"]
+    self._comp_class = state["component_class"]
+    self._tables()
 
   def predict(self, prompts: Sequence[PromptSet]) -> list[Prediction]:
     if self._comp is None:

@@ -48,6 +48,23 @@ class SuperpixelBackend:
       self._segs.append(seg)
       self._stats.append((count, s1, s2))
 
+  def image_state(self) -> dict[str, np.ndarray]:
+    """The segmentations (int32) and their per-segment colour sums, per scale."""
+    if self._segs is None:
+      raise RuntimeError("call set_image before image_state")
+    state = {}
+    for i, (seg, (count, s1, s2)) in enumerate(zip(self._segs, self._stats)):
+      state.update({f"seg_{i}": seg.astype(np.int32), f"count_{i}": count, f"s1_{i}": s1, f"s2_{i}": s2})
+    return state
+
+  def load_image_state(self, state: dict[str, np.ndarray]) -> None:
+    """Restores `image_state()`: no segmentation."""
+    n = sum(k.startswith("seg_") for k in state)
+    if n != len(self.scales):
+      raise ValueError(f"superpixel state has {n} scales, this backend {len(self.scales)}")
+    self._segs = [state[f"seg_{i}"] for i in range(n)]
+    self._stats = [(state[f"count_{i}"], state[f"s1_{i}"], state[f"s2_{i}"]) for i in range(n)]
+
   def predict(self, prompts: Sequence[PromptSet]) -> list[Prediction]:
     if self._segs is None:
       raise RuntimeError("call set_image before predict")

@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from sam_bridge.api import Prediction, PromptSet
+from sam_bridge.api import LowResPrediction, Prediction, PromptSet
 
 PIXEL_MEAN = np.array([123.675, 116.28, 103.53], np.float32)
 PIXEL_STD = np.array([58.395, 57.12, 57.375], np.float32)
@@ -69,20 +69,34 @@ class TransformersSamBackend:
     name: what it is, for reports (e.g. "transformers:sam_vit_b" or "random:vit_b (random weights)").
     device: torch device string.
     dtype: "float32" or "bfloat16".
-    batch_size: prompt sets per decoder call.
+    batch_size: prompt sets per decoder call; None = 4 on CPU (measured on one thread: the
+      per-prompt-set cost grows with the batch there, ~100 ms at 2-4 vs ~125-145 ms at
+      8-16 for ViT-B, as each prompt set's 64x64x256 activations stop fitting in cache),
+      64 elsewhere (one call for a typical image's instances).
     mask_logit: magnitude of the logits a binary mask prompt is turned into.
+    decoder_dtype: dtype of the prompt encoder and mask decoder if not `dtype`
+      ("bfloat16" halves the decoder's time on CPU, whose cost is mostly memory
+      traffic over the 64x64x256 embedding repeated per prompt set); the image
+      embedding is computed in `dtype` and cast.
   """
 
   is_oracle = False
 
   def __init__(self, model, *, name: str, device: str = "cpu", dtype: str = "float32",
-               batch_size: int = 32, mask_logit: float = 8.0):
+               batch_size: int | None = None, mask_logit: float = 8.0,
+               decoder_dtype: str | None = None):
     import torch
     self.name = name
     self.device = torch.device(device)
     self.dtype = _torch_dtype(dtype)
     self.model = model.to(self.device, self.dtype).eval().requires_grad_(False)
-    self.batch_size = batch_size
+    self.decoder_dtype = self.dtype if decoder_dtype is None else _torch_dtype(decoder_dtype)
+    if self.decoder_dtype != self.dtype:
+      for child_name, child in self.model.named_children():
+        if child_name != "vision_encoder":  # Prompt encoder, mask decoder, positional embedding.
+          child.to(self.decoder_dtype)
+      self.name += f" (decoder {decoder_dtype})"
+    self.batch_size = batch_size or (4 if self.device.type == "cpu" else 64)
     self.mask_logit = mask_logit
     self.model_type = model.config.model_type
     if self.model_type not in MODEL_TYPES:
@@ -147,10 +161,47 @@ class TransformersSamBackend:
     with torch.inference_mode():
       self._emb = self.model.get_image_embeddings(self.pixel_values.to(self.device, self.dtype))
 
+  def image_state(self) -> dict[str, np.ndarray]:
+    """Image embeddings (+ SAM-HQ's intermediate ViT embeddings) and sizes, float32 numpy."""
+    if self._emb is None:
+      raise RuntimeError("call set_image before image_state")
+    state = {"image_hw": np.asarray(self.image_hw, np.int64),
+             "resized_hw": np.asarray(self.resized_hw, np.int64)}
+    if self.model_type == "sam_hq":  # (image embeddings, [intermediate ViT embeddings]).
+      state["embeddings"] = self._emb[0].float().cpu().numpy()
+      for i, t in enumerate(self._emb[1]):
+        state[f"intermediate_{i}"] = t.float().cpu().numpy()
+    elif isinstance(self._emb, (list, tuple)):  # SAM 2 / SAM 3 tracker: one map per level.
+      for i, t in enumerate(self._emb):
+        state[f"level_{i}"] = t.float().cpu().numpy()
+    else:
+      state["embeddings"] = self._emb.float().cpu().numpy()
+    return state
+
+  def load_image_state(self, state: dict[str, np.ndarray]) -> None:
+    """Restores `image_state()`: no encoder call."""
+    import torch
+
+    def tensor(a):
+      return torch.from_numpy(np.ascontiguousarray(a)).to(self.device, self.dtype)
+
+    self.image_hw = tuple(int(v) for v in state["image_hw"])
+    self.resized_hw = tuple(int(v) for v in state["resized_hw"])
+    if self.model_type == "sam_hq":
+      n = sum(k.startswith("intermediate_") for k in state)
+      self._emb = (tensor(state["embeddings"]), [tensor(state[f"intermediate_{i}"]) for i in range(n)])
+    elif "level_0" in state:
+      self._emb = [tensor(state[f"level_{i}"]) for i in range(sum(k.startswith("level_") for k in state))]
+    else:
+      self._emb = tensor(state["embeddings"])
+
   def _embedding_kwargs(self) -> dict:
+    def cast(x):
+      return [cast(t) for t in x] if isinstance(x, (list, tuple)) else x.to(self.decoder_dtype)
+
     if self.model_type == "sam_hq":  # (image embeddings, intermediate ViT embeddings).
-      return {"image_embeddings": self._emb[0], "intermediate_embeddings": self._emb[1]}
-    return {"image_embeddings": self._emb}
+      return {"image_embeddings": cast(self._emb[0]), "intermediate_embeddings": cast(self._emb[1])}
+    return {"image_embeddings": cast(self._emb)}
 
   def preprocess(self, image: np.ndarray):
     """HxWx3 uint8 -> (1x3xSxS float32 tensor, (h, w) size of the image inside it)."""
@@ -167,9 +218,36 @@ class TransformersSamBackend:
     return torch.from_numpy(padded.transpose(2, 0, 1)[None].copy()), (h, w)
 
   def predict(self, prompts: Sequence[PromptSet]) -> list[Prediction]:
+    import torch
+    out = self._run(prompts)
+    if not out:
+      return []
+    masks = self.postprocess(torch.cat([t for t, _ in out]))  # N x 3 x H x W bool
+    return [Prediction(masks[i], sc) for i, (_, sc) in enumerate(out)]
+
+  def predict_lowres(self, prompts: Sequence[PromptSet]) -> list[LowResPrediction]:
+    """Three candidates per prompt set as SAM's low-resolution logits (no upsampling)."""
+    return [LowResPrediction(t[0].numpy(), sc) for t, sc in self._run(prompts)]
+
+  def lowres_extent(self) -> tuple[float, float]:
+    """Low-res rows/cols covered by the image (letterbox: the unpadded part)."""
+    s = self.size // 4
+    if self.family == "square":
+      return float(s), float(s)
+    return self.resized_hw[0] * s / self.size, self.resized_hw[1] * s / self.size
+
+  def upsample(self, logits: np.ndarray) -> np.ndarray:
+    """Nxsxs float32 low-res logits -> NxHxW bool, exactly as `predict` post-processes."""
+    import torch
+    if len(logits) == 0:
+      return np.zeros((0, *self.image_hw), bool)
+    return self.postprocess(torch.from_numpy(np.ascontiguousarray(logits, np.float32))[:, None])[:, 0]
+
+  def _run(self, prompts: Sequence[PromptSet]):
+    """[(1x3xsxs float32 CPU tensor of logits, 3 float32 scores)] per prompt set, batched."""
     if self._emb is None:
       raise RuntimeError("call set_image before predict")
-    out: list[Prediction | None] = [None] * len(prompts)
+    out: list = [None] * len(prompts)
     order = sorted(range(len(prompts)), key=lambda i: prompts[i].kind)
     for kind, group in itertools.groupby(order, key=lambda i: prompts[i].kind):
       idx = list(group)
@@ -177,8 +255,9 @@ class TransformersSamBackend:
       step = 1 if kind[2] else self.batch_size
       for s in range(0, len(idx), step):
         chunk = idx[s:s + step]
-        for i, pred in zip(chunk, self._decode([prompts[i] for i in chunk])):
-          out[i] = pred
+        logits, scores = self._decode_lowres([prompts[i] for i in chunk])
+        for b, i in enumerate(chunk):
+          out[i] = (logits[b:b + 1], scores[b].astype(np.float32))
     return out
 
   # --- internals ---
@@ -186,25 +265,26 @@ class TransformersSamBackend:
   def _scale(self) -> float:
     return self.resized_hw[0] / self.image_hw[0], self.resized_hw[1] / self.image_hw[1]
 
-  def _decode(self, batch: list[PromptSet]) -> list[Prediction]:
+  def _decode_lowres(self, batch: list[PromptSet]):
+    """(Bx3xsxs float32 CPU logits, Bx3 float32 scores) for one batch of one prompt kind."""
     import torch
     sy, sx = self._scale()
     kw = {}
     n_points = len(batch[0].points)
     if n_points:
       pts = np.stack([p.points for p in batch]).astype(np.float32) * np.float32([sx, sy])
-      kw["input_points"] = torch.from_numpy(pts[None]).to(self.device, self.dtype)
+      # float32 even with a bf16 decoder: coordinates up to 1024 would round to 8 px in bf16;
+      # the positional encoding normalises them to [-1, 1] first and casts after.
+      kw["input_points"] = torch.from_numpy(pts[None]).to(self.device, torch.float32)
       kw["input_labels"] = torch.from_numpy(np.stack([p.point_labels for p in batch])[None].astype(np.int64)).to(self.device)
     if batch[0].box is not None:
       boxes = np.stack([p.box for p in batch]).astype(np.float32) * np.float32([sx, sy, sx, sy])
-      kw["input_boxes"] = torch.from_numpy(boxes[None]).to(self.device, self.dtype)
+      kw["input_boxes"] = torch.from_numpy(boxes[None]).to(self.device, torch.float32)
     if batch[0].mask is not None:
-      kw["input_masks"] = self._mask_input(batch[0].mask).to(self.device, self.dtype)
+      kw["input_masks"] = self._mask_input(batch[0].mask).to(self.device, self.decoder_dtype)
     with torch.inference_mode():
       res = self.model(multimask_output=True, **self._embedding_kwargs(), **kw)
-      masks = self.postprocess(res.pred_masks[0].float())  # B x 3 x H x W bool
-      scores = res.iou_scores[0].float().cpu().numpy()
-    return [Prediction(masks[b], scores[b].astype(np.float32)) for b in range(len(batch))]
+    return res.pred_masks[0].float().cpu(), res.iou_scores[0].float().cpu().numpy()
 
   def postprocess(self, low_res) -> np.ndarray:
     """B x 3 x s x s logits -> B x 3 x H x W bool (official Sam.postprocess_masks, then > 0)."""
@@ -216,8 +296,14 @@ class TransformersSamBackend:
         x = F.interpolate(low_res[s:s + 4], self.image_hw, mode="bilinear", align_corners=False)
         out.append((x > 0).cpu().numpy())
       return np.concatenate(out)
-    for s in range(0, low_res.shape[0], 4):  # Chunks keep the padded-size upsample small.
-      x = F.interpolate(low_res[s:s + 4], (self.size, self.size), mode="bilinear", align_corners=False)
+    # The official code upsamples to the padded SxS frame, then crops the image. Cropping the
+    # low-res logits first (keeping one extra row/col: bilinear reads one neighbour) and
+    # upsampling by the same factor gives the same values without the padding's work.
+    f = self.size // low_res.shape[-1]
+    rows, cols = min(low_res.shape[-2], -(-h // f) + 1), min(low_res.shape[-1], -(-w // f) + 1)
+    low_res = low_res[..., :rows, :cols]
+    for s in range(0, low_res.shape[0], 4):  # Chunks keep the upsample's memory small.
+      x = F.interpolate(low_res[s:s + 4], (rows * f, cols * f), mode="bilinear", align_corners=False)
       x = F.interpolate(x[..., :h, :w], self.image_hw, mode="bilinear", align_corners=False)
       out.append((x > 0).cpu().numpy())
     return np.concatenate(out)

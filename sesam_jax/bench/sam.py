@@ -9,6 +9,13 @@ refinement (instances, sampling, selection, merging, resizing: everything in
 synthetic (bands + ~50 objects, coarse = objects shrunk) so that the instance count
 is controlled. Random-weight SAMs are timed, never scored. `--parity` also runs the
 official-vs-converted check on a full random ViT-B.
+
+`--scenes camvid` (the default) times what training pays on a real CamVid image with
+its coarse weak label (`--data-dir`, `--split`, `--image-index`): one cold refinement
+(encoder seconds, decoder seconds per prompt set, geometry seconds) and one cached
+refresh (the same image again with the embedding cache warm: what every later
+visit of a training image costs). torch runs with `--torch-threads` (default 1, as
+in the bridge service, which shares the CPU with the trainer).
 """
 
 from __future__ import annotations
@@ -29,6 +36,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--work-long-side", type=int, default=1024, help="working resolution (pixels)")
   parser.add_argument("--device", default="cpu")
   parser.add_argument("--dtype", default="float32", help="float32 or bfloat16 (torch backends)")
+  parser.add_argument("--scenes", default="camvid",
+                      help="comma-separated: camvid (a real image + coarse label), synthetic (two sizes)")
+  parser.add_argument("--data-dir", default="../shared/data/camvid", help="CamVid root (--scenes camvid)")
+  parser.add_argument("--split", default="train")
+  parser.add_argument("--image-index", type=int, default=0, help="CamVid image to time")
+  parser.add_argument("--refreshes", type=int, default=3,
+                      help="cached refreshes timed per backend (median reported)")
+  parser.add_argument("--decoder-dtype", default=None,
+                      help="SAM prompt decoder dtype if not --dtype (bfloat16: ~2x faster on CPU)")
+  parser.add_argument("--torch-threads", type=int, default=1,
+                      help="torch intra-op threads (the service's default is 1)")
   parser.add_argument("--parity", action="store_true",
                       help="also check official-vs-converted masks on a full random ViT-B")
 
@@ -62,8 +80,21 @@ def run(args: argparse.Namespace) -> dict:
   from sam_bridge.refine import RefineConfig, refine
   from sesam_jax import report
 
+  if args.torch_threads and any(b.split(":")[0] in ("random", "transformers") for b in args.backends.split(",")):
+    import torch
+    torch.set_num_threads(args.torch_threads)
+  scene_names = [s.strip() for s in args.scenes.split(",") if s.strip()]
+  unknown = set(scene_names) - {"camvid", "synthetic"}
+  if unknown:
+    raise ValueError(f"--scenes {sorted(unknown)}: choose camvid and/or synthetic")
   cfg = RefineConfig(work_long_side=args.work_long_side)
-  out: dict = {"work_long_side": args.work_long_side, "sizes": {}}
+  out: dict = {"work_long_side": args.work_long_side, "torch_threads": args.torch_threads, "sizes": {}}
+  if "camvid" in scene_names:
+    out["camvid"] = camvid_refresh(args, cfg)
+  if "synthetic" not in scene_names:
+    if args.parity:
+      out["parity_vit_b"] = vit_b_parity()
+    return out
   scenes = {"camvid_360x480": synthetic_scene(360, 480, args.objects),
             "cityscapes_1024x2048": synthetic_scene(1024, 2048, args.objects)}
   for size_name, (image, fine, coarse) in scenes.items():
@@ -103,11 +134,134 @@ def run(args: argparse.Namespace) -> dict:
       backend.predict(prompts)
       dec = (time.perf_counter() - t0) / len(prompts)
       entry[spec] = {"name": backend.name, "encode_s": enc, "decode_s_per_prompt": dec}
+      if hasattr(backend, "predict_lowres"):
+        # What refine does now: low-res candidates, then one chosen mask per prompt set upsampled.
+        t0 = time.perf_counter()
+        low = backend.predict_lowres(prompts)
+        backend.upsample(np.stack([p.logits[0] for p in low]))
+        entry[spec]["decode_lowres_s_per_prompt"] = (time.perf_counter() - t0) / len(prompts)
+        report.log(f"{size_name}: {backend.name}: low-res decode + chosen upsample "
+                   f"{entry[spec]['decode_lowres_s_per_prompt'] * 1e3:.1f} ms/prompt")
       report.log(f"{size_name}: {backend.name}: encode {enc:.3f} s, decode {dec * 1e3:.1f} ms/prompt")
     out["sizes"][size_name] = entry
   if args.parity:
     out["parity_vit_b"] = vit_b_parity()
   return out
+
+
+def camvid_refresh(args: argparse.Namespace, cfg) -> dict:
+  """Cold refinement and cached refresh of one CamVid image (coarse weak label) per backend."""
+  from sam_bridge.api import RefineRequest
+  from sam_bridge.backends import create_backend
+  from sam_bridge.refine import refine
+  from sesam_jax import data, report
+  from sesam_jax.data import weak_labels
+  source = data.get_source("camvid", data_dir=args.data_dir, split=args.split)
+  example = source[args.image_index]
+  weak = weak_labels.make_weak_label(example["label"], "coarse", seed=0, image_id=example["id"],
+                                     num_classes=source.info.num_classes)
+  request = RefineRequest(example["id"], example["image"], weak, fine=example["label"])
+  out: dict = {"image": example["id"], "hw": list(weak.shape)}
+  try:
+    from sam_bridge.cache import EmbeddingCache
+  except ImportError:  # A bridge without the embedding cache: the refresh re-encodes.
+    EmbeddingCache = None
+  for spec in args.backends.split(","):
+    kw = {} if spec in ("oracle", "superpixel") else {"device": args.device, "dtype": args.dtype}
+    if args.decoder_dtype and "dtype" in kw:
+      kw["decoder_dtype"] = args.decoder_dtype
+    backend = CpuTimed(create_backend(spec, **kw))
+    cache_kw = {}
+    if EmbeddingCache is not None:
+      cache_kw = {"cache": EmbeddingCache()}
+      cfg_run = dataclasses_replace(cfg, cache_embeddings=True)
+    else:
+      cfg_run = cfg
+    cold = refine(backend, request, cfg_run, **cache_kw)
+    cold_cpu = dict(backend.cpu)
+    refreshes, decodes, decodes_cpu = [], [], []
+    n = max(cold.info["instances"] + cold.info["sparse_prompts"], 1)
+    for _ in range(max(1, args.refreshes)):
+      t0, c0 = time.perf_counter(), backend.cpu["decode"]
+      warm = refine(backend, request, cfg_run, **cache_kw)
+      refreshes.append(time.perf_counter() - t0)
+      decodes_cpu.append((backend.cpu["decode"] - c0) / n)
+      ws = warm.info["seconds"]
+      decodes.append((ws["decode"] + ws.get("upsample", 0.0)) / n)
+    refresh = statistics.median(refreshes)
+    sec = cold.info["seconds"]
+    entry = {"name": backend.name, "instances": cold.info["instances"],
+             "encode_s": sec["encode"], "decode_s_per_prompt_set": sec["decode"] / n,
+             "geometry_s": sec["geometry"], "cold_refine_s": sec["total"],
+             "cached_refresh_s_per_image": refresh,
+             "refresh_decode_s_per_prompt_set": statistics.median(decodes),
+             "encode_cpu_s": cold_cpu["encode"],
+             "refresh_decode_cpu_s_per_prompt_set": statistics.median(decodes_cpu),
+             "refresh_geometry_s": warm.info["seconds"]["geometry"],
+             "refresh_encode_s": warm.info["seconds"]["encode"],
+             "same_label": bool((cold.label == warm.label).all())}
+    if "upsample" in sec:
+      entry["decode_only_s_per_prompt_set"] = (sec["decode"] - 0.0) / n
+      entry["upsample_s"] = sec["upsample"]
+      entry["decode_s_per_prompt_set"] = (sec["decode"] + sec["upsample"]) / n
+    if "cache" in warm.info:
+      entry["cache"] = {k: v for k, v in warm.info["cache"].items() if k != "key"}
+    if warm.info.get("lowres_selection"):
+      # The same refresh with full-resolution selection (the bridge before): time and agreement.
+      cfg_full = dataclasses_replace(cfg_run, lowres_selection=False)
+      fulls, full_cpu = [], []
+      for _ in range(max(1, args.refreshes)):
+        c0 = backend.cpu["decode"]
+        fulls.append(refine(backend, request, cfg_full, **cache_kw))
+        full_cpu.append((backend.cpu["decode"] - c0) / n)
+      full = fulls[-1]
+      entry["full_res_selection"] = {
+          "decode_s_per_prompt_set": statistics.median(
+              (f.info["seconds"]["decode"] + f.info["seconds"]["upsample"]) / n for f in fulls),
+          "refresh_s": statistics.median(f.info["seconds"]["total"] for f in fulls),
+          "decode_cpu_s_per_prompt_set": statistics.median(full_cpu),
+          "label_agreement": float((full.label == warm.label).mean()),
+          "same_choice": float(np.mean([a.chosen == b.chosen for a, b in zip(full.records, warm.records)]))}
+    out[spec] = entry
+    report.log(f"camvid {example['id']}: {backend.name}: encode {entry['encode_s']:.2f} s, decode "
+               f"{entry['decode_s_per_prompt_set'] * 1e3:.0f} ms/prompt set x {n}, geometry "
+               f"{entry['geometry_s'] * 1e3:.0f} ms; cold {entry['cold_refine_s']:.2f} s, "
+               f"cached refresh {refresh:.2f} s/image (decode "
+               f"{entry['refresh_decode_s_per_prompt_set'] * 1e3:.0f} ms/prompt set wall, "
+               f"{entry['refresh_decode_cpu_s_per_prompt_set'] * 1e3:.0f} ms CPU)")
+  return out
+
+
+class CpuTimed:
+  """Wraps a backend; adds up process CPU seconds of its encoder and decoder calls.
+
+  With torch on one thread, CPU seconds are the work itself and hardly move when
+  other jobs share the machine, unlike wall seconds.
+  """
+
+  def __init__(self, inner):
+    self._inner = inner
+    self.cpu = {"encode": 0.0, "decode": 0.0}
+
+  def __getattr__(self, name):
+    attr = getattr(self._inner, name)
+    kind = {"set_image": "encode", "predict": "decode", "predict_lowres": "decode",
+            "upsample": "decode"}.get(name)
+    if kind is None:
+      return attr
+
+    def timed(*a, **kw):
+      t0 = time.process_time()
+      try:
+        return attr(*a, **kw)
+      finally:
+        self.cpu[kind] += time.process_time() - t0
+    return timed
+
+
+def dataclasses_replace(cfg, **kw):
+  import dataclasses
+  return dataclasses.replace(cfg, **kw)
 
 
 def vit_b_parity() -> dict:

@@ -87,3 +87,10 @@ def test_result_checks_catch_mismatches():
   assert _check_result(req, RefineResult("img0", np.zeros((3, 3), np.uint8))) is not None
   assert _check_result(req, "garbage") is not None
   assert _check_result(req, RefineResult("img0", req.weak.copy())) is None
+
+
+def test_worker_torch_threads_are_capped():
+  pytest.importorskip("torch")
+  with RefineService(backend_factory=testing.make_thread_probe_backend, torch_threads=1,
+                     start_timeout_s=120) as svc:
+    assert svc.backend_name.endswith("torch_threads=1")
