@@ -253,6 +253,7 @@ class RefineService:
     if not self._seq_of:
       raise KeyError("nothing in flight")
     deadline = None if timeout is None else time.monotonic() + timeout
+    pumped = False
     while True:
       key = example_id if example_id is not None else next(iter(self._ready), None)
       if key is not None and key in self._ready:
@@ -261,9 +262,12 @@ class RefineService:
         if isinstance(result, SamServiceError):
           raise result
         return result
-      if deadline is not None and time.monotonic() > deadline:
+      remaining = 0.05 if deadline is None else deadline - time.monotonic()
+      # Look at the worker's queue at least once, so that timeout=0 is a real poll.
+      if remaining <= 0 and pumped:
         raise TimeoutError(f"no result within {timeout} s")
-      self._pump(0.05)
+      self._pump(min(0.05, max(remaining, 0.0)))
+      pumped = True
 
   def map(self, requests, *, ordered: bool = True):
     """Yields results for an iterable of requests, keeping up to max_pending in flight."""

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sesam_jax import report
+from sesam_jax import config_lib, report
 from sesam_jax.train import optim, train_state
 from sesam_jax.train import train_step as step_lib
 from sesam_jax.train.checkpoint import Checkpointer
@@ -88,6 +88,41 @@ def step_config(config: ml_collections.ConfigDict, schedule: Any) -> step_lib.St
   """The static settings of the supervised step from the config."""
   return step_lib.StepConfig(lr_schedule=schedule, ema_decay=float(config.ema_decay),
                              weak_weight=float(config.loss.weak_weight))
+
+
+def sesam_step_config(config: ml_collections.ConfigDict, schedule: Any):
+  """The static settings of the teacher-student step (fixmatch, sesam) from the config."""
+  from sesam_jax.train import sesam_step, strong_aug
+  t = config.teacher
+  strong = strong_aug.StrongAugConfig(jitter_prob=t.jitter_prob, grayscale_prob=t.grayscale_prob,
+                                      blur_prob=t.blur_prob, cutmix_prob=t.cutmix_prob)
+  return sesam_step.SesamStepConfig(
+      lr_schedule=schedule, method=config.method, ema_decay=float(config.ema_decay),
+      theta1=t.theta1, theta2=t.theta2, lambda1=t.lambda1, lambda2=t.lambda2, strong=strong)
+
+
+def sam_baseline_labels(config: ml_collections.ConfigDict, train_source: Any, workdir: str) -> str:
+  """Pre-generates the SAM baseline's training labels once (weak labels as naive prompts).
+
+  Returns:
+    The folder of `<id>.png` labels (`<workdir>/sam_baseline_labels`), complete when
+    `DONE.json` is present; an interrupted generation is redone from the start.
+  """
+  from sesam_jax.refine_labels import refine_dataset
+  out = os.path.join(workdir, "sam_baseline_labels")
+  done = os.path.join(out, "DONE.json")
+  if not os.path.isfile(done):
+    s = config.sam
+    spec = s.backend if not s.checkpoint else f"{s.backend}:{s.checkpoint}"
+    report.log(f"sam_baseline: prompting {spec} naively with the {config.weak} labels of "
+               f"{len(train_source)} training images -> {out}")
+    result = refine_dataset(train_source, weak_kind=config.weak, out_dir=out, backend=spec,
+                            seed=config.weak_seed, mode="naive", k=s.k,
+                            work_long_side=s.work_long_side)
+    with open(done + ".tmp", "w") as f:
+      json.dump(result, f, default=str)
+    os.replace(done + ".tmp", done)
+  return out
 
 
 def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -163,19 +198,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   _write_config(config, workdir)
 
   # Each host reads its own slice of the data and supplies its share of the global batch.
+  from sesam_jax.train.feed import make_feed
+  if config.method not in config_lib.METHODS:
+    raise ValueError(f"config.method={config.method!r}: choose one of "
+                     f"{', '.join(config_lib.METHODS)}.")
+  weak_dir = None
+  if config.method == "sam_baseline":
+    weak_dir = sam_baseline_labels(config, train_source, workdir)
   dataset = make_train_dataset(
       train_source, crop=config.crop, batch_size=config.batch_size // jax.process_count(),
-      seed=config.seed, weak=config.weak, weak_seed=config.weak_seed,
+      seed=config.seed, weak=config.weak, weak_seed=config.weak_seed, weak_dir=weak_dir,
       scale_range=tuple(config.scale_range), num_workers=config.num_workers,
       shard_index=jax.process_index(), shard_count=jax.process_count())
   iterator = iter(dataset)
+  feed = make_feed(config, iterator, train_source, workdir)
   ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
   if ckpt.latest_step() is not None:
-    state = ckpt.restore(train_state.abstract_train_state(model, tx, mesh), iterator)
+    state = ckpt.restore(train_state.abstract_train_state(model, tx, mesh), feed.checkpoint_item)
+    feed.restore(workdir, int(state.step))
     report.log(f"resumed from {ckpt.directory} at step {int(state.step)}")
   else:
     state = train_state.create_train_state(model, tx, init_rng, mesh)
-  step_fn = step_lib.jit_train_step(model, step_config(config, schedule), mesh, state)
+  if config.method in ("fixmatch", "sesam"):
+    from sesam_jax.train import sesam_step
+    step_fn = sesam_step.jit_sesam_step(model, sesam_step_config(config, schedule), mesh, state)
+  else:
+    step_fn = step_lib.jit_train_step(model, step_config(config, schedule), mesh, state)
   writer = MetricWriter(workdir)
 
   start = int(state.step)
@@ -192,6 +240,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     pending = None
     metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
     _check_finite(n, metrics)
+    metrics.update(feed.summary())
     metrics["steps_per_second"] = (n - last_log[0]) / max(t - last_log[1], 1e-9)
     last_log = (n, t)
     writer.write(n, metrics, prefix="train/")
@@ -199,15 +248,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   try:
     for step in report.progress(range(start, num_steps), desc="train", total=num_steps - start,
                                 unit="step"):
-      batch = step_lib.shard_batch(next(iterator), mesh)
-      state, metrics = step_fn(state, batch, step_rng)
-      flush()  # the previous log step's metrics, now that this step is dispatched
+      host_batch = feed.next(step)
+      batch = step_lib.shard_batch(host_batch, mesh)
+      state, metrics, *confident = step_fn(state, batch, step_rng)
+      # The previous step's outputs, now that this step is dispatched.
+      feed.after_step(step, host_batch, confident[0] if confident else None)
+      flush()
       n = step + 1
       if n % config.log_every == 0 or n == num_steps:
         pending = (n, metrics, time.time())
       if n % config.checkpoint_every == 0 or n == num_steps:
         flush()  # never checkpoint a state whose metrics went non-finite
-        ckpt.save(n, state, iterator)
+        ckpt.save(n, state, feed.checkpoint_item)
+        feed.save(workdir, n)
       if config.eval_every and n % config.eval_every == 0 and n < num_steps:
         ev = evaluate_state(config, model, state, val_source, mesh, log=False)
         writer.write(n, {k: v for k, v in ev.items() if k.endswith("_miou")}, prefix="val/")
@@ -215,13 +268,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     train_seconds = time.time() - t0
   finally:
     ckpt.close()
+    feed.close()
   ev = evaluate_state(config, model, state, val_source, mesh)
   writer.write(num_steps, {k: v for k, v in ev.items() if k.endswith("_miou")}, prefix="val/")
   writer.close()
   result = _summary(int(state.step), ev)
+  result.update(method=config.method, weak=config.weak, **_final_train_metrics(workdir),
+                **feed.summary())
   result.update(train_seconds=round(train_seconds, 2), eval_seconds=round(ev["eval_seconds"], 2),
                 workdir=os.path.abspath(workdir))
   return result
+
+
+def _final_train_metrics(workdir: str) -> dict[str, float]:
+  """Label-source coverage at the last logged step (from metrics.jsonl), for the summary."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  last: dict[str, Any] = {}
+  if os.path.isfile(path):
+    with open(path) as f:
+      for line in f:
+        record = json.loads(line)
+        if any(k.startswith("train/coverage_") for k in record):
+          last = record
+  return {k.replace("train/", "final_"): round(v, 5) for k, v in last.items()
+          if k.startswith("train/coverage_") or k == "train/teacher_confident"}
 
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

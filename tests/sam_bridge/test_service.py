@@ -94,3 +94,22 @@ def test_worker_torch_threads_are_capped():
   with RefineService(backend_factory=testing.make_thread_probe_backend, torch_threads=1,
                      start_timeout_s=120) as svc:
     assert svc.backend_name.endswith("torch_threads=1")
+
+
+def test_zero_timeout_polls_the_worker():
+  """get(timeout=0) must collect a finished result (the trainer polls that way)."""
+  import time as _time
+  img = np.zeros((16, 16, 3), np.uint8)
+  weak = np.full((16, 16), 255, np.uint8)
+  weak[4:12, 4:12] = 1
+  with RefineService("superpixel") as service:
+    service.submit(RefineRequest("a", img, weak))
+    deadline = _time.monotonic() + 60
+    while True:
+      try:
+        result = service.get(timeout=0)
+        break
+      except TimeoutError:
+        assert _time.monotonic() < deadline, "result never collected with timeout=0"
+        _time.sleep(0.05)
+  assert result.example_id == "a"
