@@ -113,7 +113,9 @@ def _add_dataset_flags(p: argparse.ArgumentParser) -> None:
 
 def _cmd_demo(args: argparse.Namespace) -> dict:
   from sesam_jax import demo
-  return demo.run_demo(args.out, num_images=args.images, seed=args.seed)
+  return demo.run_demo(args.out, num_images=args.images, seed=args.seed,
+                       train_weak=args.train_weak, train_steps=args.train_steps,
+                       sam_checkpoint=args.sam_checkpoint, train=not args.no_train)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,7 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser("demo", help="run the whole pipeline on generated `synthetic` scenes")
   p.add_argument("--out", default="sesam_demo", help="output folder (default: ./sesam_demo)")
   p.add_argument("--images", type=int, default=16, help="number of validation scenes")
-  p.add_argument("--seed", type=int, default=0, help="dataset and weak-label seed")
+  p.add_argument("--seed", type=int, default=0, help="dataset, weak-label and training seed")
+  p.add_argument("--train-weak", default="scribbles", choices=("points", "scribbles", "coarse"),
+                 help="weak labels the two demo students are trained on")
+  p.add_argument("--train-steps", type=int, default=150, help="steps of each training run")
+  p.add_argument("--sam-checkpoint", default=None,
+                 help="SAM weights (directory or sam_vit_*.pth); default: the superpixel prior")
+  p.add_argument("--no-train", action="store_true", help="label stages only")
   p.set_defaults(handler=_cmd_demo)
 
   p = sub.add_parser("convert", help="PyTorch weights -> a Flax checkpoint (msgpack) for `init`")
