@@ -91,8 +91,8 @@ def training_stage(out_dir: pathlib.Path, *, weak: str, backend: str, num_steps:
 
 
 def run_demo(out_dir: str | pathlib.Path, *, num_images: int = 16,
-             size: tuple[int, int] = (256, 512), seed: int = 0, train_weak: str = "scribbles",
-             train_steps: int = 150, sam_checkpoint: str | None = None,
+             size: tuple[int, int] = (256, 512), seed: int = 0, train_weak: str = "points",
+             train_steps: int = 300, sam_checkpoint: str | None = None,
              train: bool = True) -> dict:
   """Runs every stage on generated scenes and returns the figures.
 

@@ -184,9 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--out", default="sesam_demo", help="output folder (default: ./sesam_demo)")
   p.add_argument("--images", type=int, default=16, help="number of validation scenes")
   p.add_argument("--seed", type=int, default=0, help="dataset, weak-label and training seed")
-  p.add_argument("--train-weak", default="scribbles", choices=("points", "scribbles", "coarse"),
+  p.add_argument("--train-weak", default="points", choices=("points", "scribbles", "coarse"),
                  help="weak labels the two demo students are trained on")
-  p.add_argument("--train-steps", type=int, default=150, help="steps of each training run")
+  p.add_argument("--train-steps", type=int, default=300, help="steps of each training run")
   p.add_argument("--sam-checkpoint", default=None,
                  help="SAM weights (directory or sam_vit_*.pth); default: the superpixel prior")
   p.add_argument("--no-train", action="store_true", help="label stages only")
