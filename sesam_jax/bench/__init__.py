@@ -17,6 +17,7 @@ TARGETS: dict[str, str] = {
     "input": "sesam_jax.bench.input",
     "weak_labels": "sesam_jax.bench.weak_labels",
     "sam": "sesam_jax.bench.sam",
+    "iteration": "sesam_jax.bench.iteration",
     "parity": "sesam_jax.bench.parity",
     "train-step": "sesam_jax.bench.train_step",
 }

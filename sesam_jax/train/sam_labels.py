@@ -72,6 +72,7 @@ class SamLabelBank:
     self.hw: dict[int, tuple[int, int]] = {}     # index -> full-resolution size
     self._pending: dict[str, tuple[int, augment.Geometry | None]] = {}
     self.stats: collections.Counter = collections.Counter()
+    self.bridge_seconds: collections.Counter = collections.Counter()  # encode/decode/geometry
 
   # --- requests ---------------------------------------------------------
 
@@ -130,6 +131,8 @@ class SamLabelBank:
     index, geom = self._pending.pop(result.example_id)
     if result.fallback:
       self.stats["fallbacks"] += 1  # The service gave the weak label back.
+    for part, seconds in result.info.get("seconds", {}).items():
+      self.bridge_seconds[part] += float(seconds)  # Worker-side time, by stage.
     label = np.asarray(result.label, np.uint8)
     if geom is not None:
       # A crop-space result: back to full resolution, over the previous label.
