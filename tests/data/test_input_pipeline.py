@@ -127,3 +127,20 @@ def test_invert_geometry_round_trips_inside_the_window():
     again = augment.apply_geometry(back, geom, 48, nearest=True)
     inside = crop != 255
     assert np.mean(again[inside] == crop[inside]) > 0.97
+
+
+def test_read_ahead_is_bounded():
+  """grain's default reads 500 elements ahead (GBs at real crop sizes); ours a few batches."""
+  calls = []
+
+  class Counting(_FakeSource):
+    def __getitem__(self, i):
+      calls.append(i)
+      return super().__getitem__(i)
+
+  it = iter(input_pipeline.make_train_dataset(Counting(n=10), crop=8, batch_size=2, seed=0,
+                                              prefetch_batches=2))
+  next(it)
+  import time
+  time.sleep(1.0)  # Give the read-ahead threads time to run as far as they may.
+  assert len(calls) <= 2 * (1 + 2 + 2), len(calls)  # This batch, the buffer, threads in flight.
