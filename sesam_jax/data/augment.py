@@ -92,6 +92,15 @@ def apply_geometry(array: np.ndarray, geom: Geometry, crop: int, *, nearest: boo
   return np.ascontiguousarray(out)
 
 
+def valid_mask(hw: tuple[int, int], geom: Geometry, crop: int) -> np.ndarray:
+  """CxC uint8: 1 where the crop shows the image, 0 on the padding (after the flip)."""
+  sh, sw = scaled_size(hw, geom.scale)
+  ch, cw = max(0, min(crop, sh - geom.y0)), max(0, min(crop, sw - geom.x0))
+  out = np.zeros((crop, crop), np.uint8)
+  out[:ch, :cw] = 1
+  return np.ascontiguousarray(out[:, ::-1]) if geom.flip else out
+
+
 def invert_geometry(crop_map: np.ndarray, geom: Geometry, full_hw: tuple[int, int], *,
                     fill: int = IGNORE) -> np.ndarray:
   """Brings a crop-space label map back to full resolution (nearest).

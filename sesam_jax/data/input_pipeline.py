@@ -102,6 +102,7 @@ class _WeakGeometricAug(grain.transforms.RandomMap):
         "image": crop(example["image"], nearest=False, fill=0),
         "label": crop(example["label"], nearest=True),
         "weak": crop(example["weak"], nearest=True),
+        "valid": augment.valid_mask(example["image"].shape[:2], geom, self._crop),
         "index": example["index"],
         "aug": geom.as_array(),
     }

@@ -63,7 +63,7 @@ def sesam_train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax
   Args:
     state: TrainState (its ema_* trees are the teacher).
     batch: "image" BxCxCx3 uint8 (weak view), "weak" BxCxC uint8 (255 = unlabeled),
-      and for method "sesam" "sam" BxCxC uint8 (255 = no SAM label).
+      optionally "valid" BxCxC (0 = padding of the crop: no pseudo-label there), and for method "sesam" "sam" BxCxC uint8 (255 = no SAM label).
     rng: the run's base key (folded with the step).
     model: the student (and, with EMA weights, the teacher).
     cfg: SesamStepConfig.
@@ -77,6 +77,8 @@ def sesam_train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax
   aug_rng, dropout_rng = jax.random.split(step_rng)
   size = batch["weak"].shape[1:3]
   pseudo, conf = teacher_predictions(state, batch["image"], model=model, size=size)
+  if "valid" in batch:  # No pseudo-labels on the crop's padding.
+    conf = jnp.where(batch["valid"] > 0, conf, -1.0)
   confident = jnp.where(conf >= cfg.theta2, pseudo, cfg.ignore_index).astype(jnp.uint8)
   sam = batch["sam"] if cfg.method == "sesam" else None
   maps = targets.split_by_precedence(batch["weak"], sam, pseudo, conf, theta1=cfg.theta1)

@@ -57,6 +57,9 @@ def test_batches_carry_one_geometry_for_image_and_labels():
     # weak == fine when weak="fine"; the image got the same window (channel 2 = index).
     np.testing.assert_array_equal(batch["weak"][k], batch["label"][k])
     inside = batch["label"][k] != 255
+    ones = np.ones(example["label"].shape, np.uint8)
+    np.testing.assert_array_equal(
+        batch["valid"][k], augment.apply_geometry(ones, geom, 32, nearest=True, fill=0))
     assert np.all(batch["image"][k][..., 2][inside] == batch["index"][k])
 
 

@@ -60,3 +60,17 @@ def test_four_devices_match_one():
     results.append((float(metrics["loss"]), np.asarray(confident)))
   np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-4)
   np.testing.assert_array_equal(results[0][1], results[1][1])
+
+
+def test_padding_gets_no_pseudo_label():
+  model, mesh, state, cfg = _setup("fixmatch")
+  step = sesam_step.jit_sesam_step(model, cfg, mesh, state)
+  host = _batch()
+  host["valid"] = np.ones((8, 32, 32), np.uint8)
+  host["valid"][:, :, 16:] = 0  # The right half of every crop is padding.
+  _, metrics, confident = step(state, step_lib.shard_batch(host, mesh), jax.random.key(1))
+  assert np.all(np.asarray(confident)[:, :, 16:] == 255)
+  assert np.all(np.asarray(confident)[:, :, :16] != 255)
+  np.testing.assert_allclose(float(metrics["teacher_confident"]), 0.5)
+  # Weak rows 0..7 cover 1/4 of the pixels; pseudo-labels fill only the valid rest.
+  np.testing.assert_allclose(float(metrics["coverage_pseudo"]), 0.5 - 0.25 / 2, rtol=1e-6)
