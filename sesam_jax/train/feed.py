@@ -50,6 +50,9 @@ class Feed:
   def restore(self, workdir: str, step: int) -> None:
     del workdir, step
 
+  def prepare(self) -> None:
+    """Work before the first step (after a restore)."""
+
   def summary(self) -> dict[str, Any]:
     return {}
 
@@ -98,9 +101,10 @@ class SamFeed(Feed):
     bank: the SAM label bank (owns the service).
   """
 
-  def __init__(self, iterator: Any, bank: sam_labels.SamLabelBank):
+  def __init__(self, iterator: Any, bank: sam_labels.SamLabelBank, *, prewarm: bool = False):
     super().__init__(iterator)
     self.bank = bank
+    self.prewarm = prewarm
     self._position = _PositionBeforePrefetch(iterator)
     self._next: dict[str, np.ndarray] | None = None
     self._last: tuple[Mapping[str, np.ndarray], Any] | None = None
@@ -156,6 +160,14 @@ class SamFeed(Feed):
     else:
       report.log(f"no SAM labels saved at step {step} ({path}); they are rebuilt as training goes")
 
+  def prepare(self) -> None:
+    """With `prewarm`: every image without a SAM label is refined before step 0."""
+    if self.prewarm:
+      n = self.bank.prewarm()
+      if n:
+        report.log(f"SAM labels pre-warmed for {n} images; "
+                   f"{len(self.bank.labels)} of {len(self.bank.source)} have one")
+
   def summary(self) -> dict[str, Any]:
     return {f"sam/{k}": v for k, v in self.bank.summary().items()}
 
@@ -171,13 +183,15 @@ def make_sam_service(config: ml_collections.ConfigDict, workdir: str) -> Any:
   s = config.sam
   spec = s.backend if not s.checkpoint else f"{s.backend}:{s.checkpoint}"
   kwargs = {} if s.backend in ("oracle", "superpixel") else {"device": s.device, "dtype": s.dtype}
+  if s.decoder_dtype and s.backend.partition(":")[0] in ("transformers", "random"):
+    kwargs["decoder_dtype"] = s.decoder_dtype
   refine_cfg = RefineConfig(weak_kind="coarse" if config.weak == "fine" else config.weak,
                             k=s.k, tau1=s.tau1, tau2=s.tau2, sampling=s.sampling,
                             selection=s.selection, prompt=s.prompt, instances=s.instances,
                             work_long_side=s.work_long_side)
   cache = None
   if s.cache_embeddings:
-    cache = CacheConfig(directory=os.path.join(workdir, "sam_embeddings"))
+    cache = CacheConfig(directory=s.cache_dir or os.path.join(workdir, "sam_embeddings"))
   return RefineService(spec, backend_kwargs=kwargs, config=refine_cfg, seed=config.seed,
                        max_pending=s.max_pending, timeout_s=s.timeout_s, fallback=s.fallback,
                        cache=cache)
@@ -195,4 +209,4 @@ def make_feed(config: ml_collections.ConfigDict, iterator: Any, train_source: An
   weak_fn = weak_label_fn(train_source, config.weak, weak_seed=config.weak_seed)
   bank = sam_labels.SamLabelBank(train_source, weak_fn, make_sam_service(config, workdir),
                                  bank_cfg, crop=config.crop)
-  return SamFeed(iterator, bank)
+  return SamFeed(iterator, bank, prewarm=config.sam.prewarm and config.sam.cache_embeddings)

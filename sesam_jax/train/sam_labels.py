@@ -20,6 +20,8 @@ mapped back to full resolution (the "extension" of the weak label). Each step:
   4. `update_extension(batch, confident)`: the teacher's confident crop-space
      pseudo-labels replace the extension inside the crop window.
 
+`prewarm()` does every image's first refresh (from the weak label alone)
+before training starts, so that the first steps have SAM labels too.
 `state()` / `load_state()` carry labels and extensions across a restart.
 The bridge's own failures surface through its service (SamServiceError), or
 come back as the weak label with `fallback` set, which is counted here.
@@ -156,6 +158,56 @@ class SamLabelBank:
       self._store(result)
       got += 1
     return got
+
+  def prewarm(self, indices: list[int] | None = None, *, progress: bool = True) -> int:
+    """Refines every image that has no SAM label yet from its weak label alone, before step 0.
+
+    This is the first refresh of each image, done up front: the bridge encodes
+    each image once (filling its embedding cache) and the first steps already
+    have SAM labels for every example instead of waiting for the round-robin
+    to reach them. Needs `cache_embeddings` (full-resolution requests). Blocks:
+    the requests go out as fast as the bridge's queue takes them.
+
+    Args:
+      indices: source positions to refine (default: all); those with a label are skipped.
+      progress: show a progress bar.
+
+    Returns:
+      The number of images refined.
+    """
+    if not self.cfg.cache_embeddings:
+      raise ValueError("SamLabelBank.prewarm needs cache_embeddings=True (full-resolution "
+                       "requests); set sam.prewarm=False for the crop-space behaviour.")
+    from sesam_jax import report
+    todo = [i for i in (range(len(self.source)) if indices is None else indices)
+            if i not in self.labels and self.source.ids[i] not in self._pending]
+    batch = {"index": np.asarray(todo, np.int32), "aug": np.zeros((len(todo), 4), np.float32)}
+    received = self.stats["received"]
+    bar = report.progress(None, total=len(todo), desc="SAM labels (pre-warm)", unit="img",
+                          disable=None if progress else True)
+    for p in range(len(todo)):
+      request, pending = self._request(batch, p)
+      while True:
+        try:
+          self.service.submit(request, block=False)
+          break
+        except queue.Full:  # Drain finished results while the bridge works.
+          bar.update(self.collect(wait_s=1.0))
+      self._pending[request.example_id] = pending
+      self.stats["sent"] += 1
+      bar.update(self.collect(wait_s=0.0))
+    while self._pending:
+      got = self.collect(wait_s=self.service_timeout())
+      if not got:
+        raise TimeoutError(f"SAM pre-warm: no result from the bridge in {self.service_timeout()} s "
+                           f"({len(self._pending)} images in flight).")
+      bar.update(got)
+    bar.close()
+    return self.stats["received"] - received
+
+  def service_timeout(self) -> float:
+    """Seconds to wait for one bridge result (the service's per-example timeout, if it has one)."""
+    return float(getattr(self.service, "timeout_s", None) or 300.0)
 
   def batch_labels(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
     """BxCxC uint8 SAM labels for the batch's crops (255 where none)."""

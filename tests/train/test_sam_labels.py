@@ -3,6 +3,7 @@
 import collections
 
 import numpy as np
+import pytest
 
 from sam_bridge.api import RefineResult
 from sesam_jax.data import input_pipeline
@@ -132,3 +133,43 @@ def test_fallbacks_are_counted():
   bank.submit(_batch(source), step=0)
   bank.collect()
   assert bank.summary()["fallbacks"] == 1
+
+
+class _SmallQueueService(_InlineService):
+  """Holds at most two unanswered requests (queue.Full beyond); answers on `get`."""
+
+  def __init__(self, fn):
+    super().__init__(fn)
+    self.queued = []
+
+  def submit(self, request, block=True):
+    import queue
+    if len(self.queued) >= 2:
+      raise queue.Full
+    self.requests.append(request)
+    self.queued.append(request)
+
+  def get(self, example_id=None, timeout=None):
+    if not self.queued:
+      raise TimeoutError("nothing ready")
+    return self.fn(self.queued.pop(0))
+
+
+def test_prewarm_refines_every_image_without_a_label_once():
+  source = _Source(n=7)
+  service = _SmallQueueService(_oracle)
+  bank = _bank(source, service)
+  bank.labels[3] = np.zeros((40, 56), np.uint8)  # Already has one (e.g. restored): skipped.
+  assert bank.prewarm(progress=False) == 6
+  assert sorted(bank.labels) == list(range(7)) and not bank._pending
+  assert sorted(r.example_id for r in service.requests) == [f"im{i}" for i in range(7) if i != 3]
+  # Full-resolution requests built from the weak label alone (no teacher extension yet).
+  assert all(r.image.shape[:2] == (40, 56) and r.extension is None for r in service.requests)
+  np.testing.assert_array_equal(bank.labels[5], source[5]["label"])
+  assert bank.prewarm(progress=False) == 0  # Nothing left to do.
+
+
+def test_prewarm_needs_full_resolution_requests():
+  bank = _bank(_Source(), _InlineService(_oracle), cache_embeddings=False)
+  with pytest.raises(ValueError, match="sam.prewarm=False"):
+    bank.prewarm(progress=False)
