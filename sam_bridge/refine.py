@@ -205,7 +205,10 @@ def _set_image(backend: Backend, request: RefineRequest, image_w: np.ndarray,
       return {"hit": False, "source": None, "unsupported": True}
     return None
   from sam_bridge.cache import cache_key, image_digest
-  key = cache_key(key_base, backend.name, hw, image_digest(image_w, fine_w))
+  # Backends whose decoder settings do not change the encoder state say so with
+  # `encoder_name` (e.g. a bf16 decoder over fp32 embeddings shares the fp32 cache).
+  encoder_name = getattr(backend, "encoder_name", backend.name)
+  key = cache_key(key_base, encoder_name, hw, image_digest(image_w, fine_w))
   saved_before = cache.stats["encode_s_saved"]
   found = cache.get(key)
   if found is not None:

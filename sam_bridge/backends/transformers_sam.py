@@ -87,6 +87,7 @@ class TransformersSamBackend:
                decoder_dtype: str | None = None):
     import torch
     self.name = name
+    self.encoder_name = f"{name} [{dtype}]"  # Cache key: the decoder dtype is not part of it.
     self.device = torch.device(device)
     self.dtype = _torch_dtype(dtype)
     self.model = model.to(self.device, self.dtype).eval().requires_grad_(False)

@@ -150,3 +150,18 @@ def test_backend_state_round_trips_through_disk(tmp_path, spec):
   again = refine(backend, req, cfg, cache=EmbeddingCache(directory=tmp_path))
   assert backend.encodes == 0 and again.info["cache"]["source"] == "disk"
   np.testing.assert_array_equal(first.label, again.label)
+
+
+def test_decoder_dtype_shares_the_encoder_cache():
+  pytest.importorskip("torch")
+  image, fine, weak = _scene()
+  cache = EmbeddingCache()
+  cfg = RefineConfig(cache_embeddings=True)
+  fp32 = create_backend("random:tiny")
+  bf16 = Counting(create_backend("random:tiny", decoder_dtype="bfloat16"))
+  refine(fp32, RefineRequest("img", image, weak), cfg, cache=cache)
+  result = refine(bf16, RefineRequest("img", image, weak), cfg, cache=cache)
+  assert result.info["cache"]["hit"] and bf16.encodes == 0
+  # A bf16 *encoder* computes other embeddings: no hit.
+  other = Counting(create_backend("random:tiny", dtype="bfloat16"))
+  assert not refine(other, RefineRequest("img", image, weak), cfg, cache=cache).info["cache"]["hit"]
