@@ -41,6 +41,9 @@ from sam_bridge.api import RefineRequest, RefineResult
 from sam_bridge.cache import CacheConfig
 from sam_bridge.refine import RefineConfig
 
+# How often an idle worker checks that the process that started it is still alive (s).
+_PARENT_CHECK_S = 2.0
+
 
 class SamServiceError(RuntimeError):
   """Refinement of one example failed (exception, crash or timeout in the worker)."""
@@ -77,8 +80,16 @@ def _worker_main(backend_spec, backend_kwargs, factory, config, seed, cache_conf
   except BaseException:  # Everything, so the consumer hears about it.
     res_q.put(("fatal", None, traceback.format_exc()))
     return
+  parent = mp.parent_process()
   while True:
-    item = req_q.get()
+    try:
+      item = req_q.get(timeout=_PARENT_CHECK_S)
+    except queue.Empty:
+      # The trainer was killed (SIGKILL, OOM): nobody will send the sentinel, so leave
+      # instead of holding the model's memory as an orphan.
+      if parent is not None and not parent.is_alive():
+        break
+      continue
     if item is None:
       break
     seq, request = item

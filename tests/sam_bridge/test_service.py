@@ -113,3 +113,37 @@ def test_zero_timeout_polls_the_worker():
         assert _time.monotonic() < deadline, "result never collected with timeout=0"
         _time.sleep(0.05)
   assert result.example_id == "a"
+
+
+def _start_service_and_report_worker_pid(conn):
+  service = RefineService("superpixel", start_timeout_s=60)
+  service.submit(_request(0))  # Starts the worker.
+  service.get("img0", timeout=60)
+  conn.send(service._proc.pid)
+  import time as _time
+  _time.sleep(600)  # Killed by the test long before this.
+
+
+def test_worker_exits_when_its_trainer_is_killed():
+  """A SIGKILLed trainer cannot send the sentinel; its worker must not live on as an orphan."""
+  import multiprocessing
+  import os
+  import signal
+  import time as _time
+  ctx = multiprocessing.get_context("spawn")
+  ours, theirs = ctx.Pipe()
+  trainer = ctx.Process(target=_start_service_and_report_worker_pid, args=(theirs,))
+  trainer.start()
+  assert ours.poll(120), "the trainer never started its worker"
+  worker_pid = ours.recv()
+  os.kill(trainer.pid, signal.SIGKILL)
+  trainer.join()
+  deadline = _time.monotonic() + 30
+  while _time.monotonic() < deadline:
+    try:
+      os.kill(worker_pid, 0)  # Raises once the worker is gone (reaped by init).
+    except ProcessLookupError:
+      return
+    _time.sleep(0.2)
+  os.kill(worker_pid, signal.SIGKILL)
+  raise AssertionError("the SAM worker outlived its killed trainer by 30 s")
