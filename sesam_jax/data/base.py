@@ -207,7 +207,22 @@ def _ranges(ids: np.ndarray) -> str:
   return ", ".join(parts)
 
 
-class PairedFileSource:
+class IndexedSource:
+  """What every source shares: `ids` (one per example), `len()`, and index checking."""
+  ids: list[str]
+
+  def __len__(self) -> int:
+    return len(self.ids)
+
+  def _check_index(self, index: int) -> int:
+    """`index` as a position in 0..len-1 (negative counts from the end), or IndexError."""
+    index = int(index)
+    if not -len(self) <= index < len(self):
+      raise IndexError(f"index {index} out of range for {len(self)} items.")
+    return index % len(self)
+
+
+class PairedFileSource(IndexedSource):
   """Random-access source over a list of (id, image file, label file) triples.
 
   The dataset readers (camvid, cityscapes, ade20k, voc, custom) only find the
@@ -238,13 +253,8 @@ class PairedFileSource:
     self.label_paths = list(label_paths)
     self._lut = np.asarray(lut, np.int16)
 
-  def __len__(self) -> int:
-    return len(self.ids)
-
   def __getitem__(self, index: int) -> dict:
-    index = int(index)
-    if not -len(self) <= index < len(self):
-      raise IndexError(f"index {index} out of range for {len(self)} items.")
+    index = self._check_index(index)
     image = read_image(self.image_paths[index])
     label = apply_lut(read_label_values(self.label_paths[index]), self._lut_for(index),
                       self.label_paths[index], self.info.name)

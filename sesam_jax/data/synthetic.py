@@ -158,7 +158,7 @@ def generate_scene(seed: int, index: int, size: tuple[int, int] = (256, 512), *,
   return np.clip(image, 0, 255).astype(np.uint8), label
 
 
-class SyntheticSource:
+class SyntheticSource(base.IndexedSource):
   """Random-access source of generated scenes (see module docstring)."""
 
   def __init__(self, split: str = "train", *, num_images: int = 64,
@@ -175,14 +175,8 @@ class SyntheticSource:
     self.split, self.size, self.seed = split, (int(size[0]), int(size[1])), int(seed)
     self.ids = [f"synthetic_{split}_{i:05d}" for i in range(num_images)]
 
-  def __len__(self) -> int:
-    return len(self.ids)
-
   def __getitem__(self, index: int) -> dict:
-    index = int(index)
-    if not -len(self) <= index < len(self):
-      raise IndexError(f"index {index} out of range for {len(self)} items.")
-    index %= len(self)
+    index = self._check_index(index)
     image, label = generate_scene(self.seed, index, self.size, split=self.split)
     return {"id": self.ids[index], "image": image, "label": label}
 
