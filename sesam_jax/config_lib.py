@@ -91,6 +91,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset.num_train_images = 0    # synthetic only: images generated for train (0 = default)
   c.dataset.num_val_images = 0      # synthetic only: images generated for val (0 = default)
   c.dataset.image_size = (0, 0)     # synthetic only: (H, W) pixels of generated scenes
+  c.dataset.skip_unreadable = False # train on without corrupt/missing files (logged, counted)
+                                    # instead of stopping with the file's path
 
   c.weak = "fine"                   # training labels: fine | points | scribbles | coarse
   c.weak_seed = 0                   # seed of the simulated weak labels (per image id)

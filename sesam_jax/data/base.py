@@ -19,7 +19,9 @@ import dataclasses
 import hashlib
 import os
 import pathlib
+import sys
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -126,6 +128,10 @@ def list_images(directory: pathlib.Path, suffixes: Sequence[str] = IMAGE_SUFFIXE
                 if p.is_file() and p.suffix.lower() in suffixes)
 
 
+class UnreadableFileError(ValueError):
+  """An image or label file that cannot be decoded (corrupt, truncated, not an image)."""
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
   """Decodes an image file with PIL.
 
@@ -140,7 +146,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     raise FileNotFoundError(f"image file {path} is missing; restore it or remove it from the "
                             "split.") from None
   except (OSError, SyntaxError, ValueError) as e:
-    raise ValueError(f"cannot decode image {path} ({e}); the file is corrupt or truncated: "
+    raise UnreadableFileError(f"cannot decode image {path} ({e}); the file is corrupt or truncated: "
                      "re-extract it from the original archive or remove it.") from None
 
 
@@ -158,7 +164,7 @@ def read_label_values(path: str | os.PathLike) -> np.ndarray:
     raise FileNotFoundError(f"label file {path} is missing; restore it or remove its image "
                             "from the split.") from None
   except (OSError, SyntaxError) as e:
-    raise ValueError(f"cannot decode label {path} ({e}); the file is corrupt or truncated: "
+    raise UnreadableFileError(f"cannot decode label {path} ({e}); the file is corrupt or truncated: "
                      "re-extract it from the original archive.") from None
   if values.ndim != 2:
     raise ValueError(f"label {path} is a multi-channel ({im.mode}) image, e.g. colour-coded; "
@@ -205,6 +211,33 @@ def _ranges(ids: np.ndarray) -> str:
       parts.append(f"{start}" if start == v else f"{start}-{v}")
       start = None
   return ", ".join(parts)
+
+
+class SkipUnreadable:
+  """A source whose unreadable examples (corrupt or missing files) read as None, counted.
+
+  grain drops None elements, so training goes on without them; each skip is
+  logged with the file's path and the running count (`skipped`, per process).
+  """
+
+  def __init__(self, source: Any):
+    self.source = source
+    self.info, self.ids = getattr(source, "info", None), source.ids
+    self.skipped: dict[str, str] = {}
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, index: int) -> dict | None:
+    try:
+      return self.source[index]
+    except (UnreadableFileError, FileNotFoundError) as e:
+      example_id = self.ids[int(index)]
+      if example_id not in self.skipped:
+        self.skipped[example_id] = str(e)
+        print(f"skipping example {example_id!r} ({len(self.skipped)} skipped so far): {e}",
+              file=sys.stderr, flush=True)
+      return None
 
 
 class IndexedSource:

@@ -114,7 +114,7 @@ def make_train_dataset(source: Source, *, crop: int, batch_size: int, seed: int,
                        scale_range: tuple[float, float] = (0.5, 2.0),
                        num_workers: int = 0, shard_index: int = 0,
                        shard_count: int = 1, prefetch_batches: int = 4,
-                       read_threads: int = 2) -> grain.IterDataset:
+                       read_threads: int = 2, skip_unreadable: bool = False) -> grain.IterDataset:
   """An infinite, deterministic stream of augmented training batches.
 
   Args:
@@ -130,6 +130,8 @@ def make_train_dataset(source: Source, *, crop: int, batch_size: int, seed: int,
     shard_index, shard_count: this host's slice of the data (multi-host).
     prefetch_batches: batches read ahead in the main process (bounds host memory).
     read_threads: threads preparing those batches.
+    skip_unreadable: drop examples whose image or label cannot be read (logged with the
+      path and counted) instead of stopping with that error.
 
   Returns:
     A grain IterDataset; `iter()` of it yields dicts of numpy arrays:
@@ -144,6 +146,9 @@ def make_train_dataset(source: Source, *, crop: int, batch_size: int, seed: int,
     raise ValueError("the dataset source is empty: check the data directory and split.")
   weak_fn = weak_label_fn(source, weak, weak_seed=weak_seed, weak_dir=weak_dir)
   n = len(source)
+  if skip_unreadable:
+    from sesam_jax.data.base import SkipUnreadable
+    source = SkipUnreadable(source)  # Unreadable examples become None; grain drops them.
   ds = grain.MapDataset.source(source)
   # Indices past len(source) reach here once the dataset repeats: fold them.
   ds = ds.map_with_index(lambda index, example: (index % n, example))
@@ -152,11 +157,17 @@ def make_train_dataset(source: Source, *, crop: int, batch_size: int, seed: int,
   ds = ds.map(_AttachWeak(weak_fn))
   ds = ds.shuffle(seed=seed).repeat()
   ds = ds.random_map(_WeakGeometricAug(crop, scale_range), seed=seed)
-  ds = ds.batch(batch_size, drop_remainder=True)
   # grain's default read-ahead is 500 elements on 16 threads: 500 batches of 8 crops of 512 px
   # are ~5 GB per iterator. A few batches ahead is all a training step needs.
-  ids = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
-                                             prefetch_buffer_size=prefetch_batches))
+  if skip_unreadable:
+    # Dropped examples leave holes, so batches are formed after the (sparse) stream.
+    ids = ds.to_iter_dataset(grain.ReadOptions(
+        num_threads=read_threads, prefetch_buffer_size=prefetch_batches * batch_size))
+    ids = ids.batch(batch_size, drop_remainder=True)
+  else:
+    ds = ds.batch(batch_size, drop_remainder=True)
+    ids = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
+                                               prefetch_buffer_size=prefetch_batches))
   if num_workers > 0:
     # grain's worker pool reads absl flags; outside an absl app they are unparsed.
     from absl import flags

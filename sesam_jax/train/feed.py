@@ -206,6 +206,9 @@ def make_feed(config: ml_collections.ConfigDict, iterator: Any, train_source: An
   bank_cfg = sam_labels.SamLabelConfig(
       refresh_every=config.sam.refresh_every, cache_embeddings=config.sam.cache_embeddings,
       wait_s=config.sam.wait_s, send_fine=config.sam.backend == "oracle")
+  if config.dataset.skip_unreadable:
+    from sesam_jax.data.base import SkipUnreadable
+    train_source = SkipUnreadable(train_source)  # The pre-warm skips what training skips.
   weak_fn = weak_label_fn(train_source, config.weak, weak_seed=config.weak_seed)
   bank = sam_labels.SamLabelBank(train_source, weak_fn, make_sam_service(config, workdir),
                                  bank_cfg, crop=config.crop)

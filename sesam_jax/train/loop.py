@@ -209,7 +209,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       train_source, crop=config.crop, batch_size=config.batch_size // jax.process_count(),
       seed=config.seed, weak=config.weak, weak_seed=config.weak_seed, weak_dir=weak_dir,
       scale_range=tuple(config.scale_range), num_workers=config.num_workers,
-      shard_index=jax.process_index(), shard_count=jax.process_count())
+      shard_index=jax.process_index(), shard_count=jax.process_count(),
+      skip_unreadable=config.dataset.skip_unreadable)
   iterator = iter(dataset)
   feed = make_feed(config, iterator, train_source, workdir)
   ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)

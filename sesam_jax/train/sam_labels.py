@@ -95,6 +95,8 @@ class SamLabelBank:
     example_id = self.source.ids[index]
     if self.cfg.cache_embeddings:
       example = self.source[index]
+      if example is None:  # Unreadable, skipped (`data.base.SkipUnreadable`).
+        return None, None
       self.hw[index] = tuple(example["label"].shape[:2])
       weak = self.weak_fn(index, example)
       ext = self.extension.get(index)
@@ -117,6 +119,8 @@ class SamLabelBank:
         self.stats["already_in_flight"] += 1  # Its previous refresh is not back yet.
         continue
       request, pending = self._request(batch, p)
+      if request is None:
+        continue
       try:
         self.service.submit(request, block=False)
       except queue.Full:
@@ -187,6 +191,8 @@ class SamLabelBank:
                           disable=None if progress else True)
     for p in range(len(todo)):
       request, pending = self._request(batch, p)
+      if request is None:
+        continue
       while True:
         try:
           self.service.submit(request, block=False)

@@ -147,3 +147,24 @@ def test_read_ahead_is_bounded():
   import time
   time.sleep(1.0)  # Give the read-ahead threads time to run as far as they may.
   assert len(calls) <= 2 * (1 + 2 + 2), len(calls)  # This batch, the buffer, threads in flight.
+
+
+class _OneCorrupt(_FakeSource):
+  def __getitem__(self, i):
+    if i == 3:
+      from sesam_jax.data.base import UnreadableFileError
+      raise UnreadableFileError("cannot decode image /data/img003.png (truncated)")
+    return super().__getitem__(i)
+
+
+def test_unreadable_example_stops_with_its_path_or_is_skipped_and_counted(capsys):
+  ds = input_pipeline.make_train_dataset(_OneCorrupt(), crop=16, batch_size=3, seed=0)
+  plain = iter(ds)
+  with pytest.raises(ValueError, match="img003.png"):
+    for _ in range(4):  # 12 examples: the first epoch reaches example 3.
+      next(plain)
+  it = iter(input_pipeline.make_train_dataset(_OneCorrupt(), crop=16, batch_size=3, seed=0,
+                                              skip_unreadable=True))
+  seen = np.concatenate([next(it)["index"] for _ in range(9)])  # 3 epochs of 9 readable.
+  assert 3 not in seen and sorted(set(seen.tolist())) == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+  assert "skipping example 'img003' (1 skipped so far)" in capsys.readouterr().err
