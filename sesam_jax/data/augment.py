@@ -62,6 +62,12 @@ def sample_geometry(rng: np.random.Generator, hw: tuple[int, int], crop: int, *,
   return Geometry(scale, y0, x0, bool(rng.random() < flip_prob))
 
 
+def _window(hw: tuple[int, int], geom: Geometry, crop: int) -> tuple[int, int, int, int]:
+  """(scaled H, scaled W, window H, window W): the crop's part inside the scaled image."""
+  sh, sw = scaled_size(hw, geom.scale)
+  return sh, sw, max(0, min(crop, sh - geom.y0)), max(0, min(crop, sw - geom.x0))
+
+
 def apply_geometry(array: np.ndarray, geom: Geometry, crop: int, *, nearest: bool,
                    fill: int = IGNORE) -> np.ndarray:
   """Brings a full-resolution map into the augmented crop.
@@ -77,11 +83,9 @@ def apply_geometry(array: np.ndarray, geom: Geometry, crop: int, *, nearest: boo
     crop x crop (x C) uint8 array.
   """
   h, w = array.shape[:2]
-  sh, sw = scaled_size((h, w), geom.scale)
-  # The part of the crop window that lies inside the scaled image.
-  ch, cw = min(crop, sh - geom.y0), min(crop, sw - geom.x0)
+  sh, sw, ch, cw = _window((h, w), geom, crop)
   out = np.full((crop, crop) + array.shape[2:], fill, dtype=array.dtype)
-  if ch > 0 and cw > 0:
+  if ch and cw:
     sy, sx = sh / h, sw / w  # Exact per-axis factors after rounding.
     box = (geom.x0 / sx, geom.y0 / sy, (geom.x0 + cw) / sx, (geom.y0 + ch) / sy)
     resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
@@ -94,8 +98,7 @@ def apply_geometry(array: np.ndarray, geom: Geometry, crop: int, *, nearest: boo
 
 def valid_mask(hw: tuple[int, int], geom: Geometry, crop: int) -> np.ndarray:
   """CxC uint8: 1 where the crop shows the image, 0 on the padding (after the flip)."""
-  sh, sw = scaled_size(hw, geom.scale)
-  ch, cw = max(0, min(crop, sh - geom.y0)), max(0, min(crop, sw - geom.x0))
+  _, _, ch, cw = _window(hw, geom, crop)
   out = np.zeros((crop, crop), np.uint8)
   out[:ch, :cw] = 1
   return np.ascontiguousarray(out[:, ::-1]) if geom.flip else out
@@ -121,10 +124,9 @@ def invert_geometry(crop_map: np.ndarray, geom: Geometry, full_hw: tuple[int, in
   """
   h, w = full_hw
   crop = crop_map.shape[0]
-  sh, sw = scaled_size(full_hw, geom.scale)
-  ch, cw = min(crop, sh - geom.y0), min(crop, sw - geom.x0)
+  sh, sw, ch, cw = _window(full_hw, geom, crop)
   out = np.full((h, w), fill, dtype=crop_map.dtype)
-  if ch <= 0 or cw <= 0:
+  if ch == 0 or cw == 0:
     return out
   unflipped = crop_map[:, ::-1] if geom.flip else crop_map
   window = unflipped[:ch, :cw]
