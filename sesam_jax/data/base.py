@@ -146,8 +146,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     raise FileNotFoundError(f"image file {path} is missing; restore it or remove it from the "
                             "split.") from None
   except (OSError, SyntaxError, ValueError) as e:
-    raise UnreadableFileError(f"cannot decode image {path} ({e}); the file is corrupt or truncated: "
-                     "re-extract it from the original archive or remove it.") from None
+    raise UnreadableFileError(f"cannot decode image {path} ({e}); the file is corrupt or "
+                              "truncated: re-extract it from the original archive or remove "
+                              "it.") from None
 
 
 def read_label_values(path: str | os.PathLike) -> np.ndarray:
@@ -164,8 +165,8 @@ def read_label_values(path: str | os.PathLike) -> np.ndarray:
     raise FileNotFoundError(f"label file {path} is missing; restore it or remove its image "
                             "from the split.") from None
   except (OSError, SyntaxError) as e:
-    raise UnreadableFileError(f"cannot decode label {path} ({e}); the file is corrupt or truncated: "
-                     "re-extract it from the original archive.") from None
+    raise UnreadableFileError(f"cannot decode label {path} ({e}); the file is corrupt or "
+                              "truncated: re-extract it from the original archive.") from None
   if values.ndim != 2:
     raise ValueError(f"label {path} is a multi-channel ({im.mode}) image, e.g. colour-coded; "
                      "labels must be single-channel class ids ('L' or palette 'P' PNG). "

@@ -148,7 +148,8 @@ def make_train_dataset(source: Source, *, crop: int, batch_size: int, seed: int,
   n = len(source)
   if skip_unreadable:
     from sesam_jax.data.base import SkipUnreadable
-    source = SkipUnreadable(source)  # Unreadable examples become None; grain drops them.
+    if not isinstance(source, SkipUnreadable):
+      source = SkipUnreadable(source)  # Unreadable examples become None; grain drops them.
   ds = grain.MapDataset.source(source)
   # Indices past len(source) reach here once the dataset repeats: fold them.
   ds = ds.map_with_index(lambda index, example: (index % n, example))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -50,8 +51,9 @@ class Feed:
   def restore(self, workdir: str, step: int) -> None:
     del workdir, step
 
-  def prepare(self) -> None:
-    """Work before the first step (after a restore)."""
+  def prepare(self) -> dict[str, Any]:
+    """Work before the first step (after a restore); returns fields for the run's summary."""
+    return {}
 
   def summary(self) -> dict[str, Any]:
     return {}
@@ -160,13 +162,16 @@ class SamFeed(Feed):
     else:
       report.log(f"no SAM labels saved at step {step} ({path}); they are rebuilt as training goes")
 
-  def prepare(self) -> None:
-    """With `prewarm`: every image without a SAM label is refined before step 0."""
-    if self.prewarm:
-      n = self.bank.prewarm()
-      if n:
-        report.log(f"SAM labels pre-warmed for {n} images; "
-                   f"{len(self.bank.labels)} of {len(self.bank.source)} have one")
+  def prepare(self) -> dict[str, Any]:
+    """With `prewarm`: every image without a SAM label is refined before step 0 (timed)."""
+    if not self.prewarm:
+      return {}
+    start = time.time()
+    n = self.bank.prewarm()
+    if n:
+      report.log(f"SAM labels pre-warmed for {n} images; "
+                 f"{len(self.bank.labels)} of {len(self.bank.source)} have one")
+    return {"prewarm_seconds": round(time.time() - start, 2)}
 
   def summary(self) -> dict[str, Any]:
     return {f"sam/{k}": v for k, v in self.bank.summary().items()}
@@ -206,9 +211,6 @@ def make_feed(config: ml_collections.ConfigDict, iterator: Any, train_source: An
   bank_cfg = sam_labels.SamLabelConfig(
       refresh_every=config.sam.refresh_every, cache_embeddings=config.sam.cache_embeddings,
       wait_s=config.sam.wait_s, send_fine=config.sam.backend == "oracle")
-  if config.dataset.skip_unreadable:
-    from sesam_jax.data.base import SkipUnreadable
-    train_source = SkipUnreadable(train_source)  # The pre-warm skips what training skips.
   weak_fn = weak_label_fn(train_source, config.weak, weak_seed=config.weak_seed)
   bank = sam_labels.SamLabelBank(train_source, weak_fn, make_sam_service(config, workdir),
                                  bank_cfg, crop=config.crop)

@@ -163,7 +163,7 @@ class SamLabelBank:
       got += 1
     return got
 
-  def prewarm(self, indices: list[int] | None = None, *, progress: bool = True) -> int:
+  def prewarm(self, *, progress: bool = True) -> int:
     """Refines every image that has no SAM label yet from its weak label alone, before step 0.
 
     This is the first refresh of each image, done up front: the bridge encodes
@@ -173,7 +173,6 @@ class SamLabelBank:
     the requests go out as fast as the bridge's queue takes them.
 
     Args:
-      indices: source positions to refine (default: all); those with a label are skipped.
       progress: show a progress bar.
 
     Returns:
@@ -183,7 +182,7 @@ class SamLabelBank:
       raise ValueError("SamLabelBank.prewarm needs cache_embeddings=True (full-resolution "
                        "requests); set sam.prewarm=False for the crop-space behaviour.")
     from sesam_jax import report
-    todo = [i for i in (range(len(self.source)) if indices is None else indices)
+    todo = [i for i in range(len(self.source))
             if i not in self.labels and self.source.ids[i] not in self._pending]
     batch = {"index": np.asarray(todo, np.int32), "aug": np.zeros((len(todo), 4), np.float32)}
     received = self.stats["received"]
@@ -202,18 +201,16 @@ class SamLabelBank:
       self._pending[request.example_id] = pending
       self.stats["sent"] += 1
       bar.update(self.collect(wait_s=0.0))
+    # The service's per-example timeout, if it has one, bounds each wait.
+    timeout_s = float(getattr(self.service, "timeout_s", None) or 300.0)
     while self._pending:
-      got = self.collect(wait_s=self.service_timeout())
+      got = self.collect(wait_s=timeout_s)
       if not got:
-        raise TimeoutError(f"SAM pre-warm: no result from the bridge in {self.service_timeout()} s "
+        raise TimeoutError(f"SAM pre-warm: no result from the bridge in {timeout_s} s "
                            f"({len(self._pending)} images in flight).")
       bar.update(got)
     bar.close()
     return self.stats["received"] - received
-
-  def service_timeout(self) -> float:
-    """Seconds to wait for one bridge result (the service's per-example timeout, if it has one)."""
-    return float(getattr(self.service, "timeout_s", None) or 300.0)
 
   def batch_labels(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
     """BxCxC uint8 SAM labels for the batch's crops (255 where none)."""

@@ -63,7 +63,8 @@ def sesam_train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax
   Args:
     state: TrainState (its ema_* trees are the teacher).
     batch: "image" BxCxCx3 uint8 (weak view), "weak" BxCxC uint8 (255 = unlabeled),
-      optionally "valid" BxCxC (0 = padding of the crop: no pseudo-label there), and for method "sesam" "sam" BxCxC uint8 (255 = no SAM label).
+      optionally "valid" BxCxC (0 = padding of the crop: no pseudo-label there), and
+      for method "sesam" "sam" BxCxC uint8 (255 = no SAM label).
     rng: the run's base key (folded with the step).
     model: the student (and, with EMA weights, the teacher).
     cfg: SesamStepConfig.

@@ -30,6 +30,7 @@ def test_sesam_trains_with_sam_labels_and_resumes_the_bank(tmp_path):
   assert first["sam/received"] > 0 and first["final_coverage_sam"] > 0
   # The pre-warm refined all 8 training images before step 0.
   assert first["sam/images_with_sam_label"] == 8 and first["sam/received"] >= 8
+  assert first["prewarm_seconds"] > 0
   # theta = 0: the teacher's labels fill what weak and SAM leave, and extend the next requests.
   assert first["final_coverage_pseudo"] > 0
   saved = sorted(os.listdir(os.path.join(workdir, "sam_labels")))
