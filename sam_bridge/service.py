@@ -102,7 +102,29 @@ def _worker_main(backend_spec, backend_kwargs, factory, config, seed, cache_conf
       res_q.put(("error", seq, traceback.format_exc(limit=4)))
 
 
-class RefineService:
+class Consumer:
+  """What every refine service shares (`RefineService` here, `LocalRefineService` in a thread):
+  `submit`, `get` and `in_flight` are each service's own; `map` is built on them."""
+
+  def map(self, requests, *, ordered: bool = True):
+    """Yields results for an iterable of requests, keeping up to max_pending in flight."""
+    order = collections.deque()
+
+    def take():
+      result = self.get(order[0] if ordered else None)
+      order.remove(result.example_id)
+      return result
+
+    for req in requests:
+      if self.in_flight >= self.max_pending:
+        yield take()
+      self.submit(req)
+      order.append(req.example_id)
+    while order:
+      yield take()
+
+
+class RefineService(Consumer):
   """Refines RefineRequests in a worker process (see module docstring).
 
   Args:
@@ -280,23 +302,6 @@ class RefineService:
       self._pump(min(0.05, max(remaining, 0.0)))
       pumped = True
 
-  def map(self, requests, *, ordered: bool = True):
-    """Yields results for an iterable of requests, keeping up to max_pending in flight."""
-    order = collections.deque()
-
-    def take():
-      result = self.get(order[0] if ordered else None)
-      order.remove(result.example_id)
-      return result
-
-    for req in requests:
-      if self.in_flight >= self.max_pending:
-        yield take()
-      self.submit(req)
-      order.append(req.example_id)
-    while order:
-      yield take()
-
   # --- internals ---
 
   def _check_open(self) -> None:
@@ -361,7 +366,7 @@ class RefineService:
     request = self._by_seq.pop(seq)
     eid = request.example_id
     if error is None:
-      error = _check_result(request, result)
+      error = check_result(request, result)
     if error is None:
       self.stats["completed"] += 1
       self._consecutive_restarts = 0
@@ -376,7 +381,7 @@ class RefineService:
       self._ready[eid] = SamServiceError(f"example {eid!r}: {error}")
 
 
-def _check_result(request: RefineRequest, result) -> str | None:
+def check_result(request: RefineRequest, result) -> str | None:
   """Why a worker's answer cannot be this request's result, or None if it can."""
   if not isinstance(result, RefineResult):
     return f"worker returned {type(result).__name__}, not a RefineResult"

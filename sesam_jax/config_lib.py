@@ -22,12 +22,7 @@ from typing import Any
 
 import ml_collections
 
-# Label kinds the training loop understands: "fine" (dense labels, the upper bound) or a weak kind
-# produced by `sesam_jax.data.weak_labels.make_weak_label`.
-WEAK_KINDS = ("fine", "points", "scribbles", "coarse")
-# Training methods (paper Tables 1-2): weak labels only, FixMatch teacher-student, labels from
-# SAM prompted naively with the weak labels (then supervised), and SeSAM.
-METHODS = ("supervised", "fixmatch", "sam_baseline", "sesam")
+from sesam_jax.train.methods import METHODS, WEAK_KINDS, get_method
 
 # The paper's schedules (section 4.1): crop size, global batch, steps per dataset.
 DATASETS: dict[str, dict[str, Any]] = {
@@ -93,6 +88,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset.image_size = (0, 0)     # synthetic only: (H, W) pixels of generated scenes
   c.dataset.skip_unreadable = False # train on without corrupt/missing files (logged, counted)
                                     # instead of stopping with the file's path
+  c.dataset.max_train_images = 0    # train on a subset of this many images, drawn by `seed`
+                                    # (ids saved in <workdir>/train_images.json); 0 = all
+  c.dataset.image_cache_mb = 512    # decoded examples kept for SAM refreshes (MiB, host RAM)
+  c.dataset.weak_cache_mb = 512     # weak labels kept instead of made again (MiB, host RAM)
 
   c.weak = "fine"                   # training labels: fine | points | scribbles | coarse
   c.weak_seed = 0                   # seed of the simulated weak labels (per image id)
@@ -114,7 +113,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.grad_clip = 0.0           # global-norm clip; 0 = off
 
   c.ema_decay = 0.999               # EMA (teacher) decay per step
-  c.method = "supervised"           # supervised | fixmatch | sam_baseline | sesam (METHODS)
+  c.method = "supervised"           # supervised | fixmatch | sam_baseline | sesam
+                                    # (sesam_jax.train.methods.METHODS)
 
   # Teacher-student (fixmatch, sesam): paper section 3.3 / 4.1.
   c.teacher = ml_collections.ConfigDict()
@@ -133,7 +133,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.sam.checkpoint = ""             # weights for transformers / segment_anything backends
   c.sam.device = "cpu"              # torch device of the bridge
   c.sam.dtype = "float32"           # torch dtype of the bridge: float32 | bfloat16
-  c.sam.decoder_dtype = "bfloat16"  # SAM prompt decoder dtype ("" = sam.dtype); bf16: ~2x on CPU
+  c.sam.decoder_dtype = "auto"      # SAM prompt decoder dtype: auto (bf16 where native: CUDA,
+                                    # TPU, AVX512-BF16/AMX CPUs; else fp32) | float32 | bfloat16 |
+                                    # "" (= sam.dtype)
   c.sam.refresh_every = 4           # M: each step refreshes 1/M of its batch
   c.sam.cache_embeddings = True     # encode each image once, decode at full resolution
   c.sam.cache_dir = ""              # embedding cache folder ("" = <workdir>/sam_embeddings);
@@ -265,7 +267,7 @@ def student_dataset_config(student: str, dataset: str, arg: str | None, **extra_
     raise ValueError(f"weak={args.weak!r}: choose one of {', '.join(WEAK_KINDS)}.")
   if args.method not in METHODS:
     raise ValueError(f"method={args.method!r}: choose one of {', '.join(METHODS)}.")
-  if args.method in ("sam_baseline", "sesam") and args.weak == "fine":
+  if get_method(args.method).uses_sam and args.weak == "fine":
     raise ValueError(f"method={args.method} refines weak labels; pick weak=points|scribbles|"
                      "coarse (weak=fine with method=supervised is the upper bound).")
   config = base_config()

@@ -50,9 +50,9 @@ def weak_label_stage(source, out_dir: pathlib.Path, *, seed: int) -> dict:
   return results
 
 
-def refine_stage(source, out_dir: pathlib.Path, *, backend: str, seed: int) -> dict:
+def refine_stage(source, out_dir: pathlib.Path, *, backend, seed: int) -> dict:
   """SeSAM labels of every weak kind for `source`, scored against the fine labels."""
-  from sesam_jax.refine_labels import refine_dataset
+  from sesam_jax.sam.refine_labels import refine_dataset
   results = {}
   for kind in KINDS:
     r = refine_dataset(source, weak_kind=kind, out_dir=out_dir / f"sesam_{kind}", backend=backend,
@@ -63,7 +63,8 @@ def refine_stage(source, out_dir: pathlib.Path, *, backend: str, seed: int) -> d
   return results
 
 
-def train_config(method: str, weak: str, *, backend: str, num_steps: int, seed: int):
+def train_config(method: str, weak: str, *, backend: str, checkpoint: str, num_steps: int,
+                 seed: int):
   """The demo's training config: tiny SegFormer on synthetic scenes (configs/segformer_synthetic)."""
   from sesam_jax import config_lib
   config, _ = config_lib.student_dataset_config("segformer", "synthetic",
@@ -72,16 +73,18 @@ def train_config(method: str, weak: str, *, backend: str, num_steps: int, seed: 
   config.num_steps = num_steps
   config.seed = seed
   config.sam.backend = backend
+  config.sam.checkpoint = checkpoint
   return config
 
 
-def training_stage(out_dir: pathlib.Path, *, weak: str, backend: str, num_steps: int,
-                   seed: int) -> dict:
+def training_stage(out_dir: pathlib.Path, *, weak: str, backend: str, checkpoint: str,
+                   num_steps: int, seed: int) -> dict:
   """Trains supervised and SeSAM students on `weak` labels; val mIoU of each."""
   from sesam_jax.train import loop
   results = {}
   for method in ("supervised", "sesam"):
-    config = train_config(method, weak, backend=backend, num_steps=num_steps, seed=seed)
+    config = train_config(method, weak, backend=backend, checkpoint=checkpoint,
+                          num_steps=num_steps, seed=seed)
     report.log(f"demo: training a tiny SegFormer, method={method}, weak={weak}, "
                f"{num_steps} steps")
     r = loop.train_and_evaluate(config, str(out_dir / f"train_{method}"))
@@ -108,19 +111,22 @@ def run_demo(out_dir: str | pathlib.Path, *, num_images: int = 16,
     train: run the training stage.
   """
   from sesam_jax.data import get_source
+  from sesam_jax.sam import resolver
   start = time.perf_counter()
+  spec, checkpoint = ("superpixel", "") if sam_checkpoint is None else ("transformers",
+                                                                       sam_checkpoint)
+  backend = resolver.resolve(spec, checkpoint)  # Checked before any work.
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   val = get_source("synthetic", split="val", num_images=num_images, size=size, seed=seed)
   report.log(f"demo: {val!r} -> {out_dir}")
   result = {"dataset": "synthetic", "images": num_images, "size": list(size), "out": str(out_dir)}
   result["weak"] = weak_label_stage(val, out_dir, seed=seed)
-  backend = "superpixel" if sam_checkpoint is None else f"transformers:{sam_checkpoint}"
-  result["prior"] = backend
+  result["prior"] = backend.spec
   result["refined"] = refine_stage(val, out_dir, backend=backend, seed=seed)
   if train:
-    runs = training_stage(out_dir, weak=train_weak, backend=backend, num_steps=train_steps,
-                          seed=seed)
+    runs = training_stage(out_dir, weak=train_weak, backend=spec, checkpoint=checkpoint,
+                          num_steps=train_steps, seed=seed)
     result["train_weak"] = train_weak
     result["supervised_miou"] = round(runs["supervised"]["val_miou"], 4)
     result["sesam_miou"] = round(runs["sesam"]["val_miou"], 4)

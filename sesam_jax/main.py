@@ -82,14 +82,14 @@ def _cmd_eval_labels(args: argparse.Namespace) -> dict:
 
 
 def _cmd_refine(args: argparse.Namespace) -> dict:
-  from sesam_jax import refine_labels
+  from sesam_jax.sam import refine_labels, resolver
+  backend = resolver.resolve(args.backend, args.checkpoint or "", device=args.device,
+                             dtype=args.dtype, decoder_dtype=args.decoder_dtype)
+  if backend.decoder_note:
+    report.log(backend.decoder_note)
   source = _source_from_args(args)
-  backend = f"{args.backend}:{args.checkpoint}" if args.checkpoint else args.backend
-  kw = {"device": args.device, "dtype": args.dtype} if args.backend in ("transformers", "random",
-                                                                          "segment_anything") else {}
   result = refine_labels.refine_dataset(
-      source, weak_kind=args.weak, out_dir=args.out, backend=backend, backend_kwargs=kw,
-      seed=args.seed, weak_dir=args.weak_dir, limit=args.limit, use_service=args.service,
+      source, weak_kind=args.weak, out_dir=args.out, backend=backend, seed=args.seed, weak_dir=args.weak_dir, limit=args.limit, use_service=args.service,
       fallback=args.fallback, mode=args.mode, sampling=args.sampling, selection=args.selection,
       prompt=args.prompt, instances=not args.no_instances, k=args.k, tau1=args.tau1, tau2=args.tau2,
       work_long_side=args.work_long_side)
@@ -155,11 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--out", required=True, help="folder for the refined <image stem>.png labels")
   p.add_argument("--backend", default="oracle",
                  help="oracle (fine-label upper bound), superpixel, transformers (with --checkpoint), "
-                      "random:vit_b (random weights), segment_anything (with --checkpoint)")
+                      "random:vit_b (random weights), segment_anything (with --checkpoint), "
+                      "jax:PATH (Flax SAM on this process's devices), jax-random:vit_b")
   p.add_argument("--checkpoint", default=None,
                  help="weights for transformers/segment_anything: a directory or sam_vit_*.pth")
   p.add_argument("--device", default="cpu", help="torch device for SAM backends")
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  p.add_argument("--decoder-dtype", default="auto",
+                 help="SAM prompt decoder dtype: auto (bf16 only where computed natively), "
+                      "float32, bfloat16")
   p.add_argument("--mode", default="sesam", choices=("sesam", "naive"),
                  help="naive = the paper's SAM baseline (weak labels as prompts directly)")
   p.add_argument("--sampling", default="sesam", choices=("sesam", "center", "boundary", "random"),
@@ -174,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--tau1", type=float, default=0.3, help="coverage threshold")
   p.add_argument("--tau2", type=float, default=0.7, help="compatibility threshold")
   p.add_argument("--work-long-side", type=int, default=1024, help="working resolution, longest side")
-  p.add_argument("--service", action="store_true", help="run the backend in the worker process")
+  p.add_argument("--service", action="store_true",
+                 help="run the backend in a service (PyTorch: the worker process; JAX: a thread)")
   p.add_argument("--fallback", action="store_true",
                  help="with --service: keep the weak label for an image whose refinement fails")
   p.add_argument("--limit", type=int, default=None, help="only the first N images")

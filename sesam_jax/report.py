@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import pathlib
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, TypeVar
@@ -41,14 +43,14 @@ def log(message: str) -> None:
   print(message, file=sys.stderr, flush=True)
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
   """Turns numpy / jax scalars and arrays into plain JSON values."""
   if isinstance(value, Mapping):
-    return {str(k): _jsonable(v) for k, v in value.items()}
+    return {str(k): jsonable(v) for k, v in value.items()}
   if isinstance(value, (list, tuple)):
-    return [_jsonable(v) for v in value]
+    return [jsonable(v) for v in value]
   if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
-    return _jsonable(np.asarray(value).tolist())
+    return jsonable(np.asarray(value).tolist())
   if isinstance(value, float) and not math.isfinite(value):
     return None  # JSON has no NaN; null reads as "not defined".
   return value
@@ -57,4 +59,20 @@ def _jsonable(value: Any) -> Any:
 def emit(result: Mapping[str, Any]) -> None:
   """Prints `result` as one JSON object on the last line of stdout."""
   sys.stdout.flush()
-  print(json.dumps(_jsonable(result), sort_keys=False), flush=True)
+  print(json.dumps(jsonable(result), sort_keys=False), flush=True)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+  """Writes `text` to `path` atomically: a temporary name in the same folder, then rename."""
+  path = pathlib.Path(path)
+  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+  try:
+    tmp.write_text(text)
+    os.replace(tmp, path)
+  finally:
+    tmp.unlink(missing_ok=True)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+  """Writes `obj` as indented JSON to `path` atomically (see `write_text`)."""
+  write_text(path, json.dumps(jsonable(obj), indent=2) + "\n")

@@ -256,6 +256,35 @@ class IndexedSource:
     return index % len(self)
 
 
+class SubsetSource(IndexedSource):
+  """The examples of `source` at `indices`, in that order (same `info`; ids follow).
+
+  Args:
+    source: any source.
+    indices: positions in `source` (e.g. `subset_indices`).
+  """
+
+  def __init__(self, source: Any, indices: Sequence[int]) -> None:
+    self.source = source
+    self.indices = [int(i) for i in indices]
+    self.info = getattr(source, "info", None)
+    self.ids = [source.ids[i] for i in self.indices]
+
+  def __getitem__(self, index: int) -> Any:
+    return self.source[self.indices[self._check_index(index)]]
+
+  def __repr__(self) -> str:
+    return f"SubsetSource({self.source!r}, {len(self)} of {len(self.source)})"
+
+
+def subset_indices(count: int, size: int, seed: int) -> list[int]:
+  """`size` distinct positions out of `count`, drawn by `seed`, sorted (all when size >= count)."""
+  if size <= 0 or size >= count:
+    return list(range(count))
+  rng = np.random.default_rng([int(seed), 0x5EB5E7])
+  return sorted(int(i) for i in rng.choice(count, size=size, replace=False))
+
+
 class PairedFileSource(IndexedSource):
   """Random-access source over a list of (id, image file, label file) triples.
 

@@ -3,7 +3,7 @@
 Training examples flow as
 
   source[i] -> {"id", "image", "label"}          (decode, in the worker)
-    + weak label of the configured kind          (generated once per image, memoised)
+    + weak label of the configured kind          (`weak_fn`; the loop memoises it)
     -> shuffle (reseeded every epoch), repeat forever
     -> weak geometric augmentation               (one draw for image, weak, fine label)
     -> batch -> optional worker processes (grain `mp_prefetch`)
@@ -45,8 +45,11 @@ def weak_label_fn(source: Source, weak: str, *, weak_seed: int = 0,
                   weak_dir: str | pathlib.Path | None = None) -> WeakFn:
   """Returns `fn(index, example) -> HxW uint8` giving the example's weak label.
 
+  The labels are made (or read) on every call: wrap the function with
+  `sesam_jax.data.memo.memoize_weak_fn` to keep them within a byte budget.
+
   Args:
-    source: the dataset source (for class count and ids).
+    source: the dataset source (for the class count).
     weak: "fine" (the fine label itself), or "points" | "scribbles" | "coarse",
       generated from the fine label exactly as `sesam weak-labels` does.
     weak_seed: seed of the weak-label protocol (same meaning as `--seed`).
@@ -59,16 +62,14 @@ def weak_label_fn(source: Source, weak: str, *, weak_seed: int = 0,
   if weak_dir is not None:
     reader = weak_labels.WeakLabelDir(weak_dir, num_classes=source.info.num_classes)
     return lambda index, example: reader.read(example["id"], example["label"].shape)
+  num_classes = source.info.num_classes
 
-  @functools.lru_cache(maxsize=None)
-  def generate(index: int) -> np.ndarray:
-    # Deterministic in (seed, id), so a per-process memo is safe with workers.
-    example = source[index]
-    return weak_labels.make_weak_label(
-        example["label"], weak, seed=weak_seed, image_id=example["id"],
-        num_classes=source.info.num_classes)
+  def generate(index: int, example: dict[str, Any]) -> np.ndarray:
+    # Deterministic in (seed, id), so any process may make it again.
+    return weak_labels.make_weak_label(example["label"], weak, seed=weak_seed,
+                                       image_id=example["id"], num_classes=num_classes)
 
-  return lambda index, example: generate(index)
+  return generate
 
 
 class _AttachWeak(grain.transforms.Map):
@@ -109,8 +110,7 @@ class _WeakGeometricAug(grain.transforms.RandomMap):
 
 
 def make_train_dataset(source: Source, *, crop: int, batch_size: int, seed: int,
-                       weak: str = "fine", weak_seed: int = 0,
-                       weak_dir: str | pathlib.Path | None = None,
+                       weak_fn: WeakFn | None = None,
                        scale_range: tuple[float, float] = (0.5, 2.0),
                        num_workers: int = 0, shard_index: int = 0,
                        shard_count: int = 1, prefetch_batches: int = 4,
@@ -122,9 +122,7 @@ def make_train_dataset(source: Source, *, crop: int, batch_size: int, seed: int,
     crop: side of the square training crop (pixels).
     batch_size: examples per batch (this host's share of the global batch).
     seed: seed of shuffling and augmentation; epochs are reshuffled.
-    weak: which label rides as "weak" ("fine", "points", "scribbles", "coarse").
-    weak_seed: seed of the weak-label protocol.
-    weak_dir: optional folder of `<id>.png` weak labels to read instead.
+    weak_fn: the label that rides as "weak" (`weak_label_fn`); None = the fine label.
     scale_range: range of the random scale factor.
     num_workers: grain worker processes (0 = in the main process).
     shard_index, shard_count: this host's slice of the data (multi-host).
@@ -144,7 +142,8 @@ def make_train_dataset(source: Source, *, crop: int, batch_size: int, seed: int,
     raise ValueError(f"crop and batch_size must be positive, got {crop} and {batch_size}.")
   if len(source) == 0:
     raise ValueError("the dataset source is empty: check the data directory and split.")
-  weak_fn = weak_label_fn(source, weak, weak_seed=weak_seed, weak_dir=weak_dir)
+  if weak_fn is None:
+    weak_fn = weak_label_fn(source, "fine")
   n = len(source)
   if skip_unreadable:
     from sesam_jax.data.base import SkipUnreadable

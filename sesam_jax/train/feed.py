@@ -1,88 +1,152 @@
-"""What the training loop feeds the step: plain batches, or batches joined with SAM labels.
+"""What the training loop feeds the step: host batches, read ahead of the step that uses them.
 
-`Feed` hands out the pipeline's batches as they come. `SamFeed` (method "sesam")
-keeps one batch prefetched so that the SAM requests for it go out while the
-current step runs, joins each batch with its SAM labels from the bank
-(`sam_labels.SamLabelBank`), and feeds the teacher's confident labels of
-step t back into the bank once step t+1 is dispatched (no device stall).
+The loop dispatches step t, then calls `after_dispatch(t, batch, aux)`: all host work for the
+following steps (reading the next batch from the pipeline, and whatever a method adds: SeSAM
+submits that batch's SAM requests and joins SAM labels) runs while step t is on the device.
 
-Both expose `checkpoint_item`, the object orbax/grain saves as the data
-position: for `SamFeed` the position *before* the prefetched batch, so a
-resumed run sees that batch again.
+    feed.prepare()                                  # once, before the first step
+    for step in ...:
+      batch = feed.next(step)                       # ready (prepared during the last step)
+      state, metrics, aux = step_fn(state, shard(batch), rng)
+      feed.after_dispatch(step, batch, aux, more=step + 1 < num_steps)
+    feed.checkpoint_items()                         # saved beside the train state
+
+`Feed` reads `lookahead` batches beyond the next one, so that a method can start work on a batch
+(SAM requests) steps before the batch is used. Its checkpointed data position is the iterator's
+state *before* the oldest batch not yet used by a step, so a resumed run sees that batch again.
+A method extends `Feed` by overriding `_on_read` (a batch was read), `_join` (complete a batch
+just before it is used) and `_observe` (a dispatched step's `aux`, one step later).
 """
 
 from __future__ import annotations
 
+import collections
 import json
-import os
-import pathlib
-import time
 from collections.abc import Mapping
 from typing import Any
 
-import jax
-import ml_collections
 import numpy as np
 
-from sesam_jax import report
-from sesam_jax.train import sam_labels
+Batch = dict[str, np.ndarray]
+
+
+class DataPosition:
+  """grain's checkpoint protocol (`get_state` / `set_state` as JSON bytes) for a feed's position.
+
+  The grain orbax handler saves it as `process_<i>-of-<n>.json`, one file per process.
+  """
+
+  def __init__(self, feed: "Feed") -> None:
+    self._feed = feed
+
+  def get_state(self) -> bytes:
+    return json.dumps(self._feed.position()).encode()
+
+  def set_state(self, state: bytes) -> None:
+    self._feed.rewind(json.loads(state))
+
+  def start_prefetch(self) -> None:
+    if hasattr(self._feed.iterator, "start_prefetch"):
+      self._feed.iterator.start_prefetch()
 
 
 class Feed:
-  """Batches straight from the pipeline (supervised, fixmatch, sam_baseline)."""
+  """Pipeline batches for the loop (every method; SeSAM's `SamFeed` extends it).
 
-  def __init__(self, iterator: Any):
+  Args:
+    iterator: the grain training iterator (`get_state`, `set_state`, `next`).
+    lookahead: batches read beyond the next one (0: read each batch one step before its use).
+  """
+
+  def __init__(self, iterator: Any, *, lookahead: int = 0) -> None:
     self.iterator = iterator
+    self.lookahead = int(lookahead)
+    # Batches read and not yet used by a dispatched step: (iterator state before it, batch, step).
+    self._queue: collections.deque[tuple[Any, Batch, int]] = collections.deque()
+    self._ready: tuple[int, Batch] | None = None
+    self._position = DataPosition(self)
 
-  @property
-  def checkpoint_item(self) -> Any:
-    return self.iterator
-
-  def next(self, step: int) -> dict[str, np.ndarray]:
-    del step
-    return next(self.iterator)
-
-  def after_step(self, step: int, batch: Mapping[str, np.ndarray], confident: Any) -> None:
-    del step, batch, confident
-
-  def save(self, workdir: str, step: int) -> None:
-    del workdir, step
-
-  def restore(self, workdir: str, step: int) -> None:
-    del workdir, step
+  # --- the loop's interface ------------------------------------------------
 
   def prepare(self) -> dict[str, Any]:
     """Work before the first step (after a restore); returns fields for the run's summary."""
     return {}
 
+  def next(self, step: int) -> Batch:
+    """The host batch of `step` (prepared by the last `after_dispatch`, else now)."""
+    if self._ready is None or self._ready[0] != step:
+      self._ready = (step, self._prepare(step))
+    return self._ready[1]
+
+  def after_dispatch(self, step: int, batch: Mapping[str, np.ndarray], aux: Mapping[str, Any],
+                     *, more: bool = True) -> None:
+    """Host work once `step` is dispatched: its `aux` noted, the next batch made ready.
+
+    Args:
+      step: the step just dispatched.
+      batch: its host batch (as `next` returned it).
+      aux: its device outputs (read one step later, never blocking on this step).
+      more: whether another step follows (False: nothing more is read).
+    """
+    self._queue.popleft()  # `step` has used its batch.
+    self._ready = None
+    self._observe(step, batch, aux)
+    if more:
+      self._ready = (step + 1, self._prepare(step + 1))
+
+  def checkpoint_items(self) -> dict[str, Any]:
+    """Objects saved beside the train state (name -> get_state/set_state object)."""
+    return {"data": self._position}
+
   def summary(self) -> dict[str, Any]:
+    """Counters for the logs and the run's result."""
     return {}
 
   def close(self) -> None:
-    pass
+    """Releases what the feed holds (workers, services)."""
+
+  # --- data position -------------------------------------------------------
+
+  def position(self) -> Any:
+    """The iterator state before the oldest unused batch (what a resumed run starts from)."""
+    return self._queue[0][0] if self._queue else self.iterator.get_state()
+
+  def rewind(self, state: Any) -> None:
+    """Moves the iterator to a saved `position()`, dropping batches read ahead."""
+    self.iterator.set_state(state)
+    self._queue.clear()
+    self._ready = None
+
+  # --- for subclasses ------------------------------------------------------
+
+  def _read(self, step: int) -> None:
+    state = self.iterator.get_state()
+    batch = next(self.iterator)
+    self._queue.append((state, batch, step))
+    self._on_read(batch, step)
+
+  def _prepare(self, step: int) -> Batch:
+    """Reads up to `step + lookahead` and returns the joined batch of `step` (at the queue head)."""
+    while not self._queue or self._queue[-1][2] < step + self.lookahead:
+      self._read(self._queue[-1][2] + 1 if self._queue else step)
+    head_step = self._queue[0][2]
+    if head_step != step:
+      raise RuntimeError(f"feed: asked for the batch of step {step}, holds step {head_step}'s")
+    return self._join(self._queue[0][1], step)
+
+  def _on_read(self, batch: Batch, step: int) -> None:
+    """A batch for `step` was read from the pipeline (`lookahead` steps before its use)."""
+
+  def _join(self, batch: Batch, step: int) -> Batch:
+    """The batch as the step gets it (SeSAM adds its SAM labels)."""
+    return batch
+
+  def _observe(self, step: int, batch: Mapping[str, np.ndarray], aux: Mapping[str, Any]) -> None:
+    """The aux outputs of a dispatched step."""
 
 
-class _PositionBeforePrefetch:
-  """grain's checkpoint protocol over a saved iterator state (bytes of JSON)."""
-
-  def __init__(self, iterator: Any):
-    self.iterator = iterator
-    self.state: Any = None
-
-  def get_state(self) -> bytes:
-    return json.dumps(self.state).encode()
-
-  def set_state(self, state: bytes) -> None:
-    self.state = json.loads(state)
-    self.iterator.set_state(self.state)
-
-  def start_prefetch(self) -> None:
-    if hasattr(self.iterator, "start_prefetch"):
-      self.iterator.start_prefetch()
-
-
-def _local_rows(array: Any) -> np.ndarray:
-  """This host's rows of a batch-sharded jax array, in order."""
+def local_rows(array: Any) -> np.ndarray:
+  """This host's rows of a batch-sharded jax array (or a numpy array), in order."""
   if isinstance(array, np.ndarray):
     return array
   shards = sorted(array.addressable_shards, key=lambda s: s.index[0].start or 0)
@@ -93,125 +157,3 @@ def _local_rows(array: Any) -> np.ndarray:
       seen.add(start)
       rows.append(np.asarray(s.data))
   return np.concatenate(rows)
-
-
-class SamFeed(Feed):
-  """Batches with SAM labels (`batch["sam"]`), refreshed through the bridge service.
-
-  Args:
-    iterator: the grain training iterator.
-    bank: the SAM label bank (owns the service).
-  """
-
-  def __init__(self, iterator: Any, bank: sam_labels.SamLabelBank, *, prewarm: bool = False):
-    super().__init__(iterator)
-    self.bank = bank
-    self.prewarm = prewarm
-    self._position = _PositionBeforePrefetch(iterator)
-    self._next: dict[str, np.ndarray] | None = None
-    self._last: tuple[Mapping[str, np.ndarray], Any] | None = None
-
-  @property
-  def checkpoint_item(self) -> Any:
-    return self._position
-
-  def _prefetch(self, step: int) -> None:
-    self._position.state = self.iterator.get_state()
-    self._next = next(self.iterator)
-    self.bank.submit(self._next, step)  # Requests go out before the step that needs them.
-
-  def next(self, step: int) -> dict[str, np.ndarray]:
-    if self._next is None:
-      self._prefetch(step)
-    batch = self._next
-    self._prefetch(step + 1)
-    self.bank.collect()
-    return {**batch, "sam": self.bank.batch_labels(batch)}
-
-  def _flush_extension(self) -> None:
-    if self._last is not None:
-      batch, confident = self._last
-      self._last = None
-      self.bank.update_extension(batch, _local_rows(confident))
-
-  def after_step(self, step: int, batch: Mapping[str, np.ndarray], confident: Any) -> None:
-    # Step t's confident labels are read once step t+1 is dispatched.
-    self._flush_extension()
-    self._last = (batch, confident)
-
-  def _path(self, workdir: str, step: int) -> pathlib.Path:
-    return pathlib.Path(workdir) / "sam_labels" / f"process{jax.process_index()}_{step}.npz"
-
-  def save(self, workdir: str, step: int) -> None:
-    """Writes the bank next to the checkpoint of `step` (temp name, then rename)."""
-    self._flush_extension()
-    path = self._path(workdir, step)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(self.bank.state())
-    os.replace(tmp, path)
-    for old in sorted(path.parent.glob(f"process{jax.process_index()}_*.npz"),
-                      key=lambda p: int(p.stem.rsplit("_", 1)[1]))[:-3]:
-      old.unlink()
-
-  def restore(self, workdir: str, step: int) -> None:
-    path = self._path(workdir, step)
-    if path.is_file():
-      self.bank.load_state(path.read_bytes())
-      report.log(f"SAM labels restored for {len(self.bank.labels)} images from {path}")
-    else:
-      report.log(f"no SAM labels saved at step {step} ({path}); they are rebuilt as training goes")
-
-  def prepare(self) -> dict[str, Any]:
-    """With `prewarm`: every image without a SAM label is refined before step 0 (timed)."""
-    if not self.prewarm:
-      return {}
-    start = time.time()
-    n = self.bank.prewarm()
-    if n:
-      report.log(f"SAM labels pre-warmed for {n} images; "
-                 f"{len(self.bank.labels)} of {len(self.bank.source)} have one")
-    return {"prewarm_seconds": round(time.time() - start, 2)}
-
-  def summary(self) -> dict[str, Any]:
-    return {f"sam/{k}": v for k, v in self.bank.summary().items()}
-
-  def close(self) -> None:
-    self.bank.service.close()
-
-
-def make_sam_service(config: ml_collections.ConfigDict, workdir: str) -> Any:
-  """The bridge's worker process for `config.sam` (spawned; owns the torch model)."""
-  from sam_bridge.cache import CacheConfig
-  from sam_bridge.refine import RefineConfig
-  from sam_bridge.service import RefineService
-  s = config.sam
-  spec = s.backend if not s.checkpoint else f"{s.backend}:{s.checkpoint}"
-  kwargs = {} if s.backend in ("oracle", "superpixel") else {"device": s.device, "dtype": s.dtype}
-  if s.decoder_dtype and s.backend.partition(":")[0] in ("transformers", "random"):
-    kwargs["decoder_dtype"] = s.decoder_dtype
-  refine_cfg = RefineConfig(weak_kind="coarse" if config.weak == "fine" else config.weak,
-                            k=s.k, tau1=s.tau1, tau2=s.tau2, sampling=s.sampling,
-                            selection=s.selection, prompt=s.prompt, instances=s.instances,
-                            work_long_side=s.work_long_side)
-  cache = None
-  if s.cache_embeddings:
-    cache = CacheConfig(directory=s.cache_dir or os.path.join(workdir, "sam_embeddings"))
-  return RefineService(spec, backend_kwargs=kwargs, config=refine_cfg, seed=config.seed,
-                       max_pending=s.max_pending, timeout_s=s.timeout_s, fallback=s.fallback,
-                       cache=cache)
-
-
-def make_feed(config: ml_collections.ConfigDict, iterator: Any, train_source: Any,
-              workdir: str) -> Feed:
-  """The feed for `config.method`."""
-  if config.method != "sesam":
-    return Feed(iterator)
-  from sesam_jax.data.input_pipeline import weak_label_fn
-  bank_cfg = sam_labels.SamLabelConfig(
-      refresh_every=config.sam.refresh_every, cache_embeddings=config.sam.cache_embeddings,
-      wait_s=config.sam.wait_s, send_fine=config.sam.backend == "oracle")
-  weak_fn = weak_label_fn(train_source, config.weak, weak_seed=config.weak_seed)
-  bank = sam_labels.SamLabelBank(train_source, weak_fn, make_sam_service(config, workdir),
-                                 bank_cfg, crop=config.crop)
-  return SamFeed(iterator, bank, prewarm=config.sam.prewarm and config.sam.cache_embeddings)

@@ -11,10 +11,33 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from collections.abc import Mapping
 
 import jax
 import numpy as np
+
+
+def _summary_writer_class() -> type:
+  """tensorboardX's SummaryWriter, imported without torch.
+
+  tensorboardX imports torch whenever it is installed (only to accept torch tensors), which would
+  load torch into the trainer: seconds of start-up, hundreds of MB, and CUDA initialised beside
+  JAX on a GPU host. Unless torch is already loaded, its import is made to fail for that moment;
+  this runs when this module is imported, before any input-pipeline thread could look for torch.
+  """
+  if "torch" in sys.modules:
+    from tensorboardX import SummaryWriter
+    return SummaryWriter
+  sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX expects.
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    del sys.modules["torch"]
+  return SummaryWriter
+
+
+_SummaryWriter = _summary_writer_class()
 
 
 class MetricWriter:
@@ -25,9 +48,8 @@ class MetricWriter:
     self._tb = None
     self._jsonl = None
     if self.active:
-      from tensorboardX import SummaryWriter  # imported lazily: only the writing process needs it
       os.makedirs(workdir, exist_ok=True)
-      self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"))
+      self._tb = _SummaryWriter(logdir=os.path.join(workdir, "tensorboard"))
       self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
 
   def write(self, step: int, metrics: Mapping[str, float], prefix: str = "") -> None:

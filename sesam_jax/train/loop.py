@@ -1,17 +1,27 @@
-"""`train_and_evaluate(config, workdir)`: the supervised training loop behind `sesam train`.
+"""`train_and_evaluate(config, workdir)`: the training loop behind `sesam train`, for every method.
+
+The loop has no method branches: `sesam_jax.train.methods` gives the method's step, its feed and
+its work before step 0. Each iteration dispatches step t first; everything the host does for the
+next steps (reading the next batch, SAM requests and labels, the teacher's outputs of step t-1,
+logging) runs while step t is on the device, after the loop has waited for step t-1 only.
+`train/host_seconds` in the logs is that host work per step (waits for the device excluded): when
+it approaches the step time, the host, not the device, sets the pace.
 
 Resume is automatic: if `<workdir>/checkpoints` holds a checkpoint, the state (student, teacher,
-optimizer) and the grain iterator are restored and the same command continues the same data
-stream; per-step keys are `fold_in(seed key, step)`, so a resumed run ends with the same
-parameters as an uninterrupted one. The host dispatches step t before it reads back the metrics
-of the previous log step, so logging does not stall the device.
+optimizer), the data position, the method's feed items (SeSAM's SAM label bank) and the run's
+clock are restored from that one step, and the same command continues the same data stream;
+per-step keys are `fold_in(seed key, step)`, so a resumed supervised run ends with the same
+parameters as an uninterrupted one. Every run ends by writing `<workdir>/result.json` (the same
+object as the last stdout line).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+import statistics
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -21,11 +31,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sesam_jax import config_lib, report
-from sesam_jax.train import optim, train_state
+from sesam_jax import report
+from sesam_jax.data import base, memo
+from sesam_jax.train import methods, optim, train_state
 from sesam_jax.train import train_step as step_lib
 from sesam_jax.train.checkpoint import Checkpointer
 from sesam_jax.train.logs import MetricWriter
+
+TRAIN_IMAGES_FILE = "train_images.json"  # ids of a `dataset.max_train_images` subset
+RESULT_FILE = "result.json"
 
 
 class NonFiniteError(ValueError):
@@ -39,25 +53,13 @@ def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
     maybe_initialize_distributed._done = True
 
 
-class _Subset:
-  """The first `n` examples of a source (same `info`/`ids` interface)."""
+def make_sources(config: ml_collections.ConfigDict, workdir: str | None = None
+                 ) -> tuple[Any, Any]:
+  """(train source, val source) from `config.dataset` via `sesam_jax.data.get_source`.
 
-  def __init__(self, source: Any, n: int) -> None:
-    self._source, self._n = source, min(n, len(source))
-    self.info = source.info
-    self.ids = list(source.ids)[:self._n]
-
-  def __len__(self) -> int:
-    return self._n
-
-  def __getitem__(self, i: int) -> Any:
-    if not 0 <= i < self._n:
-      raise IndexError(i)
-    return self._source[i]
-
-
-def make_sources(config: ml_collections.ConfigDict) -> tuple[Any, Any]:
-  """(train source, val source) from `config.dataset` via `sesam_jax.data.get_source`."""
+  With `dataset.max_train_images` the train source is a subset drawn by `config.seed`; given a
+  `workdir`, its ids are written to `<workdir>/train_images.json` (and checked on a resume).
+  """
   from sesam_jax.data import get_source
   d = config.dataset
   kw: dict[str, Any] = {}
@@ -73,9 +75,30 @@ def make_sources(config: ml_collections.ConfigDict) -> tuple[Any, Any]:
       val_kw["num_images"] = d.num_val_images
   train = get_source(d.name, split=d.train_split, **train_kw)
   val = get_source(d.name, split=d.val_split, **val_kw)
+  if d.get("max_train_images", 0):
+    train = base.SubsetSource(train, base.subset_indices(len(train), d.max_train_images,
+                                                         config.seed))
+    if workdir is not None:
+      _record_subset(train, workdir)
   if config.eval.max_images:
-    val = _Subset(val, config.eval.max_images)
+    val = base.SubsetSource(val, range(min(config.eval.max_images, len(val))))
   return train, val
+
+
+def _record_subset(train: base.SubsetSource, workdir: str) -> None:
+  """Writes the subset's ids once; a resume whose subset differs stops with the reason."""
+  path = os.path.join(workdir, TRAIN_IMAGES_FILE)
+  if os.path.isfile(path):
+    with open(path) as f:
+      saved = json.load(f)["ids"]
+    if saved != train.ids:
+      raise ValueError(f"{path} lists other training images than this run would use (the "
+                       "dataset or --config.dataset.max_train_images / --config.seed changed); "
+                       "use a new --workdir.")
+    return
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    report.write_json(path, {"count": len(train), "of": len(train.source), "ids": train.ids})
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> Any:
@@ -84,56 +107,11 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> Any:
   return create_model(config.model, num_classes, dtype=jnp.dtype(config.dtype))
 
 
-def step_config(config: ml_collections.ConfigDict, schedule: Any) -> step_lib.StepConfig:
-  """The static settings of the supervised step from the config."""
-  return step_lib.StepConfig(lr_schedule=schedule, ema_decay=float(config.ema_decay),
-                             weak_weight=float(config.loss.weak_weight))
-
-
-def sesam_step_config(config: ml_collections.ConfigDict, schedule: Any):
-  """The static settings of the teacher-student step (fixmatch, sesam) from the config."""
-  from sesam_jax.train import sesam_step, strong_aug
-  t = config.teacher
-  strong = strong_aug.StrongAugConfig(jitter_prob=t.jitter_prob, grayscale_prob=t.grayscale_prob,
-                                      blur_prob=t.blur_prob, cutmix_prob=t.cutmix_prob)
-  return sesam_step.SesamStepConfig(
-      lr_schedule=schedule, method=config.method, ema_decay=float(config.ema_decay),
-      theta1=t.theta1, theta2=t.theta2, lambda1=t.lambda1, lambda2=t.lambda2, strong=strong)
-
-
-def sam_baseline_labels(config: ml_collections.ConfigDict, train_source: Any, workdir: str) -> str:
-  """Pre-generates the SAM baseline's training labels once (weak labels as naive prompts).
-
-  Returns:
-    The folder of `<id>.png` labels (`<workdir>/sam_baseline_labels`), complete when
-    `DONE.json` is present; an interrupted generation is redone from the start.
-  """
-  from sesam_jax.refine_labels import refine_dataset
-  out = os.path.join(workdir, "sam_baseline_labels")
-  done = os.path.join(out, "DONE.json")
-  if not os.path.isfile(done):
-    s = config.sam
-    spec = s.backend if not s.checkpoint else f"{s.backend}:{s.checkpoint}"
-    report.log(f"sam_baseline: prompting {spec} naively with the {config.weak} labels of "
-               f"{len(train_source)} training images -> {out}")
-    result = refine_dataset(train_source, weak_kind=config.weak, out_dir=out, backend=spec,
-                            seed=config.weak_seed, mode="naive", k=s.k,
-                            work_long_side=s.work_long_side)
-    with open(done + ".tmp", "w") as f:
-      json.dump(result, f, default=str)
-    os.replace(done + ".tmp", done)
-  return out
-
-
 def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Saves the resolved config as `<workdir>/config.json` (temp name, then rename)."""
-  if jax.process_index() != 0:
-    return
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, "config.json")
-  with open(path + ".tmp", "w") as f:
-    f.write(config.to_json(indent=2))
-  os.replace(path + ".tmp", path)
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    report.write_text(os.path.join(workdir, "config.json"), config.to_json(indent=2))
 
 
 def _check_finite(step: int, metrics: Mapping[str, float]) -> None:
@@ -166,76 +144,146 @@ def evaluate_state(config: ml_collections.ConfigDict, model: Any, state: train_s
                   log=log)
 
 
-def _summary(step: int, ev: Mapping[str, Any]) -> dict[str, Any]:
+def _summary(step: int, ev: Mapping[str, Any], class_names: Any) -> dict[str, Any]:
   out = {"step": step, "val_miou": ev["student_miou"]}
   if "ema_miou" in ev:
     out["val_miou_ema"] = ev["ema_miou"]
-  out["val_per_class_iou"] = ev["student_per_class_iou"]
+  names = list(class_names) if class_names else [str(i) for i in range(len(ev["student_per_class_iou"]))]
+  out["val_per_class_iou"] = dict(zip(names, ev["student_per_class_iou"]))
   out["val_images"] = ev["num_images"]
   return out
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains `config.model` on `config.dataset` (resuming from `workdir`), then evaluates.
+class RunClock:
+  """Training seconds summed over a run's sessions (a checkpoint item, `get_state`/`set_state`)."""
+
+  def __init__(self) -> None:
+    self.before = 0.0                 # seconds of earlier sessions (restored)
+    self.started: float | None = None  # when this session's training started
+
+  def start(self) -> None:
+    self.started = time.time()
+
+  def seconds(self) -> float:
+    return self.before + (time.time() - self.started if self.started is not None else 0.0)
+
+  def get_state(self) -> bytes:
+    return json.dumps({"train_seconds": self.seconds()}).encode()
+
+  def set_state(self, state: bytes) -> None:
+    self.before = float(json.loads(state)["train_seconds"])
+
+
+@dataclasses.dataclass
+class StepTiming:
+  """When each step was dispatched, and the host seconds before the next dispatch.
+
+  `host` excludes the wait for the previous step's outputs: it is the work that would stall the
+  device if it exceeded the step time.
+  """
+  first_step: int = 0
+  dispatch: list[float] = dataclasses.field(default_factory=list)  # perf_counter at each dispatch
+  host: list[float] = dataclasses.field(default_factory=list)      # host seconds after each one
+
+  def seconds_per_step(self, skip: int = 1) -> float:
+    """Median seconds between consecutive dispatches, after the first `skip` (compilation)."""
+    gaps = np.diff(self.dispatch[skip:])
+    return float(np.median(gaps)) if len(gaps) else float("nan")
+
+  def median_host(self, skip: int = 1) -> float:
+    return float(np.median(self.host[skip:])) if len(self.host) > skip else float("nan")
+
+
+@dataclasses.dataclass
+class TrainOutcome:
+  """What `train` leaves for evaluation and benchmarks."""
+  state: Any
+  model: Any
+  mesh: Any
+  val_source: Any
+  info: dict[str, Any]
+  timing: StepTiming
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> TrainOutcome:
+  """Trains `config.model` on `config.dataset` with `config.method` (resuming from `workdir`).
 
   Args:
     config: a config from `configs/` (see `config_lib.base_config` for the fields).
     workdir: run directory: checkpoints/, tensorboard/, metrics.jsonl, config.json.
 
   Returns:
-    {"step", "val_miou" (student), "val_miou_ema", "val_per_class_iou", "val_images",
-     "train_seconds", "eval_seconds", "workdir"}.
+    The final state with what evaluation needs, the run's summary fields (`info`: method, weak,
+    train_seconds summed over resumes, the feed's counters) and the steps' timing.
   """
-  from sesam_jax.data.input_pipeline import make_train_dataset
+  from sesam_jax.data.input_pipeline import make_train_dataset, weak_label_fn
+  method = methods.get_method(config.method)
+  if method.uses_sam:
+    from sesam_jax.sam import resolver
+    resolver.from_config(config.sam)  # A bad SAM setting stops the run before it writes anything.
   maybe_initialize_distributed(config)
   mesh = step_lib.make_mesh()
   step_lib.check_batch_size(config.batch_size, mesh)
-  train_source, val_source = make_sources(config)
+  train_source, val_source = make_sources(config, workdir)
   model = build_model(config, train_source.info.num_classes)
   tx, schedule = optim.make_optimizer(config.optim, train_state.abstract_params(model),
                                       config.num_steps)
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
   _write_config(config, workdir)
 
-  # Each host reads its own slice of the data and supplies its share of the global batch.
-  from sesam_jax.train.feed import make_feed
-  if config.method not in config_lib.METHODS:
-    raise ValueError(f"config.method={config.method!r}: choose one of "
-                     f"{', '.join(config_lib.METHODS)}.")
-  weak_dir = None
-  if config.method == "sam_baseline":
-    weak_dir = sam_baseline_labels(config, train_source, workdir)
+  labels_dir = method.make_labels(config, train_source, workdir) if method.make_labels else None
+  # One weak-label function (made once per image, within a byte budget) for the pipeline and the
+  # SAM bank; decoded examples are kept for the bank's refreshes when the pipeline reads in this
+  # process (grain workers would each keep a copy).
+  weak_fn = memo.memoize_weak_fn(
+      weak_label_fn(train_source, config.weak, weak_seed=config.weak_seed, weak_dir=labels_dir),
+      config.dataset.weak_cache_mb << 20)
   if config.dataset.skip_unreadable:
     # One wrapper for the pipeline and the SAM pre-warm: each skip is logged once.
-    from sesam_jax.data.base import SkipUnreadable
-    train_source = SkipUnreadable(train_source)
+    train_source = base.SkipUnreadable(train_source)
+  examples = memo.MemoSource(train_source, config.dataset.image_cache_mb << 20)
   dataset = make_train_dataset(
-      train_source, crop=config.crop, batch_size=config.batch_size // jax.process_count(),
-      seed=config.seed, weak=config.weak, weak_seed=config.weak_seed, weak_dir=weak_dir,
+      examples if config.num_workers == 0 else train_source, crop=config.crop,
+      batch_size=config.batch_size // jax.process_count(), seed=config.seed, weak_fn=weak_fn,
       scale_range=tuple(config.scale_range), num_workers=config.num_workers,
       shard_index=jax.process_index(), shard_count=jax.process_count(),
       skip_unreadable=config.dataset.skip_unreadable)
-  iterator = iter(dataset)
-  feed = make_feed(config, iterator, train_source, workdir)
+  feed = method.feed(config, iter(dataset), examples, weak_fn, workdir)
+  clock = RunClock()
   ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
-  if ckpt.latest_step() is not None:
-    state = ckpt.restore(train_state.abstract_train_state(model, tx, mesh), feed.checkpoint_item)
-    feed.restore(workdir, int(state.step))
-    report.log(f"resumed from {ckpt.directory} at step {int(state.step)}")
-  else:
-    state = train_state.create_train_state(model, tx, init_rng, mesh)
-  if config.method in ("fixmatch", "sesam"):
-    from sesam_jax.train import sesam_step
-    step_fn = sesam_step.jit_sesam_step(model, sesam_step_config(config, schedule), mesh, state)
-  else:
-    step_fn = step_lib.jit_train_step(model, step_config(config, schedule), mesh, state)
-  writer = MetricWriter(workdir)
+  try:
+    items = {**feed.checkpoint_items(), "clock": clock}
+    if ckpt.latest_step() is not None:
+      state = ckpt.restore(train_state.abstract_train_state(model, tx, mesh), items)
+      report.log(f"resumed from {ckpt.directory} at step {int(state.step)}")
+    else:
+      state = train_state.create_train_state(model, tx, init_rng, mesh)
+    step_fn = step_lib.jit_step(method.make_step(model, config, schedule), mesh, state)
+    info = feed.prepare()  # Work before the first step (SeSAM's pre-warm), timed apart.
+    clock.start()
+    state, timing = _run_steps(config, workdir, state, step_fn, step_rng, feed, ckpt, clock,
+                               model, val_source, mesh)
+  finally:
+    ckpt.close()
+    feed.close()
+  info.update(method=config.method, weak=config.weak, **_final_train_metrics(workdir),
+              **feed.summary())
+  info["train_seconds"] = round(clock.seconds(), 2)
+  if timing.host:
+    info["host_seconds_per_step"] = round(timing.median_host(), 4)
+  return TrainOutcome(state, model, mesh, val_source, info, timing)
 
-  start = int(state.step)
-  num_steps = int(config.num_steps)
-  t0 = time.time()
+
+def _run_steps(config: ml_collections.ConfigDict, workdir: str, state: Any, step_fn: Any,
+               step_rng: Any, feed: Any, ckpt: Checkpointer, clock: RunClock, model: Any,
+               val_source: Any, mesh: Any) -> tuple[Any, StepTiming]:
+  """The steps from `state.step` to `config.num_steps`: dispatch, host work, logs, checkpoints."""
+  writer = MetricWriter(workdir)
+  start, num_steps = int(state.step), int(config.num_steps)
+  timing = StepTiming(first_step=start)
   pending = None  # (step, device metrics, time) of the last log step, read one step later
-  last_log = (start, t0)
+  last_log = (start, time.time())
+  host_since_log: list[float] = []
 
   def flush() -> None:
     nonlocal pending, last_log
@@ -247,45 +295,64 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     _check_finite(n, metrics)
     metrics.update(feed.summary())
     metrics["steps_per_second"] = (n - last_log[0]) / max(t - last_log[1], 1e-9)
+    if host_since_log:
+      metrics["host_seconds"] = statistics.fmean(host_since_log)
+      host_since_log.clear()
     last_log = (n, t)
     writer.write(n, metrics, prefix="train/")
 
+  previous = None  # the last step's outputs, waited for once the next step is dispatched
   try:
-    prepared = feed.prepare()  # SeSAM's pre-warm, timed apart from training.
-    t0 = time.time()
-    last_log = (start, t0)
     for step in report.progress(range(start, num_steps), desc="train", total=num_steps - start,
                                 unit="step"):
-      host_batch = feed.next(step)
-      batch = step_lib.shard_batch(host_batch, mesh)
-      state, metrics, *confident = step_fn(state, batch, step_rng)
-      # The previous step's outputs, now that this step is dispatched.
-      feed.after_step(step, host_batch, confident[0] if confident else None)
+      batch = feed.next(step)
+      device_batch = step_lib.shard_batch(batch, mesh)
+      timing.dispatch.append(time.perf_counter())
+      state, metrics, aux = step_fn(state, device_batch, step_rng)
+      host_start = time.perf_counter()
+      if previous is not None:
+        jax.block_until_ready(previous)  # Step t-1 is done; step t runs while the host works.
+      waited = time.perf_counter() - host_start
+      previous = (metrics, aux)
+      feed.after_dispatch(step, batch, aux, more=step + 1 < num_steps)
       flush()
       n = step + 1
       if n % config.log_every == 0 or n == num_steps:
         pending = (n, metrics, time.time())
       if n % config.checkpoint_every == 0 or n == num_steps:
         flush()  # never checkpoint a state whose metrics went non-finite
-        ckpt.save(n, state, feed.checkpoint_item)
-        feed.save(workdir, n)
+        ckpt.save(n, state, {**feed.checkpoint_items(), "clock": clock})
       if config.eval_every and n % config.eval_every == 0 and n < num_steps:
         ev = evaluate_state(config, model, state, val_source, mesh, log=False)
         writer.write(n, {k: v for k, v in ev.items() if k.endswith("_miou")}, prefix="val/")
+      host = time.perf_counter() - host_start - waited
+      timing.host.append(host)
+      host_since_log.append(host)
     flush()
-    train_seconds = time.time() - t0
   finally:
-    ckpt.close()
-    feed.close()
-  ev = evaluate_state(config, model, state, val_source, mesh)
-  writer.write(num_steps, {k: v for k, v in ev.items() if k.endswith("_miou")}, prefix="val/")
+    writer.close()
+  return state, timing
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains (resuming from `workdir`), evaluates, and writes `<workdir>/result.json`.
+
+  Returns:
+    {"step", "val_miou" (student), "val_miou_ema", "val_per_class_iou" ({class: IoU}),
+     "val_images", "method", "weak", "final_coverage_*", the feed's counters, "train_seconds"
+     (summed over resumes), "eval_seconds", "workdir"}: also the content of result.json.
+  """
+  outcome = train(config, workdir)
+  ev = evaluate_state(config, outcome.model, outcome.state, outcome.val_source, outcome.mesh)
+  writer = MetricWriter(workdir)
+  writer.write(int(config.num_steps), {k: v for k, v in ev.items() if k.endswith("_miou")},
+               prefix="val/")
   writer.close()
-  result = _summary(int(state.step), ev)
-  result.update(method=config.method, weak=config.weak, **_final_train_metrics(workdir),
-                **feed.summary())
-  result.update(prepared)
-  result.update(train_seconds=round(train_seconds, 2), eval_seconds=round(ev["eval_seconds"], 2),
-                workdir=os.path.abspath(workdir))
+  result = _summary(int(outcome.state.step), ev, outcome.val_source.info.class_names)
+  result.update(outcome.info)
+  result.update(eval_seconds=round(ev["eval_seconds"], 2), workdir=os.path.abspath(workdir))
+  if jax.process_index() == 0:
+    report.write_json(os.path.join(workdir, RESULT_FILE), report.jsonable(result))
   return result
 
 
@@ -317,10 +384,10 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[st
                                config.num_steps)
   ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
   try:
-    state = ckpt.restore(train_state.abstract_train_state(model, tx, mesh), None)
+    state = ckpt.restore(train_state.abstract_train_state(model, tx, mesh))
   finally:
     ckpt.close()
   ev = evaluate_state(config, model, state, val_source, mesh)
-  result = _summary(int(state.step), ev)
+  result = _summary(int(state.step), ev, val_source.info.class_names)
   result["eval_seconds"] = round(ev["eval_seconds"], 2)
   return result

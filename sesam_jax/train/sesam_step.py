@@ -5,38 +5,34 @@
   strong view = CutMix(weak view, and every label map alike) + colour/grey/blur [strong_aug.py]
   student on the strong view; L = CE(weak) + lambda1 CE(SAM) + lambda2 CE(pseudo)
 
-The step also returns the teacher's *confident* labels (confidence >= theta2,
-else 255) on the weak view, BxCxC uint8: the host maps them back to full
+The step's `aux` output holds the teacher's *confident* labels (confidence >= theta2,
+else 255) on the weak view, BxCxC uint8: the SAM feed maps them back to full
 resolution to extend each image's weak label for its next SAM refresh.
 
-Methods: "fixmatch" uses weak + pseudo; "sesam" adds the batch's "sam" labels.
-("supervised" and "sam_baseline" use the plain `train_step.train_step`.)
+FixMatch (`use_sam=False`) learns from weak + pseudo labels; SeSAM adds the batch's
+"sam" labels. (`sesam_jax.train.methods` says which method uses which step.)
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh
 
 from sesam_jax.train import losses, strong_aug, targets
 from sesam_jax.train import train_step as step_lib
-from sesam_jax.train.train_state import TrainState, replicated
-
-METHODS = ("fixmatch", "sesam")
+from sesam_jax.train.train_state import TrainState
 
 
 @dataclasses.dataclass(frozen=True)
 class SesamStepConfig:
   """Static settings of the teacher-student step (paper defaults)."""
   lr_schedule: Callable[[Any], Any]        # backbone lr at a step, for the `lr` metric
-  method: str = "sesam"                    # "fixmatch" or "sesam"
+  use_sam: bool = True                     # SeSAM: learn from batch["sam"]; FixMatch: not
   ema_decay: float = 0.999                 # teacher EMA decay (alpha)
   theta1: float = 0.96                     # pseudo-label confidence for the loss
   theta2: float = 0.98                     # confidence for extending the weak label
@@ -57,23 +53,22 @@ def teacher_predictions(state: TrainState, images_BHWC: jax.Array, *, model: nn.
 
 def sesam_train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array, *,
                      model: nn.Module, cfg: SesamStepConfig
-                     ) -> tuple[TrainState, dict[str, jax.Array], jax.Array]:
+                     ) -> tuple[TrainState, dict[str, jax.Array], dict[str, jax.Array]]:
   """One teacher-student optimizer step.
 
   Args:
     state: TrainState (its ema_* trees are the teacher).
     batch: "image" BxCxCx3 uint8 (weak view), "weak" BxCxC uint8 (255 = unlabeled),
       optionally "valid" BxCxC (0 = padding of the crop: no pseudo-label there), and
-      for method "sesam" "sam" BxCxC uint8 (255 = no SAM label).
+      with `cfg.use_sam` "sam" BxCxC uint8 (255 = no SAM label).
     rng: the run's base key (folded with the step).
     model: the student (and, with EMA weights, the teacher).
     cfg: SesamStepConfig.
 
   Returns:
-    (new state, scalar metrics, confident BxCxC uint8 teacher labels >= theta2).
+    (new state, scalar metrics, aux): aux["confident"] is BxCxC uint8, the teacher's labels
+    with confidence >= theta2 (255 elsewhere).
   """
-  if cfg.method not in METHODS:
-    raise ValueError(f"sesam_train_step: method {cfg.method!r} not in {METHODS}")
   step_rng = jax.random.fold_in(rng, state.step)
   aug_rng, dropout_rng = jax.random.split(step_rng)
   size = batch["weak"].shape[1:3]
@@ -81,7 +76,7 @@ def sesam_train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax
   if "valid" in batch:  # No pseudo-labels on the crop's padding.
     conf = jnp.where(batch["valid"] > 0, conf, -1.0)
   confident = jnp.where(conf >= cfg.theta2, pseudo, cfg.ignore_index).astype(jnp.uint8)
-  sam = batch["sam"] if cfg.method == "sesam" else None
+  sam = batch["sam"] if cfg.use_sam else None
   maps = targets.split_by_precedence(batch["weak"], sam, pseudo, conf, theta1=cfg.theta1)
   images = batch["image"].astype(jnp.float32) / 255.0
   strong_images, maps = strong_aug.strong_augment(aug_rng, images, maps, cfg.strong)
@@ -95,15 +90,4 @@ def sesam_train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax
       state, x, sources, dropout_rng, model=model, ema_decay=cfg.ema_decay,
       lr_schedule=cfg.lr_schedule, ignore_index=cfg.ignore_index)
   metrics["teacher_confident"] = jnp.mean((confident != cfg.ignore_index).astype(jnp.float32))
-  return new_state, metrics, confident
-
-
-def jit_sesam_step(model: nn.Module, cfg: SesamStepConfig, mesh: Mesh, state: TrainState
-                   ) -> Callable:
-  """`sesam_train_step` jitted over the mesh; the confident map stays sharded like the batch."""
-  state_sharding = jax.tree.map(lambda _: replicated(mesh), state)
-  batch_sharding = step_lib.batch_sharding(mesh)
-  return jax.jit(functools.partial(sesam_train_step, model=model, cfg=cfg),
-                 in_shardings=(state_sharding, batch_sharding, replicated(mesh)),
-                 out_shardings=(state_sharding, replicated(mesh), batch_sharding),
-                 donate_argnums=(0,))
+  return new_state, metrics, {"confident": confident}

@@ -1,16 +1,18 @@
 """The pure training step, jitted once over the data-parallel mesh.
 
-`train_step(state, batch, rng, *, model, cfg) -> (state, metrics)`: label sources -> student
-forward -> CE -> AdamW -> EMA. Under `jit` with the batch sharded on "data" and the state
+Every step of `sesam_jax.train.methods` has the signature
+`step(state, batch, rng, *, model, cfg) -> (state, metrics, aux)`: `metrics` are replicated
+scalars, `aux` a dict of per-example device arrays (sharded like the batch) that the method's feed
+reads back one step later (the SeSAM step's confident teacher labels; `{}` here). `jit_step`
+compiles any of them the same way. Under `jit` with the batch sharded on "data" and the state
 replicated, XLA inserts the gradient all-reduce; losses are means over the global batch, so 1 and
-N devices compute the same thing. The SeSAM step adds a teacher forward and more label sources by
-extending `label_sources` (it already receives the state and a key).
+N devices compute the same thing. `train_step` is the supervised step (weak labels -> student
+forward -> CE -> AdamW -> EMA); the teacher-student step (`sesam_step`) shares `update_student`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -39,17 +41,6 @@ def normalize(images_BHWC: jax.Array) -> jax.Array:
   """uint8 images -> the student's float32 input (ImageNet mean/std of sesam_jax.models)."""
   from sesam_jax.models import normalize_images  # the models package owns the constants
   return normalize_images(images_BHWC)
-
-
-def label_sources(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array, *,
-                  model: nn.Module, cfg: StepConfig) -> dict[str, losses.LabelSource]:
-  """The supervision of this step: name -> (labels BxHxW, weight).
-
-  Supervised training has one source, `weak` (the fine label when training on fine labels).
-  The SeSAM step extends this with `sam` and `pseudo` (teacher forward on the weak view).
-  """
-  del state, rng, model
-  return {"weak": losses.LabelSource(batch["weak"], cfg.weak_weight)}
 
 
 def ema_update(ema: Any, new: Any, decay: float) -> Any:
@@ -98,27 +89,28 @@ def update_student(state: TrainState, images: jax.Array, sources: Mapping[str, l
 
 
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array, *,
-               model: nn.Module, cfg: StepConfig) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimizer step.
+               model: nn.Module, cfg: StepConfig
+               ) -> tuple[TrainState, dict[str, jax.Array], dict[str, jax.Array]]:
+  """One supervised optimizer step on the batch's training labels.
 
   Args:
     state: the current TrainState.
-    batch: "image" BxCxCx3 uint8, "weak" BxCxC uint8 (255 = unlabeled), plus whatever the
-      label sources read.
+    batch: "image" BxCxCx3 uint8, "weak" BxCxC uint8 (255 = unlabeled); other keys unused.
     rng: the run's base key; folded with the step so a resumed run draws the same keys.
     model: the student.
     cfg: static step settings.
 
   Returns:
-    (new state, metrics): scalar float32 metrics `loss`, `loss_<src>`, `coverage_<src>`,
-    `grad_norm`, `param_norm`, `update_norm`, `lr`.
+    (new state, metrics, aux): scalar float32 metrics `loss`, `loss_weak`, `coverage_weak`,
+    `grad_norm`, `param_norm`, `update_norm`, `lr`; no aux outputs (`{}`).
   """
-  step_rng = jax.random.fold_in(rng, state.step)
-  sources_rng, dropout_rng = jax.random.split(step_rng)
-  sources = label_sources(state, batch, sources_rng, model=model, cfg=cfg)
-  return update_student(state, normalize(batch["image"]), sources, dropout_rng, model=model,
-                        ema_decay=cfg.ema_decay, lr_schedule=cfg.lr_schedule,
-                        ignore_index=cfg.ignore_index)
+  # The first half of the split is unused; kept so the key stream matches earlier releases.
+  _, dropout_rng = jax.random.split(jax.random.fold_in(rng, state.step))
+  sources = {"weak": losses.LabelSource(batch["weak"], cfg.weak_weight)}
+  new_state, metrics = update_student(state, normalize(batch["image"]), sources, dropout_rng,
+                                      model=model, ema_decay=cfg.ema_decay,
+                                      lr_schedule=cfg.lr_schedule, ignore_index=cfg.ignore_index)
+  return new_state, metrics, {}
 
 
 def make_mesh(devices: list | None = None) -> Mesh:
@@ -147,22 +139,22 @@ def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Ar
           for k, v in batch.items()}
 
 
-def jit_train_step(model: nn.Module, cfg: StepConfig, mesh: Mesh, state: TrainState,
-                   step_fn: Callable = train_step) -> Callable:
-  """`step_fn` bound to model/cfg, jitted with explicit shardings and the state donated.
+def jit_step(step_fn: Callable, mesh: Mesh, state: TrainState) -> Callable:
+  """A bound step `(state, batch, rng) -> (state, metrics, aux)` jitted over the mesh.
+
+  The state is replicated and donated, the batch and every `aux` array are split over "data",
+  metrics are replicated.
 
   Args:
-    model: the student.
-    cfg: static step settings.
+    step_fn: a step with model and cfg already bound (`functools.partial`).
     mesh: the data mesh.
     state: a state (abstract is fine) whose structure fixes the state shardings.
-    step_fn: the step to compile (the SeSAM step passes its own with the same signature).
 
   Returns:
-    A function (state, batch, rng) -> (state, metrics).
+    The jitted function.
   """
   state_sharding = jax.tree.map(lambda _: replicated(mesh), state)
-  return jax.jit(functools.partial(step_fn, model=model, cfg=cfg),
+  return jax.jit(step_fn,
                  in_shardings=(state_sharding, batch_sharding(mesh), replicated(mesh)),
-                 out_shardings=(state_sharding, replicated(mesh)),
+                 out_shardings=(state_sharding, replicated(mesh), batch_sharding(mesh)),
                  donate_argnums=(0,))

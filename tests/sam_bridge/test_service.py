@@ -7,7 +7,7 @@ import pytest
 
 from sam_bridge import testing
 from sam_bridge.api import RefineRequest, RefineResult
-from sam_bridge.service import RefineService, SamServiceError, _check_result
+from sam_bridge.service import RefineService, SamServiceError, check_result
 
 
 def _request(i: int, marker: int = 0) -> RefineRequest:
@@ -83,10 +83,10 @@ def test_error_surfaces_when_no_fallback():
 
 def test_result_checks_catch_mismatches():
   req = _request(0)
-  assert _check_result(req, RefineResult("img1", req.weak.copy())) is not None
-  assert _check_result(req, RefineResult("img0", np.zeros((3, 3), np.uint8))) is not None
-  assert _check_result(req, "garbage") is not None
-  assert _check_result(req, RefineResult("img0", req.weak.copy())) is None
+  assert check_result(req, RefineResult("img1", req.weak.copy())) is not None
+  assert check_result(req, RefineResult("img0", np.zeros((3, 3), np.uint8))) is not None
+  assert check_result(req, "garbage") is not None
+  assert check_result(req, RefineResult("img0", req.weak.copy())) is None
 
 
 def test_worker_torch_threads_are_capped():

@@ -32,8 +32,8 @@ from tests.train import fakes
 fakes.install()
 from sesam_jax.train import checkpoint
 _save = checkpoint.Checkpointer.save
-def save(self, step, state, iterator):
-  _save(self, step, state, iterator)
+def save(self, step, state, items=None):
+  _save(self, step, state, items)
   if step == 2:
     self.manager.wait_until_finished()
     print("CHECKPOINT 2", flush=True)

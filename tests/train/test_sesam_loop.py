@@ -33,8 +33,10 @@ def test_sesam_trains_with_sam_labels_and_resumes_the_bank(tmp_path):
   assert first["prewarm_seconds"] > 0
   # theta = 0: the teacher's labels fill what weak and SAM leave, and extend the next requests.
   assert first["final_coverage_pseudo"] > 0
-  saved = sorted(os.listdir(os.path.join(workdir, "sam_labels")))
-  assert saved == ["process0_3.npz"]
+  # The bank is an item of the one checkpoint, one file per process, beside state and data.
+  step_dir = os.path.join(workdir, "checkpoints", "3")
+  assert {"state", "data", "sam_bank", "clock"} <= set(os.listdir(step_dir))
+  assert "process_0-of-1.bin" in os.listdir(os.path.join(step_dir, "sam_bank"))
   second = loop.train_and_evaluate(_config("sesam", 6), workdir)  # Same workdir: resumes.
   assert second["step"] == 6
   # The restored bank's counters carry on from the first run's.

@@ -1,5 +1,7 @@
 """The teacher-student step: sources, precedence, confident map, sharding over 4 devices."""
 
+import functools
+
 import jax
 import numpy as np
 import optax
@@ -11,14 +13,17 @@ from . import fakes
 
 
 def _setup(method, mesh_devices=None, ema_decay=0.5):
+  """The method's teacher-student step as the loop builds it (methods table, jit_step)."""
   fakes.install()
   model = fakes.TinySeg(4)
   tx = optax.adamw(1e-3)
   mesh = step_lib.make_mesh(mesh_devices)
   state = train_state.create_train_state(model, tx, jax.random.key(0), mesh, image_size=32)
-  cfg = sesam_step.SesamStepConfig(lr_schedule=lambda s: 1e-3, method=method, ema_decay=ema_decay,
-                                   theta1=0.0, theta2=0.0)
-  return model, mesh, state, cfg
+  cfg = sesam_step.SesamStepConfig(lr_schedule=lambda s: 1e-3, use_sam=method == "sesam",
+                                   ema_decay=ema_decay, theta1=0.0, theta2=0.0)
+  step = step_lib.jit_step(functools.partial(sesam_step.sesam_train_step, model=model, cfg=cfg),
+                           mesh, state)
+  return model, mesh, state, step
 
 
 def _batch(n=8, size=32, seed=0):
@@ -33,10 +38,10 @@ def _batch(n=8, size=32, seed=0):
 
 @pytest.mark.parametrize("method", ["fixmatch", "sesam"])
 def test_step_runs_and_reports_every_source(method):
-  model, mesh, state, cfg = _setup(method)
-  step = sesam_step.jit_sesam_step(model, cfg, mesh, state)
+  model, mesh, state, step = _setup(method)
   batch = step_lib.shard_batch(_batch(), mesh)
-  state, metrics, confident = step(state, batch, jax.random.key(1))
+  state, metrics, aux = step(state, batch, jax.random.key(1))
+  confident = aux["confident"]
   assert int(state.step) == 1 and np.isfinite(float(metrics["loss"]))
   assert confident.shape == (8, 32, 32) and confident.dtype == np.uint8
   # theta = 0: every pixel is a confident pseudo-label, and they fill what weak/SAM leave.
@@ -53,22 +58,20 @@ def test_step_runs_and_reports_every_source(method):
 def test_four_devices_match_one():
   results = []
   for devices in (jax.devices()[:1], jax.devices()[:4]):
-    model, mesh, state, cfg = _setup("sesam", devices)
-    step = sesam_step.jit_sesam_step(model, cfg, mesh, state)
-    state, metrics, confident = step(state, step_lib.shard_batch(_batch(), mesh),
-                                     jax.random.key(3))
-    results.append((float(metrics["loss"]), np.asarray(confident)))
+    model, mesh, state, step = _setup("sesam", devices)
+    state, metrics, aux = step(state, step_lib.shard_batch(_batch(), mesh), jax.random.key(3))
+    results.append((float(metrics["loss"]), np.asarray(aux["confident"])))
   np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-4)
   np.testing.assert_array_equal(results[0][1], results[1][1])
 
 
 def test_padding_gets_no_pseudo_label():
-  model, mesh, state, cfg = _setup("fixmatch")
-  step = sesam_step.jit_sesam_step(model, cfg, mesh, state)
+  model, mesh, state, step = _setup("fixmatch")
   host = _batch()
   host["valid"] = np.ones((8, 32, 32), np.uint8)
   host["valid"][:, :, 16:] = 0  # The right half of every crop is padding.
-  _, metrics, confident = step(state, step_lib.shard_batch(host, mesh), jax.random.key(1))
+  _, metrics, aux = step(state, step_lib.shard_batch(host, mesh), jax.random.key(1))
+  confident = aux["confident"]
   assert np.all(np.asarray(confident)[:, :, 16:] == 255)
   assert np.all(np.asarray(confident)[:, :, :16] != 255)
   np.testing.assert_allclose(float(metrics["teacher_confident"]), 0.5)

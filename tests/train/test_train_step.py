@@ -1,5 +1,7 @@
 """The jitted step: loss against a numpy reference, optimizer groups, EMA, 4 devices == 1."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -98,10 +100,12 @@ def _run(mesh, steps=3, ema_decay=0.9):
   tx, schedule = optax.sgd(0.1), optax.constant_schedule(0.1)
   state = train_state.create_train_state(model, tx, jax.random.key(0), mesh)
   cfg = step_lib.StepConfig(lr_schedule=schedule, ema_decay=ema_decay)
-  step = step_lib.jit_train_step(model, cfg, mesh, state)
+  step = step_lib.jit_step(functools.partial(step_lib.train_step, model=model, cfg=cfg), mesh,
+                           state)
   history = []
   for i in range(steps):
-    state, metrics = step(state, step_lib.shard_batch(_batch(seed=i), mesh), jax.random.key(1))
+    state, metrics, aux = step(state, step_lib.shard_batch(_batch(seed=i), mesh), jax.random.key(1))
+    assert aux == {}  # The supervised step has no outputs for the host.
     history.append(jax.device_get(metrics))
   return jax.device_get(state), history
 
@@ -127,9 +131,10 @@ def test_ema_follows_params_and_state_is_donated():
                                       train_state.abstract_params(model), 100)
   state0 = train_state.create_train_state(model, tx, jax.random.key(0), mesh)
   p0 = jax.device_get(state0.params)
-  step = step_lib.jit_train_step(model, step_lib.StepConfig(schedule, ema_decay=0.75), mesh,
-                                 state0)
-  state1, _ = step(state0, step_lib.shard_batch(_batch(), mesh), jax.random.key(1))
+  cfg = step_lib.StepConfig(schedule, ema_decay=0.75)
+  step = step_lib.jit_step(functools.partial(step_lib.train_step, model=model, cfg=cfg), mesh,
+                           state0)
+  state1, _, _ = step(state0, step_lib.shard_batch(_batch(), mesh), jax.random.key(1))
   # (Not params: on CPU, device_get above made numpy views of them, which blocks donation.)
   assert jax.tree.leaves(state0.opt_state)[0].is_deleted(), "state buffers are donated"
   p1, e1 = jax.device_get(state1.params), jax.device_get(state1.ema_params)

@@ -22,7 +22,10 @@ mapped back to full resolution (the "extension" of the weak label). Each step:
 
 `prewarm()` does every image's first refresh (from the weak label alone)
 before training starts, so that the first steps have SAM labels too.
-`state()` / `load_state()` carry labels and extensions across a restart.
+`get_state()` / `set_state()` carry labels and extensions across a restart (the
+bank is an item of the run's orbax checkpoint, one file per process).
+The source should keep decoded examples (`sesam_jax.data.memo.MemoSource`): a
+refresh reads the full-resolution image the input pipeline just decoded.
 The bridge's own failures surface through its service (SamServiceError), or
 come back as the weak label with `fallback` set, which is counted here.
 """
@@ -33,14 +36,14 @@ import collections
 import dataclasses
 import io
 import queue
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from sesam_jax.data import augment
-
-IGNORE = augment.IGNORE
+from sesam_jax.data.base import IGNORE_INDEX as IGNORE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +154,6 @@ class SamLabelBank:
 
   def collect(self, wait_s: float | None = None) -> int:
     """Moves finished results into the bank, waiting at most `wait_s` in all."""
-    import time
     deadline = time.monotonic() + (self.cfg.wait_s if wait_s is None else wait_s)
     got = 0
     while self._pending:
@@ -241,9 +243,9 @@ class SamLabelBank:
       ext[window] = full[window]
       self.extension[index] = ext
 
-  # --- persistence --------------------------------------------------------
+  # --- persistence (the checkpoint's `sam_bank` item) ---------------------
 
-  def state(self) -> bytes:
+  def get_state(self) -> bytes:
     """The bank (labels, extensions, counters) as compressed npz bytes."""
     arrays = {f"label_{i}": v for i, v in self.labels.items()}
     arrays.update({f"ext_{i}": v for i, v in self.extension.items()})
@@ -252,8 +254,8 @@ class SamLabelBank:
     np.savez_compressed(buffer, **arrays)
     return buffer.getvalue()
 
-  def load_state(self, data: bytes) -> None:
-    """Restores `state()`; results in flight at the time are simply re-requested later."""
+  def set_state(self, data: bytes) -> None:
+    """Restores `get_state()`; results in flight at the time are simply re-requested later."""
     with np.load(io.BytesIO(data), allow_pickle=True) as npz:
       for key in npz.files:
         kind, _, index = key.partition("_")
@@ -265,6 +267,9 @@ class SamLabelBank:
       if "stats" in npz.files:
         self.stats = collections.Counter({k: int(v) for k, v in npz["stats"]})
 
-  def summary(self) -> dict[str, int]:
-    """Counters for logs: sent, received, stale, missing, fallbacks, ..."""
-    return {**self.stats, "images_with_sam_label": len(self.labels), "in_flight": len(self._pending)}
+  def summary(self) -> dict[str, float]:
+    """Counters for logs: sent, received, stale, missing, fallbacks, ..., and the bridge's
+    worker-side seconds by stage (`bridge_encode`, `bridge_decode`, `bridge_geometry`, ...)."""
+    return {**self.stats, "images_with_sam_label": len(self.labels),
+            "in_flight": len(self._pending),
+            **{f"bridge_{k}": round(v, 4) for k, v in self.bridge_seconds.items()}}

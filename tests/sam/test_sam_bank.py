@@ -7,7 +7,7 @@ import pytest
 
 from sam_bridge.api import RefineResult
 from sesam_jax.data import input_pipeline
-from sesam_jax.train import sam_labels
+from sesam_jax.sam import bank as sam_labels
 
 
 class _Source:
@@ -115,7 +115,7 @@ def test_extension_is_sent_with_the_next_refresh_and_survives_restart():
   ext = bank.service.requests[0].extension
   assert ext.shape == (40, 56) and set(np.unique(ext)) == {7, 255}
   restored = _bank(source, _InlineService(_oracle))
-  restored.load_state(bank.state())
+  restored.set_state(bank.get_state())
   for a, b in ((bank.labels, restored.labels), (bank.extension, restored.extension)):
     assert a.keys() == b.keys()
     for k in a:

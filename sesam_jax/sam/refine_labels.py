@@ -1,9 +1,9 @@
-"""`sesam refine`: SeSAM labels for a dataset split, written as PNGs and scored.
+"""`sesam refine` and the SAM baseline's labels: a dataset split refined, written, scored.
 
 Weak labels are made exactly as `sesam weak-labels` makes them (same kind and
 seed) or read from a folder; each image is refined by the SAM bridge (in this
-process, or in its worker process with `use_service`); `<image stem>.png` is
-written under `out_dir` (temp name, then rename). Scores (paper Table 5): over
+process, or in a service with `use_service`); `<image stem>.png` is written
+under `out_dir` with the dataset's palette (temp name, then rename). Scores (paper Table 5): over
 pixels unlabeled in the weak label, "added" = labeled in the refined label;
 precision = correct added / added, recall = correct added / (unlabeled in the
 weak label but labeled in the fine label), F1 their harmonic mean. Added pixels
@@ -14,28 +14,21 @@ the refined labels and `weak_miou` of the weak labels are scored like
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
-import tempfile
 import time
+from typing import Any
 
 import numpy as np
-from PIL import Image
+
+from sesam_jax import report
+from sesam_jax.data.base import write_png_atomic
+from sesam_jax.sam import resolver
 
 
-def _write_png(path: pathlib.Path, label: np.ndarray) -> None:
-  fd, tmp = tempfile.mkstemp(suffix=".png.tmp", dir=path.parent)
-  os.close(fd)
-  try:
-    Image.fromarray(label, mode="L").save(tmp, format="PNG")
-    os.replace(tmp, path)
-  except BaseException:
-    pathlib.Path(tmp).unlink(missing_ok=True)
-    raise
-
-
-def refine_dataset(source, *, weak_kind: str, out_dir: str | os.PathLike, backend: str = "oracle",
-                   backend_kwargs: dict | None = None, seed: int = 0,
+def refine_dataset(source, *, weak_kind: str, out_dir: str | os.PathLike,
+                   backend: resolver.SamBackend | str = "oracle", seed: int = 0,
                    weak_dir: str | os.PathLike | None = None, limit: int | None = None,
                    use_service: bool = False, fallback: bool = False, **config_kw) -> dict:
   """Refines every image of `source` and scores the result.
@@ -44,12 +37,13 @@ def refine_dataset(source, *, weak_kind: str, out_dir: str | os.PathLike, backen
     source: a dataset source (`sesam_jax.data.get_source`).
     weak_kind: "points", "scribbles" or "coarse".
     out_dir: folder for the refined `<image stem>.png` labels (created).
-    backend: a `sam_bridge.backends.create_backend` spec.
-    backend_kwargs: backend keywords (device, dtype, ...).
+    backend: a resolved SAM backend (`sesam_jax.sam.resolver.resolve`), or a spec string
+      resolved with the defaults.
     seed: weak-label seed (as `sesam weak-labels --seed`) and sampling seed.
     weak_dir: read weak labels from here instead of generating them.
     limit: only the first `limit` images.
-    use_service: refine in the bridge's worker process (RefineService).
+    use_service: refine in a service: the bridge's worker process (PyTorch backends) or a
+      thread (JAX backends).
     fallback: with use_service, fall back to the weak label on a worker failure.
     **config_kw: sam_bridge.refine.RefineConfig fields (mode, sampling, selection,
       prompt, instances, k, tau1, tau2, ...).
@@ -60,12 +54,12 @@ def refine_dataset(source, *, weak_kind: str, out_dir: str | os.PathLike, backen
     "fallbacks", "config"}.
   """
   from sam_bridge.api import RefineRequest
-  from sam_bridge.backends import create_backend
   from sam_bridge.refine import RefineConfig, refine
-  from sesam_jax import report
   from sesam_jax.data import weak_labels
   from sesam_jax.evaluate import metrics
 
+  if isinstance(backend, str):
+    backend = resolver.resolve(backend)
   info = source.info
   cfg = RefineConfig(weak_kind=weak_kind, **config_kw).validate()
   out = pathlib.Path(out_dir)
@@ -96,15 +90,13 @@ def refine_dataset(source, *, weak_kind: str, out_dir: str | os.PathLike, backen
 
   t0 = time.perf_counter()
   fallbacks = 0
-  name, is_oracle = backend, backend == "oracle"
+  name, is_oracle = backend.spec, backend.kind == "oracle"
   if use_service:
-    from sam_bridge.service import RefineService
-    service = RefineService(backend, backend_kwargs=backend_kwargs, config=cfg, seed=seed,
-                            fallback=fallback)
+    service = backend.service(config=cfg, seed=seed, fallback=fallback)
     results = service.map(requests())
   else:
     service = None
-    bk = create_backend(backend, **(backend_kwargs or {}))
+    bk = backend.build()
     name, is_oracle = bk.name, bk.is_oracle
     # Only an oracle ever sees the fine label.
     results = (refine(bk, r if bk.is_oracle else RefineRequest(r.example_id, r.image, r.weak), cfg,
@@ -116,7 +108,7 @@ def refine_dataset(source, *, weak_kind: str, out_dir: str | os.PathLike, backen
       if res.info.get("backend"):
         name = res.info["backend"]
         is_oracle = bool(res.info.get("oracle", is_oracle))
-      _write_png(out / f"{res.example_id}.png", res.label)
+      write_png_atomic(out / f"{res.example_id}.png", res.label, palette=info.colors)
       conf["refined"] += np.asarray(metrics.confusion_matrix(fine, res.label, c, unlabeled_column=True))
       conf["weak"] += np.asarray(metrics.confusion_matrix(fine, weak, c, unlabeled_column=True))
       add_counts("refined", weak, res.label, fine)
@@ -145,3 +137,25 @@ def refine_dataset(source, *, weak_kind: str, out_dir: str | os.PathLike, backen
     result.update({"coarse_precision": cp, "coarse_recall": cr, "coarse_f1": cf,
                    "coarse_miou": metrics.miou(conf["coarse"])})
   return result
+
+
+def baseline_labels(config: Any, train_source: Any, workdir: str) -> str:
+  """The SAM baseline's training labels, made once per workdir (weak labels as naive prompts).
+
+  Returns:
+    The folder of `<id>.png` labels (`<workdir>/sam_baseline_labels`), complete when
+    `DONE.json` is present; an interrupted generation is redone from the start.
+  """
+  out = os.path.join(workdir, "sam_baseline_labels")
+  done = os.path.join(out, "DONE.json")
+  if not os.path.isfile(done):
+    backend = resolver.from_config(config.sam)
+    report.log(f"sam_baseline: prompting {backend.spec} naively with the {config.weak} labels "
+               f"of {len(train_source)} training images -> {out}")
+    result = refine_dataset(train_source, weak_kind=config.weak, out_dir=out, backend=backend,
+                            seed=config.weak_seed, mode="naive", k=config.sam.k,
+                            work_long_side=config.sam.work_long_side)
+    with open(done + ".tmp", "w") as f:
+      json.dump(result, f, default=str)
+    os.replace(done + ".tmp", done)
+  return out

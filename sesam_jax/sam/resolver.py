@@ -1,0 +1,186 @@
+"""One place that turns SAM settings into a running backend: `resolve()`, then `.service()`.
+
+`sesam refine`, `sesam demo` and training all name SAM the same way (a backend spec, a weights
+path, a device, dtypes) and get it checked here, before any work starts:
+
+  oracle | superpixel                         no weights (an oracle is named as one everywhere)
+  random:VARIANT                              random PyTorch SamModel (vit_b, vit_l, vit_h, tiny)
+  transformers + checkpoint (dir or .pth)     PyTorch SAM family from local weights
+  segment_anything + checkpoint (.pth)        the official package
+  jax:PATH | jax + checkpoint                 the Flax SAM on this process's own devices
+  jax-random:VARIANT                          the Flax SAM with random weights
+
+PyTorch backends run in the bridge's worker process (`sam_bridge.service.RefineService`, built
+there from the spec, so torch never loads in the trainer); JAX backends are built here and run
+by a thread of this process (`sam_bridge.local_service.LocalRefineService`) with the same
+`submit` / `get` / `in_flight` interface.
+
+`decoder_dtype="auto"` picks bfloat16 for SAM's prompt decoder only where it is computed
+natively (CUDA, TPU, or an x86 CPU with AVX512-BF16 or AMX), float32 elsewhere: on a CPU that
+emulates bf16 the decoder runs ~3x slower in bf16 than in fp32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from collections.abc import Mapping
+from typing import Any
+
+KINDS = ("oracle", "superpixel", "random", "transformers", "segment_anything", "jax",
+         "jax-random")
+_TORCH_SAM = ("random", "transformers", "segment_anything")
+_JAX_SAM = ("jax", "jax-random")
+_NEEDS_WEIGHTS = ("transformers", "segment_anything", "jax")
+
+# How each command names the settings, for the fix hints of errors.
+TRAIN_FLAGS = {"backend": "--config.sam.backend", "checkpoint": "--config.sam.checkpoint",
+               "device": "--config.sam.device", "dtype": "--config.sam.dtype",
+               "decoder_dtype": "--config.sam.decoder_dtype"}
+CLI_FLAGS = {"backend": "--backend", "checkpoint": "--checkpoint", "device": "--device",
+             "dtype": "--dtype", "decoder_dtype": "--decoder-dtype"}
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_native_bf16() -> bool:
+  """Whether this x86 CPU computes bf16 natively (AVX512-BF16 or AMX-BF16 flags)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      flags = next((line for line in f if line.startswith("flags")), "").split()
+  except OSError:
+    return False
+  return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def auto_decoder_dtype(device: str) -> tuple[str, str]:
+  """(dtype, why) of the prompt decoder for `device` ("cpu", "cuda[:i]", "gpu", "tpu")."""
+  if not device.startswith("cpu"):
+    return "bfloat16", f"{device} computes bf16 natively"
+  if cpu_has_native_bf16():
+    return "bfloat16", "this CPU has AVX512-BF16/AMX"
+  return "float32", "this CPU has no native bf16 (no avx512_bf16/amx_bf16 flag): bf16 is emulated"
+
+
+@dataclasses.dataclass(frozen=True)
+class SamBackend:
+  """A checked SAM choice.
+
+  Attributes:
+    spec: the backend spec ("random:vit_b", "transformers:/w", "jax:/w.msgpack", ...).
+    kwargs: the backend's keywords (device, dtype, decoder_dtype where they apply).
+    in_process: built in this process and run by a thread (JAX SAM), else in the bridge worker.
+    decoder_note: what `decoder_dtype="auto"` chose and why ("" when not asked).
+  """
+  spec: str
+  kwargs: Mapping[str, Any]
+  in_process: bool
+  decoder_note: str = ""
+
+  @property
+  def kind(self) -> str:
+    return self.spec.partition(":")[0]
+
+  def build(self) -> Any:
+    """The backend object, in this process (PyTorch backends import torch here)."""
+    if self.in_process:
+      from sesam_jax.sam import jax_backend  # Flax SAM: heavy, only when asked for.
+      return jax_backend.create_jax_backend(self.spec, **self.kwargs)
+    from sam_bridge.backends import create_backend
+    return create_backend(self.spec, **self.kwargs)
+
+  def service(self, *, config: Any, seed: int = 0, max_pending: int = 8, timeout_s: float = 300.0,
+              fallback: bool = False, cache: Any = None, torch_threads: int | None = 1) -> Any:
+    """A running refine service for this backend (close it when done).
+
+    Args:
+      config: sam_bridge.refine.RefineConfig for every request.
+      seed, max_pending, timeout_s, fallback, cache: as `RefineService`.
+      torch_threads: torch CPU threads of the worker (PyTorch backends).
+    """
+    if self.in_process:
+      from sam_bridge.local_service import LocalRefineService
+      return LocalRefineService(self.build(), config=config, seed=seed, max_pending=max_pending,
+                                timeout_s=timeout_s, fallback=fallback, cache=cache)
+    from sam_bridge.service import RefineService
+    return RefineService(self.spec, backend_kwargs=dict(self.kwargs), config=config, seed=seed,
+                         max_pending=max_pending, timeout_s=timeout_s, fallback=fallback,
+                         cache=cache, torch_threads=torch_threads)
+
+
+def resolve(backend: str, checkpoint: str = "", *, device: str = "cpu", dtype: str = "float32",
+            decoder_dtype: str = "auto", flags: Mapping[str, str] = CLI_FLAGS) -> SamBackend:
+  """Checks SAM settings and says how to run them.
+
+  Args:
+    backend: a spec ("oracle", "random:vit_b", "transformers", "jax:/w.msgpack", ...).
+    checkpoint: weights (a directory or file) for backends that need them, unless the spec
+      carries the path after its colon.
+    device: torch device of PyTorch backends ("cpu", "cuda", "cuda:1").
+    dtype: SAM compute dtype (float32 | bfloat16).
+    decoder_dtype: prompt-decoder dtype: "auto", "" (= dtype), float32 or bfloat16.
+    flags: how the calling command names these settings (for error messages).
+
+  Returns:
+    A SamBackend.
+
+  Raises:
+    ValueError / FileNotFoundError: one line naming the setting and the fix.
+  """
+  kind, _, arg = backend.partition(":")
+  if kind not in KINDS:
+    raise ValueError(f"{flags['backend']}={backend!r}: unknown SAM backend; choose one of "
+                     f"{', '.join(KINDS)}.")
+  for name, value in (("dtype", dtype), ("decoder_dtype", decoder_dtype)):
+    if value not in ("float32", "bfloat16") + (("auto", "") if name == "decoder_dtype" else ()):
+      raise ValueError(f"{flags[name]}={value!r}: choose float32 or bfloat16"
+                       f"{' (or auto)' if name == 'decoder_dtype' else ''}.")
+  if kind in _NEEDS_WEIGHTS:
+    path = arg or checkpoint
+    if not path:
+      raise ValueError(f"{flags['backend']}={kind} needs SAM weights: give {flags['checkpoint']}"
+                       "=/path/to/sam_vit_b_01ec64.pth (or a saved weights directory).")
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"SAM weights {path} not found ({flags['checkpoint']}); give the "
+                              "path of a sam_vit_*.pth, a converted .msgpack or a weights "
+                              "directory.")
+    spec = f"{kind}:{os.path.abspath(path)}"
+  else:
+    spec = backend if arg or kind not in ("random", "jax-random") else f"{kind}:vit_b"
+  kwargs: dict[str, Any] = {}
+  note = ""
+  if kind in _TORCH_SAM or kind in _JAX_SAM:
+    if kind in _TORCH_SAM:
+      kwargs.update(device=device, dtype=dtype)
+    else:
+      kwargs.update(dtype=dtype)
+    if decoder_dtype == "auto":
+      where = device if kind in _TORCH_SAM else _jax_platform()
+      decoder_dtype, why = auto_decoder_dtype(where)
+      note = f"SAM prompt decoder in {decoder_dtype} ({why}; {flags['decoder_dtype']} overrides)"
+    if decoder_dtype and kind != "segment_anything":
+      kwargs["decoder_dtype"] = decoder_dtype
+  return SamBackend(spec, kwargs, in_process=kind in _JAX_SAM, decoder_note=note)
+
+
+def _jax_platform() -> str:
+  import jax
+  return jax.local_devices()[0].platform
+
+
+def from_config(sam: Any) -> SamBackend:
+  """`resolve()` for a training config's `sam` group (messages name `--config.sam.*`)."""
+  return resolve(sam.backend, sam.checkpoint, device=sam.device, dtype=sam.dtype,
+                 decoder_dtype=sam.decoder_dtype, flags=TRAIN_FLAGS)
+
+
+def refine_config(config: Any, **overrides: Any) -> Any:
+  """The sam_bridge RefineConfig of a training config (`config.sam`, `config.weak`)."""
+  from sam_bridge.refine import RefineConfig
+  s = config.sam
+  weak_kind = "coarse" if config.weak == "fine" else config.weak
+  fields = dict(weak_kind=weak_kind, k=s.k, tau1=s.tau1, tau2=s.tau2, sampling=s.sampling,
+                selection=s.selection, prompt=s.prompt, instances=s.instances,
+                work_long_side=s.work_long_side)
+  fields.update(overrides)
+  return RefineConfig(**fields).validate()

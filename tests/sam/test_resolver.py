@@ -1,0 +1,58 @@
+"""The SAM resolver: every command's backend settings checked in one place, decoder dtype auto."""
+
+import pytest
+
+from sam_bridge.refine import RefineConfig
+from sesam_jax import config_lib
+from sesam_jax.sam import resolver
+
+
+def test_specs_resolve_to_a_worker_or_an_in_process_backend(tmp_path):
+  weights = tmp_path / "sam_vit_b_01ec64.pth"
+  weights.write_bytes(b"x")
+  oracle = resolver.resolve("oracle")
+  assert oracle.spec == "oracle" and oracle.kwargs == {} and not oracle.in_process
+  rnd = resolver.resolve("random", device="cpu", decoder_dtype="float32")
+  assert rnd.spec == "random:vit_b"
+  assert rnd.kwargs == {"device": "cpu", "dtype": "float32", "decoder_dtype": "float32"}
+  tr = resolver.resolve("transformers", str(weights), decoder_dtype="")
+  assert tr.spec == f"transformers:{weights}" and "decoder_dtype" not in tr.kwargs
+  jx = resolver.resolve("jax-random:tiny", decoder_dtype="bfloat16")
+  assert jx.in_process and jx.kwargs == {"dtype": "float32", "decoder_dtype": "bfloat16"}
+
+
+def test_bad_settings_name_the_flag_of_the_command():
+  with pytest.raises(ValueError, match="--config.sam.checkpoint=/path"):
+    resolver.resolve("transformers", flags=resolver.TRAIN_FLAGS)
+  with pytest.raises(ValueError, match="give --checkpoint=/path"):
+    resolver.resolve("transformers")
+  with pytest.raises(FileNotFoundError, match="/nonexistent.pth not found"):
+    resolver.resolve("transformers", "/nonexistent.pth")
+  with pytest.raises(ValueError, match="--backend='sam9'.*choose one of oracle"):
+    resolver.resolve("sam9")
+  with pytest.raises(ValueError, match="--config.sam.decoder_dtype='fp8'"):
+    resolver.resolve("random:tiny", decoder_dtype="fp8", flags=resolver.TRAIN_FLAGS)
+
+
+def test_auto_decoder_dtype_follows_native_bf16(monkeypatch):
+  monkeypatch.setattr(resolver, "cpu_has_native_bf16", lambda: False)
+  dtype, why = resolver.auto_decoder_dtype("cpu")
+  assert dtype == "float32" and "emulated" in why
+  note = resolver.resolve("random:tiny").decoder_note
+  assert "float32" in note and "--decoder-dtype" in note
+  monkeypatch.setattr(resolver, "cpu_has_native_bf16", lambda: True)
+  assert resolver.auto_decoder_dtype("cpu")[0] == "bfloat16"
+  assert resolver.auto_decoder_dtype("cuda:0")[0] == "bfloat16"
+  assert resolver.resolve("random:tiny").kwargs["decoder_dtype"] == "bfloat16"
+
+
+def test_this_machine_and_the_training_config():
+  flags = open("/proc/cpuinfo").read()
+  native = "avx512_bf16" in flags or "amx_bf16" in flags
+  resolver.cpu_has_native_bf16.cache_clear()
+  assert resolver.auto_decoder_dtype("cpu")[0] == ("bfloat16" if native else "float32")
+  config = config_lib.base_config()
+  assert config.sam.decoder_dtype == "auto"
+  config.weak, config.sam.k = "points", 3
+  rc = resolver.refine_config(config)
+  assert isinstance(rc, RefineConfig) and rc.weak_kind == "points" and rc.k == 3
