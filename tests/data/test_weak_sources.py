@@ -212,6 +212,15 @@ def test_clicks_csv_ids_names_and_bad_rows(tmp_path):
     reader(1, source[1])
   problems = reader.check(source)
   assert [p.example_id for p in problems] == [b, c] and "no click for image" in problems[1].message
+  # The points protocol's labels written as clicks read back exactly.
+  from sesam_jax.data import weak_labels
+  points = [weak_labels.make_weak_label(source[i]["label"], "points", seed=0, image_id=i_d,
+                                        num_classes=7) for i, i_d in enumerate(source.ids)]
+  path.write_text("image,x,y,class\n" + "".join(
+      f"{i_d},{x},{y},{p[y, x]}\n" for i_d, p in zip(source.ids, points)
+      for y, x in np.argwhere(p != 255)))
+  reader = weak_label_reader(f"clicks_csv:{path}", source)
+  assert all(np.array_equal(reader(i, source[i]), p) for i, p in enumerate(points))
   path.write_text(f"image,x,y,class\n{a},48,3,car\n")  # x 48 is past the last column (47).
   with pytest.raises(WeakLabelError, match=r"clicks.csv:2: click \(48, 3\) lies outside"):
     weak_label_reader(f"clicks_csv:{path}", source)(0, source[0])
