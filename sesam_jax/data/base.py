@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import hashlib
 import os
 import pathlib
@@ -247,13 +248,15 @@ class SkipUnreadable:
     `WeakLabelError` is an `UnreadableFileError`); the example is logged and
     counted in `skipped` like an unreadable image.
     """
-    def guarded(index: int, example: dict) -> np.ndarray | None:
-      try:
-        return weak_fn(index, example)
-      except (UnreadableFileError, FileNotFoundError) as e:
-        self._skip(index, e)
-        return None
-    return guarded
+    return functools.partial(self._guarded, weak_fn)  # Picklable, for worker processes.
+
+  def _guarded(self, weak_fn: Callable[[int, dict], np.ndarray], index: int,
+               example: dict) -> np.ndarray | None:
+    try:
+      return weak_fn(index, example)
+    except (UnreadableFileError, FileNotFoundError) as e:
+      self._skip(index, e)
+      return None
 
   def _skip(self, index: int, error: Exception) -> None:
     example_id = self.ids[int(index)]

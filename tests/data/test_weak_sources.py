@@ -55,6 +55,7 @@ def test_png_reads_labels_and_reports_every_bad_file(tmp_path):
   # With dataset.skip_unreadable each bad weak label is skipped and counted, never raised.
   skipper = base.SkipUnreadable(source)
   guarded = skipper.guard(reader)
+  assert pickle.loads(pickle.dumps(guarded))(0, source[0]) is not None  # For worker processes.
   assert [guarded(i, source[i]) is None for i in range(4)] == [False, True, True, True]
   assert sorted(skipper.skipped) == sorted(source.ids[1:])
 
