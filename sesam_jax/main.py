@@ -81,6 +81,22 @@ def _cmd_eval_labels(args: argparse.Namespace) -> dict:
   return {"dataset": args.dataset, "split": args.split, "labels": str(args.labels), **result}
 
 
+def _weak_reader(args: argparse.Namespace, source):
+  """(spec, reader) of `--weak-source` (`--weak-dir DIR` = `png:DIR`), or (None, None)."""
+  from sesam_jax.data import weak_sources
+  if args.weak_dir and args.weak_source:
+    raise ValueError("give --weak-source or --weak-dir (= --weak-source png:DIR), not both.")
+  spec = f"png:{args.weak_dir}" if args.weak_dir else args.weak_source
+  if spec is None:
+    if args.weak_option:
+      raise ValueError("--weak-option needs --weak-source.")
+    return None, None
+  options = weak_sources.parse_options(args.weak_option)
+  if spec.startswith("png:") and args.weak:
+    options.setdefault("kind", args.weak)
+  return spec, weak_sources.weak_label_reader(spec, source, **options)
+
+
 def _cmd_refine(args: argparse.Namespace) -> dict:
   from sesam_jax.sam import refine_labels, resolver
   backend = resolver.resolve(args.backend, args.checkpoint or "", device=args.device,
@@ -88,8 +104,20 @@ def _cmd_refine(args: argparse.Namespace) -> dict:
   if backend.decoder_note:
     report.log(backend.decoder_note)
   source = _source_from_args(args)
+  spec, reader = _weak_reader(args, source)
+  args.weak = args.weak or getattr(reader, "kind", None)
+  if args.weak is None:
+    raise ValueError("pass --weak points|scribbles|coarse"
+                     f"{f' (the kind of the labels in {spec})' if spec else ''}.")
+  if reader is not None:
+    from sesam_jax.data import weak_sources
+    problems = reader.check(source, limit=args.limit)
+    if problems:  # Every bad file at once, not only the first.
+      raise ValueError(weak_sources.format_problems(problems, f"weak label(s) of {spec}") +
+                       "\n  Fix or remove these files (or leave their images out of the split).")
   result = refine_labels.refine_dataset(
-      source, weak_kind=args.weak, out_dir=args.out, backend=backend, seed=args.seed, weak_dir=args.weak_dir, limit=args.limit, use_service=args.service,
+      source, weak_kind=args.weak, out_dir=args.out, backend=backend, seed=args.seed,
+      weak_fn=reader, limit=args.limit, use_service=args.service,
       fallback=args.fallback, mode=args.mode, sampling=args.sampling, selection=args.selection,
       prompt=args.prompt, instances=not args.no_instances, k=args.k, tau1=args.tau1, tau2=args.tau2,
       work_long_side=args.work_long_side)
@@ -97,7 +125,7 @@ def _cmd_refine(args: argparse.Namespace) -> dict:
              f"{result['precision']:.4f} recall {result['recall']:.4f} F1 {result['f1']:.4f} "
              f"mIoU {result['miou']:.4f} (weak {result['weak_miou']:.4f}), "
              f"{result['seconds_per_image']:.2f} s/image")
-  return {"dataset": args.dataset, "split": args.split, **result}
+  return {"dataset": args.dataset, "split": args.split, "weak_source": spec, **result}
 
 
 def _add_dataset_flags(p: argparse.ArgumentParser) -> None:
@@ -148,10 +176,17 @@ def build_parser() -> argparse.ArgumentParser:
 
   p = sub.add_parser("refine", help="SeSAM labels: refine weak labels with a SAM backend, score them")
   _add_dataset_flags(p)
-  p.add_argument("--weak", required=True, choices=("points", "scribbles", "coarse"),
-                 help="weak-label kind (made as `sesam weak-labels` makes them, or read from --weak-dir)")
+  p.add_argument("--weak", default=None, choices=("points", "scribbles", "coarse"),
+                 help="weak-label kind: made as `sesam weak-labels` makes them, or the kind of "
+                      "--weak-source labels (default: the source's own kind)")
   p.add_argument("--seed", type=int, default=0, help="weak-label protocol seed (as sesam weak-labels)")
-  p.add_argument("--weak-dir", default=None, help="read <image stem>.png weak labels from here")
+  p.add_argument("--weak-source", default=None, metavar="SPEC",
+                 help="read your own weak labels: png:DIR, cityscapes_coarse[:ROOT], "
+                      "scribble_png:ROOT, scribblesup_xml:DIR or clicks_csv:FILE (README: "
+                      "'Your own weak labels')")
+  p.add_argument("--weak-option", action="append", default=None, metavar="KEY=VALUE",
+                 help="an option of the --weak-source reader (repeatable), e.g. width=3")
+  p.add_argument("--weak-dir", default=None, help="= --weak-source png:DIR")
   p.add_argument("--out", required=True, help="folder for the refined <image stem>.png labels")
   p.add_argument("--backend", default="oracle",
                  help="oracle (fine-label upper bound), superpixel, transformers (with --checkpoint), "

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import hashlib
 import os
 import pathlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -129,7 +130,10 @@ def list_images(directory: pathlib.Path, suffixes: Sequence[str] = IMAGE_SUFFIXE
 
 
 class UnreadableFileError(ValueError):
-  """An image or label file that cannot be decoded (corrupt, truncated, not an image)."""
+  """An image or label file that cannot be decoded (corrupt, truncated, not an image).
+
+  Also the base of `weak_sources.WeakLabelError` (a weak label that cannot be used).
+  """
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -233,12 +237,33 @@ class SkipUnreadable:
     try:
       return self.source[index]
     except (UnreadableFileError, FileNotFoundError) as e:
-      example_id = self.ids[int(index)]
-      if example_id not in self.skipped:
-        self.skipped[example_id] = str(e)
-        print(f"skipping example {example_id!r} ({len(self.skipped)} skipped so far): {e}",
-              file=sys.stderr, flush=True)
+      self._skip(index, e)
       return None
+
+  def guard(self, weak_fn: Callable[[int, dict], np.ndarray]
+            ) -> Callable[[int, dict], np.ndarray | None]:
+    """`weak_fn` (index, example) -> weak label, giving None where it cannot be read.
+
+    Weak-label readers (`weak_sources`) raise the errors skipped here (their
+    `WeakLabelError` is an `UnreadableFileError`); the example is logged and
+    counted in `skipped` like an unreadable image.
+    """
+    return functools.partial(self._guarded, weak_fn)  # Picklable, for worker processes.
+
+  def _guarded(self, weak_fn: Callable[[int, dict], np.ndarray], index: int,
+               example: dict) -> np.ndarray | None:
+    try:
+      return weak_fn(index, example)
+    except (UnreadableFileError, FileNotFoundError) as e:
+      self._skip(index, e)
+      return None
+
+  def _skip(self, index: int, error: Exception) -> None:
+    example_id = self.ids[int(index)]
+    if example_id not in self.skipped:
+      self.skipped[example_id] = str(error)
+      print(f"skipping example {example_id!r} ({len(self.skipped)} skipped so far): {error}",
+            file=sys.stderr, flush=True)
 
 
 class IndexedSource:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 import pathlib
 import time
-from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -33,6 +32,8 @@ from scipy.sparse import csgraph
 from skimage import measure, morphology
 
 from sesam_jax.data import base
+# The folder reader moved to `weak_sources` with the other readers of user weak labels.
+from sesam_jax.data.weak_sources import WeakLabelDir, read_weak_label  # noqa: F401
 
 KINDS = ("points", "scribbles", "coarse")
 UNLABELED = base.IGNORE_INDEX
@@ -297,56 +298,6 @@ def make_weak_label(label: np.ndarray, kind: str, *, seed: int, image_id: str,
 
 
 # ---------------------------------------------------------------- user weak labels
-
-
-def read_weak_label(folder: str | os.PathLike, image_id: str, *, num_classes: int,
-                    shape: tuple[int, int] | None = None) -> np.ndarray:
-  """Reads `folder/<image_id>.png` (class ids, 255 = unlabeled).
-
-  Args:
-    folder: folder of weak-label PNGs ('L' or palette 'P').
-    image_id: the image stem.
-    num_classes: values must be < num_classes or 255.
-    shape: (H, W) the label must have (its image's size), if given.
-
-  Returns:
-    HxW uint8 weak label.
-  """
-  path = pathlib.Path(folder) / f"{image_id}.png"
-  if not path.is_file():
-    raise FileNotFoundError(f"weak label {path} not found for image {image_id!r}; every image "
-                            f"of the split needs <image stem>.png in {folder} (generate them "
-                            "with `sesam weak-labels` or export yours there).")
-  values = base.read_label_values(path)
-  weak = base.apply_lut(values, base.identity_lut(num_classes), path, "weak label")
-  if shape is not None and weak.shape != tuple(shape):
-    raise ValueError(f"weak label {path} is {weak.shape[1]}x{weak.shape[0]} (WxH) but its image "
-                     f"is {shape[1]}x{shape[0]}; labels must have the image's size.")
-  return weak
-
-
-class WeakLabelDir:
-  """A folder of user-provided (or `sesam weak-labels`) weak labels, `<id>.png` each."""
-
-  def __init__(self, folder: str | os.PathLike, *, num_classes: int,
-               ids: Sequence[str] | None = None):
-    """Args:
-      folder: the folder; must exist.
-      num_classes: values must be < num_classes or 255.
-      ids: if given, every `<id>.png` must exist (checked now, not mid-training).
-    """
-    self.folder = base.require_dir(folder, "weak label folder",
-                                   "pass the folder holding <image stem>.png weak labels.")
-    self.num_classes = num_classes
-    missing = [i for i in ids or () if not (self.folder / f"{i}.png").is_file()]
-    if missing:
-      raise FileNotFoundError(f"{len(missing)} image(s) have no weak label in {self.folder}, "
-                              f"e.g. {self.folder / (missing[0] + '.png')}; add them or choose "
-                              "another folder.")
-
-  def read(self, image_id: str, shape: tuple[int, int] | None = None) -> np.ndarray:
-    """HxW uint8 weak label of `image_id` (see `read_weak_label`)."""
-    return read_weak_label(self.folder, image_id, num_classes=self.num_classes, shape=shape)
 
 
 class WeakLabeledSource:

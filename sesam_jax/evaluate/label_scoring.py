@@ -28,7 +28,7 @@ def score_label_folder(source, labels_dir: str | os.PathLike, *, limit: int | No
     "pixel_accuracy", "per_class_iou" {name: IoU or None}, "table" (text)}.
   """
   from sesam_jax import report
-  from sesam_jax.data import base, weak_labels
+  from sesam_jax.data import base, weak_sources
   labels_dir = base.require_dir(labels_dir, "label folder",
                                 "pass --labels pointing at a folder of <image stem>.png maps.")
   count = len(source) if limit is None else min(limit, len(source))
@@ -43,7 +43,7 @@ def score_label_folder(source, labels_dir: str | os.PathLike, *, limit: int | No
   for i in report.progress(range(count), desc="scoring", unit="img",
                            disable=(not show_progress) if show_progress is not None else None):
     item = source[i]
-    label = weak_labels.read_weak_label(labels_dir, item["id"], num_classes=info.num_classes,
+    label = weak_sources.read_weak_label(labels_dir, item["id"], num_classes=info.num_classes,
                                         shape=item["label"].shape)
     confusion += np.asarray(metrics.confusion_matrix(item["label"], label, info.num_classes,
                                                            unlabeled_column=True))

@@ -29,7 +29,8 @@ from sesam_jax.sam import resolver
 
 def refine_dataset(source, *, weak_kind: str, out_dir: str | os.PathLike,
                    backend: resolver.SamBackend | str = "oracle", seed: int = 0,
-                   weak_dir: str | os.PathLike | None = None, limit: int | None = None,
+                   weak_dir: str | os.PathLike | None = None, weak_fn=None,
+                   limit: int | None = None,
                    use_service: bool = False, fallback: bool = False, **config_kw) -> dict:
   """Refines every image of `source` and scores the result.
 
@@ -41,6 +42,8 @@ def refine_dataset(source, *, weak_kind: str, out_dir: str | os.PathLike,
       resolved with the defaults.
     seed: weak-label seed (as `sesam weak-labels --seed`) and sampling seed.
     weak_dir: read weak labels from here instead of generating them.
+    weak_fn: or take them from `weak_fn(index, example) -> HxW uint8`
+      (`weak_sources.weak_label_reader`).
     limit: only the first `limit` images.
     use_service: refine in a service: the bridge's worker process (PyTorch backends) or a
       thread (JAX backends).
@@ -74,7 +77,9 @@ def refine_dataset(source, *, weak_kind: str, out_dir: str | os.PathLike,
   def requests():
     for i in range(count):
       item = source[i]
-      if weak_dir is not None:
+      if weak_fn is not None:
+        weak = weak_fn(i, item)
+      elif weak_dir is not None:
         weak = weak_labels.read_weak_label(weak_dir, item["id"], num_classes=c, shape=item["label"].shape)
       else:
         weak = weak_labels.make_weak_label(item["label"], weak_kind, seed=seed, image_id=item["id"],
