@@ -34,10 +34,15 @@ def _cmd_convert(args: argparse.Namespace) -> dict:
 
 def _cmd_bench(args: argparse.Namespace, rest: list[str]) -> dict:
   from sesam_jax import bench
+  if not args.what:
+    if args.help:
+      args.print_help()
+      sys.exit(0)
+    raise ValueError("give --what NAME; `sesam bench --help` lists the benchmarks.")
   target = bench.load_target(args.what)
   target_parser = argparse.ArgumentParser(prog=f"sesam bench --what {args.what}")
   target.add_arguments(target_parser)
-  return target.run(target_parser.parse_args(rest))
+  return target.run(target_parser.parse_args(rest + (["--help"] if args.help else [])))
 
 
 def _cmd_train(args: argparse.Namespace, rest: list[str]) -> dict:
@@ -109,15 +114,17 @@ def _cmd_refine(args: argparse.Namespace) -> dict:
   if args.weak is None:
     raise ValueError("pass --weak points|scribbles|coarse"
                      f"{f' (the kind of the labels in {spec})' if spec else ''}.")
-  if reader is not None:
-    from sesam_jax.data import weak_sources
-    problems = reader.check(source, limit=args.limit)
-    if problems:  # Every bad file at once, not only the first.
-      raise ValueError(weak_sources.format_problems(problems, f"weak label(s) of {spec}") +
-                       "\n  Fix or remove these files (or leave their images out of the split).")
+  # Every bad file at once (the split's and the weak labels'), before anything is written.
+  from sesam_jax.data import split_check
+  weak_problems = reader.check(source, limit=args.limit) if reader is not None else []
+  split_check.require_clean(
+      [(source, f"examples of {args.dataset} {args.split}")], limit=args.limit,
+      more=[(weak_problems, f"weak label(s) of {spec}")],
+      fix="Fix or remove these files (or leave their images out of the split) and run again; "
+          "nothing was written.")
   result = refine_labels.refine_dataset(
       source, weak_kind=args.weak, out_dir=args.out, backend=backend, seed=args.seed,
-      weak_fn=reader, limit=args.limit, use_service=args.service,
+      weak_fn=reader, limit=args.limit, use_service=args.service, check=False,
       fallback=args.fallback, mode=args.mode, sampling=args.sampling, selection=args.selection,
       prompt=args.prompt, instances=not args.no_instances, k=args.k, tau1=args.tau1, tau2=args.tau2,
       work_long_side=args.work_long_side)
@@ -242,11 +249,15 @@ def build_parser() -> argparse.ArgumentParser:
                  help="target student (e.g. segformer_b0, deeplabv3plus_r101); inferred if omitted")
   p.set_defaults(handler=_cmd_convert)
 
+  from sesam_jax.bench import TARGETS  # A table of names: imports no benchmark.
   p = sub.add_parser("bench", help="throughput / memory / parity benchmarks (side-by-side ratios)",
-                     add_help=False)
-  p.add_argument("--what", required=True,
-                 help="benchmark target; `sesam bench --what NAME --help` lists its flags")
-  p.set_defaults(handler=_cmd_bench, takes_rest=True)
+                     add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter,
+                     epilog="benchmarks (--what NAME):\n" + "".join(f"  {t}\n" for t in TARGETS)
+                     + "`sesam bench --what NAME --help` lists a benchmark's own flags.")
+  p.add_argument("-h", "--help", action="store_true",
+                 help="this list; with --what NAME, that benchmark's flags")
+  p.add_argument("--what", default=None, help="benchmark target (listed below)")
+  p.set_defaults(handler=_cmd_bench, takes_rest=True, print_help=p.print_help)
 
   for name, handler, text in (
       ("train", _cmd_train, "train a student (resumes from --workdir), then evaluate it"),
@@ -266,10 +277,16 @@ def main(argv: list[str] | None = None) -> int:
     build_parser().parse_args(argv)  # Lets argparse report the unknown flags.
   try:
     result = args.handler(args, rest) if getattr(args, "takes_rest", False) else args.handler(args)
-  except (ValueError, FileNotFoundError) as e:
+  except report.Stopped as e:  # A signal: what a rerun needs is saved.
+    print(f"sesam {args.command}: {e}", file=sys.stderr)
+    return e.exit_code
+  except (ValueError, FileNotFoundError, report.UserError) as e:
     # Errors meant for users: one clear line, no traceback.
     print(f"sesam {args.command}: error: {e}", file=sys.stderr)
     return 2
+  except KeyboardInterrupt:  # Commands that write outputs have removed their partial files.
+    print(f"sesam {args.command}: interrupted", file=sys.stderr)
+    return 130
   report.emit(result)
   return 0
 
