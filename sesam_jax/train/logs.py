@@ -1,8 +1,9 @@
 """Metric logs: TensorBoard event files (tensorboardX, no TensorFlow) and a JSON-lines file.
 
 `<workdir>/tensorboard/` holds the event files; `<workdir>/metrics.jsonl` one object per log
-step (`{"step": n, "loss": ...}`), easy to read back with pandas or `jq`. After a resume the steps
-between the last checkpoint and the kill appear twice in the JSON lines; the later line wins.
+step (`{"step": n, "loss": ...}`), easy to read back with pandas or `jq`. A resumed run runs the
+steps after its checkpoint again, so it first drops their rows (`drop_rows_after`): every step
+keeps one row. (TensorBoard keeps both events of such a step and shows the later one.)
 Only process 0 writes.
 """
 
@@ -68,3 +69,36 @@ class MetricWriter:
     if self.active:
       self._tb.close()
       self._jsonl.close()
+
+
+def drop_rows_after(workdir: str, step: int, *, final_eval: bool = False) -> int:
+  """Removes `metrics.jsonl` rows of steps after `step` (a resume from `step` runs them again).
+
+  Args:
+    workdir: the run directory.
+    step: the restored checkpoint's step.
+    final_eval: the run had finished (`step` is its last): its final evaluation's row at `step`
+      goes too, since the rerun evaluates again.
+
+  Returns:
+    The number of rows removed (the file is rewritten atomically only when there are some).
+  """
+  from sesam_jax import report
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.isfile(path):
+    return 0
+  with open(path) as f:
+    lines = [line for line in f if line.strip()]
+  kept = []
+  for line in lines:
+    try:
+      row = json.loads(line)
+    except ValueError:
+      continue  # A line cut short by a kill.
+    n = int(row.get("step", 0))
+    redone_eval = final_eval and n == step and not any(k.startswith("train/") for k in row)
+    if n <= step and not redone_eval:
+      kept.append(line if line.endswith("\n") else line + "\n")
+  if len(kept) != len(lines):
+    report.write_text(path, "".join(kept))
+  return len(lines) - len(kept)

@@ -13,6 +13,14 @@ clock are restored from that one step, and the same command continues the same d
 per-step keys are `fold_in(seed key, step)`, so a resumed supervised run ends with the same
 parameters as an uninterrupted one. Every run ends by writing `<workdir>/result.json` (the same
 object as the last stdout line).
+
+Faults a user meets stop the run plainly (one line naming the path or flag, exit code 2) before
+the first step: a bad SAM setting or weights file, bad files in the dataset splits (all of them
+listed; `sesam_jax.data.split_check`, cached), a workdir that cannot be written or has no room
+for a checkpoint, another training holding the workdir (`workdir.RunDir`). A run that stops
+before it trained anything leaves no workdir behind. SIGTERM and Ctrl-C stop it at the next step
+boundary with a checkpoint (`preemption.StopRequest`); a checkpoint that cannot be written stops
+it within a step, the previous one kept (`checkpoint.Checkpointer`).
 """
 
 from __future__ import annotations
@@ -33,10 +41,11 @@ import numpy as np
 
 from sesam_jax import report
 from sesam_jax.data import base, memo
-from sesam_jax.train import methods, optim, train_state
+from sesam_jax.train import logs, methods, optim, preemption, train_state
 from sesam_jax.train import train_step as step_lib
 from sesam_jax.train.checkpoint import Checkpointer
 from sesam_jax.train.logs import MetricWriter
+from sesam_jax.train.workdir import RunDir
 
 TRAIN_IMAGES_FILE = "train_images.json"  # ids of a `dataset.max_train_images` subset
 RESULT_FILE = "result.json"
@@ -53,12 +62,14 @@ def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
     maybe_initialize_distributed._done = True
 
 
-def make_sources(config: ml_collections.ConfigDict, workdir: str | None = None
-                 ) -> tuple[Any, Any]:
+def make_sources(config: ml_collections.ConfigDict, workdir: str | None = None, *,
+                 check: bool = False) -> tuple[Any, Any]:
   """(train source, val source) from `config.dataset` via `sesam_jax.data.get_source`.
 
   With `dataset.max_train_images` the train source is a subset drawn by `config.seed`; given a
   `workdir`, its ids are written to `<workdir>/train_images.json` (and checked on a resume).
+  With `check`, every file both sources read is checked first (`split_check`, the verdict cached
+  per set of files) and every bad one is reported at once.
   """
   from sesam_jax.data import get_source
   d = config.dataset
@@ -73,16 +84,41 @@ def make_sources(config: ml_collections.ConfigDict, workdir: str | None = None
       train_kw["num_images"] = d.num_train_images
     if d.num_val_images:
       val_kw["num_images"] = d.num_val_images
-  train = get_source(d.name, split=d.train_split, **train_kw)
-  val = get_source(d.name, split=d.val_split, **val_kw)
+  try:
+    train = get_source(d.name, split=d.train_split, **train_kw)
+    val = get_source(d.name, split=d.val_split, **val_kw)
+  except (FileNotFoundError, ValueError) as e:  # The readers' hints name the CLI's flags.
+    raise type(e)(_config_flags(str(e))) from None
   if d.get("max_train_images", 0):
     train = base.SubsetSource(train, base.subset_indices(len(train), d.max_train_images,
                                                          config.seed))
-    if workdir is not None:
-      _record_subset(train, workdir)
   if config.eval.max_images:
     val = base.SubsetSource(val, range(min(config.eval.max_images, len(val))))
+  if check:
+    _check_sources(config, train, val)
+  if d.get("max_train_images", 0) and workdir is not None:
+    _record_subset(train, workdir)
   return train, val
+
+
+def _config_flags(message: str) -> str:
+  """A dataset reader's hint, with `sesam train`'s flags for the data dir and the splits."""
+  return (message.replace("--data-dir", "--config.data_dir")
+          .replace("--split", "--config.dataset.train_split / val_split"))
+
+
+def _check_sources(config: ml_collections.ConfigDict, train: Any, val: Any) -> None:
+  """Every file of both splits checked before anything is written (cached when clean)."""
+  from sesam_jax.data import split_check
+  d = config.dataset
+  fix = ("Fix or remove these files and run again, or pass --config.dataset.skip_unreadable=true "
+         "to train without them (the check itself: --config.dataset.check=false).")
+  pairs = [(train, f"examples of {d.name} {d.train_split}"),
+           (val, f"examples of {d.name} {d.val_split} (evaluation)")]
+  if d.skip_unreadable:  # Bad training files are skipped; evaluation still needs every file.
+    split_check.require_clean(pairs[:1], fix=fix, skip=True)
+    pairs = pairs[1:]
+  split_check.require_clean(pairs, fix=fix)
 
 
 def _record_subset(train: base.SubsetSource, workdir: str) -> None:
@@ -216,20 +252,31 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainOutcome:
     The final state with what evaluation needs, the run's summary fields (`info`: method, weak,
     train_seconds summed over resumes, the feed's counters) and the steps' timing.
   """
-  from sesam_jax.data.input_pipeline import make_train_dataset, weak_label_fn
   method = methods.get_method(config.method)
   if method.uses_sam:
     from sesam_jax.sam import resolver
-    resolver.from_config(config.sam)  # A bad SAM setting stops the run before it writes anything.
+    # A bad SAM setting (its weights file included, read without torch) stops the run before it
+    # writes anything; the bridge's worker builds the backend before config.json is written.
+    resolver.from_config(config.sam)
   maybe_initialize_distributed(config)
+  with RunDir(workdir, primary=jax.process_index() == 0) as run_dir, \
+       preemption.StopRequest() as stop:
+    return _train(config, workdir, method, run_dir, stop)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, method: methods.Method,
+           run_dir: RunDir, stop: preemption.StopRequest) -> TrainOutcome:
+  """`train` inside its workdir lock and signal handlers."""
+  from sesam_jax.data.input_pipeline import make_train_dataset, weak_label_fn
   mesh = step_lib.make_mesh()
   step_lib.check_batch_size(config.batch_size, mesh)
-  train_source, val_source = make_sources(config, workdir)
+  train_source, val_source = make_sources(config, workdir, check=config.dataset.get("check", True))
   model = build_model(config, train_source.info.num_classes)
   tx, schedule = optim.make_optimizer(config.optim, train_state.abstract_params(model),
                                       config.num_steps)
+  abstract_state = train_state.abstract_train_state(model, tx, mesh)
+  run_dir.check_space(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract_state)))
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
-  _write_config(config, workdir)
 
   labels_dir = method.make_labels(config, train_source, workdir) if method.make_labels else None
   # One weak-label function (made once per image, within a byte budget) for the pipeline and the
@@ -248,24 +295,34 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainOutcome:
       scale_range=tuple(config.scale_range), num_workers=config.num_workers,
       shard_index=jax.process_index(), shard_count=jax.process_count(),
       skip_unreadable=config.dataset.skip_unreadable)
-  feed = method.feed(config, iter(dataset), examples, weak_fn, workdir)
+  feed = method.feed(config, iter(dataset), examples, weak_fn, workdir)  # SAM starts here.
   clock = RunClock()
-  ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
+  try:
+    _write_config(config, workdir)
+    ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
+  except BaseException:
+    feed.close()
+    raise
   try:
     items = {**feed.checkpoint_items(), "clock": clock}
     if ckpt.latest_step() is not None:
-      state = ckpt.restore(train_state.abstract_train_state(model, tx, mesh), items)
+      state = ckpt.restore(abstract_state, items)
       report.log(f"resumed from {ckpt.directory} at step {int(state.step)}")
+      if jax.process_index() == 0:  # The steps after the checkpoint run again: one row each.
+        logs.drop_rows_after(workdir, int(state.step),
+                             final_eval=int(state.step) >= config.num_steps)
     else:
       state = train_state.create_train_state(model, tx, init_rng, mesh)
     step_fn = step_lib.jit_step(method.make_step(model, config, schedule), mesh, state)
     info = feed.prepare()  # Work before the first step (SeSAM's pre-warm), timed apart.
     clock.start()
     state, timing = _run_steps(config, workdir, state, step_fn, step_rng, feed, ckpt, clock,
-                               model, val_source, mesh)
+                               model, val_source, mesh, stop)
   finally:
-    ckpt.close()
-    feed.close()
+    try:
+      ckpt.close()  # Waits for the last save (a stop's checkpoint included).
+    finally:
+      feed.close()  # Closes the SAM bridge.
   info.update(method=config.method, weak=config.weak, **_final_train_metrics(workdir),
               **feed.summary())
   info["train_seconds"] = round(clock.seconds(), 2)
@@ -276,8 +333,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainOutcome:
 
 def _run_steps(config: ml_collections.ConfigDict, workdir: str, state: Any, step_fn: Any,
                step_rng: Any, feed: Any, ckpt: Checkpointer, clock: RunClock, model: Any,
-               val_source: Any, mesh: Any) -> tuple[Any, StepTiming]:
-  """The steps from `state.step` to `config.num_steps`: dispatch, host work, logs, checkpoints."""
+               val_source: Any, mesh: Any, stop: preemption.StopRequest | None = None
+               ) -> tuple[Any, StepTiming]:
+  """The steps from `state.step` to `config.num_steps`: dispatch, host work, logs, checkpoints.
+
+  Raises:
+    report.Stopped: a stop signal (`stop`) arrived; the state after the step it arrived in is
+      checkpointed first.
+  """
   writer = MetricWriter(workdir)
   start, num_steps = int(state.step), int(config.num_steps)
   timing = StepTiming(first_step=start)
@@ -322,9 +385,15 @@ def _run_steps(config: ml_collections.ConfigDict, workdir: str, state: Any, step
       if n % config.checkpoint_every == 0 or n == num_steps:
         flush()  # never checkpoint a state whose metrics went non-finite
         ckpt.save(n, state, {**feed.checkpoint_items(), "clock": clock})
+      ckpt.poll()  # A save that failed in the background stops the run now, not at the end.
       if config.eval_every and n % config.eval_every == 0 and n < num_steps:
         ev = evaluate_state(config, model, state, val_source, mesh, log=False)
         writer.write(n, {k: v for k, v in ev.items() if k.endswith("_miou")}, prefix="val/")
+      if stop is not None and n < num_steps and stop.should_stop(n):
+        flush()
+        if n % config.checkpoint_every:
+          ckpt.save(n, state, {**feed.checkpoint_items(), "clock": clock})
+        raise stop.stopped(n)
       host = time.perf_counter() - host_start - waited
       timing.host.append(host)
       host_since_log.append(host)

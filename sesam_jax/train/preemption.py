@@ -1,0 +1,110 @@
+"""Stopping a training on SIGTERM or Ctrl-C at a step boundary, with a checkpoint to resume from.
+
+A preemptible TPU VM or a cluster scheduler sends SIGTERM before it takes the machine; a person
+presses Ctrl-C. Either way `StopRequest` notes the signal, the loop finishes the step it is in,
+checkpoints, closes the SAM bridge and raises `report.Stopped`, and `sesam` prints
+`stopped at step N; run the same command to resume` and exits with 128 + the signal's number
+(143, 130), so the scheduler sees an interrupted job. A second signal exits at once (130/143,
+no checkpoint: the last committed one stays).
+
+Several processes (a multi-host run) must stop at the same step, or the collective save would
+hang. There the agreement is JAX's preemption sync point
+(`multihost_utils.reached_preemption_sync_point`, set up by `jax.distributed.initialize`): JAX's
+coordination service hears a SIGTERM sent to any process (its own handler, so this module leaves
+SIGTERM alone there), and every process's call for the same step returns True at the first step
+all of them can reach. Ctrl-C on one process is turned into that SIGTERM. A process that got no
+signal itself stops with 143: the run was preempted. Without JAX's preemption service
+(`jax_enable_preemption_service=False`) each process only sees its own signals.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+from sesam_jax import report
+
+
+def _signal_name(signum: int) -> str:
+  return signal.Signals(signum).name
+
+
+def _preemption_service() -> bool:
+  """Whether this is one of several processes with JAX's preemption sync manager running."""
+  import jax
+  if jax.process_count() == 1:
+    return False
+  try:
+    from jax._src import distributed  # Where jax.distributed.initialize keeps its state.
+    return distributed.global_state.preemption_sync_manager is not None
+  except (ImportError, AttributeError):
+    return False
+
+
+class StopRequest:
+  """The signal handlers of one training run (a context manager) and the step-boundary check.
+
+  Args:
+    multiprocess: whether several processes must agree (JAX's preemption sync point); None
+      decides from `jax.process_count()`.
+  """
+
+  def __init__(self, multiprocess: bool | None = None) -> None:
+    if multiprocess is None:
+      multiprocess = _preemption_service()
+    self.multiprocess = multiprocess
+    self.signum: int | None = None  # the first signal this process received
+    self._previous: dict[int, Any] = {}
+
+  def __enter__(self) -> "StopRequest":
+    if threading.current_thread() is not threading.main_thread():
+      return self  # Signal handlers live in the main thread (tests call train from others).
+    signals = [signal.SIGINT] if self.multiprocess else [signal.SIGINT, signal.SIGTERM]
+    for signum in signals:
+      self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    self._previous.clear()
+
+  def _handle(self, signum: int, frame: Any) -> None:
+    if self.signum is not None:  # The second signal: leave now.
+      sys.stderr.write(f"\n{_signal_name(signum)} again: exiting at once, without a checkpoint "
+                       "(the last committed one is kept).\n")
+      sys.stderr.flush()
+      os._exit(128 + signum)
+    self.signum = signum
+    sys.stderr.write(f"\n{_signal_name(signum)}: stopping after this step with a checkpoint "
+                     f"({'Ctrl-C' if signum == signal.SIGINT else 'the signal'} again exits at "
+                     "once).\n")
+    sys.stderr.flush()
+    if self.multiprocess and signum != signal.SIGTERM:
+      os.kill(os.getpid(), signal.SIGTERM)  # JAX's handler tells every process.
+
+  def requested(self) -> bool:
+    """Whether this process received a stop signal (no agreement asked)."""
+    return self.signum is not None
+
+  def should_stop(self, step: int) -> bool:
+    """Whether to stop after `step` (every process gets the same answer for the same step).
+
+    Called once per step by every process, with the number of steps done.
+    """
+    if not self.multiprocess:
+      return self.signum is not None
+    from jax.experimental import multihost_utils
+    try:
+      return multihost_utils.reached_preemption_sync_point(step)
+    except RuntimeError:  # The preemption service is disabled (jax_enable_preemption_service).
+      return self.signum is not None
+
+  def stopped(self, step: int) -> report.Stopped:
+    """The exception that ends the run at `step` (a checkpoint of `step` is committed)."""
+    signum = self.signum if self.signum is not None else signal.SIGTERM
+    return report.Stopped(f"stopped at step {step}; run the same command to resume",
+                          128 + signum)
