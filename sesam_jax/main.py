@@ -326,8 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--ema", action="store_true", help="the EMA teacher's val mIoU")
   p.add_argument("--csv", default=None, metavar="FILE", help="also write the table as CSV")
   p.add_argument("--cost-json", default=None, metavar="FILE",
-                 help="also write the cost-vs-mIoU data (Figure 4) as JSON (format: "
-                      "sesam_jax/experiments/summary.py)")
+                 help="write the cost-vs-mIoU data (Figure 4) as JSON here (format: "
+                      "sesam_jax/experiments/summary.py; default for runs with budgets: "
+                      "cost_points.json in the first folder given)")
   p.add_argument("--minutes", action="append", metavar="KIND=MIN",
                  help="annotation minutes per image of a kind (as sesam cost; repeatable)")
   p.set_defaults(handler=_cmd_report)

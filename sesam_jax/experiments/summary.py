@@ -1,7 +1,7 @@
 """`sesam report`: the paper's tables from the runs' own files.
 
 Every `sesam train` workdir holds `config.json` (the resolved config) and, once the run has
-finished, `result.json` (see `sesam_jax.train.loop.train_and_evaluate`). `report()` reads every
+finished, `result.json` (see `sesam_jax.train.loop.train_and_evaluate`). `report_runs()` reads every
 workdir under the given paths and prints one markdown table in the paper's layout:
 
   rows     label kind x method (plus the ablation fields that differ from the defaults, and
@@ -17,7 +17,9 @@ A run is finished when its result.json holds a step >= its config's num_steps; a
 (no result.json: killed or still running; a lower step) is listed as unfinished with the last
 step it logged, never left out.
 
-The cost-vs-mIoU data (Figure 4) is written with `cost_json`, in this format (version 1):
+The cost-vs-mIoU data (Figure 4) is written to `cost_json`, or, when the runs have budgets
+(`dataset.max_train_images`, as `sesam reproduce --table fig4` makes them), to
+`cost_points.json` in the first folder given, in this format (version 1):
 
   {"format": "sesam-cost-points/1", "x": "annotation hours", "y": "val mIoU (student)",
    "minutes_per_image": {"fine": 90.0, ...},
@@ -37,7 +39,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import math
 import os
 import statistics
@@ -45,137 +46,23 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sesam_jax import cost, report
+from sesam_jax import config_lib, cost, report
+from sesam_jax.experiments.workdirs import (CONFIG_FILE, RESULT_FILE, Run, find_workdirs,
+                                            get_field, read_run, train_images)
+from sesam_jax.train.methods import METHODS
 
-CONFIG_FILE = "config.json"
-RESULT_FILE = "result.json"
-METRICS_FILE = "metrics.jsonl"
-TRAIN_IMAGES_FILE = "train_images.json"
+COST_FILE = "cost_points.json"  # Figure 4's data, written beside runs with budgets
 # Config fields that make an ablation row (Tables 3-4) when they differ from the defaults;
 # fields this version's config lacks are simply absent from older or newer runs.
 ABLATION_FIELDS = ("sam.instances", "sam.selection", "sam.sampling", "sam.prompt",
                    "sam.refined_sampling", "loss.merge_weak_sam")
 WEAK_ORDER = ("points", "scribbles", "coarse", "fine")
 COVERAGE = ("weak", "sam", "pseudo")
-_MISSING = object()
-
-
-def get_field(config: Mapping[str, Any], dotted: str, default: Any = _MISSING) -> Any:
-  """`config["a"]["b"]` for "a.b" in a config read from JSON (default when absent)."""
-  node: Any = config
-  for part in dotted.split("."):
-    if not isinstance(node, Mapping) or part not in node:
-      return default
-    node = node[part]
-  return node
-
-
-@dataclasses.dataclass
-class Run:
-  """One workdir.
-
-  Attributes:
-    workdir: the run directory.
-    config: config.json as a dict.
-    result: result.json, or None when the run wrote none.
-    finished: result.json holds a step >= the config's num_steps.
-    step: the last step known (result.json, else metrics.jsonl), or None.
-  """
-  workdir: str
-  config: dict
-  result: dict | None
-  finished: bool
-  step: int | None
-
-  @property
-  def num_steps(self) -> int:
-    return int(self.config["num_steps"])
-
-
-def read_json(path: str) -> dict:
-  """A JSON file; one line naming the file when it is not JSON."""
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{path} is not valid JSON ({e}); rewrite or remove it.") from None
-
-
-def last_logged_step(workdir: str) -> int | None:
-  """The highest step in `<workdir>/metrics.jsonl`, or None."""
-  path = os.path.join(workdir, METRICS_FILE)
-  step = None
-  if os.path.isfile(path):
-    with open(path) as f:
-      for line in f:
-        try:
-          step = max(step or 0, int(json.loads(line)["step"]))
-        except (ValueError, KeyError, TypeError):
-          continue  # A line cut by a kill; the others still count.
-  return step
-
-
-def finished_step(workdir: str, num_steps: int) -> int | None:
-  """The step of `<workdir>/result.json` if it says the run reached `num_steps`, else None."""
-  path = os.path.join(workdir, RESULT_FILE)
-  if not os.path.isfile(path):
-    return None
-  try:
-    step = int(read_json(path).get("step", -1))
-  except ValueError:
-    return None  # Half-written by a crash: the run is not finished.
-  return step if step >= num_steps else None
-
-
-def read_run(workdir: str) -> Run:
-  """A workdir's config.json and result.json."""
-  config = read_json(os.path.join(workdir, CONFIG_FILE))
-  if "num_steps" not in config:
-    raise ValueError(f"{os.path.join(workdir, CONFIG_FILE)} has no num_steps; is {workdir} a "
-                     "`sesam train` workdir?")
-  path = os.path.join(workdir, RESULT_FILE)
-  result = None
-  if os.path.isfile(path):
-    try:
-      result = read_json(path)
-    except ValueError:
-      result = None
-  step = int(result["step"]) if result and "step" in result else last_logged_step(workdir)
-  finished = result is not None and step is not None and step >= int(config["num_steps"])
-  return Run(workdir, config, result, finished, step)
-
-
-def find_workdirs(paths: Sequence[str]) -> list[str]:
-  """Workdirs among `paths`: each path holding config.json, else every such folder below it."""
-  found: list[str] = []
-  for path in paths:
-    if os.path.isfile(os.path.join(path, CONFIG_FILE)):
-      found.append(path)
-      continue
-    if not os.path.isdir(path):
-      raise FileNotFoundError(f"{path} does not exist; pass `sesam train` workdirs or folders "
-                              "holding them (e.g. the --workdir-root of `sesam reproduce`).")
-    below = []
-    for folder, subdirs, files in os.walk(path):
-      subdirs.sort()
-      if CONFIG_FILE in files:
-        below.append(folder)
-        subdirs.clear()  # A workdir's own folders (checkpoints/, ...) hold no other runs.
-    if not below:
-      raise FileNotFoundError(f"{path} holds no run (no {CONFIG_FILE} in it or below it); pass "
-                              "workdirs written by `sesam train` or a folder of them.")
-    found += below
-  return list(dict.fromkeys(os.path.normpath(p) for p in found))
+_ABSENT = object()
 
 
 def _uses_sam(method: str) -> bool:
-  from sesam_jax.train.methods import METHODS
   return METHODS[method].uses_sam if method in METHODS else True
-
-
-def _defaults() -> dict:
-  from sesam_jax import config_lib
-  return config_lib.base_config().to_dict()
 
 
 def variant_of(config: Mapping[str, Any], defaults: Mapping[str, Any]) -> tuple:
@@ -183,51 +70,14 @@ def variant_of(config: Mapping[str, Any], defaults: Mapping[str, Any]) -> tuple:
   method = config.get("method", "supervised")
   out = []
   for name in ABLATION_FIELDS:
-    value = get_field(config, name)
-    if value is _MISSING or (name.startswith("sam.") and not _uses_sam(method)):
+    value = get_field(config, name, _ABSENT)
+    if value is _ABSENT or (name.startswith("sam.") and not _uses_sam(method)):
       continue  # SAM settings mean nothing to a run without SAM.
     if name == "loss.merge_weak_sam" and method != "sesam":
       continue
     if value != get_field(defaults, name, value):
       out.append((name.rsplit(".", 1)[-1], value))
   return tuple(out)
-
-
-_train_image_counts: dict[tuple, int | None] = {}
-
-
-def train_images(run: Run) -> int | None:
-  """Training images the run's labels cost: result.json's `train_images`, the subset in
-  train_images.json, else the size of the config's train split (None if it cannot be read)."""
-  if run.result and run.result.get("train_images"):
-    return int(run.result["train_images"])
-  subset = os.path.join(run.workdir, TRAIN_IMAGES_FILE)
-  if os.path.isfile(subset):
-    return int(read_json(subset)["count"])
-  d = run.config.get("dataset", {})
-  if d.get("max_train_images"):
-    return None  # A subset run that never wrote its subset: nothing trained yet.
-  key = (d.get("name"), run.config.get("data_dir"), d.get("train_split"),
-         d.get("num_train_images"), tuple(d.get("image_size") or ()))
-  if key not in _train_image_counts:
-    # Mirrors sesam_jax.train.loop.make_sources without importing jax.
-    from sesam_jax.data import get_source
-    kw: dict[str, Any] = {}
-    if run.config.get("data_dir"):
-      kw["data_dir"] = run.config["data_dir"]
-    if d.get("name") == "synthetic":
-      if tuple(d.get("image_size") or (0, 0)) != (0, 0):
-        kw["size"] = tuple(d["image_size"])
-      if d.get("num_train_images"):
-        kw["num_images"] = d["num_train_images"]
-    try:
-      _train_image_counts[key] = len(get_source(d["name"], split=d.get("train_split", "train"),
-                                                **kw))
-    except (FileNotFoundError, ValueError, OSError, KeyError) as e:
-      report.log(f"report: cannot count the training images of {run.workdir} ({e}); its "
-                 "annotation hours are left blank")
-      _train_image_counts[key] = None
-  return _train_image_counts[key]
 
 
 @dataclasses.dataclass
@@ -284,8 +134,7 @@ class Group:
 
 def group_runs(runs: Sequence[Run], *, ema: bool = False) -> list[Group]:
   """Runs grouped into table cells (seeds together), in the paper's order, with WvF."""
-  from sesam_jax.train.methods import METHODS
-  defaults = _defaults()
+  defaults = config_lib.base_config().to_dict()
   key_name = "val_miou_ema" if ema else "val_miou"
   groups: dict[tuple, Group] = {}
   for run in runs:
@@ -420,16 +269,16 @@ def unfinished_lines(groups: Sequence[Group]) -> list[str]:
 
 def csv_rows(groups: Sequence[Group], *, ema: bool = False,
              minutes_per_image: Mapping[str, float] | None = None) -> list[dict[str, Any]]:
-  """The table as flat records (one per cell), the numbers unrounded."""
+  """The table as flat records (one per cell), numbers rounded to 4 decimals."""
   out = []
   for g in groups:
     fields = _row_fields(g)
     coverage = {f"coverage_{k}_pct": _scaled(g.mean(f"final_coverage_{k}")) for k in COVERAGE}
     out.append({"dataset": g.column[0], "model": g.column[1], **fields,
                 "miou_pct": _scaled(g.miou_mean), "miou_std_pct": _scaled(g.miou_std),
-                "miou_of": "ema" if ema else "student", "wvf_pct": g.wvf,
-                "train_images": g.train_images(), "hours": g.hours(minutes_per_image),
-                **coverage, "wall_seconds": g.wall_seconds(), "runs": len(g.runs),
+                "miou_of": "ema" if ema else "student", "wvf_pct": _round(g.wvf),
+                "train_images": g.train_images(), "hours": _round(g.hours(minutes_per_image)),
+                **coverage, "wall_seconds": _round(g.wall_seconds()), "runs": len(g.runs),
                 "finished": len(g.finished),
                 "status": "finished" if not g.unfinished else
                           ("unfinished" if not g.finished else "partly finished"),
@@ -438,8 +287,12 @@ def csv_rows(groups: Sequence[Group], *, ema: bool = False,
   return out
 
 
+def _round(value: float | None) -> float | None:
+  return None if value is None else round(value, 4)
+
+
 def _scaled(value: float | None) -> float | None:
-  return None if value is None else 100.0 * value
+  return None if value is None else round(100.0 * value, 4)
 
 
 def cost_points(groups: Sequence[Group], *, ema: bool = False,
@@ -484,7 +337,8 @@ def report_runs(paths: Sequence[str], *, ema: bool = False, csv_path: str | None
     paths: workdirs, or folders holding them.
     ema: report the EMA teacher's val mIoU instead of the student's.
     csv_path: also write the table as CSV here (atomically).
-    cost_json: also write the cost-vs-mIoU data (Figure 4) here, as JSON.
+    cost_json: also write the cost-vs-mIoU data (Figure 4) here, as JSON (default with
+      budgets: `<paths[0]>/cost_points.json`).
     minutes_per_image: the cost model (default `sesam_jax.cost.MINUTES_PER_IMAGE`).
 
   Returns:
@@ -493,6 +347,9 @@ def report_runs(paths: Sequence[str], *, ema: bool = False, csv_path: str | None
   """
   runs = [read_run(w) for w in find_workdirs(paths)]
   groups = group_runs(runs, ema=ema)
+  if cost_json is None and any(g.row[3] for g in groups) and not os.path.isfile(
+      os.path.join(paths[0], CONFIG_FILE)):
+    cost_json = os.path.join(paths[0], COST_FILE)  # Budgets: Figure 4's data goes beside them.
   text = markdown(groups, ema=ema, minutes_per_image=minutes_per_image)
   extra = unfinished_lines(groups)
   print(text + ("\n\n" + "\n".join(extra) if extra else ""), file=sys.stdout, flush=True)

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sesam_jax import config_lib, report
-from sesam_jax.experiments import grid, summary
+from sesam_jax.experiments import grid, workdirs
 from sesam_jax.sam import resolver
 from sesam_jax.train.methods import get_method
 
@@ -168,7 +168,7 @@ def run_plans(plans: Sequence[Plan], *, keep_going: bool = False,
   out, failures = [], []
   for i, plan in enumerate(plans, 1):
     name = plan.workdir
-    done = summary.finished_step(plan.workdir, plan.num_steps)
+    done = workdirs.finished_step(plan.workdir, plan.num_steps)
     if done is not None:
       report.log(f"[{i}/{len(plans)}] finished before (step {done}): {name}")
       out.append({"workdir": plan.workdir, "status": "skipped"})
@@ -186,12 +186,12 @@ def run_plans(plans: Sequence[Plan], *, keep_going: bool = False,
       code = subprocess.call([python, "-m", "sesam_jax.main", *plan.argv[1:]], stdout=log,
                              stderr=subprocess.STDOUT)
     seconds = round(time.time() - start, 1)
-    if code != 0 or summary.finished_step(plan.workdir, plan.num_steps) is None:
+    if code != 0 or workdirs.finished_step(plan.workdir, plan.num_steps) is None:
       failures.append(f"{plan.workdir} (exit code {code}; {_last_line(log_path)})")
       report.log(f"[{i}/{len(plans)}] failed after {seconds} s: see {log_path}")
       out.append({"workdir": plan.workdir, "status": "failed", "seconds": seconds})
       continue
-    result = summary.read_json(os.path.join(plan.workdir, summary.RESULT_FILE))
+    result = workdirs.read_json(os.path.join(plan.workdir, workdirs.RESULT_FILE))
     report.log(f"[{i}/{len(plans)}] finished in {seconds} s: val mIoU "
                f"{result.get('val_miou', float('nan')):.4f}")
     out.append({"workdir": plan.workdir, "status": "ran", "seconds": seconds,
@@ -201,6 +201,20 @@ def run_plans(plans: Sequence[Plan], *, keep_going: bool = False,
                      ". Fix the cause and run the same command again (finished cells are "
                      "skipped, interrupted ones resume).")
   return out
+
+
+def _check_paths(plans: Sequence[Plan], sam_backend: str, sam_checkpoint: str | None,
+                 data_dirs: Mapping[str, str]) -> None:
+  """SAM weights and dataset folders exist: checked before the first cell, not hours into it."""
+  if any(get_method(p.cell.method).uses_sam for p in plans) and not any(
+      SAM_CHECKPOINT_PLACEHOLDER in p.placeholders for p in plans):
+    resolver.resolve(sam_backend, sam_checkpoint or "",
+                     flags={**resolver.CLI_FLAGS, "backend": "--sam-backend",
+                            "checkpoint": "--sam-checkpoint"})
+  for dataset, path in data_dirs.items():
+    if not os.path.isdir(path):
+      raise FileNotFoundError(f"--data-dir {dataset}={path}: no such folder; give the dataset's "
+                              "root folder.")
 
 
 def _last_line(path: str) -> str:
@@ -239,9 +253,7 @@ def reproduce(table: str, *, datasets: Sequence[str] | None = None,
   spec = grid.TABLES[table]
   left_out = [{"what": what, "why": why} for what, why in spec.left_out] + missing
   table_root = os.path.join(root, table)
-  report_cmd = shlex.join(["sesam", "report", table_root] +
-                          (["--cost-json", os.path.join(table_root, "cost_points.json")]
-                           if table == "fig4" else []))
+  report_cmd = shlex.join(["sesam", "report", table_root])
   report.log(f"{table}: {spec.title}")
   report.log(f"{len(plans)} runs under {table_root}")
   for item in left_out:
@@ -260,6 +272,7 @@ def reproduce(table: str, *, datasets: Sequence[str] | None = None,
                          "not_selected": others, "notes": notes, "placeholders": placeholders,
                          "report": report_cmd}
   if run:
+    _check_paths(plans, sam_backend, sam_checkpoint, data_dirs or {})
     out["runs"] = run_plans(plans, keep_going=keep_going)
     report.log(f"all {len(plans)} cells finished; the table: {report_cmd}")
   else:
