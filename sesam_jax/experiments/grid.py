@@ -12,8 +12,8 @@ cannot run (DeepLabV2, prior methods other than the baselines) is named in `Tabl
           Cityscapes, ADE20K                                   + fine (13 per column)
   table3  SegFormer on Cityscapes, coarse                      FixMatch base, SeSAM components
   table4  SegFormer on Cityscapes, coarse                      sampling, selection, prompt choices
-  fig4    SegFormer on Cityscapes                              {points, scribbles, coarse} x SeSAM +
-                                                               fine, at 100 / 500 / 1500 / all images
+  fig4    SegFormer on Cityscapes                              {points, scribbles, coarse} x SeSAM
+                                                               + fine, at 100/500/1500/all images
 """
 
 from __future__ import annotations

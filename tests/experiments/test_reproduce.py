@@ -34,7 +34,8 @@ def _config_of(command):
   assert argv[:2] == ["sesam", "train"]
   spec = next(a.partition("=")[2] for a in argv if a.startswith("--config="))
   workdir = next(a.partition("=")[2] for a in argv if a.startswith("--workdir="))
-  return config_lib.config_from_flags(spec, [a for a in argv[2:] if a.startswith("--config.")]), workdir
+  overrides = [a for a in argv[2:] if a.startswith("--config.")]
+  return config_lib.config_from_flags(spec, overrides), workdir
 
 
 def test_table2_cityscapes_prints_13_commands_with_own_workdirs(capsys, monkeypatch):
@@ -45,16 +46,18 @@ def test_table2_cityscapes_prints_13_commands_with_own_workdirs(capsys, monkeypa
   seen = set()
   for command in commands:
     config, workdir = _config_of(command)
-    assert workdir == (f"/runs/table2/cityscapes/segformer_b0/{config.weak}/{config.method}/seed0")
+    assert workdir == f"/runs/table2/cityscapes/segformer_b0/{config.weak}/{config.method}/seed0"
     assert config.dataset.name == "cityscapes" and config.seed == 0
     uses_sam = config.method in ("sam_baseline", "sesam")
-    assert (f"--config.sam.checkpoint={'/path/to/sam_vit_b_01ec64.pth'}" in command) == uses_sam
+    placeholder = f"--config.sam.checkpoint={sweep.SAM_CHECKPOINT_PLACEHOLDER}"
+    assert (placeholder in command) == uses_sam
     seen.add((config.weak, config.method))
-  assert seen == {(w, m) for w in ("points", "scribbles", "coarse")
-                  for m in ("supervised", "fixmatch", "sam_baseline", "sesam")} | {("fine", "supervised")}
+  methods = ("supervised", "fixmatch", "sam_baseline", "sesam")
+  assert seen == {(w, m) for w in ("points", "scribbles", "coarse") for m in methods} | {
+      ("fine", "supervised")}
   assert len(set(out["workdirs"])) == 13
   assert [x["what"] for x in out["left_out"]] == ["AGMM* rows"] and "left out: AGMM* rows" in err
-  assert "/path/to/sam_vit_b_01ec64.pth" in out["placeholders"] and "--run refuses" in err
+  assert sweep.SAM_CHECKPOINT_PLACEHOLDER in out["placeholders"] and "--run refuses" in err
   assert out["not_selected"] == ["deeplabv3plus cityscapes"]
 
 
