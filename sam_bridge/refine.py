@@ -37,7 +37,9 @@ import numpy as np
 from PIL import Image
 
 from sam_bridge import geometry
-from sam_bridge.api import Backend, InstanceRecord, PromptSet, RefineRequest, RefineResult
+from sam_bridge.api import (UNLABELED, Backend, InstanceRecord, PromptSet,
+                            RefineRequest, RefineResult)
+from sam_bridge.cache import EmbeddingCache, cache_key, image_digest
 
 MODES = ("sesam", "naive")
 WEAK_KINDS = ("coarse", "points", "scribbles")
@@ -60,7 +62,7 @@ class RefineConfig:
   stroke_k: int = 5  # Points per scribble stroke in the sparse-to-coarse stage.
   point_extent: int = 7  # A weak blob no wider than this (pixels) is one point.
   work_long_side: int = 1024  # Working resolution: longest side in pixels.
-  ignore_index: int = 255  # Unlabeled value.
+  ignore_index: int = UNLABELED  # Unlabeled value.
   # With a `cache` passed to refine(): keep each image's encoder state under its example id
   # (ids must name one image: full-resolution images, not augmented crops). A request's
   # own `cache_key` turns caching on for that request regardless.
@@ -108,7 +110,7 @@ class _Timer:
 
 def refine(backend: Backend, request: RefineRequest, config: RefineConfig = RefineConfig(), *,
            seed: int = 0, confidence: np.ndarray | None = None,
-           cache: "EmbeddingCache | None" = None) -> RefineResult:
+           cache: EmbeddingCache | None = None) -> RefineResult:
   """Refines one weak label with `backend`.
 
   Args:
@@ -204,7 +206,6 @@ def _set_image(backend: Backend, request: RefineRequest, image_w: np.ndarray,
     if cache is not None and key_base is not None:
       return {"hit": False, "source": None, "unsupported": True}
     return None
-  from sam_bridge.cache import cache_key, image_digest
   # Backends whose decoder settings do not change the encoder state say so with
   # `encoder_name` (e.g. a bf16 decoder over fp32 embeddings shares the fp32 cache).
   encoder_name = getattr(backend, "encoder_name", backend.name)

@@ -13,6 +13,9 @@ import sys
 
 from sesam_jax import report
 
+# Each handler imports its library modules itself (deferred): `sesam cost` and `--help` load
+# neither jax nor torch, and a command loads only what it runs.
+
 
 def _cmd_cost(args: argparse.Namespace) -> dict:
   from sesam_jax import cost
@@ -25,8 +28,8 @@ def _cmd_cost(args: argparse.Namespace) -> dict:
 
 
 def _cmd_convert(args: argparse.Namespace) -> dict:
-  from sesam_jax.models import torch_convert
-  result = torch_convert.convert_file(args.src, args.dst, args.format, model=args.model)
+  from sesam_jax.models import conversion
+  result = conversion.convert_file(args.src, args.dst, args.format, model=args.model)
   report.log(f"{result['model']} ({result['scope']}): {result['num_loaded']} tensors loaded, "
              f"{len(result['not_loaded'])} not loaded -> {result['dst']}")
   return result
@@ -56,16 +59,15 @@ def _cmd_eval(args: argparse.Namespace, rest: list[str]) -> dict:
 
 def _source_from_args(args: argparse.Namespace):
   from sesam_jax import data
-  kw = {}
-  if args.dataset == "synthetic":
-    kw = dict(num_images=args.num_images, size=tuple(args.size), seed=args.data_seed)
-  return data.get_source(args.dataset, data_dir=args.data_dir, split=args.split, **kw)
+  kw = {"seed": args.data_seed} if args.data_seed else {}
+  return data.get_source(args.dataset, data_dir=args.data_dir, split=args.split,
+                         num_images=args.num_images, size=tuple(args.size), **kw)
 
 
 def _cmd_weak_labels(args: argparse.Namespace) -> dict:
-  from sesam_jax.data import weak_labels
+  from sesam_jax.data import weak_splits
   source = _source_from_args(args)
-  result = weak_labels.generate_weak_labels(source, args.kind, seed=args.seed, out_dir=args.out,
+  result = weak_splits.generate_weak_labels(source, args.kind, seed=args.seed, out_dir=args.out,
                                             limit=args.limit)
   report.log(f"{args.kind}: {result['images']} images -> {args.out}: labeled "
              f"{100 * result['labeled_fraction']:.2f}% of pixels, purity {result['purity']:.4f}, "
@@ -133,9 +135,10 @@ def _add_dataset_flags(p: argparse.ArgumentParser) -> None:
                  help="camvid, cityscapes, ade20k, voc, custom, synthetic or tfds_cityscapes")
   p.add_argument("--data-dir", default=None, help="dataset root (not needed for synthetic)")
   p.add_argument("--split", default="train", help="split name (train, val, ...)")
-  p.add_argument("--num-images", type=int, default=32, help="synthetic only: scenes in the split")
-  p.add_argument("--size", type=int, nargs=2, default=(256, 512), metavar=("H", "W"),
-                 help="synthetic only: scene size in pixels")
+  p.add_argument("--num-images", type=int, default=0,
+                 help="synthetic only: scenes in the split (default 64)")
+  p.add_argument("--size", type=int, nargs=2, default=(0, 0), metavar=("H", "W"),
+                 help="synthetic only: scene size in pixels (default 256 512)")
   p.add_argument("--data-seed", type=int, default=0, help="synthetic only: dataset seed")
 
 

@@ -22,3 +22,30 @@ def shared_data() -> pathlib.Path:
         f"{SHARED_DATA} not found: clone the repository next to the project's shared/ "
         "folder (tests read the real CamVid/Cityscapes/VOC samples from there).")
   return SHARED_DATA
+
+
+@pytest.fixture(scope="session", autouse=True)
+def test_model():
+  """TinySeg (tests/fakes.py) as model `fakes.TEST_MODEL` for the session, then removed."""
+  from sesam_jax import models
+  from tests import fakes
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setitem(models.MODELS, fakes.TEST_MODEL, fakes._tiny_seg)
+    yield fakes.TEST_MODEL
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, test_model):
+  """A finished tiny training run, trained once per session: (workdir, config, result).
+
+  Its workdir holds checkpoints at steps 2 and 4, metrics.jsonl, result.json and config.json;
+  tests must not write into it.
+  """
+  from sesam_jax import config_lib
+  from sesam_jax.train import loop
+  from tests import fakes
+  workdir = str(tmp_path_factory.mktemp("tiny_run") / "run")
+  config = config_lib.config_from_flags(fakes.TINY_CONFIG,
+                                        fakes.TINY_OVERRIDES + [f"--config.model={test_model}"])
+  result = loop.train_and_evaluate(config, workdir)
+  return workdir, config, result

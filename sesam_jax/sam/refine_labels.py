@@ -14,7 +14,6 @@ the refined labels and `weak_miou` of the weak labels are scored like
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import time
@@ -22,8 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from sam_bridge.api import RefineRequest
+from sam_bridge.refine import RefineConfig, refine
 from sesam_jax import report
-from sesam_jax.data.base import write_png_atomic
+from sesam_jax.atomic import write_png_atomic
+from sesam_jax.data import weak_labels, weak_sources
+from sesam_jax.evaluate import metrics
 from sesam_jax.sam import resolver
 
 
@@ -56,10 +59,6 @@ def refine_dataset(source, *, weak_kind: str, out_dir: str | os.PathLike,
     "coarse_*" (stage-1 scores for points/scribbles), "seconds_per_image",
     "fallbacks", "config"}.
   """
-  from sam_bridge.api import RefineRequest
-  from sam_bridge.refine import RefineConfig, refine
-  from sesam_jax.data import weak_labels
-  from sesam_jax.evaluate import metrics
 
   if isinstance(backend, str):
     backend = resolver.resolve(backend)
@@ -80,7 +79,7 @@ def refine_dataset(source, *, weak_kind: str, out_dir: str | os.PathLike,
       if weak_fn is not None:
         weak = weak_fn(i, item)
       elif weak_dir is not None:
-        weak = weak_labels.read_weak_label(weak_dir, item["id"], num_classes=c, shape=item["label"].shape)
+        weak = weak_sources.read_weak_label(weak_dir, item["id"], num_classes=c, shape=item["label"].shape)
       else:
         weak = weak_labels.make_weak_label(item["label"], weak_kind, seed=seed, image_id=item["id"],
                                            num_classes=c, ignore_index=info.ignore_index)
@@ -160,7 +159,5 @@ def baseline_labels(config: Any, train_source: Any, workdir: str) -> str:
     result = refine_dataset(train_source, weak_kind=config.weak, out_dir=out, backend=backend,
                             seed=config.weak_seed, mode="naive", k=config.sam.k,
                             work_long_side=config.sam.work_long_side)
-    with open(done + ".tmp", "w") as f:
-      json.dump(result, f, default=str)
-    os.replace(done + ".tmp", done)
+    report.write_json(done, result)
   return out
