@@ -100,6 +100,22 @@ def _cmd_refine(args: argparse.Namespace) -> dict:
   return {"dataset": args.dataset, "split": args.split, **result}
 
 
+def _cmd_predict(args: argparse.Namespace) -> dict:
+  settings = dict(mode=args.mode, window=args.window, stride=args.stride,
+                  image_scale=args.image_scale, batch_size=args.batch_size)
+  if args.export:
+    from sesam_jax.evaluate import export
+    return export.export_run(args.workdir, args.export, ema=args.ema, image_hw=args.export_size,
+                             input_path=args.input, platforms=tuple(args.export_platforms),
+                             **settings)
+  if args.out is None:
+    raise ValueError("sesam predict needs --out DIR for the label PNGs (or --export DIR).")
+  from sesam_jax.evaluate import predict
+  return predict.predict(args.workdir, out_dir=args.out, input_path=args.input,
+                         dataset=args.dataset, data_dir=args.data_dir, split=args.split,
+                         limit=args.limit, ema=args.ema, write_overlay=args.overlay, **settings)
+
+
 def _add_dataset_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument("--dataset", required=True,
                  help="camvid, cityscapes, ade20k, voc, custom, synthetic or tfds_cityscapes")
@@ -191,6 +207,37 @@ def build_parser() -> argparse.ArgumentParser:
                  help="SAM weights (directory or sam_vit_*.pth); default: the superpixel prior")
   p.add_argument("--no-train", action="store_true", help="label stages only")
   p.set_defaults(handler=_cmd_demo)
+
+  p = sub.add_parser("predict", help="a trained run on new images: label PNGs, overlays, mIoU; "
+                     "or --export a standalone predictor")
+  p.add_argument("--workdir", required=True, help="run directory (config.json, checkpoints/)")
+  p.add_argument("--input", default=None,
+                 help="an image file or a folder of images (any size); default: the dataset split")
+  p.add_argument("--out", default=None, help="folder for <stem>.png labels (and overlays)")
+  p.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.jpg")
+  p.add_argument("--ema", action="store_true", help="the EMA teacher's weights (default: student)")
+  p.add_argument("--dataset", default=None,
+                 help="predict on this dataset's --split, or score --input images it holds "
+                      "(mIoU); default data dir: the run's")
+  p.add_argument("--data-dir", default=None, help="dataset root (default: the run's data_dir)")
+  p.add_argument("--split", default=None, help="split name (default: the run's val split)")
+  p.add_argument("--limit", type=int, default=None, help="only the first N images")
+  p.add_argument("--mode", default=None, choices=("whole", "slide"),
+                 help="whole image or sliding window (default: the run's eval.mode)")
+  p.add_argument("--window", type=int, default=None, help="slide: window side (default: run's)")
+  p.add_argument("--stride", type=int, default=None, help="slide: stride (default: run's)")
+  p.add_argument("--image-scale", type=float, default=None,
+                 help="resize factor before the model (default: the run's eval.image_scale)")
+  p.add_argument("--batch-size", type=int, default=None,
+                 help="images per batch (default: the run's eval.batch_size)")
+  p.add_argument("--export", default=None, metavar="DIR",
+                 help="write a jax.export predictor (function + weights) to DIR instead")
+  p.add_argument("--export-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                 help="--export: the input size the function takes (default: the first --input "
+                      "image, else the run's first val image)")
+  p.add_argument("--export-platforms", nargs="+", default=["cpu", "cuda", "tpu"],
+                 help="--export: platforms the function is lowered for")
+  p.set_defaults(handler=_cmd_predict)
 
   p = sub.add_parser("convert", help="PyTorch weights -> a Flax checkpoint (msgpack) for `init`")
   p.add_argument("src", help="PyTorch state dict: .pth, .pt, .bin or .safetensors")
