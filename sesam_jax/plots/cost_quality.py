@@ -64,10 +64,10 @@ def plot_cost(paths: Sequence[str | os.PathLike], *, out: str | os.PathLike,
       ax.annotate(f"{p['train_images']} img", (p["hours"], p["val_miou"]), fontsize=6,
                   textcoords="offset points", xytext=(3, 3))
   ax.set_xscale("log")
-  plain = lambda value, _: f"{value:g}"  # 1.25, 30, 150 rather than powers of ten.
-  ax.xaxis.set_major_formatter(plt.FuncFormatter(plain))
-  ax.xaxis.set_minor_formatter(plt.FuncFormatter(plain))
-  ax.tick_params(axis="x", which="minor", labelsize=6)
+  from matplotlib import ticker
+  ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+  ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))  # 0.5, 20, 100
+  ax.xaxis.set_minor_formatter(ticker.NullFormatter())
   ax.set_xlabel("annotation hours (log scale)")
   ax.set_ylabel("val mIoU (student)")
   ax.grid(True, which="both", alpha=0.3)

@@ -46,34 +46,42 @@ def plot_curves(paths: Sequence[str | os.PathLike], *, out: str | os.PathLike,
   Returns:
     {"figure", "data", "runs"}.
   """
+  from matplotlib.lines import Line2D
   plt = output.pyplot()
   workdirs = runs_lib.find_workdirs(paths)
-  fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.4), squeeze=False)
-  colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
   data_runs = []
-  for r, workdir in enumerate(workdirs):
-    run = runs_lib.read_run(workdir)
+  for workdir in workdirs:
     rows = runs_lib.read_metrics(workdir)
-    label = f"{workdir.name} ({run.kind})"
-    entry = {"workdir": str(workdir), "label": label, "series": {}}
-    for ax, (_, _, wanted) in zip(axes[0], PANELS):
-      for k, key in enumerate(_keys(rows, wanted)):
-        points = runs_lib.series(rows, key)
-        entry["series"][key] = points
-        ax.plot([p[0] for p in points], [p[1] for p in points], color=colors[r % len(colors)],
-                linestyle=STYLES[k % len(STYLES)], marker="o" if len(points) < 3 else None,
-                markersize=3, label=f"{label}: {key.split('/')[-1]}")
+    entry = {"workdir": str(workdir), "label": f"{workdir.name} ({runs_lib.read_run(workdir).kind})",
+             "series": {}}
+    for _, _, wanted in PANELS:
+      for key in _keys(rows, wanted):
+        entry["series"][key] = runs_lib.series(rows, key)
     data_runs.append(entry)
-  for ax, (title, ylabel, _) in zip(axes[0], PANELS):
+  fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.6), squeeze=False)
+  colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  for ax, (title, ylabel, wanted) in zip(axes[0], PANELS):
+    # One line style per metric across runs, one colour per run.
+    keys = _keys([{k: 0 for run in data_runs for k in run["series"]}], wanted)
+    styles = {k: STYLES[i % len(STYLES)] for i, k in enumerate(keys)}
+    for r, run in enumerate(data_runs):
+      for key in keys:
+        points = run["series"].get(key, [])
+        ax.plot([p[0] for p in points], [p[1] for p in points], color=colors[r % len(colors)],
+                linestyle=styles[key], marker="o" if len(points) < 3 else None, markersize=3)
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
-    if ax.lines:
-      ax.legend(fontsize=6)
-    else:
+    if not keys:
       ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
-  fig.tight_layout()
+    elif len(keys) > 1:
+      ax.legend(handles=[Line2D([], [], color="grey", linestyle=s, label=k.split("/")[-1])
+                         for k, s in styles.items()], fontsize=6)
+  fig.legend(handles=[Line2D([], [], color=colors[r % len(colors)], label=run["label"])
+                      for r, run in enumerate(data_runs)], loc="lower center", fontsize=7,
+             ncol=min(len(data_runs), 4), frameon=False)
+  fig.tight_layout(rect=(0, 0.08, 1, 1))
   data = {"x": "step", "panels": [{"title": t, "metrics": list(w)} for t, _, w in PANELS],
           "runs": data_runs}
   paths_out = output.save(fig, out, data, dpi=dpi)

@@ -1,7 +1,7 @@
 """Writing a figure and the data it drew; colours and run-length codes for label maps.
 
-`save(fig, path, data)` writes `path` (PNG) and `path` with a `.json` suffix, each under a
-temporary name first, so a figure never exists without its data. Label maps and masks go into
+`save(fig, path, data)` writes `path` (a 256-colour PNG) and `path` with a `.json` suffix, each
+under a temporary name first, so a figure never exists without its data. Label maps and masks go into
 the JSON run-length coded (`rle_encode`: row-major runs of equal values), which keeps a
 480x360 label map to a few kilobytes and decodes exactly.
 """
@@ -67,7 +67,7 @@ def save(fig: Any, path: str | os.PathLike, data: Mapping[str, Any], *, dpi: int
   tmp_png = path.with_name(f".{path.name}.{os.getpid()}.tmp")
   tmp_json = data_path.with_name(f".{data_path.name}.{os.getpid()}.tmp")
   try:
-    fig.savefig(tmp_png, format="png", dpi=dpi)
+    _save_png(fig, tmp_png, dpi)
     tmp_json.write_text(json.dumps(_jsonable(data)))
     os.replace(tmp_json, data_path)
     os.replace(tmp_png, path)
@@ -76,6 +76,19 @@ def save(fig: Any, path: str | os.PathLike, data: Mapping[str, Any], *, dpi: int
     tmp_png.unlink(missing_ok=True)
     tmp_json.unlink(missing_ok=True)
   return {"figure": str(path), "data": str(data_path)}
+
+
+def _save_png(fig: Any, path: pathlib.Path, dpi: int) -> None:
+  """The figure as a 256-colour palette PNG: a third of the size of matplotlib's RGBA PNG (the
+  photos in the panels are the bulk) and no visible difference at figure scale."""
+  import io
+  from PIL import Image
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=dpi, facecolor="white")
+  buffer.seek(0)
+  with Image.open(buffer) as image:
+    image.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(
+        path, format="PNG", optimize=True)
 
 
 def rle_encode(array: np.ndarray) -> dict:
@@ -105,6 +118,17 @@ def palette(colors: np.ndarray) -> np.ndarray:
 def colorize(label: np.ndarray, colors: np.ndarray) -> np.ndarray:
   """HxW class ids -> HxWx3 uint8 (unlabeled white)."""
   return palette(colors)[label]
+
+
+def thicken(label: np.ndarray, radius: int = 2) -> np.ndarray:
+  """For display: every unlabeled pixel within `radius` of a labeled one takes its class, so
+  that point labels (single pixels) are visible."""
+  import scipy.ndimage as ndi
+  unlabeled = label == IGNORE
+  if unlabeled.all() or not unlabeled.any():
+    return label
+  distance, (iy, ix) = ndi.distance_transform_edt(unlabeled, return_indices=True)
+  return np.where(distance <= radius, label[iy, ix], label)
 
 
 def per_image_miou(label: np.ndarray, fine: np.ndarray, num_classes: int) -> float | None:

@@ -93,7 +93,8 @@ def plot_qualitative(workdirs: Sequence[str | os.PathLike], *, out: str | os.Pat
   if weak_kind is not None:
     seed = (sam_config.weak_seed if sam_config is not None else 0) if seed is None else seed
     bk, refine_one = _refine_fn(sam_config, backend, weak_kind)
-    columns += [{"title": f"weak ({weak_kind})", "kind": "weak", "seed": seed},
+    columns += [{"title": f"weak ({weak_kind})", "kind": "weak", "seed": seed,
+                 "drawn": "points 5 px wide" if weak_kind == "points" else "as is"},
                 {"title": f"SeSAM ({bk.name})", "kind": "sesam", "backend": bk.name,
                  "oracle": bool(bk.is_oracle)}]
     for item, row in zip(report.progress(items, desc="refine", unit="img"), maps):
@@ -162,7 +163,9 @@ def _draw(data: dict, items: list[dict], maps: list[list[np.ndarray]], out: str 
   fig, axes = plt.subplots(len(items), ncols, squeeze=False,
                            figsize=(width, len(items) * 2.4 * h / w + 0.8))
   for r, (item, row, rec) in enumerate(zip(items, maps, data["rows"])):
-    panels = [item["image"]] + [output.colorize(m, colors) for m in row]
+    shown = [output.thicken(m) if column.get("drawn") == "points 5 px wide" else m
+             for m, column in zip(row, data["columns"][1:])]
+    panels = [item["image"]] + [output.colorize(m, colors) for m in shown]
     for c, (ax, panel, column) in enumerate(zip(axes[r], panels, data["columns"])):
       ax.imshow(panel, interpolation="nearest")
       ax.set_xticks([])

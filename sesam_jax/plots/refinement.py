@@ -110,8 +110,13 @@ def draw(data: dict, trace: Any, image: np.ndarray, path: str | os.PathLike, *,
   colors = np.asarray(data["colors"], np.uint8)
   names = data["class_names"]
   labels = {k: output.rle_decode(v) for k, v in data["labels"].items()}
-  rows = 1 + len(data["instances"])
-  fig, axes = plt.subplots(rows, 5, figsize=(15, 2.6 * rows + 0.4), squeeze=False)
+  # Row heights follow the panels' aspect ratios (columns are 3 inches wide).
+  h, w = image.shape[:2]
+  ratios = [h / w] + [min(max((v[2] - v[0]) / (v[3] - v[1]), 0.4), 1.2)
+                      for v in (inst["view"] for inst in data["instances"])]
+  fig, axes = plt.subplots(len(ratios), 5, squeeze=False,
+                           figsize=(15, 3 * sum(ratios) + 0.35 * len(ratios)),
+                           gridspec_kw={"height_ratios": ratios})
   for ax in axes.ravel():
     ax.set_axis_off()
   titles = {"weak": f"weak ({data['weak_kind']})", "coarse": "stage 1: coarse",
@@ -119,6 +124,8 @@ def draw(data: dict, trace: Any, image: np.ndarray, path: str | os.PathLike, *,
   axes[0, 0].imshow(image)
   axes[0, 0].set_title(data["id"], fontsize=8)
   for ax, (key, label) in zip(axes[0, 1:], labels.items()):
+    if key == "weak" and data["weak_kind"] == "points":
+      label = output.thicken(label)  # Single-pixel clicks drawn 5 px wide.
     ax.imshow(output.colorize(label, colors), interpolation="nearest")
     score = data["miou"].get(key)
     ax.set_title(titles[key] + ("" if score is None else f", mIoU {score:.3f}"), fontsize=8)

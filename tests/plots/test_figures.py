@@ -136,8 +136,13 @@ def test_cost_plot_points_follow_the_cost_model(tiny_camvid_run, tmp_path, capsy
       ("scribbles_100", "scribbles", "sesam", 100, 0.45),
       ("scribbles_10", "scribbles", "sesam", 10, 0.35), ("points_10", "points", "sesam", 10, 0.2)]:
     _hand_run(root, name, base, weak=weak, method=method, images=images, miou=miou)
+  # A run without result.json (older runs): its config and metrics only.
+  no_result = tmp_path / "no_result"
+  no_result.mkdir()
+  for name in ("config.json", "metrics.jsonl"):
+    shutil.copy(tiny_camvid_run.workdir / name, no_result / name)
   out = tmp_path / "cost.png"
-  _run(capsys, "plot", "cost", root, tiny_camvid_run.workdir, "--out", out)
+  _run(capsys, "plot", "cost", root, no_result, "--out", out)
   data = json.loads(out.with_suffix(".json").read_text())
   lines = {line["label"]: line for line in data["lines"]}
   assert list(lines) == ["points, sesam", "scribbles, sesam", "fine"]
@@ -149,8 +154,8 @@ def test_cost_plot_points_follow_the_cost_model(tiny_camvid_run, tmp_path, capsy
     for p in line["points"]:
       assert p["hours"] == pytest.approx(p["train_images"] * minutes[line["weak"]] / 60, abs=1e-3)
   fine = lines["fine"]["points"]
-  # The tiny run has no result.json yet: the whole CamVid train split (367 images), its val
-  # mIoU from metrics.jsonl.
+  # Without result.json: the whole CamVid train split (367 images), the val mIoU from
+  # metrics.jsonl.
   assert [p["train_images"] for p in fine] == [10, 100, 367]
   assert [p["val_miou"] for p in fine[:2]] == [0.30, 0.50]
   assert fine[2]["val_miou"] == pytest.approx(tiny_camvid_run.result["val_miou"])
