@@ -17,7 +17,7 @@ training code (`load_predictor` imports nothing else of sesam_jax):
 
     from sesam_jax.evaluate.export import load_predictor
     predictor = load_predictor("exported/")
-    labels_HW = predictor(image_HW3_uint8)   # or a batch BxHxWx3; any size (resized to the export's)
+    labels_HW = predictor(image_HW3_uint8)  # or BxHxWx3; any size (resized to the export's)
 """
 
 from __future__ import annotations

@@ -52,8 +52,8 @@ def plot_curves(paths: Sequence[str | os.PathLike], *, out: str | os.PathLike,
   data_runs = []
   for workdir in workdirs:
     rows = runs_lib.read_metrics(workdir)
-    entry = {"workdir": str(workdir), "label": f"{workdir.name} ({runs_lib.read_run(workdir).kind})",
-             "series": {}}
+    kind = runs_lib.read_run(workdir).kind
+    entry = {"workdir": str(workdir), "label": f"{workdir.name} ({kind})", "series": {}}
     for _, _, wanted in PANELS:
       for key in _keys(rows, wanted):
         entry["series"][key] = runs_lib.series(rows, key)

@@ -1,8 +1,8 @@
 """Writing a figure and the data it drew; colours and run-length codes for label maps.
 
 `save(fig, path, data)` writes `path` (a 256-colour PNG) and `path` with a `.json` suffix, each
-under a temporary name first, so a figure never exists without its data. Label maps and masks go into
-the JSON run-length coded (`rle_encode`: row-major runs of equal values), which keeps a
+under a temporary name first, so a figure never exists without its data. Label maps and masks go
+into the JSON run-length coded (`rle_encode`: row-major runs of equal values), which keeps a
 480x360 label map to a few kilobytes and decodes exactly.
 """
 

@@ -123,8 +123,9 @@ def plot_qualitative(workdirs: Sequence[str | os.PathLike], *, out: str | os.Pat
     row.append(item["label"])
   titles = [c["title"] for c in columns[1:]]
   data = {
-      "dataset": info.name, "split": split or runs[0].config.dataset.val_split, "class_names": list(info.class_names),
-      "colors": info.colors, "columns": columns, "runs": run_summaries,
+      "dataset": info.name, "split": split or runs[0].config.dataset.val_split,
+      "class_names": list(info.class_names), "colors": info.colors, "columns": columns,
+      "runs": run_summaries,
       "rows": [{"id": item["id"], "labels": {t: output.rle_encode(m) for t, m in zip(titles, row)},
                 "miou": {t: output.per_image_miou(m, item["label"], info.num_classes)
                          for t, m in zip(titles[:-1], row[:-1])}}

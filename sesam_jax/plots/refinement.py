@@ -77,7 +77,8 @@ def figure_data(item: dict, weak: np.ndarray, result: Any, info: Any, *, weak_ki
     y0, x0 = t.bbox[:2]
     xs, ys = (np.asarray(t.points) - np.float32([x0, y0])).astype(int).T
     instances.append({
-        "trace_index": index, "stage": t.stage, "class_id": t.class_id, "class_name": info.class_names[t.class_id],
+        "trace_index": index, "stage": t.stage, "class_id": t.class_id,
+        "class_name": info.class_names[t.class_id],
         "bbox": list(t.bbox), "view": list(_view(t.bbox, trace.working_hw)),
         "mask": output.rle_encode(t.mask), "area": int(t.mask.sum()),
         "points": np.asarray(t.points).tolist(), "grid": t.grid,

@@ -1,5 +1,5 @@
 """The figure commands on real CamVid images and the shared tiny run: each JSON holds what its
-figure claims (checked against the geometry, `sesam refine`, `sesam predict` and the runs' files)."""
+figure claims (checked against the geometry, `sesam refine`, `sesam predict`, the runs' files)."""
 
 import json
 import shutil
@@ -56,7 +56,8 @@ def test_refine_visualize_draws_what_refine_wrote(camvid_val, shared_data, tmp_p
   assert data["id"] == item["id"] and data["backend"] == "oracle" and data["oracle"]
   labels = {k: rle_decode(v) for k, v in data["labels"].items()}
   # The weak, SeSAM and fine maps are the ones `sesam refine` used and wrote.
-  np.testing.assert_array_equal(labels["refined"], np.asarray(Image.open(out / f"{item['id']}.png")))
+  written = np.asarray(Image.open(out / f"{item['id']}.png"))
+  np.testing.assert_array_equal(labels["refined"], written)
   np.testing.assert_array_equal(labels["weak"], weak_labels.make_weak_label(
       item["label"], "coarse", seed=0, image_id=item["id"], num_classes=11))
   np.testing.assert_array_equal(labels["fine"], item["label"])
@@ -171,7 +172,8 @@ def test_curves_hold_the_logged_metrics(tiny_camvid_run, tmp_path, capsys):
           {"step": 20, "train/loss": 1.5, "train/coverage_weak": 0.1, "train/coverage_sam": 0.5},
           {"step": 20, "val/student_miou": 0.2, "val/ema_miou": 0.25},
           {"step": 20, "train/loss": 1.4, "train/coverage_weak": 0.1, "train/coverage_sam": 0.6},
-          {"step": 30, "train/loss": 1.2, "train/coverage_weak": 0.1, "train/coverage_pseudo": 0.05}]
+          {"step": 30, "train/loss": 1.2, "train/coverage_weak": 0.1,
+           "train/coverage_pseudo": 0.05}]
   (resumed / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
   out = tmp_path / "curves.png"
   _run(capsys, "plot", "curves", tiny_camvid_run.workdir, resumed, "--out", out)

@@ -1,7 +1,5 @@
 """RefineConfig(trace=True): what refine() computed, per instance, agrees with the geometry."""
 
-import dataclasses
-
 import numpy as np
 import pytest
 
