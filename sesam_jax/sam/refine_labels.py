@@ -30,6 +30,20 @@ from sesam_jax.evaluate import metrics
 from sesam_jax.sam import resolver
 
 
+def weak_label_of(source: Any, index: int, item: dict, *, weak_kind: str, seed: int = 0,
+                  weak_dir: str | os.PathLike | None = None, weak_fn: Any = None) -> np.ndarray:
+  """The weak label `sesam refine` uses for `item` (HxW uint8, 255 = unlabeled): from
+  `weak_fn(index, item)`, read from `weak_dir`, or generated as `sesam weak-labels` makes it."""
+  info = source.info
+  if weak_fn is not None:
+    return weak_fn(index, item)
+  if weak_dir is not None:
+    return weak_sources.read_weak_label(weak_dir, item["id"], num_classes=info.num_classes,
+                                        shape=item["label"].shape)
+  return weak_labels.make_weak_label(item["label"], weak_kind, seed=seed, image_id=item["id"],
+                                     num_classes=info.num_classes, ignore_index=info.ignore_index)
+
+
 def refine_dataset(source, *, weak_kind: str, out_dir: str | os.PathLike,
                    backend: resolver.SamBackend | str = "oracle", seed: int = 0,
                    weak_dir: str | os.PathLike | None = None, weak_fn=None,
@@ -76,13 +90,8 @@ def refine_dataset(source, *, weak_kind: str, out_dir: str | os.PathLike,
   def requests():
     for i in range(count):
       item = source[i]
-      if weak_fn is not None:
-        weak = weak_fn(i, item)
-      elif weak_dir is not None:
-        weak = weak_sources.read_weak_label(weak_dir, item["id"], num_classes=c, shape=item["label"].shape)
-      else:
-        weak = weak_labels.make_weak_label(item["label"], weak_kind, seed=seed, image_id=item["id"],
-                                           num_classes=c, ignore_index=info.ignore_index)
+      weak = weak_label_of(source, i, item, weak_kind=weak_kind, seed=seed, weak_dir=weak_dir,
+                           weak_fn=weak_fn)
       pending[item["id"]] = (weak, item["label"])
       yield RefineRequest(item["id"], item["image"], weak, fine=item["label"])
 
