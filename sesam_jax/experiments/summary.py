@@ -13,9 +13,9 @@ workdir under the given paths and prints one markdown table in the paper's layou
            images); label-source coverage at the last logged step (weak / SAM / pseudo-label
            pixels, % of the batch); wall time (train + SAM pre-warm + eval seconds, mean)
 
-A run is finished when its result.json holds a step >= its config's num_steps; any other run
-(no result.json: killed or still running; a lower step) is listed as unfinished with the last
-step it logged, never left out.
+Runs are read by `sesam_jax.plots.runs`: a run is finished when its result.json holds a step >=
+its config's num_steps; any other run (no result.json: killed or still running; a lower step) is
+listed as unfinished with the last step it reached, never left out.
 
 The cost-vs-mIoU data (Figure 4) is written to `cost_json`, or, when the runs have budgets
 (`dataset.max_train_images`, as `sesam reproduce --table fig4` makes them), to
@@ -46,9 +46,10 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sesam_jax import config_lib, cost, report
-from sesam_jax.experiments.workdirs import (CONFIG_FILE, RESULT_FILE, Run, find_workdirs,
-                                            get_field, read_run, train_images)
+from sesam_jax import configs_common, cost, report
+from sesam_jax.atomic import write_atomic
+from sesam_jax.plots import runs as runs_lib
+from sesam_jax.plots.runs import CONFIG_FILE, RESULT_FILE, Run
 from sesam_jax.train.methods import METHODS
 
 COST_FILE = "cost_points.json"  # Figure 4's data, written beside runs with budgets
@@ -65,17 +66,42 @@ def _uses_sam(method: str) -> bool:
   return METHODS[method].uses_sam if method in METHODS else True
 
 
+def _field(config: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
+  """`config["a"]["b"]` for "a.b" in a config as a dict (default when absent)."""
+  node: Any = config
+  for part in dotted.split("."):
+    if not isinstance(node, Mapping) or part not in node:
+      return default
+    node = node[part]
+  return node
+
+
+_counted: dict[str, int | None] = {}
+
+
+def train_images(run: Run) -> int | None:
+  """`runs_lib.train_images`, or None (said once) when the run's split cannot be read."""
+  key = str(run.workdir)
+  if key not in _counted:
+    try:
+      _counted[key] = runs_lib.train_images(run)
+    except ValueError as e:
+      report.log(f"report: {e}; its annotation hours are left blank")
+      _counted[key] = None
+  return _counted[key]
+
+
 def variant_of(config: Mapping[str, Any], defaults: Mapping[str, Any]) -> tuple:
   """The ablation fields of a run that differ from the defaults, ((name, value), ...)."""
   method = config.get("method", "supervised")
   out = []
   for name in ABLATION_FIELDS:
-    value = get_field(config, name, _ABSENT)
+    value = _field(config, name, _ABSENT)
     if value is _ABSENT or (name.startswith("sam.") and not _uses_sam(method)):
       continue  # SAM settings mean nothing to a run without SAM.
     if name == "loss.merge_weak_sam" and method != "sesam":
       continue
-    if value != get_field(defaults, name, value):
+    if value != _field(defaults, name, value):
       out.append((name.rsplit(".", 1)[-1], value))
   return tuple(out)
 
@@ -97,11 +123,11 @@ class Group:
 
   @property
   def finished(self) -> list[Run]:
-    return [r for r in self.runs if r.finished]
+    return [r for r in self.runs if runs_lib.is_finished(r)]
 
   @property
   def unfinished(self) -> list[Run]:
-    return [r for r in self.runs if not r.finished]
+    return [r for r in self.runs if not runs_lib.is_finished(r)]
 
   @property
   def miou_mean(self) -> float | None:
@@ -134,20 +160,20 @@ class Group:
 
 def group_runs(runs: Sequence[Run], *, ema: bool = False) -> list[Group]:
   """Runs grouped into table cells (seeds together), in the paper's order, with WvF."""
-  defaults = config_lib.base_config().to_dict()
+  defaults = configs_common.base_config().to_dict()
   key_name = "val_miou_ema" if ema else "val_miou"
   groups: dict[tuple, Group] = {}
   for run in runs:
-    c = run.config
+    c = run.config.to_dict()
     column = (c["dataset"]["name"], c["model"])
     row = (c["weak"], c["method"], variant_of(c, defaults),
            int(c["dataset"].get("max_train_images", 0) or 0))
     group = groups.setdefault((column, row), Group(column, row))
     group.runs.append(run)
-    if run.finished:
+    if runs_lib.is_finished(run):
       value = run.result.get(key_name)
       if value is None:
-        raise ValueError(f"{os.path.join(run.workdir, RESULT_FILE)} has no {key_name}"
+        raise ValueError(f"{run.workdir / RESULT_FILE} has no {key_name}"
                          f"{' (the run had config.eval.ema off)' if ema else ''}; "
                          f"{'drop --ema or ' if ema else ''}re-evaluate it with `sesam eval`.")
       group.miou.append(float(value))
@@ -261,8 +287,8 @@ def unfinished_lines(groups: Sequence[Group]) -> list[str]:
       weak, method, variant, budget = g.row
       what = " ".join(p for p in (g.column[0], g.column[1], weak, method, _variant_text(variant),
                                   f"budget {budget}" if budget else "") if p)
-      where = ("no step logged yet" if run.step is None
-               else f"step {run.step} of {run.num_steps}")
+      step = runs_lib.last_step(run)
+      where = "no step logged yet" if step is None else f"step {step} of {run.config.num_steps}"
       out.append(f"- unfinished: {what} seed {run.config.get('seed', 0)} ({where}): {run.workdir}")
   return out
 
@@ -282,8 +308,8 @@ def csv_rows(groups: Sequence[Group], *, ema: bool = False,
                 "finished": len(g.finished),
                 "status": "finished" if not g.unfinished else
                           ("unfinished" if not g.finished else "partly finished"),
-                "unfinished_workdirs": ";".join(r.workdir for r in g.unfinished),
-                "workdirs": ";".join(r.workdir for r in g.runs)})
+                "unfinished_workdirs": ";".join(str(r.workdir) for r in g.unfinished),
+                "workdirs": ";".join(str(r.workdir) for r in g.runs)})
   return out
 
 
@@ -315,7 +341,7 @@ def cost_points(groups: Sequence[Group], *, ema: bool = False,
     line["points"].append({
         "hours": round(hours, 4), "val_miou": g.miou_mean, "val_miou_std": g.miou_std,
         "seeds": len(g.miou), "train_images": g.train_images(),
-        "workdir": g.finished[0].workdir, "workdirs": [r.workdir for r in g.finished],
+        "workdir": str(g.finished[0].workdir), "workdirs": [str(r.workdir) for r in g.finished],
         "val_miou_from": RESULT_FILE})
   for line in lines.values():
     line["points"].sort(key=lambda p: p["hours"])
@@ -325,7 +351,7 @@ def cost_points(groups: Sequence[Group], *, ema: bool = False,
   return {"format": "sesam-cost-points/1", "x": "annotation hours",
           "y": f"val mIoU ({'EMA teacher' if ema else 'student'})",
           "minutes_per_image": minutes, "lines": list(lines.values()),
-          "unfinished": [r.workdir for g in groups for r in g.unfinished]}
+          "unfinished": [str(r.workdir) for g in groups for r in g.unfinished]}
 
 
 def report_runs(paths: Sequence[str], *, ema: bool = False, csv_path: str | None = None,
@@ -345,7 +371,7 @@ def report_runs(paths: Sequence[str], *, ema: bool = False, csv_path: str | None
     {"runs", "finished", "unfinished": [workdir, ...], "cells": the CSV records, and "csv" /
     "cost_json" when written}.
   """
-  runs = [read_run(w) for w in find_workdirs(paths)]
+  runs = runs_lib.read_runs(paths)
   groups = group_runs(runs, ema=ema)
   if cost_json is None and any(g.row[3] for g in groups) and not os.path.isfile(
       os.path.join(paths[0], CONFIG_FILE)):
@@ -354,15 +380,16 @@ def report_runs(paths: Sequence[str], *, ema: bool = False, csv_path: str | None
   extra = unfinished_lines(groups)
   print(text + ("\n\n" + "\n".join(extra) if extra else ""), file=sys.stdout, flush=True)
   records = csv_rows(groups, ema=ema, minutes_per_image=minutes_per_image)
-  out: dict[str, Any] = {"runs": len(runs), "finished": sum(r.finished for r in runs),
-                         "unfinished": [r.workdir for r in runs if not r.finished],
+  out: dict[str, Any] = {"runs": len(runs), "finished": sum(map(runs_lib.is_finished, runs)),
+                         "unfinished": [str(r.workdir) for r in runs
+                                        if not runs_lib.is_finished(r)],
                          "cells": records}
   if csv_path:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(records[0]) if records else ["dataset"])
     writer.writeheader()
     writer.writerows(records)
-    report.write_text(csv_path, buffer.getvalue())
+    write_atomic(csv_path, buffer.getvalue())
     out["csv"] = csv_path
   if cost_json:
     report.write_json(cost_json, cost_points(groups, ema=ema, minutes_per_image=minutes_per_image))

@@ -16,6 +16,7 @@ with the same command.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shlex
 import subprocess
@@ -25,7 +26,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sesam_jax import config_lib, report
-from sesam_jax.experiments import grid, workdirs
+from sesam_jax.experiments import grid
+from sesam_jax.plots import runs as runs_lib
 from sesam_jax.sam import resolver
 from sesam_jax.train.methods import get_method
 
@@ -137,7 +139,7 @@ def plan_cells(cells: Sequence[grid.Cell], *, root: str, configs_dir: str = "con
       flags.append(f"--config.data_dir={DATA_DIR_PLACEHOLDER.format(dataset=cell.dataset)}")
       placeholders.append(DATA_DIR_PLACEHOLDER.format(dataset=cell.dataset))
     flags += list(extra)
-    config_lib.apply_overrides(config, flags)  # What `sesam train` will do: bad flags stop here.
+    config = config_lib.config_from_flags(spec, flags)  # As `sesam train` does: bad flags stop.
     workdir = os.path.join(root, cell.relpath(config.model))
     if workdir in seen:
       continue  # The same run fills several rows (Tables 3-4 list them in `cell.rows`).
@@ -168,7 +170,7 @@ def run_plans(plans: Sequence[Plan], *, keep_going: bool = False,
   out, failures = [], []
   for i, plan in enumerate(plans, 1):
     name = plan.workdir
-    done = workdirs.finished_step(plan.workdir, plan.num_steps)
+    done = runs_lib.finished_step(plan.workdir, plan.num_steps)
     if done is not None:
       report.log(f"[{i}/{len(plans)}] finished before (step {done}): {name}")
       out.append({"workdir": plan.workdir, "status": "skipped"})
@@ -186,12 +188,13 @@ def run_plans(plans: Sequence[Plan], *, keep_going: bool = False,
       code = subprocess.call([python, "-m", "sesam_jax.main", *plan.argv[1:]], stdout=log,
                              stderr=subprocess.STDOUT)
     seconds = round(time.time() - start, 1)
-    if code != 0 or workdirs.finished_step(plan.workdir, plan.num_steps) is None:
+    if code != 0 or runs_lib.finished_step(plan.workdir, plan.num_steps) is None:
       failures.append(f"{plan.workdir} (exit code {code}; {_last_line(log_path)})")
       report.log(f"[{i}/{len(plans)}] failed after {seconds} s: see {log_path}")
       out.append({"workdir": plan.workdir, "status": "failed", "seconds": seconds})
       continue
-    result = workdirs.read_json(os.path.join(plan.workdir, workdirs.RESULT_FILE))
+    with open(os.path.join(plan.workdir, runs_lib.RESULT_FILE)) as f:
+      result = json.load(f)
     report.log(f"[{i}/{len(plans)}] finished in {seconds} s: val mIoU "
                f"{result.get('val_miou', float('nan')):.4f}")
     out.append({"workdir": plan.workdir, "status": "ran", "seconds": seconds,

@@ -12,9 +12,10 @@ import time
 
 import pytest
 
-from sesam_jax import config_lib, main
-from sesam_jax.experiments import grid, sweep, workdirs
-from tests.train import fakes
+from sesam_jax import config_lib, configs_common, main
+from sesam_jax.experiments import grid, sweep
+from sesam_jax.plots import runs as runs_lib
+from tests import fakes
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -72,14 +73,14 @@ def test_tables_1_3_4_and_fig4(capsys, monkeypatch):
   assert any("deeplabv3plus_r101" in note for note in out["notes"])  # The configs train R50.
 
   # Table 3 without `sam.refined_sampling` in the config: its cells are named as left out ...
-  base = config_lib.base_config
+  base = configs_common.base_config
 
   def without_field():
     config = base()
     if "refined_sampling" in config.sam:
       del config.sam["refined_sampling"]
     return config
-  monkeypatch.setattr(config_lib, "base_config", without_field)
+  monkeypatch.setattr(configs_common, "base_config", without_field)
   code, commands, out, err = _reproduce(capsys, "--table", "3")
   assert code == 0 and len(commands) == 3
   assert len(out["left_out"]) == 4 and "sam.refined_sampling" in err
@@ -88,7 +89,7 @@ def test_tables_1_3_4_and_fig4(capsys, monkeypatch):
     config = without_field()
     config.sam.refined_sampling = True
     return config
-  monkeypatch.setattr(config_lib, "base_config", with_field)
+  monkeypatch.setattr(configs_common, "base_config", with_field)
   code, commands, out, _ = _reproduce(capsys, "--table", "3")
   assert code == 0 and len(commands) == 7 and not out["left_out"]
   no_refined = [c for c in commands if "--config.sam.refined_sampling=false" in c]
@@ -171,7 +172,7 @@ def sweep_root(tmp_path_factory):
   hook.mkdir()
   (hook / "sitecustomize.py").write_text(
       "import sys\nif sys.argv[1:2] == ['train']:\n"
-      "  from tests.train import fakes\n  fakes.install()\n")
+      "  from tests import fakes\n  fakes.register_test_model()\n")
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(hook), str(REPO_ROOT)]),
              # Cells share shapes: the persistent cache compiles each step once for the sweep.
              JAX_COMPILATION_CACHE_DIR=str(tmp / "jax_cache"),
@@ -183,7 +184,7 @@ def sweep_root(tmp_path_factory):
                           stderr=subprocess.PIPE, start_new_session=True)
   try:
     deadline = time.time() + 400
-    while workdirs.finished_step(str(first), 2) is None:
+    while runs_lib.finished_step(str(first), 2) is None:
       assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
       assert time.time() < deadline, "the first cell did not finish"
       time.sleep(0.2)

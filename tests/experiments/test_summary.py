@@ -6,14 +6,14 @@ import json
 
 import pytest
 
-from sesam_jax import config_lib, cost
+from sesam_jax import configs_common, cost
 from sesam_jax.experiments import summary
 
 
 def _run(root, name, *, weak, method, seed=0, miou=None, step=None, budget=0, images=None,
          num_steps=10, **fields):
   """A workdir as `sesam train` leaves it: config.json, and result.json when `miou` is given."""
-  config = config_lib.base_config()
+  config = configs_common.base_config()
   config.dataset.name, config.model = "cityscapes", "segformer_b0"
   config.weak, config.method, config.seed, config.num_steps = weak, method, seed, num_steps
   config.dataset.max_train_images = budget
