@@ -92,3 +92,15 @@ def test_budgets_make_rows_and_ema(tmp_path, capsys):
   (tmp_path / "empty").mkdir()
   with pytest.raises(FileNotFoundError, match="holds no run"):
     summary.report_runs([str(tmp_path / "empty")])
+
+
+def test_report_of_the_suites_tiny_run(tiny_run, capsys):
+  # The session's finished TinySeg run on CamVid (fine labels, supervised): one row, WvF 100.
+  out = summary.report_runs([str(tiny_run.workdir)], ema=True)
+  (row,) = out["cells"]
+  assert (row["dataset"], row["labels"], row["method"], row["status"]) == (
+      "camvid", "fine", "supervised", "finished")
+  assert row["miou_pct"] == pytest.approx(100 * tiny_run.result["val_miou_ema"], abs=1e-3)
+  assert row["wvf_pct"] == 100.0 and row["train_images"] == tiny_run.result["train_images"] == 367
+  assert row["hours"] == pytest.approx(367 * 90 / 60)
+  assert "| fine | supervised |" in capsys.readouterr().out
