@@ -10,9 +10,9 @@ run), tiny (the tiny test variant of the student). No pretrained weights exist h
 are far below the paper's ImageNet-initialised ones.
 """
 
-from sesam_jax import config_lib
+from sesam_jax import configs_common
 
 
 def get_config(arg=None):
-  config, _ = config_lib.student_dataset_config("segformer", "cityscapes", arg)
+  config, _ = configs_common.student_dataset_config("segformer", "cityscapes", arg)
   return config

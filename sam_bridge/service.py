@@ -76,6 +76,7 @@ def _worker_main(backend_spec, backend_kwargs, factory, config, seed, cache_conf
   # stops (it checkpoints first, then closes the service), so the worker ignores it.
   signal.signal(signal.SIGINT, signal.SIG_IGN)
   _set_torch_threads(torch_threads)
+  # Deferred: the worker process alone needs the geometry and the backends (torch).
   from sam_bridge import refine as refine_lib
   from sam_bridge.cache import EmbeddingCache
   cache = None

@@ -22,7 +22,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from sam_bridge.api import LowResPrediction, Prediction, PromptSet
+from sam_bridge import weights
+from sam_bridge.api import LowResPrediction, Prediction, PromptSet, SamSetupError
+from sam_bridge.backends.sam_convert import convert_official_sam, sam_config_from_official
 
 PIXEL_MEAN = np.array([123.675, 116.28, 103.53], np.float32)
 PIXEL_STD = np.array([58.395, 57.12, 57.375], np.float32)
@@ -136,9 +138,6 @@ class TransformersSamBackend:
                               "(config.json + weights) or an official sam_vit_*.pth file")
     if p.is_file():
       from transformers import SamModel
-      from sam_bridge import weights
-      from sam_bridge.api import SamSetupError
-      from sam_bridge.backends.sam_convert import convert_official_sam, sam_config_from_official
       weights.check_weights(p, "transformers")  # One line for a file that cannot be SAM weights.
       try:
         sd = torch.load(p, map_location="cpu", weights_only=True)

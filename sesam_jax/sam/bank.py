@@ -42,8 +42,10 @@ from typing import Any
 
 import numpy as np
 
+from sam_bridge.api import RefineRequest
+from sesam_jax import report
 from sesam_jax.data import augment
-from sesam_jax.data.base import IGNORE_INDEX as IGNORE
+from sesam_jax.data.base import IGNORE_INDEX
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +94,6 @@ class SamLabelBank:
     return self.hw[index]
 
   def _request(self, batch: Mapping[str, np.ndarray], p: int):
-    from sam_bridge.api import RefineRequest  # numpy-only package; no torch here.
     index = int(batch["index"][p])
     geom = augment.Geometry.from_array(batch["aug"][p])
     example_id = self.source.ids[index]
@@ -147,7 +148,7 @@ class SamLabelBank:
       # A crop-space result: back to full resolution, over the previous label.
       full = augment.invert_geometry(label, geom, self._full_hw(index))
       window = augment.invert_geometry(np.zeros_like(label), geom, self._full_hw(index)) == 0
-      label = self.labels.get(index, np.full(full.shape, IGNORE, np.uint8)).copy()
+      label = self.labels.get(index, np.full(full.shape, IGNORE_INDEX, np.uint8)).copy()
       label[window] = full[window]
     self.labels[index] = label
     self.stats["received"] += 1
@@ -183,7 +184,6 @@ class SamLabelBank:
     if not self.cfg.cache_embeddings:
       raise ValueError("SamLabelBank.prewarm needs cache_embeddings=True (full-resolution "
                        "requests); set sam.prewarm=False for the crop-space behaviour.")
-    from sesam_jax import report
     todo = [i for i in range(len(self.source))
             if i not in self.labels and self.source.ids[i] not in self._pending]
     batch = {"index": np.asarray(todo, np.int32), "aug": np.zeros((len(todo), 4), np.float32)}
@@ -217,7 +217,7 @@ class SamLabelBank:
   def batch_labels(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
     """BxCxC uint8 SAM labels for the batch's crops (255 where none)."""
     b = len(batch["index"])
-    out = np.full((b, self.crop, self.crop), IGNORE, np.uint8)
+    out = np.full((b, self.crop, self.crop), IGNORE_INDEX, np.uint8)
     for p in range(b):
       index = int(batch["index"][p])
       if self.source.ids[index] in self._pending:
@@ -239,7 +239,7 @@ class SamLabelBank:
       full = augment.invert_geometry(np.asarray(confident[p], np.uint8), geom, hw)
       window = augment.invert_geometry(np.zeros((self.crop, self.crop), np.uint8), geom, hw) == 0
       ext = self.extension.get(index)
-      ext = np.full(hw, IGNORE, np.uint8) if ext is None else ext.copy()
+      ext = np.full(hw, IGNORE_INDEX, np.uint8) if ext is None else ext.copy()
       ext[window] = full[window]
       self.extension[index] = ext
 

@@ -17,7 +17,6 @@ the refined labels and `weak_miou` of the weak labels are scored like
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import time
@@ -25,9 +24,27 @@ from typing import Any
 
 import numpy as np
 
-from sesam_jax import report
-from sesam_jax.data.base import write_png_atomic
+from sam_bridge.api import RefineRequest
+from sam_bridge.refine import RefineConfig, refine
+from sesam_jax import outputs, report
+from sesam_jax.atomic import write_png_atomic
+from sesam_jax.data import split_check, weak_labels, weak_sources
+from sesam_jax.evaluate import metrics
 from sesam_jax.sam import resolver
+
+
+def weak_label_of(source: Any, index: int, item: dict, *, weak_kind: str, seed: int = 0,
+                  weak_dir: str | os.PathLike | None = None, weak_fn: Any = None) -> np.ndarray:
+  """The weak label `sesam refine` uses for `item` (HxW uint8, 255 = unlabeled): from
+  `weak_fn(index, item)`, read from `weak_dir`, or generated as `sesam weak-labels` makes it."""
+  info = source.info
+  if weak_fn is not None:
+    return weak_fn(index, item)
+  if weak_dir is not None:
+    return weak_sources.read_weak_label(weak_dir, item["id"], num_classes=info.num_classes,
+                                        shape=item["label"].shape)
+  return weak_labels.make_weak_label(item["label"], weak_kind, seed=seed, image_id=item["id"],
+                                     num_classes=info.num_classes, ignore_index=info.ignore_index)
 
 
 def refine_dataset(source, *, weak_kind: str, out_dir: str | os.PathLike,
@@ -60,12 +77,6 @@ def refine_dataset(source, *, weak_kind: str, out_dir: str | os.PathLike,
     "coarse_*" (stage-1 scores for points/scribbles), "seconds_per_image",
     "fallbacks", "config"}.
   """
-  from sam_bridge.api import RefineRequest
-  from sam_bridge.refine import RefineConfig, refine
-  from sesam_jax import outputs
-  from sesam_jax.data import split_check, weak_labels
-  from sesam_jax.evaluate import metrics
-
   if isinstance(backend, str):
     backend = resolver.resolve(backend)
   info = source.info
@@ -84,13 +95,8 @@ def refine_dataset(source, *, weak_kind: str, out_dir: str | os.PathLike,
   def requests():
     for i in range(count):
       item = source[i]
-      if weak_fn is not None:
-        weak = weak_fn(i, item)
-      elif weak_dir is not None:
-        weak = weak_labels.read_weak_label(weak_dir, item["id"], num_classes=c, shape=item["label"].shape)
-      else:
-        weak = weak_labels.make_weak_label(item["label"], weak_kind, seed=seed, image_id=item["id"],
-                                           num_classes=c, ignore_index=info.ignore_index)
+      weak = weak_label_of(source, i, item, weak_kind=weak_kind, seed=seed, weak_dir=weak_dir,
+                           weak_fn=weak_fn)
       pending[item["id"]] = (weak, item["label"])
       yield RefineRequest(item["id"], item["image"], weak, fine=item["label"])
 
@@ -171,7 +177,5 @@ def baseline_labels(config: Any, train_source: Any, workdir: str) -> str:
     result = refine_dataset(train_source, weak_kind=config.weak, out_dir=out, backend=backend,
                             seed=config.weak_seed, mode="naive", k=config.sam.k,
                             work_long_side=config.sam.work_long_side)
-    with open(done + ".tmp", "w") as f:
-      json.dump(result, f, default=str)
-    os.replace(done + ".tmp", done)
+    report.write_json(done, result)
   return out

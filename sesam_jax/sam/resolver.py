@@ -33,7 +33,11 @@ from typing import Any
 
 from sam_bridge import weights
 from sam_bridge.api import SamSetupError
+from sam_bridge.backends import create_backend
 from sam_bridge.backends.transformers_sam import RANDOM_VARIANTS
+from sam_bridge.local_service import LocalRefineService
+from sam_bridge.refine import RefineConfig
+from sam_bridge.service import RefineService
 
 KINDS = ("oracle", "superpixel", "random", "transformers", "segment_anything", "jax",
          "jax-random")
@@ -47,6 +51,12 @@ TRAIN_FLAGS = {"backend": "--config.sam.backend", "checkpoint": "--config.sam.ch
                "decoder_dtype": "--config.sam.decoder_dtype"}
 CLI_FLAGS = {"backend": "--backend", "checkpoint": "--checkpoint", "device": "--device",
              "dtype": "--dtype", "decoder_dtype": "--decoder-dtype"}
+
+
+def needs_weights(backend: str) -> bool:
+  """Whether the backend spec still needs `checkpoint` (a weights kind without a path after ':')."""
+  kind, _, path = backend.partition(":")
+  return kind in _NEEDS_WEIGHTS and not path
 
 
 @functools.lru_cache(maxsize=None)
@@ -93,9 +103,9 @@ class SamBackend:
     """The backend object, in this process (PyTorch backends import torch here)."""
     with self._naming_the_flag():
       if self.in_process:
-        from sesam_jax.sam import jax_backend  # Flax SAM: heavy, only when asked for.
+        # Deferred: the Flax SAM (its model code) only where it is asked for.
+        from sesam_jax.sam import jax_backend
         return jax_backend.create_jax_backend(self.spec, **self.kwargs)
-      from sam_bridge.backends import create_backend
       return create_backend(self.spec, **self.kwargs)
 
   @contextlib.contextmanager
@@ -118,10 +128,8 @@ class SamBackend:
       torch_threads: torch CPU threads of the worker (PyTorch backends).
     """
     if self.in_process:
-      from sam_bridge.local_service import LocalRefineService
       return LocalRefineService(self.build(), config=config, seed=seed, max_pending=max_pending,
                                 timeout_s=timeout_s, fallback=fallback, cache=cache)
-    from sam_bridge.service import RefineService
     with self._naming_the_flag():  # The worker builds the backend; its SamSetupError lands here.
       return RefineService(self.spec, backend_kwargs=dict(self.kwargs), config=config, seed=seed,
                            max_pending=max_pending, timeout_s=timeout_s, fallback=fallback,
@@ -204,7 +212,6 @@ def from_config(sam: Any) -> SamBackend:
 
 def refine_config(config: Any, **overrides: Any) -> Any:
   """The sam_bridge RefineConfig of a training config (`config.sam`, `config.weak`)."""
-  from sam_bridge.refine import RefineConfig
   s = config.sam
   weak_kind = "coarse" if config.weak == "fine" else config.weak
   fields = dict(weak_kind=weak_kind, k=s.k, tau1=s.tau1, tau2=s.tau2, sampling=s.sampling,

@@ -17,8 +17,9 @@ Faults speak in one line naming the folder (`CheckpointError`, exit code 2), and
   - a save that fails in the background (disk full, folder gone) is seen by `poll()`, which
     the loop calls once per step, so the run stops within a step of the failure; the previous
     checkpoint stays as it was and is what a rerun resumes from;
-  - a latest checkpoint that cannot be read (truncated, corrupt) is reported and the one before
-    is restored (single process); the unreadable one moves to `<workdir>/unreadable_checkpoints/`.
+  - when a training resumes, a latest checkpoint that cannot be read (truncated, corrupt) is
+    reported and the one before is restored (single process); the unreadable one moves to
+    `<workdir>/unreadable_checkpoints/`. Evaluation names it instead.
 """
 
 from __future__ import annotations
@@ -208,18 +209,19 @@ class Checkpointer:
       return []
 
   def restore(self, abstract_state: Any, items: Mapping[str, Any] | None = None,
-              step: int | None = None) -> Any:
+              step: int | None = None, *, fall_back: bool = False) -> Any:
     """Restores the state (into the shardings of `abstract_state`) and `items` in place.
 
-    Without `step`, the latest checkpoint that can be read: an unreadable one is reported and
-    moved to `<workdir>/unreadable_checkpoints/`, and the one before is tried (a single process;
-    several processes could disagree on which one to take, so there it is an error).
+    With `fall_back` (a training resuming), a latest checkpoint that cannot be read is reported,
+    moved to `<workdir>/unreadable_checkpoints/`, and the one before is restored instead; only in
+    a single process (several could disagree on which one to take, so there it is an error).
 
     Args:
       abstract_state: ShapeDtypeStructs with shardings (`abstract_train_state`).
       items: name -> object with `set_state` (the data position, the SAM bank, ...); None for
         evaluation, which needs the state alone.
-      step: which checkpoint; default the latest readable one.
+      step: which checkpoint; default the latest.
+      fall_back: try older checkpoints when the latest cannot be read (see above).
 
     Returns:
       The restored state.
@@ -234,7 +236,7 @@ class Checkpointer:
                               "`sesam train --config=... --workdir=...`.")
     args = {"state": ocp.args.StandardRestore(abstract_state)}
     args.update({name: _restore_args(name, item) for name, item in (items or {}).items()})
-    fallback = step is None and jax.process_count() == 1
+    fallback = fall_back and step is None and jax.process_count() == 1
     unreadable: list[tuple[int, str]] = []
     for s in steps:
       try:

@@ -18,6 +18,8 @@ from collections.abc import Mapping
 import jax
 import numpy as np
 
+from sesam_jax.atomic import write_atomic
+
 
 def _summary_writer_class() -> type:
   """tensorboardX's SummaryWriter, imported without torch.
@@ -83,7 +85,6 @@ def drop_rows_after(workdir: str, step: int, *, final_eval: bool = False) -> int
   Returns:
     The number of rows removed (the file is rewritten atomically only when there are some).
   """
-  from sesam_jax import report
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.isfile(path):
     return 0
@@ -100,5 +101,5 @@ def drop_rows_after(workdir: str, step: int, *, final_eval: bool = False) -> int
     if n <= step and not redone_eval:
       kept.append(line if line.endswith("\n") else line + "\n")
   if len(kept) != len(lines):
-    report.write_text(path, "".join(kept))
+    write_atomic(path, "".join(kept))
   return len(lines) - len(kept)

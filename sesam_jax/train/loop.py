@@ -14,13 +14,10 @@ per-step keys are `fold_in(seed key, step)`, so a resumed supervised run ends wi
 parameters as an uninterrupted one. Every run ends by writing `<workdir>/result.json` (the same
 object as the last stdout line).
 
-Faults a user meets stop the run plainly (one line naming the path or flag, exit code 2) before
-the first step: a bad SAM setting or weights file, bad files in the dataset splits (all of them
-listed; `sesam_jax.data.split_check`, cached), a workdir that cannot be written or has no room
-for a checkpoint, another training holding the workdir (`workdir.RunDir`). A run that stops
-before it trained anything leaves no workdir behind. SIGTERM and Ctrl-C stop it at the next step
-boundary with a checkpoint (`preemption.StopRequest`); a checkpoint that cannot be written stops
-it within a step, the previous one kept (`checkpoint.Checkpointer`).
+Before the first step, bad SAM weights, bad dataset files (`data.split_check`), an unwritable or
+full workdir and a second training in it (`workdir.RunDir`) stop the run in one line, leaving no
+workdir that trained nothing. SIGTERM / Ctrl-C stop it at a step boundary with a checkpoint
+(`preemption`); a failed save stops it within a step, the previous checkpoint kept.
 """
 
 from __future__ import annotations
@@ -40,7 +37,12 @@ import ml_collections
 import numpy as np
 
 from sesam_jax import report
-from sesam_jax.data import base, memo
+from sesam_jax.atomic import write_atomic
+from sesam_jax.data import base, get_source, memo, split_check
+from sesam_jax.data.input_pipeline import (make_eval_dataset,
+                                           make_train_dataset, weak_label_fn)
+from sesam_jax.evaluate.inference import evaluate
+from sesam_jax.models import create_model
 from sesam_jax.train import logs, methods, optim, preemption, train_state
 from sesam_jax.train import train_step as step_lib
 from sesam_jax.train.checkpoint import Checkpointer
@@ -71,22 +73,13 @@ def make_sources(config: ml_collections.ConfigDict, workdir: str | None = None, 
   With `check`, every file both sources read is checked first (`split_check`, the verdict cached
   per set of files) and every bad one is reported at once.
   """
-  from sesam_jax.data import get_source
   d = config.dataset
-  kw: dict[str, Any] = {}
-  if config.data_dir:
-    kw["data_dir"] = config.data_dir
-  train_kw, val_kw = dict(kw), dict(kw)
-  if d.name == "synthetic":
-    if tuple(d.image_size) != (0, 0):
-      train_kw["size"] = val_kw["size"] = tuple(d.image_size)
-    if d.num_train_images:
-      train_kw["num_images"] = d.num_train_images
-    if d.num_val_images:
-      val_kw["num_images"] = d.num_val_images
+  size = tuple(d.image_size)
   try:
-    train = get_source(d.name, split=d.train_split, **train_kw)
-    val = get_source(d.name, split=d.val_split, **val_kw)
+    train = get_source(d.name, data_dir=config.data_dir or None, split=d.train_split,
+                       num_images=d.num_train_images, size=size)
+    val = get_source(d.name, data_dir=config.data_dir or None, split=d.val_split,
+                     num_images=d.num_val_images, size=size)
   except (FileNotFoundError, ValueError) as e:  # The readers' hints name the CLI's flags.
     raise type(e)(_config_flags(str(e))) from None
   if d.get("max_train_images", 0):
@@ -103,13 +96,12 @@ def make_sources(config: ml_collections.ConfigDict, workdir: str | None = None, 
 
 def _config_flags(message: str) -> str:
   """A dataset reader's hint, with `sesam train`'s flags for the data dir and the splits."""
-  return (message.replace("--data-dir", "--config.data_dir")
-          .replace("--split", "--config.dataset.train_split / val_split"))
+  return message.replace("--data-dir", "--config.data_dir").replace(
+      "--split", "--config.dataset.train_split / val_split")
 
 
 def _check_sources(config: ml_collections.ConfigDict, train: Any, val: Any) -> None:
   """Every file of both splits checked before anything is written (cached when clean)."""
-  from sesam_jax.data import split_check
   d = config.dataset
   fix = ("Fix or remove these files and run again, or pass --config.dataset.skip_unreadable=true "
          "to train without them (the check itself: --config.dataset.check=false).")
@@ -139,7 +131,6 @@ def _record_subset(train: base.SubsetSource, workdir: str) -> None:
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> Any:
   """The student named by `config.model` with `config.dtype` compute."""
-  from sesam_jax.models import create_model
   return create_model(config.model, num_classes, dtype=jnp.dtype(config.dtype))
 
 
@@ -147,7 +138,7 @@ def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Saves the resolved config as `<workdir>/config.json` (temp name, then rename)."""
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
-    report.write_text(os.path.join(workdir, "config.json"), config.to_json(indent=2))
+    write_atomic(os.path.join(workdir, "config.json"), config.to_json(indent=2))
 
 
 def _check_finite(step: int, metrics: Mapping[str, float]) -> None:
@@ -166,8 +157,6 @@ def evaluate_state(config: ml_collections.ConfigDict, model: Any, state: train_s
   Returns:
     `evaluate`'s dict with names "student" and "ema".
   """
-  from sesam_jax.data.input_pipeline import make_eval_dataset
-  from sesam_jax.evaluate.inference import evaluate
   weights = {"student": {"params": state.params, "batch_stats": state.batch_stats}}
   if config.eval.ema:
     weights["ema"] = {"params": state.ema_params, "batch_stats": state.ema_batch_stats}
@@ -245,7 +234,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainOutcome:
   """Trains `config.model` on `config.dataset` with `config.method` (resuming from `workdir`).
 
   Args:
-    config: a config from `configs/` (see `config_lib.base_config` for the fields).
+    config: a config from `configs/` (see `configs_common.base_config` for the fields).
     workdir: run directory: checkpoints/, tensorboard/, metrics.jsonl, config.json.
 
   Returns:
@@ -254,7 +243,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainOutcome:
   """
   method = methods.get_method(config.method)
   if method.uses_sam:
-    from sesam_jax.sam import resolver
+    from sesam_jax.sam import resolver  # Deferred: the bridge's geometry, for SAM methods only.
     # A bad SAM setting (its weights file included, read without torch) stops the run before it
     # writes anything; the bridge's worker builds the backend before config.json is written.
     resolver.from_config(config.sam)
@@ -267,7 +256,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainOutcome:
 def _train(config: ml_collections.ConfigDict, workdir: str, method: methods.Method,
            run_dir: RunDir, stop: preemption.StopRequest) -> TrainOutcome:
   """`train` inside its workdir lock and signal handlers."""
-  from sesam_jax.data.input_pipeline import make_train_dataset, weak_label_fn
   mesh = step_lib.make_mesh()
   step_lib.check_batch_size(config.batch_size, mesh)
   train_source, val_source = make_sources(config, workdir, check=config.dataset.get("check", True))
@@ -306,7 +294,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, method: methods.Meth
   try:
     items = {**feed.checkpoint_items(), "clock": clock}
     if ckpt.latest_step() is not None:
-      state = ckpt.restore(abstract_state, items)
+      state = ckpt.restore(abstract_state, items, fall_back=True)
       report.log(f"resumed from {ckpt.directory} at step {int(state.step)}")
       if jax.process_index() == 0:  # The steps after the checkpoint run again: one row each.
         logs.drop_rows_after(workdir, int(state.step),
@@ -323,7 +311,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, method: methods.Meth
       ckpt.close()  # Waits for the last save (a stop's checkpoint included).
     finally:
       feed.close()  # Closes the SAM bridge.
-  info.update(method=config.method, weak=config.weak, **_final_train_metrics(workdir),
+  info.update(method=config.method, weak=config.weak, train_images=len(train_source),
+              **_final_train_metrics(workdir),
               **feed.summary())
   info["train_seconds"] = round(clock.seconds(), 2)
   if timing.host:
@@ -337,9 +326,7 @@ def _run_steps(config: ml_collections.ConfigDict, workdir: str, state: Any, step
                ) -> tuple[Any, StepTiming]:
   """The steps from `state.step` to `config.num_steps`: dispatch, host work, logs, checkpoints.
 
-  Raises:
-    report.Stopped: a stop signal (`stop`) arrived; the state after the step it arrived in is
-      checkpointed first.
+  Raises report.Stopped after checkpointing the step in which a stop signal (`stop`) arrived.
   """
   writer = MetricWriter(workdir)
   start, num_steps = int(state.step), int(config.num_steps)
@@ -408,7 +395,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   Returns:
     {"step", "val_miou" (student), "val_miou_ema", "val_per_class_iou" ({class: IoU}),
-     "val_images", "method", "weak", "final_coverage_*", the feed's counters, "train_seconds"
+     "val_images", "method", "weak", "train_images" (what the labels cost: `sesam report`),
+     "final_coverage_*", the feed's counters, "train_seconds"
      (summed over resumes), "eval_seconds", "workdir"}: also the content of result.json.
   """
   outcome = train(config, workdir)

@@ -25,6 +25,9 @@ import sys
 import threading
 from typing import Any
 
+import jax
+from jax.experimental import multihost_utils
+
 from sesam_jax import report
 
 
@@ -34,7 +37,6 @@ def _signal_name(signum: int) -> str:
 
 def _preemption_service() -> bool:
   """Whether this is one of several processes with JAX's preemption sync manager running."""
-  import jax
   if jax.process_count() == 1:
     return False
   try:
@@ -97,7 +99,6 @@ class StopRequest:
     """
     if not self.multiprocess:
       return self.signum is not None
-    from jax.experimental import multihost_utils
     try:
       return multihost_utils.reached_preemption_sync_point(step)
     except RuntimeError:  # The preemption service is disabled (jax_enable_preemption_service).

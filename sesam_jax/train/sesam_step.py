@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sesam_jax.data.base import IGNORE_INDEX
 from sesam_jax.train import losses, strong_aug, targets
 from sesam_jax.train import train_step as step_lib
 from sesam_jax.train.train_state import TrainState
@@ -39,7 +40,7 @@ class SesamStepConfig:
   lambda1: float = 1.0                     # weight of the SAM-label CE
   lambda2: float = 0.01                    # weight of the pseudo-label CE
   strong: strong_aug.StrongAugConfig = strong_aug.StrongAugConfig()
-  ignore_index: int = losses.IGNORE_INDEX
+  ignore_index: int = IGNORE_INDEX
 
 
 def teacher_predictions(state: TrainState, images_BHWC: jax.Array, *, model: nn.Module,

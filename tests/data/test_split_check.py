@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from sesam_jax import config_lib, main, outputs
-from sesam_jax.data import base, get_source, split_check, weak_labels
+from sesam_jax.data import base, get_source, split_check, weak_splits
 from sesam_jax.train import loop
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -88,7 +88,7 @@ def test_weak_labels_stop_before_writing_and_never_leave_half_a_folder(tmp_path,
   assert not out.exists() and not list(tmp_path.glob(".weak.partial-*"))
   # A run that fails midway (the 3rd image) removes what it made and says so.
   clean = _dataset(tmp_path / "clean", bad=False)
-  make = weak_labels.make_weak_label
+  make = weak_splits.make_weak_label
   made = []
 
   def failing(*args, **kwargs):
@@ -97,13 +97,13 @@ def test_weak_labels_stop_before_writing_and_never_leave_half_a_folder(tmp_path,
       raise RuntimeError("boom")
     return make(*args, **kwargs)
 
-  monkeypatch.setattr(weak_labels, "make_weak_label", failing)
+  monkeypatch.setattr(weak_splits, "make_weak_label", failing)
   with pytest.raises(RuntimeError, match="boom"):
     main.main(["weak-labels", "--dataset", "custom", "--data-dir", str(clean), "--kind",
                "points", "--out", str(out)])
   assert "nothing was written to" in capsys.readouterr().err
   assert not out.exists() and not list(tmp_path.glob(".weak.partial-*"))
-  monkeypatch.setattr(weak_labels, "make_weak_label", make)
+  monkeypatch.setattr(weak_splits, "make_weak_label", make)
   code, out_text, _ = _run(capsys, "weak-labels", "--dataset", "custom", "--data-dir", clean,
                            "--kind", "points", "--out", out)
   assert code == 0 and len(os.listdir(out)) == 8
@@ -136,7 +136,7 @@ def test_refine_and_eval_labels_report_every_bad_file(tmp_path, capsys):
 def test_training_on_bad_data_lists_every_file_and_leaves_no_workdir(tmp_path, capsys):
   root = _dataset(tmp_path / "data")
   run_dir = tmp_path / "run"
-  argv = ["train", f"--config={REPO / 'configs' / 'segformer_synthetic.py'}",
+  argv = ["train", f"--config={REPO / 'configs' / 'segformer_camvid.py'}",
           f"--workdir={run_dir}", "--config.dataset.name=custom", f"--config.data_dir={root}",
           "--config.num_steps=1", "--config.crop=32", "--config.batch_size=4"]
   code, _, err = _run(capsys, *argv)
@@ -153,7 +153,7 @@ def test_training_on_bad_data_lists_every_file_and_leaves_no_workdir(tmp_path, c
 
 def test_the_check_can_be_skipped(tmp_path, monkeypatch):
   config = config_lib.config_from_flags(
-      str(REPO / "configs" / "segformer_synthetic.py"),
+      str(REPO / "configs" / "segformer_camvid.py"),
       ["--config.dataset.name=custom", f"--config.data_dir={_dataset(tmp_path / 'data')}"])
   with pytest.raises(ValueError, match="4 examples of custom train cannot be used"):
     loop.make_sources(config, check=True)

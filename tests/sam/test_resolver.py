@@ -3,7 +3,7 @@
 import pytest
 
 from sam_bridge.refine import RefineConfig
-from sesam_jax import config_lib
+from sesam_jax import configs_common
 from sesam_jax.sam import resolver
 
 
@@ -60,7 +60,7 @@ def test_this_machine_and_the_training_config():
   native = "avx512_bf16" in flags or "amx_bf16" in flags
   resolver.cpu_has_native_bf16.cache_clear()
   assert resolver.auto_decoder_dtype("cpu")[0] == ("bfloat16" if native else "float32")
-  config = config_lib.base_config()
+  config = configs_common.base_config()
   assert config.sam.decoder_dtype == "auto"
   config.weak, config.sam.k = "points", 3
   rc = resolver.refine_config(config)

@@ -12,10 +12,14 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from sam_bridge import weights
-from sam_bridge.api import SamSetupError
+from sam_bridge.api import RefineRequest, SamSetupError
+from sam_bridge.refine import RefineConfig
+from sam_bridge.service import RefineService
+from sam_bridge.testing import make_box_backend
 from sesam_jax import main
 
 torch = pytest.importorskip("torch")
@@ -140,11 +144,6 @@ def test_weights_that_fail_to_load_in_the_worker_give_one_line(official_tiny, tm
 def test_the_worker_ignores_ctrl_c():
   """A terminal's Ctrl-C reaches the whole process group; the trainer decides when the worker
   stops (after its checkpoint), so the worker must survive it."""
-  from sam_bridge.refine import RefineConfig
-  from sam_bridge.service import RefineService
-  from sam_bridge.testing import make_box_backend
-  import numpy as np
-  from sam_bridge.api import RefineRequest
   with RefineService(backend_factory=make_box_backend, config=RefineConfig(weak_kind="coarse"),
                      start_timeout_s=120) as service:
     os.kill(service._proc.pid, signal.SIGINT)

@@ -7,6 +7,7 @@ until the signal has arrived, so the stop step is exact."""
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -160,7 +161,6 @@ with preemption.StopRequest() as stop:
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_two_processes_stop_at_the_same_step(signum):
-  import socket
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]

@@ -6,18 +6,17 @@ one line naming the folder and the fix, exit code 2, nothing half-written."""
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
 import pytest
 
 from sesam_jax import config_lib, main, report
 from sesam_jax.train import checkpoint, logs, loop, optim, train_state, workdir
 from sesam_jax.train import train_step as step_lib
-from . import fakes
+from tests import fakes
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 CONFIG = os.path.join(REPO, "configs", "segformer_synthetic.py") + ":weak=coarse"
@@ -29,7 +28,6 @@ OVERRIDES = ["--config.num_steps=4", "--config.checkpoint_every=2", "--config.lo
 
 def _train(capsys, run_dir, *extra):
   """`sesam train` in this process: (exit code, stderr)."""
-  fakes.install()
   code = main.main(["train", f"--config={CONFIG}", f"--workdir={run_dir}", *OVERRIDES, *extra])
   return code, capsys.readouterr().err
 
@@ -106,11 +104,10 @@ def test_a_second_training_in_the_same_workdir_is_stopped(tmp_path, capsys):
   assert not (run_dir / workdir.LOCK_FILE).exists()
 
 
-def _abstract_state(run_dir):
-  fakes.install()
-  config = config_lib.config_from_flags(CONFIG, OVERRIDES)
+def _abstract_state(config):
   model = loop.build_model(config, loop.make_sources(config)[0].info.num_classes)
-  tx, _ = optim.make_optimizer(config.optim, train_state.abstract_params(model), 4)
+  tx, _ = optim.make_optimizer(config.optim, train_state.abstract_params(model),
+                               config.num_steps)
   return train_state.abstract_train_state(model, tx, step_lib.make_mesh())
 
 
@@ -139,55 +136,52 @@ def test_a_failed_save_stops_the_run_within_seconds_and_keeps_the_last_checkpoin
   ckpt = checkpoint.Checkpointer(str(run_dir))
   try:
     assert ckpt.latest_step() == 2
-    assert int(ckpt.restore(_abstract_state(run_dir)).step) == 2
+    config = config_lib.config_from_flags(CONFIG, OVERRIDES)
+    assert int(ckpt.restore(_abstract_state(config)).step) == 2
   finally:
     ckpt.close()
   assert not (run_dir / workdir.LOCK_FILE).exists()
 
 
-class _Clock:
-  def __init__(self):
-    self.value = b""
-
-  def get_state(self):
-    return self.value
-
-  def set_state(self, value):
-    self.value = value
+def _truncate_state(step_dir):
+  """Cuts the largest file of a checkpoint's train state in half (a copy cut short)."""
+  files = [p for p in (step_dir / "state").rglob("*") if p.is_file()]
+  biggest = max(files, key=lambda p: p.stat().st_size)
+  os.truncate(biggest, biggest.stat().st_size // 2)
 
 
-def test_an_unreadable_latest_checkpoint_is_reported_and_the_one_before_restored(tmp_path,
-                                                                                  capsys):
-  state = {"w": jnp.zeros(4096, jnp.float32)}  # Large enough to live in its own file.
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                          state)
-  ckpt = checkpoint.Checkpointer(str(tmp_path), keep=3)
-  for step in (2, 4):
-    clock = _Clock()
-    clock.value = str(step).encode()
-    ckpt.save(step, {"w": state["w"] + step}, {"clock": clock})
-  ckpt.close()
-  data = tmp_path / "checkpoints" / "4" / "state"
-  biggest = max((p for p in data.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
-  os.truncate(biggest, biggest.stat().st_size // 2)  # A copy cut short.
-
-  ckpt = checkpoint.Checkpointer(str(tmp_path))
-  clock = _Clock()
-  restored = ckpt.restore(abstract, {"clock": clock})
-  assert float(restored["w"][0]) == 2.0 and clock.value == b"2"
-  assert ckpt.latest_step() == 2
-  ckpt.close()
+def test_an_unreadable_latest_checkpoint_is_reported_and_the_one_before_restored(
+    tiny_run, tmp_path, capsys):
+  run_dir = tmp_path / "run"
+  shutil.copytree(tiny_run.workdir, run_dir)  # The shared tiny run: checkpoints 2 and 4.
+  _truncate_state(run_dir / "checkpoints" / "4")
+  abstract = _abstract_state(tiny_run.config)
+  ckpt = checkpoint.Checkpointer(str(run_dir))
+  clock = loop.RunClock()
+  try:
+    restored = ckpt.restore(abstract, {"clock": clock}, fall_back=True)
+    assert int(restored.step) == 2 and clock.before > 0
+    assert ckpt.latest_step() == 2
+  finally:
+    ckpt.close()
   err = capsys.readouterr().err
-  assert f"checkpoint 4 in {tmp_path / 'checkpoints'} cannot be read (" in err
+  assert f"checkpoint 4 in {run_dir / 'checkpoints'} cannot be read (" in err
   assert "resumed from checkpoint 2" in err
-  assert os.listdir(tmp_path / checkpoint.UNREADABLE) == ["4"]  # Kept aside for a look.
+  assert os.listdir(run_dir / checkpoint.UNREADABLE) == ["4"]  # Kept aside for a look.
 
+  # Evaluation does not fall back: it names the checkpoint it cannot read.
+  shutil.rmtree(run_dir)
+  shutil.copytree(tiny_run.workdir, run_dir)
+  _truncate_state(run_dir / "checkpoints" / "4")
+  ckpt = checkpoint.Checkpointer(str(run_dir))
+  with pytest.raises(report.UserError, match=r"checkpoint 4 in .*checkpoints cannot be read \("
+                                             r".*move .*checkpoints/4 away"):
+    ckpt.restore(abstract)
   # None readable: one error naming the folder.
-  (tmp_path / "checkpoints" / "2" / "clock" / "process_0-of-1.bin").unlink()
-  ckpt = checkpoint.Checkpointer(str(tmp_path))
-  with pytest.raises(report.UserError, match=r"checkpoint 2 in .*checkpoints cannot be read .*"
-                                             r"move .*checkpoints away to start afresh"):
-    ckpt.restore(abstract, {"clock": _Clock()})
+  _truncate_state(run_dir / "checkpoints" / "2")
+  with pytest.raises(report.UserError, match=r"checkpoint 4 in .*checkpoints cannot be read .*nor "
+                                             r"any before it.*move .*checkpoints away"):
+    ckpt.restore(abstract, fall_back=True)
   ckpt.close()
 
 
