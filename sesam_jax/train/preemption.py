@@ -4,8 +4,8 @@ A preemptible TPU VM or a cluster scheduler sends SIGTERM before it takes the ma
 presses Ctrl-C. Either way `StopRequest` notes the signal, the loop finishes the step it is in,
 checkpoints, closes the SAM bridge and raises `report.Stopped`, and `sesam` prints
 `stopped at step N; run the same command to resume` and exits with 128 + the signal's number
-(143, 130), so the scheduler sees an interrupted job. A second signal exits at once (130/143,
-no checkpoint: the last committed one stays).
+(143, 130), so the scheduler sees an interrupted job. A Ctrl-C after the first signal exits at
+once (130, no checkpoint: the last committed one stays); a repeated SIGTERM changes nothing.
 
 Several processes (a multi-host run) must stop at the same step, or the collective save would
 hang. There the agreement is JAX's preemption sync point
@@ -75,15 +75,17 @@ class StopRequest:
     self._previous.clear()
 
   def _handle(self, signum: int, frame: Any) -> None:
-    if self.signum is not None:  # The second signal: leave now.
-      sys.stderr.write(f"\n{_signal_name(signum)} again: exiting at once, without a checkpoint "
-                       "(the last committed one is kept).\n")
+    if self.signum is not None:
+      if signum != signal.SIGINT:
+        return  # Already stopping; a repeated SIGTERM (a sweep forwarding one) changes nothing.
+      sys.stderr.write("\nCtrl-C again: exiting at once, without a checkpoint (the last committed "
+                       "one is kept).\n")
       sys.stderr.flush()
-      os._exit(128 + signum)
+      os._exit(128 + signum)  # Ctrl-C after a first signal: leave now.
     self.signum = signum
-    sys.stderr.write(f"\n{_signal_name(signum)}: stopping after this step with a checkpoint "
-                     f"({'Ctrl-C' if signum == signal.SIGINT else 'the signal'} again exits at "
-                     "once).\n")
+    again = "Ctrl-C again" if signum == signal.SIGINT else "Ctrl-C"
+    sys.stderr.write(f"\n{_signal_name(signum)}: stopping after this step, with a checkpoint "
+                     f"({again} exits at once, without it).\n")
     sys.stderr.flush()
     if self.multiprocess and signum != signal.SIGTERM:
       os.kill(os.getpid(), signal.SIGTERM)  # JAX's handler tells every process.

@@ -127,7 +127,7 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path):
       child.kill()
       child.wait()
   assert child.returncode == 130
-  assert "SIGINT again: exiting at once" in err
+  assert "Ctrl-C again: exiting at once" in err
   assert os.listdir(workdir / "checkpoints") == []  # Nothing written on the way out.
 
 
