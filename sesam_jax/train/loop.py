@@ -244,9 +244,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainOutcome:
   method = methods.get_method(config.method)
   if method.uses_sam:
     from sesam_jax.sam import resolver  # Deferred: the bridge's geometry, for SAM methods only.
-    # A bad SAM setting (its weights file included, read without torch) stops the run before it
-    # writes anything; the bridge's worker builds the backend before config.json is written.
-    resolver.from_config(config.sam)
+    # A bad SAM setting (weights included, read without torch) stops the run before it writes
+    resolver.from_config(config.sam)  # anything; the worker starts before config.json too.
   maybe_initialize_distributed(config)
   with RunDir(workdir, primary=jax.process_index() == 0) as run_dir, \
        preemption.StopRequest() as stop:
@@ -322,7 +321,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, method: methods.Meth
 
 def _run_steps(config: ml_collections.ConfigDict, workdir: str, state: Any, step_fn: Any,
                step_rng: Any, feed: Any, ckpt: Checkpointer, clock: RunClock, model: Any,
-               val_source: Any, mesh: Any, stop: preemption.StopRequest | None = None
+               val_source: Any, mesh: Any, stop: preemption.StopRequest
                ) -> tuple[Any, StepTiming]:
   """The steps from `state.step` to `config.num_steps`: dispatch, host work, logs, checkpoints.
 
@@ -352,6 +351,7 @@ def _run_steps(config: ml_collections.ConfigDict, workdir: str, state: Any, step
     writer.write(n, metrics, prefix="train/")
 
   previous = None  # the last step's outputs, waited for once the next step is dispatched
+  stop.begin_steps()
   try:
     for step in report.progress(range(start, num_steps), desc="train", total=num_steps - start,
                                 unit="step"):
@@ -376,7 +376,7 @@ def _run_steps(config: ml_collections.ConfigDict, workdir: str, state: Any, step
       if config.eval_every and n % config.eval_every == 0 and n < num_steps:
         ev = evaluate_state(config, model, state, val_source, mesh, log=False)
         writer.write(n, {k: v for k, v in ev.items() if k.endswith("_miou")}, prefix="val/")
-      if stop is not None and n < num_steps and stop.should_stop(n):
+      if n < num_steps and stop.should_stop(n):
         flush()
         if n % config.checkpoint_every:
           ckpt.save(n, state, {**feed.checkpoint_items(), "clock": clock})

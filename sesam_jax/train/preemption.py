@@ -2,7 +2,8 @@
 
 A preemptible TPU VM or a cluster scheduler sends SIGTERM before it takes the machine; a person
 presses Ctrl-C. Either way `StopRequest` notes the signal, the loop finishes the step it is in,
-checkpoints, closes the SAM bridge and raises `report.Stopped`, and `sesam` prints
+checkpoints, closes the SAM bridge and raises `report.Stopped` (before the first step, when
+there is nothing new to checkpoint, it stops at once), and `sesam` prints
 `stopped at step N; run the same command to resume` and exits with 128 + the signal's number
 (143, 130), so the scheduler sees an interrupted job. A Ctrl-C after the first signal exits at
 once (130, no checkpoint: the last committed one stays); a repeated SIGTERM changes nothing.
@@ -59,6 +60,7 @@ class StopRequest:
       multiprocess = _preemption_service()
     self.multiprocess = multiprocess
     self.signum: int | None = None  # the first signal this process received
+    self.stepping = False  # the loop runs: a signal waits for the step boundary
     self._previous: dict[int, Any] = {}
 
   def __enter__(self) -> "StopRequest":
@@ -83,6 +85,11 @@ class StopRequest:
       sys.stderr.flush()
       os._exit(128 + signum)  # Ctrl-C after a first signal: leave now.
     self.signum = signum
+    if not self.stepping and not self.multiprocess:
+      # Before the first step (data check, SAM start and pre-warm, restore) there is nothing new
+      # to checkpoint, and that work can take long: stop now, as Ctrl-C would.
+      raise report.Stopped("stopped before the first step; run the same command to resume",
+                           128 + signum)
     again = "Ctrl-C again" if signum == signal.SIGINT else "Ctrl-C"
     sys.stderr.write(f"\n{_signal_name(signum)}: stopping after this step, with a checkpoint "
                      f"({again} exits at once, without it).\n")
@@ -90,9 +97,9 @@ class StopRequest:
     if self.multiprocess and signum != signal.SIGTERM:
       os.kill(os.getpid(), signal.SIGTERM)  # JAX's handler tells every process.
 
-  def requested(self) -> bool:
-    """Whether this process received a stop signal (no agreement asked)."""
-    return self.signum is not None
+  def begin_steps(self) -> None:
+    """From now on a signal stops the run at the next step boundary, with a checkpoint."""
+    self.stepping = True
 
   def should_stop(self, step: int) -> bool:
     """Whether to stop after `step` (every process gets the same answer for the same step).

@@ -118,8 +118,8 @@ class RunDir:
     if not self.primary:
       return
     self._unlock()
-    if exc_type is not None and not isinstance(exc, report.Stopped):
-      self._clean_up()
+    if exc_type is not None:
+      self._clean_up()  # Only if nothing was trained (a stop at a step boundary checkpointed).
 
   # --- the lock --------------------------------------------------------------
 

@@ -10,9 +10,12 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
+from sesam_jax import report
+from sesam_jax.train import preemption, workdir as workdir_lib
 from .test_sesam_resume import _CHILD, CONFIG, OVERRIDES, REPO, _expected_indices
 
 # Runs before the harness: step PAUSE_AT's batch waits (up to 60 s) for a stop signal.
@@ -110,6 +113,33 @@ def test_ctrl_c_checkpoints_at_the_step_boundary_and_resumes(tmp_path):
   assert "Traceback" not in err and "KeyboardInterrupt" not in err
   assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "3"]
   _resume_and_check(workdir, indices)
+
+
+def _signal_self(signum):
+  os.kill(os.getpid(), signum)
+  time.sleep(0.5)  # The handler runs in this (main) thread, between two bytecodes of the sleep.
+
+
+def test_a_signal_before_the_first_step_stops_at_once(tmp_path):
+  """Before the loop (data check, SAM pre-warm, restore) there is nothing new to checkpoint: the
+  run stops at once, and a workdir it created is removed. In the loop it waits for the step."""
+  run_dir = tmp_path / "new"
+  with pytest.raises(report.Stopped) as stopped:
+    with workdir_lib.RunDir(run_dir), preemption.StopRequest(multiprocess=False) as stop:
+      assert signal.getsignal(signal.SIGTERM) == stop._handle
+      _signal_self(signal.SIGTERM)
+  assert stopped.value.exit_code == 143 and "before the first step" in str(stopped.value)
+  assert not run_dir.exists()
+  assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # Handlers restored.
+  with preemption.StopRequest(multiprocess=False) as stop:
+    stop.begin_steps()
+    assert not stop.should_stop(4)
+    _signal_self(signal.SIGTERM)
+    _signal_self(signal.SIGTERM)  # Repeated (a sweep forwarding one): nothing changes.
+    assert stop.should_stop(5)
+    end = stop.stopped(5)
+  assert end.exit_code == 143
+  assert str(end) == "stopped at step 5; run the same command to resume"
 
 
 @pytest.mark.slow
