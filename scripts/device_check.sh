@@ -245,7 +245,10 @@ if [[ -s "$RECORDS" ]]; then
 else
   NOTES+=("no benchmark wrote a record (see log.txt)")
 fi
-CHILD_CPU=$(times | tail -n 1)   # user and system CPU time of every step together
+TIMES_FILE=$(mktemp)
+times > "$TIMES_FILE"            # in this shell: its second line is the steps' CPU time
+CHILD_CPU=$(tail -n 1 "$TIMES_FILE")
+rm -f "$TIMES_FILE"
 NOTES+=("finished in $(elapsed) s wall; CPU time of the steps (user, system): $CHILD_CPU")
 write_summary
 cat "$SUMMARY"

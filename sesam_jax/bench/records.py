@@ -116,7 +116,7 @@ def machine_label(gpus: Sequence[Mapping[str, str]], jax_info: Mapping[str, Any]
   """
   if on_accelerator and gpus:
     return f"{gpus[0]['name']} x{len(gpus)}"
-  if on_accelerator and jax_info and jax_info["platform"] not in ("cpu", "gpu"):
+  if on_accelerator and jax_info and jax_info["platform"] != "cpu":  # TPU, or no nvidia-smi
     return f"{jax_info['device_kind']} x{jax_info['count']}"
   return f"CPU {cpu} x{cores}"
 
@@ -271,9 +271,6 @@ def compare_records(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
   for r in records:
     if r["fingerprint"]["machine"] not in machines:
       machines.append(r["fingerprint"]["machine"])
-  latest: dict[str, Mapping[str, Any]] = {}
-  for r in records:
-    latest[r["fingerprint"]["machine"]] = r
   about = [("device (jax)", lambda f: (f.get("jax_devices") or {}).get("device_kind")),
            ("jax devices", lambda f: (f.get("jax_devices") or {}).get("count")),
            ("CPU", lambda f: f.get("cpu_model")), ("cores", lambda f: f.get("cpu_cores")),
@@ -282,9 +279,16 @@ def compare_records(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             for name in ("jax", "jaxlib", "flax", "torch", "transformers")]
   about += [("platform", lambda f: f.get("platform")), ("commit", lambda f: f.get("git_commit")),
             ("last run (UTC)", lambda f: f.get("timestamp"))]
+  # Per machine, the latest known value of each line (a torch-only run knows no jax devices).
+  known: dict[str, dict[str, Any]] = {m: {} for m in machines}
+  for r in records:
+    for name, get in about:
+      value = get(r["fingerprint"])
+      if value is not None:
+        known[r["fingerprint"]["machine"]][name] = value
   lines = ["### machines", ""]
-  lines += _table(["", *machines], [[name, *(_cell(get(latest[m]["fingerprint"]))
-                                              for m in machines)] for name, get in about])
+  lines += _table(["", *machines], [[name, *(_cell(known[m].get(name)) for m in machines)]
+                                    for name, _ in about])
 
   groups: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
   for r in records:  # A later record's figures replace a machine's earlier ones, row by row.
