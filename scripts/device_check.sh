@@ -7,7 +7,8 @@
 #      tensorboardX) from wheels in the repository's git-ignored .whl/ folder (copy them there
 #      from ../shared/device/wheels/ before the run: cp312, manylinux x86-64);
 #   2. nvidia-smi, versions;
-#   3. the GPU-relevant tests (models in fp32/bf16, the supervised and SeSAM steps);
+#   3. the GPU-relevant tests (models in fp32/bf16, the supervised and SeSAM steps, a tiny
+#      FixMatch/SeSAM training loop);
 #   4. benchmarks on generated data only (datasets do not travel), each appending its record
 #      (figures + machine fingerprint) to OUTDIR/records.jsonl:
 #        Flax vs PyTorch SegFormer-B0 train step, fp32 and bf16, batch 8, crops 512 and 1024;
@@ -168,7 +169,7 @@ if [[ "$MODE" == gpu ]]; then
   # JAX and torch share the card inside the train-step and SAM benchmarks: no 75% grab.
   export XLA_PYTHON_CLIENT_PREALLOCATE=false
   TEST_ARGS=(tests/test_models.py tests/train/test_train_step.py tests/train/test_sesam_step.py
-             -k "not four_devices and not must_split")
+             tests/train/test_sesam_loop.py -k "not four_devices and not must_split")
   TEST_LIMIT=90
   TS_ARGS=(--models segformer_b0 --batch 8 --reps 5 --warmup 2)
   TS_CROPS=(512 1024)
@@ -186,8 +187,7 @@ if [[ "$MODE" == gpu ]]; then
 else
   # Small settings, one case each: the path is exercised, the figures mean little here.
   export JAX_PLATFORMS=cpu
-  TEST_ARGS=(tests/train/test_sesam_step.py tests/test_models.py
-             -k "step_runs or (bf16 and segformer)")
+  TEST_ARGS=(tests/train/test_sesam_step.py -k step_runs)
   TEST_LIMIT=90
   TS_ARGS=(--models segformer_tiny --batch 2 --reps 1 --warmup 0 --torch-threads 1)
   TS_CROPS=(64)
@@ -206,7 +206,7 @@ fi
 
 # --- Tests that mean something on the accelerator ----------------------------------------------
 # (The 4-device tests need the 4 fake CPU devices of CI; one GPU has one device.)
-step tests "$TEST_LIMIT" "$PY" -m pytest -q -x -p no:cacheprovider -m "not slow" "${TEST_ARGS[@]}"
+step tests "$TEST_LIMIT" "$PY" -m pytest -q -p no:cacheprovider -m "not slow" "${TEST_ARGS[@]}"
 
 # --- Benchmarks on generated data ---------------------------------------------------------------
 # Flax vs PyTorch SegFormer-B0 train step (torch/jax ratio), fp32 and bf16.

@@ -275,11 +275,13 @@ def _run_and_peak(compiled: Any, model: Any, tx: Any, mesh: Any, batch: int, cro
   host["sam"] = np.where(rng.random((batch, crop, crop)) < 0.6, host["label"], 255).astype(
       np.uint8)
   key = jax.device_put(jax.random.key(0), train_state.replicated(mesh))
+  # The first of this process's devices in the mesh (the peak is read on it).
+  device = next(d for d in mesh.devices.flat if d.process_index == jax.process_index())
   try:
     state = train_state.create_train_state(model, tx, jax.random.key(0), mesh)
     data = step_lib.shard_batch(host, mesh)
     jax.block_until_ready((state, data))
-    before = mesh.devices.flat[0].memory_stats() or {}
+    before = device.memory_stats() or {}
     outputs = compiled(state, data, key)
     jax.block_until_ready(outputs)
     times = []
@@ -296,7 +298,7 @@ def _run_and_peak(compiled: Any, model: Any, tx: Any, mesh: Any, batch: int, cro
   result: dict[str, Any] = {}
   if times:
     result["step_seconds"] = float(np.median(times))
-  stats = mesh.devices.flat[0].memory_stats() or {}
+  stats = device.memory_stats() or {}
   if "peak_bytes_in_use" in stats:
     result["peak_gib"] = stats["peak_bytes_in_use"] / GIB
     result["peak_before_step_gib"] = before.get("peak_bytes_in_use", 0) / GIB
