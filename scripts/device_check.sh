@@ -192,10 +192,10 @@ else
   TS_ARGS=(--models segformer_tiny --batch 2 --reps 1 --warmup 0 --torch-threads 1)
   TS_CROPS=(64)
   TS_DTYPES=(bf16)
-  TS_LIMIT=100
+  TS_LIMIT=150
   MEM_ARGS=(--cases segformer_tiny:2 --dtypes bf16 --crop 64 --devices 1 --run on --steps 1
-            --explain 4 --timeout 100)
-  MEM_LIMIT=100
+            --explain 4 --timeout 140)
+  MEM_LIMIT=150
   MEM_FIX_ARGS=()
   SAM_ARGS=(--device cpu --scenes synthetic --reps 1 --prompts 4 --objects 10)
   SAM_LIMIT=150
