@@ -166,10 +166,10 @@ def fingerprint(command: Sequence[str], settings: Mapping[str, Any] | None = Non
 def make_record(bench: str, settings: Mapping[str, Any], result: Mapping[str, Any],
                 command: Sequence[str]) -> dict[str, Any]:
   """One record: the benchmark's name, flags, fingerprint and figures (plain JSON values)."""
-  from sesam_jax.report import _jsonable  # the `sesam` command's own JSON cleaner
-  settings = _jsonable(dict(settings))
+  from sesam_jax.report import jsonable  # the `sesam` command's own JSON cleaner
+  settings = jsonable(dict(settings))
   return {"bench": bench, "settings": settings,
-          "fingerprint": fingerprint(command, settings), "result": _jsonable(dict(result))}
+          "fingerprint": fingerprint(command, settings), "result": jsonable(dict(result))}
 
 
 def append_record(path: str | os.PathLike, record: Mapping[str, Any]) -> pathlib.Path:
