@@ -235,6 +235,8 @@ step "iteration sesam/fixmatch" "$IT_LIMIT" "${SESAM[@]}" bench \
 if [[ ${#MEM_FIX_ARGS[@]} -gt 0 ]]; then
   step "memory B0 bf16, chunked attention" 100 "${SESAM[@]}" bench --what memory \
     "${MEM_FIX_ARGS[@]}" --record "$RECORDS"
+  step "memory B0 bf16, cuDNN fused attention" 100 "${SESAM[@]}" bench --what memory \
+    "${MEM_FIX_ARGS[@]/1024/-1}" --record "$RECORDS"
 fi
 
 # --- The records as one table ---------------------------------------------------------------------

@@ -72,7 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="SegFormer forms: gpu = lax depthwise conv, unchunked attention (what "
                            "a GPU runs, default); cpu = the CPU fast paths; auto = this backend's")
   parser.add_argument("--query-chunk", type=int, default=None,
-                      help="SegFormer attention query chunk (0 = off), overriding --impl's "
+                      help="SegFormer attention query chunk (0 = off, -1 = cuDNN's fused attention on a "
+                           "GPU in bf16), overriding --impl's "
                            "(chunks are recomputed in the backward pass, so the attention "
                            "weights are never kept whole)")
   parser.add_argument("--output-stride", type=int, default=16, choices=(8, 16),
