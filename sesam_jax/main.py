@@ -25,6 +25,12 @@ def _cmd_cost(args: argparse.Namespace) -> dict:
 
 
 def _cmd_convert(args: argparse.Namespace) -> dict:
+  if args.format == "sam":
+    from sesam_jax.models import sam_convert
+    result = sam_convert.convert_file(args.src, args.dst)
+    report.log(f"{result['model']} ({result['format']} weights): {result['num_tensors']} tensors, "
+               f"{result['num_params'] / 1e6:.1f} M parameters -> {result['dst']}")
+    return result
   from sesam_jax.models import torch_convert
   result = torch_convert.convert_file(args.src, args.dst, args.format, model=args.model)
   report.log(f"{result['model']} ({result['scope']}): {result['num_loaded']} tensors loaded, "
@@ -87,6 +93,11 @@ def _cmd_refine(args: argparse.Namespace) -> dict:
   backend = f"{args.backend}:{args.checkpoint}" if args.checkpoint else args.backend
   kw = {"device": args.device, "dtype": args.dtype} if args.backend in ("transformers", "random",
                                                                           "segment_anything") else {}
+  if backend.split(":")[0] in ("jax", "jax-random"):  # Flax SAM: jax picks the device.
+    if args.service:
+      raise ValueError("--service runs torch backends in a worker process; drop it for --backend "
+                       f"{backend} (the Flax SAM runs in this process)")
+    kw = {"dtype": args.dtype}
   result = refine_labels.refine_dataset(
       source, weak_kind=args.weak, out_dir=args.out, backend=backend, backend_kwargs=kw,
       seed=args.seed, weak_dir=args.weak_dir, limit=args.limit, use_service=args.service,
@@ -155,7 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--out", required=True, help="folder for the refined <image stem>.png labels")
   p.add_argument("--backend", default="oracle",
                  help="oracle (fine-label upper bound), superpixel, transformers (with --checkpoint), "
-                      "random:vit_b (random weights), segment_anything (with --checkpoint)")
+                      "random:vit_b (random weights), segment_anything (with --checkpoint); "
+                      "jax:PATH (Flax SAM, `sesam convert --format sam` weights; no torch), "
+                      "jax-random:vit_b")
   p.add_argument("--checkpoint", default=None,
                  help="weights for transformers/segment_anything: a directory or sam_vit_*.pth")
   p.add_argument("--device", default="cpu", help="torch device for SAM backends")
@@ -192,12 +205,15 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--no-train", action="store_true", help="label stages only")
   p.set_defaults(handler=_cmd_demo)
 
-  p = sub.add_parser("convert", help="PyTorch weights -> a Flax checkpoint (msgpack) for `init`")
-  p.add_argument("src", help="PyTorch state dict: .pth, .pt, .bin or .safetensors")
+  p = sub.add_parser("convert", help="PyTorch weights -> a Flax checkpoint (msgpack) for `init` "
+                                     "or the Flax SAM")
+  p.add_argument("src", help="PyTorch state dict: .pth, .pt, .bin or .safetensors (sam: also a "
+                             "transformers SamModel directory)")
   p.add_argument("dst", help="output file (msgpack: {meta, variables}), written atomically")
-  p.add_argument("--format", required=True, choices=("hf", "mmseg", "torchvision"),
+  p.add_argument("--format", required=True, choices=("hf", "mmseg", "torchvision", "sam"),
                  help="hf: transformers SegFormer/ResNet; mmseg: mit_b*.pth; "
-                      "torchvision: resnet50/101")
+                      "torchvision: resnet50/101; sam: official sam_vit_*.pth or transformers "
+                      "SamModel weights, for --backend jax:DST")
   p.add_argument("--model", default=None,
                  help="target student (e.g. segformer_b0, deeplabv3plus_r101); inferred if omitted")
   p.set_defaults(handler=_cmd_convert)

@@ -44,7 +44,8 @@ def refine_dataset(source, *, weak_kind: str, out_dir: str | os.PathLike, backen
     source: a dataset source (`sesam_jax.data.get_source`).
     weak_kind: "points", "scribbles" or "coarse".
     out_dir: folder for the refined `<image stem>.png` labels (created).
-    backend: a `sam_bridge.backends.create_backend` spec.
+    backend: a `sam_bridge.backends.create_backend` spec, or jax:PATH / jax-random:VARIANT
+      (the Flax SAM, in this process; not with use_service).
     backend_kwargs: backend keywords (device, dtype, ...).
     seed: weak-label seed (as `sesam weak-labels --seed`) and sampling seed.
     weak_dir: read weak labels from here instead of generating them.
@@ -104,7 +105,11 @@ def refine_dataset(source, *, weak_kind: str, out_dir: str | os.PathLike, backen
     results = service.map(requests())
   else:
     service = None
-    bk = create_backend(backend, **(backend_kwargs or {}))
+    if backend.split(":")[0] in ("jax", "jax-random"):  # Flax SAM, in this process (issue 11).
+      from sesam_jax.sam.jax_backend import create_jax_backend
+      bk = create_jax_backend(backend, **(backend_kwargs or {}))
+    else:
+      bk = create_backend(backend, **(backend_kwargs or {}))
     name, is_oracle = bk.name, bk.is_oracle
     # Only an oracle ever sees the fine label.
     results = (refine(bk, r if bk.is_oracle else RefineRequest(r.example_id, r.image, r.weak), cfg,
