@@ -161,12 +161,13 @@ def infer_spec(state_dict: dict[str, Any], *, decoder_heads: int = 8) -> sam.Sam
   global_idx = tuple(i for i, r in enumerate(rel) if r[0] == 2 * grid - 1)
   windowed = [r[0] for i, r in enumerate(rel) if i not in global_idx]
   prompt_dim = shape("vision_encoder.neck.conv1.weight")[0]
+  mlp_dim = shape("vision_encoder.layers.0.mlp.lin1.weight")[0]
   return sam.SamSpec(
       encoder_width=width, encoder_depth=depth, encoder_heads=width // rel[0][1],
       global_attn_indexes=global_idx,
       window_size=(windowed[0] + 1) // 2 if windowed else sam.SamSpec.window_size,
       image_size=grid * patch, patch_size=patch,
-      encoder_mlp_dim=shape("vision_encoder.layers.0.mlp.lin1.weight")[0],
+      encoder_mlp_dim=0 if mlp_dim == 4 * width else mlp_dim,
       num_pos_feats=shape(_PE if _PE in state_dict else _PE_TIED)[1],
       prompt_dim=prompt_dim,
       mask_input_channels=shape("prompt_encoder.mask_embed.conv2.weight")[0],

@@ -20,6 +20,7 @@ Compiled shapes are bounded: the encoder is jitted for one shape (`encode_batch`
 of SxS); the decoder for bucketed (prompt sets, token slots, mask prompt or not), the
 sets and slots rounded up to powers of two (sets capped at `batch_size`); padded slots
 are masked out of attention, so padding never changes a result (tests/test_flax_sam.py).
+Backends of the same model (sizes, dtypes) share their jitted functions and compilations.
 `compiled_shapes()` reports the shapes used so far.
 """
 
@@ -38,6 +39,7 @@ from sam_bridge.api import LowResPrediction, Prediction, PromptSet
 from sesam_jax.models import sam
 
 SPEC_KINDS = ("jax", "jax-random")
+MIN_TOKEN_SLOTS = 8  # Token slots per prompt set: 8, 16, 32, ...
 _DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16,
            "bf16": jnp.bfloat16}
 
@@ -52,6 +54,13 @@ def default_devices() -> list:
   """This process's devices for SAM: all local accelerators, or one CPU device."""
   local = jax.local_devices()
   return local[:1] if local[0].platform == "cpu" else local
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted(model: sam.Sam):
+  """(encode, decode) jitted once per model config: backends of one model share compilations."""
+  return (jax.jit(functools.partial(model.apply, method=sam.Sam.encode)),
+          jax.jit(functools.partial(model.apply, method=sam.Sam.decode)))
 
 
 def _bucket(n: int, cap: int | None = None, multiple: int = 1) -> int:
@@ -109,9 +118,7 @@ class JaxSamBackend:
     self._replicated = NamedSharding(self.mesh, PartitionSpec())
     self._split = NamedSharding(self.mesh, PartitionSpec("sam"))
     self.params = jax.device_put(params, self._replicated)
-    self._encode = jax.jit(functools.partial(self.model.apply, method=sam.Sam.encode),
-                           out_shardings=self._split)
-    self._decode = jax.jit(functools.partial(self.model.apply, method=sam.Sam.decode))
+    self._encode, self._decode = _jitted(self.model)
     self._shapes: dict[str, set] = {"encoder": set(), "decoder": set()}
     self._emb = None  # 1 x g x g x C float32, replicated on the devices.
     self._upsample_cache: dict = {}
@@ -244,7 +251,9 @@ class JaxSamBackend:
                     masks: list[np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
     n_dev = len(self.devices)
     num_sets = _bucket(len(tokens), self.batch_size, multiple=n_dev)
-    num_slots = _bucket(max(1, max(len(lab) for _, lab in tokens)))
+    # At least 8 slots (K=5 points + "not a point"): token slots cost little next to the
+    # image attention, and fewer distinct shapes compile.
+    num_slots = _bucket(max(len(lab) for _, lab in tokens), multiple=MIN_TOKEN_SLOTS)
     coords = np.zeros((num_sets, num_slots, 2), np.float32)
     labels = np.zeros((num_sets, num_slots), np.int32)
     valid = np.zeros((num_sets, num_slots), bool)
