@@ -190,3 +190,16 @@ def _env():
   root = str(pathlib.Path(__file__).resolve().parents[1])
   env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
   return env
+
+
+def test_bench_side_by_side_reports_both_backends_and_ratios():
+  import argparse
+  from sesam_jax.bench import sam as bench_sam
+  parser = argparse.ArgumentParser()
+  bench_sam.add_arguments(parser)
+  args = parser.parse_args(["--prompts", "4", "--rounds", "1", "--data-dir", "/nonexistent"])
+  out = bench_sam.side_by_side(args, ["jax-random:tiny", "random:tiny"])
+  assert "random weights" in out["jax-random:tiny"]["name"]
+  assert out["jax-random:tiny"]["compiled_shapes"]["encoder"] == 1
+  ratio = out["ratios"]["jax-random:tiny / random:tiny"]
+  assert all(v > 0 for v in ratio.values()), ratio

@@ -495,18 +495,20 @@ class FeedForward(nn.Module):
 
 
 class ConvTranspose2x2(nn.Module):
-  """Stride-2 2x2 transposed conv (non-overlapping): kernel 2 x 2 x I x O, as one matmul."""
+  """Stride-2 2x2 transposed conv (non-overlapping), kernel 2 x 2 x I x O, as one matmul.
+
+  ... x I -> ... x 2 x 2 x O: each input pixel's 2x2 output block stays in the trailing
+  axes (a "blocked" layout), so a stack of these needs no depth-to-space copies; the
+  caller interleaves the blocks once at the end.
+  """
   features: int
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x_PHWI: jax.Array) -> jax.Array:
-    p, h, w, cin = x_PHWI.shape
-    kernel = self.param("kernel", _dense_init, (2, 2, cin, self.features), jnp.float32)
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param("kernel", _dense_init, (2, 2, x.shape[-1], self.features), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-    k_I4O = kernel.transpose(2, 0, 1, 3).reshape(cin, 4 * self.features).astype(self.dtype)
-    y = (x_PHWI.astype(self.dtype) @ k_I4O).reshape(p, h, w, 2, 2, self.features)
-    y = y.transpose(0, 1, 3, 2, 4, 5).reshape(p, 2 * h, 2 * w, self.features)
+    y = jnp.einsum("...i,abio->...abo", x.astype(self.dtype), kernel.astype(self.dtype))
     return y + bias.astype(self.dtype)
 
 
@@ -555,6 +557,8 @@ class MaskDecoder(nn.Module):
     queries, keys = TwoWayTransformer(s, dtype=self.dtype, name="transformer")(
         tokens_PTC, keys, key_pe, valid_PT)
     keys = jnp.broadcast_to(keys, (num_sets, h * w, dim)).reshape(num_sets, h, w, dim)
+    # 4x upscaling in the blocked layout: P x h x w x (a, b) x (c, d) x C/8, pixel
+    # (4y + 2a + c, 4x + 2b + d); per-pixel LayerNorm and GELU do not care about the layout.
     x = ConvTranspose2x2(dim // 4, dtype=self.dtype, name="upscale_conv1")(keys)
     x = nn.gelu(_layer_norm("upscale_layer_norm", self.dtype)(x), approximate=False)
     x = nn.gelu(ConvTranspose2x2(dim // 8, dtype=self.dtype, name="upscale_conv2")(x),
@@ -563,7 +567,8 @@ class MaskDecoder(nn.Module):
                                    name=f"output_hypernetworks_mlps_{i}")(queries[:, 1 + i])
                        for i in range(num_tokens)], axis=1)  # P x 4 x C/8
     # Multimask output: mask tokens 1..3 (token 0 is the single-mask output).
-    logits_P3ss = jnp.einsum("pmc,pyxc->pmyx", hyper[:, 1:], x).astype(jnp.float32)
+    logits = jnp.einsum("pmo,phwabcdo->pmhacwbd", hyper[:, 1:], x).astype(jnp.float32)
+    logits_P3ss = logits.reshape(num_sets, num_tokens - 1, 4 * h, 4 * w)
     iou = FeedForward(s.iou_head_hidden_dim, num_tokens, s.iou_head_depth, dtype=self.dtype,
                       name="iou_prediction_head")(queries[:, 0])
     return logits_P3ss, iou[:, 1:].astype(jnp.float32)
