@@ -108,11 +108,16 @@ def test_refine_gives_the_same_labels_as_the_torch_backend(tiny_pair):
   # (Box prompts and predict()'s full-size masks are covered by the other tests.)
   cases = [(coarse, RefineConfig()), (coarse, RefineConfig(prompt="mask")),
            (points, RefineConfig(weak_kind="points"))]  # 1..5 points per set: padded batches.
+  # Pre-warm as the trainer does: encode_images(), states into the cache under refine's key.
+  from sam_bridge.cache import cache_key, image_digest
   cache = EmbeddingCache()
+  [state] = jax_backend.encode_images([image])
+  cache.put(cache_key("x", jax_backend.encoder_name, image.shape[:2], image_digest(image, None)),
+            state)
   for weak, cfg in cases:
     want = refine(torch_backend, RefineRequest("x", image, weak), cfg)
-    # With the cache, the second and later calls decode from the stored embedding.
     got = refine(jax_backend, RefineRequest("x", image, weak, cache_key="x"), cfg, cache=cache)
+    assert got.info["cache"]["hit"]  # Decoded from the pre-warmed embedding.
     assert got.info["instances"] == want.info["instances"] > 0
     np.testing.assert_array_equal(got.label, want.label, err_msg=str(cfg))
     assert [r.chosen for r in got.records] == [r.chosen for r in want.records]

@@ -128,7 +128,10 @@ class JaxSamBackend:
   def encode_images(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
     """Encodes HxWx3 uint8 images in batches of `encode_batch`; their image_state()s.
 
-    For the pre-warm: many images in few calls; the states go to the embedding cache.
+    For the pre-warm: many images in few calls. Give the images as refine() would set them
+    (its working resolution, `RefineConfig.work_long_side`); each state can go to
+    sam_bridge's EmbeddingCache under `cache_key(id, backend.encoder_name, image.shape[:2],
+    image_digest(image, None))`, where refine() looks for it.
     """
     states = []
     for start in range(0, len(images), self.encode_batch):
