@@ -19,7 +19,8 @@ pytest.importorskip("transformers")
 from sam_bridge.api import RefineRequest  # noqa: E402
 from sam_bridge.refine import RefineConfig, refine  # noqa: E402
 from sesam_jax.bench.sam import synthetic_scene  # noqa: E402
-from sesam_jax.bench.sam_parity import random_transformers_sam, sam_parity, state_dict_numpy  # noqa: E402
+from sesam_jax.bench.sam_parity import (  # noqa: E402
+    random_transformers_sam, sam_parity, state_dict_numpy)
 from sesam_jax.models import sam, sam_convert  # noqa: E402
 from sesam_jax.sam.jax_backend import JaxSamBackend, create_jax_backend  # noqa: E402
 

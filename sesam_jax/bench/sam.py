@@ -298,7 +298,8 @@ def side_by_side(args: argparse.Namespace, specs: list[str]) -> dict:
     for b in (s for s in sam_specs if not _is_jax(s)):
       x, y = out[a], out[b]
       ratios[f"{a} / {b}"] = {
-          "encode": x["encode_s"] / y["encode_s"], "encode_cpu": x["encode_cpu_s"] / y["encode_cpu_s"],
+          "encode": x["encode_s"] / y["encode_s"],
+          "encode_cpu": x["encode_cpu_s"] / y["encode_cpu_s"],
           "decode": x["decode_s_per_prompt_set"] / y["decode_s_per_prompt_set"],
           "decode_cpu": x["decode_cpu_s_per_prompt_set"] / y["decode_cpu_s_per_prompt_set"]}
       report.log(f"{a} / {b}: encoder {ratios[f'{a} / {b}']['encode']:.2f}x wall "
@@ -338,7 +339,8 @@ def _parity() -> dict:
   out = {"parity_vit_b": vit_b_parity()}
   flax = sam_parity("vit_b", image_hw=(360, 480), bf16=True, query_rows=4)  # As on CPU.
   report.log(f"Flax vs transformers ViT-B (fp32): embeddings {flax['embedding_max_abs_diff']:.2e}, "
-             f"IoU {flax['iou_max_abs_diff']:.2e}, low-res logits {flax['logits_max_abs_diff']:.2e}, "
+             f"IoU {flax['iou_max_abs_diff']:.2e}, "
+             f"low-res logits {flax['logits_max_abs_diff']:.2e}, "
              f"masks {100 * flax['mask_agreement']:.4f}% | bf16: embeddings "
              f"{flax['embedding_bf16_err']:.2e}, IoU {flax['iou_bf16_err']:.2e}, logits "
              f"{flax['logits_bf16_err']:.2e}, masks {100 * flax['mask_agreement_bf16']:.3f}%")

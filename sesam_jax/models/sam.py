@@ -1,4 +1,4 @@
-"""Segment Anything (Kirillov et al. 2023) in Flax Linen: image encoder, prompt encoder, mask decoder.
+"""Segment Anything (Kirillov et al. 2023) in Flax Linen: image and prompt encoders, mask decoder.
 
     model = Sam(sam_spec("vit_b"))                         # dtype=jnp.bfloat16 for bf16 compute
     emb_BhwC = model.apply(variables, pixels_BSS3, method=Sam.encode)          # B x 64 x 64 x 256
@@ -105,7 +105,8 @@ class SamSpec:
     return self.encoder_mlp_dim or 4 * self.encoder_width
 
   def to_dict(self) -> dict[str, Any]:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+    return {k: (list(v) if isinstance(v, tuple) else v)
+            for k, v in dataclasses.asdict(self).items()}
 
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> "SamSpec":
@@ -197,7 +198,8 @@ def _attend_grid(q_BnSSd: jax.Array, k_BnSSd: jax.Array, v_BnSSd: jax.Array, rh_
         [k_BnNd, jnp.broadcast_to(jnp.asarray(codes_N2S, dtype), (batch, heads, n, 2 * size))], -1)
     logits = jnp.einsum("bnqd,bnkd->bnqk", q_aug, k_aug)
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(dtype)
-    return jnp.einsum("bnqk,bnkd->bnqd", weights, v_BnNd).reshape(batch, heads, size, size, head_dim)
+    out = jnp.einsum("bnqk,bnkd->bnqd", weights, v_BnNd)
+    return out.reshape(batch, heads, size, size, head_dim)
 
   def rows(q_BnRSd, rel_row_BnRSS, rel_col_BnRSS, k_BnNd, v_BnNd):
     b, h, r = q_BnRSd.shape[:3]
@@ -257,8 +259,9 @@ class VisionAttention(nn.Module):
     qkv = qkv.reshape(b, size, size, 3, heads, head_dim).transpose(3, 0, 4, 1, 2, 5)
     rel_h = self.param("rel_pos_h", nn.initializers.zeros, (2 * size - 1, head_dim), jnp.float32)
     rel_w = self.param("rel_pos_w", nn.initializers.zeros, (2 * size - 1, head_dim), jnp.float32)
-    out_BnSSd = _attend_grid(qkv[0], qkv[1], qkv[2], relative_positions(rel_h, size).astype(self.dtype),
-                             relative_positions(rel_w, size).astype(self.dtype), self.dtype,
+    rh_SSd = relative_positions(rel_h, size).astype(self.dtype)
+    rw_SSd = relative_positions(rel_w, size).astype(self.dtype)
+    out_BnSSd = _attend_grid(qkv[0], qkv[1], qkv[2], rh_SSd, rw_SSd, self.dtype,
                              0 if self.window else self.query_rows)
     out = out_BnSSd.transpose(0, 2, 3, 1, 4).reshape(b, size, size, channels)
     if self.window:

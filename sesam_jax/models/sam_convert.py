@@ -1,7 +1,8 @@
 """SAM state dicts (numpy) -> Flax parameters of `sesam_jax.models.sam`, and SAM weight files.
 
 Formats (detected from the keys):
-  "official"      `sam_vit_{b,l,h}_*.pth` (segment_anything: `image_encoder.blocks.0.attn.qkv.weight`,
+  "official"      `sam_vit_{b,l,h}_*.pth` (segment_anything:
+                  `image_encoder.blocks.0.attn.qkv.weight`,
                   `prompt_encoder.pe_layer.positional_encoding_gaussian_matrix`, ...).
   "transformers"  a `transformers` SamModel (`save_pretrained` directory or its safetensors:
                   `vision_encoder.layers.0.attn.qkv.weight`, ...).
@@ -59,14 +60,16 @@ _OFFICIAL_RULES = [
     (r"^prompt_encoder\.mask_downscaling\.4\.", "prompt_encoder.mask_embed.layer_norm2."),
     (r"^prompt_encoder\.mask_downscaling\.6\.", "prompt_encoder.mask_embed.conv3."),
     (r"^(mask_decoder\.transformer\.layers\.\d+)\.norm(\d)\.", r"\1.layer_norm\2."),
-    (r"^mask_decoder\.transformer\.norm_final_attn\.", "mask_decoder.transformer.layer_norm_final_attn."),
+    (r"^mask_decoder\.transformer\.norm_final_attn\.",
+     "mask_decoder.transformer.layer_norm_final_attn."),
     (r"^mask_decoder\.output_upscaling\.0\.", "mask_decoder.upscale_conv1."),
     (r"^mask_decoder\.output_upscaling\.1\.", "mask_decoder.upscale_layer_norm."),
     (r"^mask_decoder\.output_upscaling\.3\.", "mask_decoder.upscale_conv2."),
 ]
 # The official decoder MLPs number their Linear layers 0..depth-1; transformers names them.
 _OFFICIAL_MLP = re.compile(
-    r"^(mask_decoder\.(?:output_hypernetworks_mlps\.\d+|iou_prediction_head))\.layers\.(\d+)\.(.*)$")
+    r"^(mask_decoder\.(?:output_hypernetworks_mlps\.\d+|iou_prediction_head))"
+    r"\.layers\.(\d+)\.(.*)$")
 
 
 def detect_format(state_dict: dict[str, Any]) -> str:
@@ -218,7 +221,8 @@ def convert_sam(state_dict: dict[str, Any], *, spec: sam.SamSpec | None = None,
       raise ValueError(f"state dict key {key!r} has shape {array.shape}, which does not fit "
                        f"{'/'.join(path)} of shape {want}")
     if path in flat:
-      raise ValueError(f"state dict keys {source_of[path]!r} and {key!r} both fill {'/'.join(path)}")
+      raise ValueError(f"state dict keys {source_of[path]!r} and {key!r} both fill "
+                       f"{'/'.join(path)}")
     flat[path] = value.astype(np.float32)
     source_of[path] = key
   missing = [p for p in expected if p not in flat]
@@ -252,7 +256,8 @@ def read_sam_weights(src: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
                        "SAM reads SamModel (model_type 'sam') weights")
   files = sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin"))
   if not files:
-    raise FileNotFoundError(f"{path}: no *.safetensors or pytorch_model*.bin weights in this directory")
+    raise FileNotFoundError(f"{path}: no *.safetensors or pytorch_model*.bin weights in this "
+                            "directory")
   state_dict: dict[str, np.ndarray] = {}
   for f in files:
     state_dict.update(_read_file(f) if f.suffix == ".safetensors" else

@@ -197,7 +197,8 @@ class JaxSamBackend:
     tokens = [self._tokens(p) for p in prompts]
     out: list = [None] * len(prompts)
     # Sets of one kind (mask prompt or not) with similar token counts share calls.
-    order = sorted(range(len(prompts)), key=lambda i: (prompts[i].mask is not None, len(tokens[i][1])))
+    order = sorted(range(len(prompts)),
+                   key=lambda i: (prompts[i].mask is not None, len(tokens[i][1])))
     for has_mask, group in itertools.groupby(order, key=lambda i: prompts[i].mask is not None):
       idx = list(group)
       for s in range(0, len(idx), self.batch_size):
