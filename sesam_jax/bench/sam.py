@@ -314,6 +314,7 @@ def _encode_throughput(backend, image: np.ndarray, batch: int, rounds: int) -> d
   """Images per second with `batch` images per encoder call (median of `rounds`)."""
   images = [image] * batch
   if hasattr(backend, "encode_images"):
+    backend.encode_batch = batch  # One encoder call of `batch` images (compiled on first use).
     run_batch = lambda: backend.encode_images(images)
   else:  # torch: the model's own batched encoder on the preprocessed pixels.
     import torch
