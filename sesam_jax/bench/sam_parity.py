@@ -169,9 +169,11 @@ def sam_parity(variant: str = "tiny", *, seed: int = 0, num_sets: int = 4, bf16:
                             "logits_max_abs": float(max(np.abs(w[0]).max() for w in want.values()))}
   for dtype in ([jnp.float32, jnp.bfloat16] if bf16 else [jnp.float32]):
     model = sam.Sam(spec, dtype=dtype, query_rows=query_rows)
-    encode = jax.jit(lambda v, x: model.apply(v, x, method=sam.Sam.encode))
-    decode = jax.jit(lambda v, e, c, l, valid, m: model.apply(v, e, c, l, valid, m,
-                                                              method=sam.Sam.decode))
+    # Full float32 matmuls on GPU/TPU too (their default for f32 is TF32 / bf16 passes).
+    precise = jax.default_matmul_precision("highest" if dtype == jnp.float32 else "default")
+    encode = jax.jit(precise(lambda v, x: model.apply(v, x, method=sam.Sam.encode)))
+    decode = jax.jit(precise(lambda v, e, c, l, valid, m: model.apply(v, e, c, l, valid, m,
+                                                                      method=sam.Sam.decode)))
     emb = encode(params, pixels[None])
     # Every point/box case in one batch (one compiled shape): sets padded to a common
     # token count with masked slots, which must not change any set's result.
