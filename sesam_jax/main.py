@@ -29,6 +29,12 @@ def _cmd_cost(args: argparse.Namespace) -> dict:
 
 
 def _cmd_convert(args: argparse.Namespace) -> dict:
+  if args.format == "sam":
+    from sesam_jax.models import sam_convert
+    result = sam_convert.convert_file(args.src, args.dst)
+    report.log(f"{result['model']} ({result['format']} weights): {result['num_tensors']} tensors, "
+               f"{result['num_params'] / 1e6:.1f} M parameters -> {result['dst']}")
+    return result
   from sesam_jax.models import conversion
   result = conversion.convert_file(args.src, args.dst, args.format, model=args.model)
   report.log(f"{result['model']} ({result['scope']}): {result['num_loaded']} tensors loaded, "
@@ -288,7 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--backend", default="oracle",
                  help="oracle (fine-label upper bound), superpixel, transformers (with --checkpoint), "
                       "random:vit_b (random weights), segment_anything (with --checkpoint), "
-                      "jax:PATH (Flax SAM on this process's devices), jax-random:vit_b")
+                      "jax:PATH (Flax SAM, `sesam convert --format sam` weights, on this "
+                      "process's devices; no torch), jax-random:vit_b")
   p.add_argument("--checkpoint", default=None,
                  help="weights for transformers/segment_anything: a directory or sam_vit_*.pth")
   p.add_argument("--device", default="cpu", help="torch device for SAM backends")
@@ -393,12 +400,15 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--dpi", type=int, default=100, help="resolution of the PNG")
   p.set_defaults(handler=_cmd_plot)
 
-  p = sub.add_parser("convert", help="PyTorch weights -> a Flax checkpoint (msgpack) for `init`")
-  p.add_argument("src", help="PyTorch state dict: .pth, .pt, .bin or .safetensors")
+  p = sub.add_parser("convert", help="PyTorch weights -> a Flax checkpoint (msgpack) for `init` "
+                                     "or the Flax SAM")
+  p.add_argument("src", help="PyTorch state dict: .pth, .pt, .bin or .safetensors (sam: also a "
+                             "transformers SamModel directory)")
   p.add_argument("dst", help="output file (msgpack: {meta, variables}), written atomically")
-  p.add_argument("--format", required=True, choices=("hf", "mmseg", "torchvision"),
+  p.add_argument("--format", required=True, choices=("hf", "mmseg", "torchvision", "sam"),
                  help="hf: transformers SegFormer/ResNet; mmseg: mit_b*.pth; "
-                      "torchvision: resnet50/101")
+                      "torchvision: resnet50/101; sam: official sam_vit_*.pth or transformers "
+                      "SamModel weights, for --backend jax:DST")
   p.add_argument("--model", default=None,
                  help="target student (e.g. segformer_b0, deeplabv3plus_r101); inferred if omitted")
   p.set_defaults(handler=_cmd_convert)
