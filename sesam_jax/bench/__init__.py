@@ -20,6 +20,7 @@ TARGETS: dict[str, str] = {
     "iteration": "sesam_jax.bench.iteration",
     "parity": "sesam_jax.bench.parity",
     "train-step": "sesam_jax.bench.train_step",
+    "bank": "sesam_jax.bench.bank",
 }
 
 

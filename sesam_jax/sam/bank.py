@@ -39,8 +39,10 @@ come back as the weak label with `fallback` set, which is counted here.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import io
+import os
 import queue
 import time
 from collections.abc import Callable, Mapping
@@ -92,6 +94,8 @@ class SamLabelBank:
     self._pending: dict[str, tuple[int, augment.Geometry | None]] = {}
     self.stats: collections.Counter = collections.Counter()
     self.bridge_seconds: collections.Counter = collections.Counter()  # encode/decode/geometry
+    self._threads = min(8, os.cpu_count() or 1)  # Per-example host work of a step, side by side.
+    self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
   # --- requests ---------------------------------------------------------
 
@@ -186,10 +190,10 @@ class SamLabelBank:
     label = np.asarray(result.label, np.uint8)
     if geom is not None:
       # A crop-space result: back to full resolution, over the previous label.
-      full = augment.invert_geometry(label, geom, self._full_hw(index))
-      window = augment.invert_geometry(np.zeros_like(label), geom, self._full_hw(index)) == 0
-      label = self.labels.get(index, np.full(full.shape, IGNORE, np.uint8)).copy()
-      label[window] = full[window]
+      full = self.labels.get(index)
+      if full is None:
+        full = np.full(self._full_hw(index), IGNORE, np.uint8)
+      label = augment.paste_crop(full, label, geom)
     self.labels[index] = label
     self.stats["received"] += 1
 
@@ -261,34 +265,63 @@ class SamLabelBank:
     bar.close()
     return self.stats["received"] - received
 
+  def _each(self, fn: Callable[[Any], None], items: list) -> None:
+    """`fn` over `items` on the bank's threads: unpacking, packing (zlib) and resampling
+    (numpy, PIL) release the GIL, so a step's examples are handled side by side."""
+    if len(items) <= 1 or self._threads <= 1:
+      for item in items:
+        fn(item)
+      return
+    if self._pool is None:
+      self._pool = concurrent.futures.ThreadPoolExecutor(self._threads,
+                                                         thread_name_prefix="sam-bank")
+    for _ in self._pool.map(fn, items):  # Re-raises a worker's exception here.
+      pass
+
   def batch_labels(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
     """BxCxC uint8 SAM labels for the batch's crops (255 where none)."""
     b = len(batch["index"])
     out = np.full((b, self.crop, self.crop), IGNORE, np.uint8)
+    have = []
     for p in range(b):
       index = int(batch["index"][p])
       if self.source.ids[index] in self._pending:
         self.stats["stale"] += 1
-      label = self.labels.get(index)
-      if label is None:
+      if index in self.labels:
+        have.append(p)
+      else:
         self.stats["missing"] += 1
-        continue
+
+    def crop(p: int) -> None:
       geom = augment.Geometry.from_array(batch["aug"][p])
-      out[p] = augment.apply_geometry(label, geom, self.crop, nearest=True)
+      out[p] = augment.apply_geometry(self.labels[int(batch["index"][p])], geom, self.crop,
+                                      nearest=True)
+
+    self._each(crop, have)
     return out
 
   def update_extension(self, batch: Mapping[str, np.ndarray], confident: np.ndarray) -> None:
     """Records the teacher's confident pseudo-labels (BxCxC uint8, 255 = not confident)."""
+    positions: dict[int, list[int]] = collections.defaultdict(list)
     for p in range(len(batch["index"])):
-      index = int(batch["index"][p])
-      geom = augment.Geometry.from_array(batch["aug"][p])
-      hw = self._full_hw(index)
-      full = augment.invert_geometry(np.asarray(confident[p], np.uint8), geom, hw)
-      window = augment.invert_geometry(np.zeros((self.crop, self.crop), np.uint8), geom, hw) == 0
-      ext = self.extension.get(index)
-      ext = np.full(hw, IGNORE, np.uint8) if ext is None else ext.copy()
-      ext[window] = full[window]
+      positions[int(batch["index"][p])].append(p)  # An image twice in a batch: one task.
+
+    def update(index: int) -> None:
+      ext = self.extension.get(index)  # A fresh array (unpacked), updated in place.
+      if ext is None:
+        ext = np.full(self._full_hw(index), IGNORE, np.uint8)
+      for p in positions[index]:
+        geom = augment.Geometry.from_array(batch["aug"][p])
+        augment.paste_crop(ext, np.asarray(confident[p], np.uint8), geom)
       self.extension[index] = ext
+
+    self._each(update, list(positions))
+
+  def close(self) -> None:
+    """Stops the bank's threads (the service is closed by its owner)."""
+    if self._pool is not None:
+      self._pool.shutdown()
+      self._pool = None
 
   # --- persistence (the checkpoint's `sam_bank` item) ---------------------
 

@@ -93,6 +93,7 @@ class SamFeed(Feed):
     return {f"sam/{k}": v for k, v in self.bank.summary().items()}
 
   def close(self) -> None:
+    self.bank.close()
     self.bank.service.close()
 
 
