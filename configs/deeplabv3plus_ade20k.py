@@ -27,9 +27,9 @@ run), tiny (the tiny test variant of the student). Without `init` the student is
 initialised and figures are far below the paper's.
 """
 
-from sesam_jax import config_lib
+from sesam_jax import configs_common
 
 
 def get_config(arg=None):
-  config, _ = config_lib.student_dataset_config("deeplabv3plus", "ade20k", arg)
+  config, _ = configs_common.student_dataset_config("deeplabv3plus", "ade20k", arg)
   return config

@@ -16,13 +16,13 @@ No pretrained weights: mIoU is far below ImageNet-initialised figures.
 Arguments after the colon: weak=fine|points|scribbles|coarse, method=supervised|fixmatch|sam_baseline|sesam, runlocal, tiny.
 """
 
-from sesam_jax import config_lib
+from sesam_jax import configs_common
 
 # The CPU schedule: steps, global batch, crop (pixels, at half resolution), warm-up, EMA decay.
 CAMVID_CPU = dict(num_steps=300, batch_size=8, crop=112, warmup_steps=30, ema_decay=0.99)
 
 
 def get_config(arg=None):
-  config, args = config_lib.student_dataset_config("segformer", "camvid", arg)
-  config_lib.camvid_cpu_schedule(config, runlocal=args.runlocal, **CAMVID_CPU)
+  config, args = configs_common.student_dataset_config("segformer", "camvid", arg)
+  configs_common.camvid_cpu_schedule(config, runlocal=args.runlocal, **CAMVID_CPU)
   return config

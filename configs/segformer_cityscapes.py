@@ -26,9 +26,9 @@ test variant of the student). Without `init` the student is randomly initialised
 far below the paper's.
 """
 
-from sesam_jax import config_lib
+from sesam_jax import configs_common
 
 
 def get_config(arg=None):
-  config, _ = config_lib.student_dataset_config("segformer", "cityscapes", arg)
+  config, _ = configs_common.student_dataset_config("segformer", "cityscapes", arg)
   return config

@@ -8,10 +8,10 @@ Arguments after the colon: weak=fine|points|scribbles|coarse, method=supervised|
 `tiny=0` trains SegFormer-B0).
 """
 
-from sesam_jax import config_lib
+from sesam_jax import configs_common
 
 
 def get_config(arg=None):
-  config, args = config_lib.student_dataset_config("segformer", "synthetic", "tiny," + (arg or ""))
-  config_lib.synthetic_schedule(config, runlocal=args.runlocal)
+  config, args = configs_common.student_dataset_config("segformer", "synthetic", "tiny," + (arg or ""))
+  configs_common.synthetic_schedule(config, runlocal=args.runlocal)
   return config

@@ -178,6 +178,69 @@ class InstanceRecord:
 
 
 @dataclasses.dataclass
+class InstanceTrace:
+  """Everything refine() computed for one prompt set (`RefineConfig(trace=True)`), for figures.
+
+  All coordinates are at the working resolution (`RefineTrace.working_hw`).
+
+  Attributes:
+    stage: "instances" (stage 2), "sparse" (a stroke of the sparse-to-coarse stage) or "naive".
+    class_id: the instance's class.
+    bbox: (y0, x0, y1, x1) of `mask`, exclusive ends.
+    mask: hxw bool instance W inside its bounding box (the weak region prompted).
+    points: Kx2 float32 (x, y) prompt points in image coordinates (0x2 for box/mask prompts).
+    field: hxw float32 sampling probability field (normalised distance, 0 outside W), or None.
+    grid: (rows, cols) of the sampling grid (eq. 2) over `bbox`, or None.
+    grid_edges: (first row of each grid row + end, first column of each grid column + end),
+      relative to the box (`geometry.sampling.grid_edges`), or None.
+    cells: the grid cells the points were drawn from (row-major), or None.
+    candidates: 3xHxW bool, the backend's three candidate masks (whole working image).
+    scores: 3 float32, the backend's scores.
+    coverage: 3 float64, r = |S n W| / |W| of each candidate.
+    compatibility: 3 float64, p = |S n W| / |S| of each candidate.
+    chosen: index of the selected candidate (-1: none used).
+    qualified: whether the choice passed r >= tau1 and p >= tau2.
+    lowres: r and p were computed on the backend's low-resolution logits (SAM), so they are
+      close to, not exactly, the values of the upsampled `candidates`.
+  """
+  stage: str
+  class_id: int
+  bbox: tuple[int, int, int, int]
+  mask: np.ndarray
+  points: np.ndarray
+  field: np.ndarray | None
+  grid: tuple[int, int] | None
+  grid_edges: tuple[list[int], list[int]] | None
+  cells: np.ndarray | None
+  candidates: np.ndarray
+  scores: np.ndarray
+  coverage: np.ndarray
+  compatibility: np.ndarray
+  chosen: int
+  qualified: bool
+  lowres: bool = False
+
+
+@dataclasses.dataclass
+class RefineTrace:
+  """What refine() did to one image, at the working resolution (`RefineConfig(trace=True)`).
+
+  Attributes:
+    working_hw: (H, W) of the working resolution.
+    image: HxWx3 uint8, the image as the backend saw it.
+    weak: HxW uint8 weak label (255 = unlabeled).
+    region: HxW uint8 label the instances were cut from (the stage-1 coarse label for
+      points/scribbles, extended by the teacher's labels when given), None in naive mode.
+    instances: one InstanceTrace per prompt set, in prompting order (sparse stage first).
+  """
+  working_hw: tuple[int, int]
+  image: np.ndarray
+  weak: np.ndarray
+  region: np.ndarray | None = None
+  instances: list[InstanceTrace] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
 class RefineResult:
   """The SeSAM label for one example.
 
@@ -189,6 +252,7 @@ class RefineResult:
     fallback: True when the service returned the weak label because refinement failed.
     error: the failure message when `fallback` is True.
     info: backend name and timings (seconds).
+    trace: with `RefineConfig(trace=True)`, what refinement computed (RefineTrace); else None.
   """
   example_id: str
   label: np.ndarray
@@ -197,3 +261,4 @@ class RefineResult:
   fallback: bool = False
   error: str = ""
   info: dict[str, Any] = dataclasses.field(default_factory=dict)
+  trace: RefineTrace | None = None

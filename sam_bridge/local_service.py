@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 
+from sam_bridge import refine as refine_lib
 from sam_bridge.api import Backend, RefineRequest, RefineResult
 from sam_bridge.cache import CacheConfig, EmbeddingCache
 from sam_bridge.refine import RefineConfig
@@ -62,7 +63,6 @@ class LocalRefineService(Consumer):
   # --- worker thread ---
 
   def _work(self) -> None:
-    from sam_bridge import refine as refine_lib
     while True:
       request = self._requests.get()
       if request is None:

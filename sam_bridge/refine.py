@@ -37,7 +37,9 @@ import numpy as np
 from PIL import Image
 
 from sam_bridge import geometry
-from sam_bridge.api import Backend, InstanceRecord, PromptSet, RefineRequest, RefineResult
+from sam_bridge.api import (UNLABELED, Backend, InstanceRecord, InstanceTrace, PromptSet,
+                            RefineRequest, RefineResult, RefineTrace)
+from sam_bridge.cache import EmbeddingCache, cache_key, image_digest
 
 MODES = ("sesam", "naive")
 WEAK_KINDS = ("coarse", "points", "scribbles")
@@ -64,7 +66,7 @@ class RefineConfig:
   stroke_k: int = 5  # Points per scribble stroke in the sparse-to-coarse stage.
   point_extent: int = 7  # A weak blob no wider than this (pixels) is one point.
   work_long_side: int = 1024  # Working resolution: longest side in pixels.
-  ignore_index: int = 255  # Unlabeled value.
+  ignore_index: int = UNLABELED  # Unlabeled value.
   # With a `cache` passed to refine(): keep each image's encoder state under its example id
   # (ids must name one image: full-resolution images, not augmented crops). A request's
   # own `cache_key` turns caching on for that request regardless.
@@ -72,6 +74,10 @@ class RefineConfig:
   # Backends with `predict_lowres` (SAM): choose among candidates at the decoder's own low
   # resolution and upsample only the chosen mask of each prompt set (see _Candidates).
   lowres_selection: bool = True
+  # Return RefineResult.trace: per prompt set the instance mask, sampling field and grid, the
+  # points, all three candidates with r and p, and the choice (for figures; costs memory and,
+  # for SAM, upsampling every candidate). Off: nothing is recorded.
+  trace: bool = False
 
   def validate(self) -> "RefineConfig":
     for field, value, choices in (("mode", self.mode, MODES), ("weak_kind", self.weak_kind, WEAK_KINDS),
@@ -112,7 +118,7 @@ class _Timer:
 
 def refine(backend: Backend, request: RefineRequest, config: RefineConfig = RefineConfig(), *,
            seed: int = 0, confidence: np.ndarray | None = None,
-           cache: "EmbeddingCache | None" = None) -> RefineResult:
+           cache: EmbeddingCache | None = None) -> RefineResult:
   """Refines one weak label with `backend`.
 
   Args:
@@ -172,16 +178,18 @@ def refine(backend: Backend, request: RefineRequest, config: RefineConfig = Refi
   timer.add("encode", t0)
 
   records: list[InstanceRecord] = []
+  trace = RefineTrace(hw, image_w, weak_w) if config.trace else None
   coarse_w = None
   if config.mode == "naive":
-    label_w = _naive(backend, weak_w, config, records, timer)
+    label_w = _naive(backend, weak_w, config, records, timer, trace)
   else:
     base = weak_w
     if config.weak_kind in ("points", "scribbles"):
-      coarse_w = _sparse_to_coarse(backend, weak_w, config, records, timer)
+      coarse_w = _sparse_to_coarse(backend, weak_w, config, records, timer, trace)
       base = coarse_w
     ext_stage = ext_w if config.refined_sampling else None
-    label_w = _instances_stage(backend, base, ext_stage, config, rng, conf_w, records, timer)
+    label_w = _instances_stage(backend, base, ext_stage, config, rng, conf_w, records, timer,
+                               trace)
 
   label = _restore(label_w, weak, full_hw, config.ignore_index)
   coarse = None if coarse_w is None else _restore(coarse_w, weak, full_hw, config.ignore_index)
@@ -198,7 +206,7 @@ def refine(backend: Backend, request: RefineRequest, config: RefineConfig = Refi
                                        - timer.cpu["decode"] - timer.cpu["upsample"])}}
   if cache_info is not None:
     info["cache"] = cache_info
-  return RefineResult(request.example_id, label, coarse, records, info=info)
+  return RefineResult(request.example_id, label, coarse, records, info=info, trace=trace)
 
 
 def _set_image(backend: Backend, request: RefineRequest, image_w: np.ndarray,
@@ -215,7 +223,6 @@ def _set_image(backend: Backend, request: RefineRequest, image_w: np.ndarray,
     if cache is not None and key_base is not None:
       return {"hit": False, "source": None, "unsupported": True}
     return None
-  from sam_bridge.cache import cache_key, image_digest
   # Backends whose decoder settings do not change the encoder state say so with
   # `encoder_name` (e.g. a bf16 decoder over fp32 embeddings shares the fp32 cache).
   encoder_name = getattr(backend, "encoder_name", backend.name)
@@ -331,6 +338,12 @@ class _Candidates:
     p = np.where(area > 0, inter / np.maximum(area, 1.0), 0.0)
     return r, p, area
 
+  def candidate_masks(self, i: int) -> np.ndarray:
+    """3xHxW bool: all three candidates of prompt set i at working resolution (for traces)."""
+    if not self.lowres:
+      return self.preds[i].masks
+    return self.backend.upsample(self.preds[i].logits)
+
   def chosen_masks(self, picks: list[tuple[int, int]]) -> list[np.ndarray]:
     """HxW bool working-resolution masks of the (prompt set, candidate) pairs in `picks`."""
     if not self.lowres:
@@ -346,7 +359,22 @@ class _Candidates:
     return list(masks)
 
 
-def _sparse_to_coarse(backend, weak, config, records, timer) -> np.ndarray:
+def _trace_instance(trace: RefineTrace, cands: _Candidates, i: int, stage: str, class_id: int,
+                    bbox: tuple[int, int, int, int], mask: np.ndarray, prompt: PromptSet,
+                    r: np.ndarray, p: np.ndarray, idx: int, qualified: bool,
+                    sampled: dict | None = None) -> None:
+  """Appends prompt set i's InstanceTrace (only called with `config.trace`)."""
+  sampled = sampled or {}
+  grid = sampled.get("grid")
+  edges = None if grid is None else geometry.grid_edges(mask.shape, grid)
+  trace.instances.append(InstanceTrace(
+      stage, int(class_id), tuple(int(v) for v in bbox), mask, prompt.points,
+      sampled.get("field"), grid, edges, sampled.get("cells"), cands.candidate_masks(i),
+      np.asarray(cands.scores(i)), np.asarray(r, np.float64), np.asarray(p, np.float64),
+      int(idx), bool(qualified), cands.lowres))
+
+
+def _sparse_to_coarse(backend, weak, config, records, timer, trace=None) -> np.ndarray:
   """Stage 1 for points/scribbles: each stroke's smallest candidate (see module docstring)."""
   strokes = geometry.find_instances(weak, min_area=1, ignore_index=config.ignore_index)
   prompts = []
@@ -359,6 +387,9 @@ def _sparse_to_coarse(backend, weak, config, records, timer) -> np.ndarray:
     r, p, areas = cands.stats(i, s.mask, s.bbox)
     idx, _ = geometry.select_mask(r, p, cands.scores(i), areas, strategy="smallest")
     used = areas[idx] > 0
+    if trace is not None:
+      _trace_instance(trace, cands, i, "sparse", s.class_id, s.bbox, s.mask, prompt,
+                      r, p, idx if used else -1, False)
     records.append(InstanceRecord(s.class_id, s.area, s.bbox, prompt.points, idx if used else -1,
                                   float(r[idx]), float(p[idx]), False, stage="sparse"))
     if used:
@@ -369,7 +400,8 @@ def _sparse_to_coarse(backend, weak, config, records, timer) -> np.ndarray:
   return geometry.merge_masks(weak, masks, classes, prios, ignore_index=config.ignore_index)
 
 
-def _instances_stage(backend, base, ext, config, rng, conf, records, timer) -> np.ndarray:
+def _instances_stage(backend, base, ext, config, rng, conf, records, timer,
+                     trace=None) -> np.ndarray:
   """Stage 2: instances of the (extended) coarse label -> prompts -> selection -> merge."""
   region = base
   if ext is not None:
@@ -377,12 +409,15 @@ def _instances_stage(backend, base, ext, config, rng, conf, records, timer) -> n
   find = geometry.find_instances if config.instances else geometry.class_instances
   insts = find(region, min_area=config.min_area, ignore_index=config.ignore_index)
   prompts = []
-  for inst in insts:
+  sampled = [{} for _ in insts] if trace is not None else [None] * len(insts)
+  if trace is not None:
+    trace.region = region
+  for inst, drawn in zip(insts, sampled):
     y0, x0, y1, x1 = inst.bbox
     if config.prompt == "points":
       crop_conf = None if conf is None else conf[y0:y1, x0:x1]
       pts = geometry.sample_points(inst.mask, k=config.k, strategy=config.sampling, rng=rng,
-                                   confidence=crop_conf)
+                                   confidence=crop_conf, trace=drawn)
       prompts.append(PromptSet.from_points(pts + np.float32([x0, y0])))
     elif config.prompt == "box":
       prompts.append(PromptSet(np.zeros((0, 2), np.float32), np.zeros(0, np.int32),
@@ -396,6 +431,9 @@ def _instances_stage(backend, base, ext, config, rng, conf, records, timer) -> n
     r, p, areas = cands.stats(i, inst.mask, inst.bbox)
     idx, ok = geometry.select_mask(r, p, cands.scores(i), areas, strategy=config.selection,
                                    tau1=config.tau1, tau2=config.tau2, rng=rng)
+    if trace is not None:
+      _trace_instance(trace, cands, i, "instances", inst.class_id, inst.bbox, inst.mask, prompt,
+                      r, p, idx, ok, sampled[i])
     records.append(InstanceRecord(inst.class_id, inst.area, inst.bbox, prompt.points, idx,
                                   float(r[idx]), float(p[idx]), ok))
     chosen.append(idx)
@@ -407,7 +445,7 @@ def _instances_stage(backend, base, ext, config, rng, conf, records, timer) -> n
                               areas=mask_areas)
 
 
-def _naive(backend, weak, config, records, timer) -> np.ndarray:
+def _naive(backend, weak, config, records, timer, trace=None) -> np.ndarray:
   """The SAM baseline: one prompt per class straight from the weak label, best score kept."""
   classes = [int(c) for c in np.unique(weak) if c != config.ignore_index]
   prompts, kept = [], []
@@ -430,6 +468,9 @@ def _naive(backend, weak, config, records, timer) -> np.ndarray:
     rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
     bbox = (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)
     r, p, _ = cands.stats(i, m[bbox[0]:bbox[2], bbox[1]:bbox[3]], bbox)
+    if trace is not None:
+      _trace_instance(trace, cands, i, "naive", c, bbox, m[bbox[0]:bbox[2], bbox[1]:bbox[3]],
+                      prompt, r, p, idx, False)
     records.append(InstanceRecord(c, int(m.sum()), bbox, prompt.points, idx, float(r[idx]),
                                   float(p[idx]), False, stage="naive"))
     chosen.append(idx)

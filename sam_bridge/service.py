@@ -64,6 +64,7 @@ def _worker_main(backend_spec, backend_kwargs, factory, config, seed, cache_conf
                  req_q, res_q, current) -> None:
   """Worker loop: build the backend, then refine requests until the None sentinel."""
   _set_torch_threads(torch_threads)
+  # Deferred: the worker process alone needs the geometry and the backends (torch).
   from sam_bridge import refine as refine_lib
   from sam_bridge.cache import EmbeddingCache
   cache = None

@@ -1,404 +1,136 @@
-"""Python configs: loading `file.py:key=val,...`, `--config.a.b=value` overrides, presets.
+"""Configs from the command line: `--config=file.py:arg` and `--config.a.b=value` overrides.
 
 A config file exposes `get_config(arg: str | None = None) -> ml_collections.ConfigDict`
-(big_vision / nanodo style). On the command line it is named as
-`--config=configs/segformer_camvid.py:weak=points,runlocal`; the part after the colon is handed
-to `get_config` unchanged and parsed there with `parse_arg`. Any field can then be overridden
-with `--config.optim.lr=6e-5`; the value is coerced to the type of the field it replaces, so a
-typo in a name or an impossible value fails before any work starts.
+(big_vision / nanodo style), built from the presets in `sesam_jax.configs_common`. The command
+line is parsed by ml_collections' own `config_flags` (the absl flag that big_vision and the flax
+examples use): the part after the colon goes to `get_config` unchanged, and every field can be
+overridden with `--config.optim.lr=6e-5`, parsed as the type of the field it replaces. Here the
+flag lives on a private `absl.flags.FlagValues` per call (the `sesam` command's subcommands stay
+argparse), and its errors are turned into one line that names the flag and the fix:
 
-The presets below (`base_config`, `DATASETS`, `STUDENTS`, `apply_runlocal`) are what the files in
-`configs/` combine, so every student x dataset file stays a few lines long.
+  an unknown field         lists the fields of its group
+  a value of the wrong type names the field, its type and its default
+  a missing config file    names the path
+  an error in get_config   keeps the file's own message
 """
 
 from __future__ import annotations
 
-import ast
-import importlib.util
+import difflib
 import os
-import pathlib
+import re
 from collections.abc import Sequence
-from typing import Any
 
 import ml_collections
-
-from sesam_jax.train.methods import METHODS, WEAK_KINDS, get_method
-
-# The paper's schedules (section 4.1): crop size, global batch, steps per dataset.
-DATASETS: dict[str, dict[str, Any]] = {
-    "cityscapes": dict(crop=1024, batch_size=8, num_steps=120_000, eval_mode="slide",
-                       eval_window=1024, eval_stride=768, eval_batch_size=1),
-    "ade20k": dict(crop=512, batch_size=16, num_steps=160_000, eval_mode="whole",
-                   eval_window=512, eval_stride=341, eval_batch_size=1),
-    "voc": dict(crop=512, batch_size=16, num_steps=60_000, eval_mode="whole",
-                eval_window=512, eval_stride=341, eval_batch_size=1),
-    # CamVid 480x360: no schedule in the paper; this one is sized for the 2-core CPU (see
-    # configs/segformer_camvid.py), half resolution.
-    "camvid": dict(crop=112, batch_size=8, num_steps=300, eval_mode="whole",
-                   eval_window=112, eval_stride=80, eval_batch_size=8),
-    "synthetic": dict(crop=64, batch_size=8, num_steps=300, eval_mode="whole",
-                      eval_window=64, eval_stride=48, eval_batch_size=8),
-}
-
-# student -> (model name for `create_model`, name of the tiny test variant).
-STUDENTS: dict[str, tuple[str, str]] = {
-    "segformer": ("segformer_b0", "segformer_tiny"),
-    "deeplabv3plus": ("deeplabv3plus_r101", "deeplabv3plus_tiny"),  # ResNet-101, as the paper
-}
-# DeepLabV3+ backbones a config file's `backbone=` argument picks (default r101).
-DEEPLAB_BACKBONES = ("r101", "r50")
-
-
-def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
-  """Parses the `key=val,flag` string after the colon of `--config=file.py:...`.
-
-  Args:
-    arg: e.g. "weak=points,runlocal" (a bare name means True); None or "" gives the defaults.
-    **defaults: every allowed key with its default; values are coerced to the default's type.
-
-  Returns:
-    A ConfigDict with one field per default.
-  """
-  out = ml_collections.ConfigDict(dict(defaults))
-  for item in (arg or "").split(","):
-    item = item.strip()
-    if not item:
-      continue
-    key, has_value, value = item.partition("=")
-    if key not in defaults:
-      raise ValueError(f"unknown config argument {key!r} in {arg!r}; allowed: "
-                       f"{', '.join(sorted(defaults))}.")
-    out[key] = _coerce(value, defaults[key], key) if has_value else True
-  return out
-
-
-def base_config() -> ml_collections.ConfigDict:
-  """Every field the training loop reads, with the paper's defaults (section 4.1)."""
-  c = ml_collections.ConfigDict()
-  c.seed = 0                        # seeds init, data order, augmentation, dropout
-  c.multihost = False               # call jax.distributed.initialize() (one process per host)
-  c.model = "segformer_b0"          # name for sesam_jax.models.create_model
-  c.dtype = "float32"               # compute dtype of the student: float32 | bfloat16
-  c.init = ""                       # `sesam convert` output laid over the fresh student before
-                                    # the EMA copy (ImageNet weights); "" = random init.
-                                    # Only a fresh run reads it (a resume restores its checkpoint)
-  c.init_skip = ("decode_head/classifier", "classifier")  # subtrees of `init` left freshly
-                                    # initialised (the classifier of SegFormer / DeepLabV3+)
-
-  c.data_dir = ""                   # dataset root (--config.data_dir=DIR); "" = none given
-  c.dataset = ml_collections.ConfigDict()
-  c.dataset.name = "synthetic"      # name for sesam_jax.data.get_source
-  c.dataset.train_split = "train"   # split trained on
-  c.dataset.val_split = "val"       # split evaluated on
-  c.dataset.num_train_images = 0    # synthetic only: images generated for train (0 = default)
-  c.dataset.num_val_images = 0      # synthetic only: images generated for val (0 = default)
-  c.dataset.image_size = (0, 0)     # synthetic only: (H, W) pixels of generated scenes
-  c.dataset.skip_unreadable = False # train on without corrupt/missing files (logged, counted)
-                                    # instead of stopping with the file's path
-  c.dataset.max_train_images = 0    # train on a subset of this many images, drawn by `seed`
-                                    # (ids saved in <workdir>/train_images.json); 0 = all
-  c.dataset.image_cache_mb = 512    # decoded examples kept for SAM refreshes (MiB, host RAM)
-  c.dataset.weak_cache_mb = 512     # weak labels kept instead of made again (MiB, host RAM)
-
-  c.weak = "fine"                   # training labels: fine | points | scribbles | coarse
-  c.weak_seed = 0                   # seed of the simulated weak labels (per image id)
-  c.weak_source = ""                # where the `weak` labels come from: "" = made from the fine
-                                    # labels (weak, weak_seed); else your own, a reader spec:
-                                    # png:DIR | cityscapes_coarse[:ROOT] | scribble_png:ROOT |
-                                    # scribblesup_xml:DIR | clicks_csv:FILE
-  c.weak_options = ""               # the reader's options, "key=value,key=value"
-
-  c.crop = 512                      # square training crop, pixels (after scaling)
-  c.scale_range = (0.5, 2.0)        # random rescale factor range before the crop
-  c.batch_size = 16                 # global batch (all devices, all hosts)
-  c.num_steps = 160_000             # optimizer steps
-  c.num_workers = 0                 # grain worker processes (0 = in the main process)
-
-  c.optim = ml_collections.ConfigDict()
-  c.optim.lr = 1e-4                 # peak learning rate (AdamW)
-  c.optim.weight_decay = 0.01       # AdamW decoupled weight decay (not on norms/biases/pos)
-  c.optim.b1 = 0.9                  # Adam beta1
-  c.optim.b2 = 0.999                # Adam beta2
-  c.optim.warmup_steps = 1500       # linear warm-up from 1e-6 * lr, steps
-  c.optim.poly_power = 1.0          # poly decay exponent after warm-up (to 0 at num_steps)
-  c.optim.head_lr_mult = 10.0       # lr multiplier of the decode head (SegFormer: 10x)
-  c.optim.grad_clip = 0.0           # global-norm clip; 0 = off
-
-  c.ema_decay = 0.999               # EMA (teacher) decay per step
-  c.method = "supervised"           # supervised | fixmatch | sam_baseline | sesam
-                                    # (sesam_jax.train.methods.METHODS)
-
-  # Teacher-student (fixmatch, sesam): paper section 3.3 / 4.1.
-  c.teacher = ml_collections.ConfigDict()
-  c.teacher.theta1 = 0.96           # confidence of a pseudo-label used in the loss
-  c.teacher.theta2 = 0.98           # confidence of a pseudo-label extending the weak label
-  c.teacher.lambda1 = 1.0           # weight of the SAM-label CE
-  c.teacher.lambda2 = 0.01          # weight of the pseudo-label CE
-  c.teacher.cutmix_prob = 0.5       # strong view: probability of a CutMix box per example
-  c.teacher.jitter_prob = 0.8       # strong view: probability of colour jitter
-  c.teacher.grayscale_prob = 0.2    # strong view: probability of grayscale
-  c.teacher.blur_prob = 0.5         # strong view: probability of Gaussian blur
-
-  # The SAM bridge (sesam, sam_baseline): sam_bridge.refine.RefineConfig and the service.
-  c.sam = ml_collections.ConfigDict()
-  c.sam.backend = ""                # SAM: transformers | segment_anything | jax (with
-                                    # sam.checkpoint) ...; "" = not set (sesam/sam_baseline stop
-                                    # and say how); superpixel = the SAM-free prior, by name only
-  c.sam.checkpoint = ""             # weights for transformers / segment_anything backends
-  c.sam.device = "cpu"              # torch device of the bridge
-  c.sam.dtype = "float32"           # torch dtype of the bridge: float32 | bfloat16
-  c.sam.decoder_dtype = "auto"      # SAM prompt decoder dtype: auto (bf16 where native: CUDA,
-                                    # TPU, AVX512-BF16/AMX CPUs; else fp32) | float32 | bfloat16 |
-                                    # "" (= sam.dtype)
-  c.sam.refresh_every = 4           # M: each step refreshes 1/M of its batch
-  c.sam.cache_embeddings = True     # encode each image once, decode at full resolution
-  c.sam.cache_dir = ""              # embedding cache folder ("" = <workdir>/sam_embeddings);
-                                    # runs with the same backend and data may share one
-  c.sam.prewarm = True              # refine every image from its weak label before step 0
-  c.sam.wait_s = 0.0                # longest wait for in-flight SAM labels before a step, s
-  c.sam.timeout_s = 300.0           # seconds one example may take in the bridge
-  c.sam.fallback = False            # on a bridge failure use the weak label (counted) vs stop
-  c.sam.max_pending = 16            # bound of the request queue (backpressure)
-  c.sam.k = 5                       # K: prompt points per instance
-  c.sam.tau1 = 0.3                  # coverage threshold of mask selection
-  c.sam.tau2 = 0.7                  # compatibility threshold of mask selection
-  c.sam.sampling = "sesam"          # sesam | center | boundary | random | confidence
-  c.sam.selection = "sesam"         # sesam | best_score | random
-  c.sam.prompt = "points"           # points | box | mask
-  c.sam.instances = True            # split class masks into connected components
-  c.sam.refined_sampling = True     # prompts from the weak label + teacher extension (Table 3c);
-                                    # False = from the weak label alone
-  c.sam.work_long_side = 1024       # bridge working resolution, longest side (pixels)
-  c.loss = ml_collections.ConfigDict()
-  c.loss.weak_weight = 1.0          # weight of the CE on the training labels (`weak`)
-  c.loss.merge_weak_sam = False     # sesam: weak and SAM labels as one map, one CE average
-                                    # (SAM pixels weighted lambda1) instead of one per source
-
-  c.eval = ml_collections.ConfigDict()
-  c.eval.mode = "whole"             # whole | slide (sliding-window inference)
-  c.eval.window = 512               # slide: square window, pixels (in the scaled image)
-  c.eval.stride = 341               # slide: stride between windows, pixels
-  c.eval.batch_size = 1             # global eval batch (padded to a device multiple)
-  c.eval.image_scale = 1.0          # resize images by this before the model; logits go back
-  c.eval.max_images = 0             # evaluate only the first N val images (0 = all)
-  c.eval.ema = True                 # also evaluate the EMA (teacher) weights
-
-  c.log_every = 50                  # steps between metric logs (and NaN checks)
-  c.checkpoint_every = 1000         # steps between checkpoints (and one at the end)
-  c.keep_checkpoints = 2            # checkpoints kept in the workdir
-  c.eval_every = 0                  # steps between evaluations (0 = only at the end)
-  return c
-
-
-def dataset_config(config: ml_collections.ConfigDict, dataset: str) -> None:
-  """Fills in `config` for `dataset` from the paper's schedule in `DATASETS` (in place)."""
-  d = DATASETS[dataset]
-  config.dataset.name = dataset
-  config.crop = d["crop"]
-  config.batch_size = d["batch_size"]
-  config.num_steps = d["num_steps"]
-  config.eval.mode = d["eval_mode"]
-  config.eval.window = d["eval_window"]
-  config.eval.stride = d["eval_stride"]
-  config.eval.batch_size = d["eval_batch_size"]
-  config.checkpoint_every = min(config.checkpoint_every, max(config.num_steps // 4, 1))
-
-
-def apply_runlocal(config: ml_collections.ConfigDict) -> None:
-  """Shrinks a paper schedule to a smoke run a laptop finishes in minutes (in place)."""
-  config.crop = min(config.crop, 128)
-  config.batch_size = min(config.batch_size, 4)
-  config.num_steps = 20
-  config.optim.warmup_steps = 5
-  config.log_every = 5
-  config.checkpoint_every = 10
-  config.eval.window = min(config.eval.window, 128)
-  config.eval.stride = min(config.eval.stride, 96)
-  config.eval.max_images = 8
-  config.ema_decay = 0.9
-
-
-def camvid_cpu_schedule(config: ml_collections.ConfigDict, *, runlocal: bool, num_steps: int,
-                        batch_size: int, crop: int, warmup_steps: int, ema_decay: float) -> None:
-  """CamVid at half resolution on a CPU (in place); see configs/segformer_camvid.py.
-
-  `data_dir` defaults to ../shared/data/camvid relative to the working directory.
-  """
-  config.data_dir = config.data_dir or os.path.join("..", "shared", "data", "camvid")
-  config.scale_range = (0.25, 1.0)   # half of the usual 0.5-2.0 range: half resolution
-  config.eval.image_scale = 0.5
-  config.eval.mode = "whole"
-  config.eval.batch_size = 8
-  config.num_steps = num_steps
-  config.batch_size = batch_size
-  config.crop = crop
-  config.optim.warmup_steps = warmup_steps
-  config.ema_decay = ema_decay
-  config.log_every = 25
-  config.checkpoint_every = 250
-  if runlocal:
-    config.num_steps = 50
-    config.optim.warmup_steps = 5
-    config.crop = 96
-    config.ema_decay = 0.9
-    config.log_every = 10
-    config.checkpoint_every = 25
-    config.eval.max_images = 0       # still all 101 val images: they are what `val_miou` means
-
-
-def synthetic_schedule(config: ml_collections.ConfigDict, *, runlocal: bool) -> None:
-  """The generated `synthetic` scenes: small images, short schedule (in place)."""
-  config.dataset.num_train_images = 64
-  config.dataset.num_val_images = 16
-  config.dataset.image_size = (96, 128)
-  config.crop = 64
-  config.batch_size = 8
-  config.num_steps = 300
-  config.optim.warmup_steps = 20
-  config.ema_decay = 0.9
-  config.log_every = 25
-  config.checkpoint_every = 100
-  config.eval.batch_size = 8
-  config.sam.backend = "superpixel"  # No SAM weights here: the SAM-free prior, named as such.
-  if runlocal:
-    config.num_steps = 40
-    config.log_every = 10
-    config.checkpoint_every = 20
-
-
-def student_dataset_config(student: str, dataset: str, arg: str | None, **extra_args: Any
-                           ) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
-  """The config every `configs/<student>_<dataset>.py` returns: presets + `weak`/`runlocal`.
-
-  Args:
-    student: "segformer" | "deeplabv3plus".
-    dataset: a key of DATASETS.
-    arg: the `key=val,...` string of `--config=file.py:arg` (keys: weak, method, runlocal, tiny,
-      for DeepLabV3+ backbone=r101|r50, and `extra_args`).
-    **extra_args: further keys the file accepts, with defaults.
-
-  Returns:
-    (config, parsed arg): the ConfigDict and the parsed `arg`, for file-specific tweaks.
-  """
-  if student == "deeplabv3plus":
-    extra_args.setdefault("backbone", DEEPLAB_BACKBONES[0])
-  args = parse_arg(arg, weak="fine", method="supervised", runlocal=False, tiny=False,
-                   **extra_args)
-  if "backbone" in args and args.backbone not in DEEPLAB_BACKBONES:
-    raise ValueError(f"backbone={args.backbone!r}: choose one of {', '.join(DEEPLAB_BACKBONES)}.")
-  if args.weak not in WEAK_KINDS:
-    raise ValueError(f"weak={args.weak!r}: choose one of {', '.join(WEAK_KINDS)}.")
-  if args.method not in METHODS:
-    raise ValueError(f"method={args.method!r}: choose one of {', '.join(METHODS)}.")
-  if get_method(args.method).uses_sam and args.weak == "fine":
-    raise ValueError(f"method={args.method} refines weak labels; pick weak=points|scribbles|"
-                     "coarse (weak=fine with method=supervised is the upper bound).")
-  config = base_config()
-  config.model = STUDENTS[student][1 if args.tiny else 0]
-  if student == "deeplabv3plus" and not args.tiny:
-    config.model = f"deeplabv3plus_{args.backbone}"
-  dataset_config(config, dataset)
-  config.weak = args.weak
-  config.method = args.method
-  if args.runlocal and dataset not in ("camvid", "synthetic"):
-    apply_runlocal(config)  # CamVid and synthetic have their own short schedules.
-  return config, args
-
-
-def load_config(spec: str) -> ml_collections.ConfigDict:
-  """Loads `path/to/file.py[:arg]` by calling its `get_config(arg)`.
-
-  Args:
-    spec: the value of `--config`; the path is relative to the working directory.
-
-  Returns:
-    The ConfigDict the file returns.
-  """
-  path, sep, arg = spec.partition(".py:")
-  path = path + ".py" if sep else path
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"config file {path} not found (from --config={spec}); give a path "
-                            "such as configs/segformer_camvid.py relative to the working directory.")
-  module_spec = importlib.util.spec_from_file_location(
-      f"sesam_config_{pathlib.Path(path).stem}", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    raise ValueError(f"{path} has no get_config(arg=None) function.")
-  result = module.get_config(arg if sep else None)
-  # Files built on student_dataset_config may return (config, args); keep the config.
-  return result[0] if isinstance(result, tuple) else result
-
-
-def _coerce(text: str, like: Any, name: str) -> Any:
-  """Converts command-line `text` to the type of the existing value `like`."""
-  try:
-    if isinstance(like, bool):
-      low = text.strip().lower()
-      if low in ("1", "true", "yes", "on"):
-        return True
-      if low in ("0", "false", "no", "off"):
-        return False
-      raise ValueError(text)
-    if isinstance(like, int):
-      value = float(text) if any(ch in text for ch in ".eE") else int(text)
-      if float(value) != int(value):
-        raise ValueError(text)
-      return int(value)
-    if isinstance(like, float):
-      return float(text)
-    if isinstance(like, str):
-      return text
-    if isinstance(like, (tuple, list)):
-      parsed = ast.literal_eval(text) if text.strip()[:1] in "([" else [
-          p for p in text.split(",") if p.strip()]
-      items = [_coerce(str(p), like[0], name) if like else p for p in parsed]
-      return type(like)(items)
-    if like is None:
-      try:
-        return ast.literal_eval(text)
-      except (ValueError, SyntaxError):
-        return text
-  except (ValueError, SyntaxError) as e:
-    raise ValueError(f"--config.{name}={text}: cannot read this as a {type(like).__name__} "
-                     f"(the type of its default {like!r}).") from e
-  raise ValueError(f"--config.{name}: cannot override a field of type {type(like).__name__}.")
-
-
-def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
-  """Applies `--config.a.b=value` flags to `config` in place.
-
-  Args:
-    config: the loaded config.
-    overrides: flags such as "--config.optim.lr=6e-5" (also "--config.x value" pairs).
-  """
-  flags = list(overrides)
-  i = 0
-  while i < len(flags):
-    flag = flags[i]
-    if not flag.startswith("--config."):
-      raise ValueError(f"unknown flag {flag!r}; fields are set as --config.a.b=value.")
-    name, eq, value = flag[len("--config."):].partition("=")
-    if not eq:
-      if i + 1 >= len(flags):
-        raise ValueError(f"{flag} has no value; write --config.{name}=VALUE.")
-      value = flags[i + 1]
-      i += 1
-    parent = config
-    *path, leaf = name.split(".")
-    for part in path:
-      if part not in parent or not isinstance(parent[part], ml_collections.ConfigDict):
-        raise ValueError(f"--config.{name}: {part!r} is not a config group.")
-      parent = parent[part]
-    if leaf not in parent:
-      raise ValueError(f"--config.{name}: no such field; fields here: "
-                       f"{', '.join(sorted(parent.keys()))}.")
-    parent[leaf] = _coerce(value, parent[leaf], name)
-    i += 1
+from absl import flags
+from ml_collections import config_flags
 
 
 def config_from_flags(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
-  """`load_config(spec)` followed by `apply_overrides(overrides)`: what `sesam train` calls."""
+  """The config of `--config=spec` with `overrides` applied: what `sesam train` calls.
+
+  Args:
+    spec: the value of `--config`, `path/to/file.py[:arg]` (relative to the working directory).
+    overrides: flags such as "--config.optim.lr=6e-5" (also "--config.x value" pairs).
+
+  Returns:
+    The ConfigDict (unlocked, so the loop may read absent optional fields with `.get`).
+
+  Raises:
+    FileNotFoundError / ValueError: one line naming the flag or file and the fix.
+  """
+  path = spec.split(":", 1)[0] if ".py:" in spec or spec.endswith(".py") else spec
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config file {path} not found (from --config={spec}); give a path "
+                            "such as configs/segformer_camvid.py relative to the working directory.")
+  for flag in overrides:
+    if flag.startswith("-") and not flag.startswith("--config."):
+      raise ValueError(f"unknown flag {flag!r}; fields are set as --config.a.b=value.")
+  argv = ["sesam", f"--config={spec}", *_integral_ints(spec, overrides)]
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "config file", flag_values=values,
+                                  lock_config=False, sys_argv=argv)
+  try:
+    rest = values(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    raise ValueError(_one_line(e, spec, overrides)) from None
+  if len(rest) > 1:
+    raise ValueError(f"unexpected argument {rest[1]!r}; fields are set as --config.a.b=value.")
+  return values.config
+
+
+def _integral_ints(spec: str, overrides: Sequence[str]) -> list[str]:
+  """Overrides with integer fields written as floats ("1e3", "2000.0") spelled as integers."""
+  out, config = list(overrides), None
+  for i, flag in enumerate(out):
+    name, eq, value = flag.partition("=")
+    if not eq and i + 1 < len(out) and not out[i + 1].startswith("--"):
+      value, target = out[i + 1], i + 1  # The "--config.x VALUE" form.
+    elif eq:
+      target = i
+    else:
+      continue
+    if not re.fullmatch(r"[+-]?\d+(\.0*)?([eE][+]?\d+)?", value.strip()) or value.isdigit():
+      continue
+    config = config or load_config(spec)
+    try:
+      like = _lookup(config, name[len("--config."):])
+    except (KeyError, AttributeError):
+      continue
+    if isinstance(like, int) and not isinstance(like, bool) and float(value) == int(float(value)):
+      out[target] = f"{name}={int(float(value))}" if eq else str(int(float(value)))
+  return out
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """The config of `--config=spec` without overrides."""
+  return config_from_flags(spec, [])
+
+
+def _one_line(error: Exception, spec: str, overrides: Sequence[str]) -> str:
+  """config_flags' error as the one line a user needs."""
+  text = str(error)
+  if isinstance(error, (AttributeError, KeyError)):  # An unknown field or group.
+    return _unknown_field(text, spec, overrides)
+  match = re.match(r"flag --config\.([\w.]+)=(.*?): (.*)", text, re.S)
+  if match:
+    name, value, why = match.groups()
+    config = load_config(spec)
+    like = _lookup(config, name)
+    if isinstance(like, ml_collections.ConfigDict):
+      return f"--config.{name}: is a config group; set its fields as --config.{name}.FIELD=VALUE."
+    if value.startswith("--"):
+      return f"--config.{name} has no value; write --config.{name}=VALUE."
+    return (f"--config.{name}={value}: cannot read this as a {type(like).__name__} (the type of "
+            f"its default {like!r}).")
+  if text.startswith("flag --config="):
+    # An error raised by the file's get_config: its own message is the traceback's last line.
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    return re.sub(r"^\w+(Error|Exception): ", "", last)
+  return text.splitlines()[0]
+
+
+def _unknown_field(text: str, spec: str, overrides: Sequence[str]) -> str:
   config = load_config(spec)
-  apply_overrides(config, overrides)
-  return config
+  bad = text.strip().splitlines()[0].strip("'\"")
+  for flag in overrides:
+    name = flag[len("--config."):].split("=", 1)[0]
+    *groups, leaf = name.split(".")
+    parent = config
+    for group in groups:
+      if not isinstance(parent, ml_collections.ConfigDict) or group not in parent:
+        return f"--config.{name}: {group!r} is not a config group."
+      parent = parent[group]
+    if isinstance(parent, ml_collections.ConfigDict) and leaf not in parent:
+      close = difflib.get_close_matches(leaf, list(parent.keys()), n=1)
+      hint = f" (did you mean {close[0]!r}?)" if close else ""
+      return (f"--config.{name}: no such field{hint}; fields here: "
+              f"{', '.join(sorted(parent.keys()))}.")
+  return f"--config: no such field {bad!r}."
+
+
+def _lookup(config: ml_collections.ConfigDict, name: str):
+  value = config
+  for part in name.split("."):
+    value = value[part]
+  return value

@@ -24,19 +24,22 @@ from __future__ import annotations
 import pathlib
 import time
 
-from sesam_jax import report
+from sesam_jax import configs_common, report
+from sesam_jax.data import get_source, weak_splits
+from sesam_jax.evaluate import label_scoring
+from sesam_jax.sam import resolver
+from sesam_jax.sam.refine_labels import refine_dataset
+from sesam_jax.train import loop
 
 KINDS = ("points", "scribbles", "coarse")
 
 
 def weak_label_stage(source, out_dir: pathlib.Path, *, seed: int) -> dict:
   """Makes and scores weak labels of every kind for `source`."""
-  from sesam_jax.data import weak_labels
-  from sesam_jax.evaluate import label_scoring
   results = {}
   for kind in KINDS:
     folder = out_dir / f"weak_{kind}"
-    made = weak_labels.generate_weak_labels(source, kind, seed=seed, out_dir=folder)
+    made = weak_splits.generate_weak_labels(source, kind, seed=seed, out_dir=folder)
     scored = label_scoring.score_label_folder(source, folder)
     results[kind] = {
         "labeled_fraction": round(made["labeled_fraction"], 5),
@@ -52,7 +55,6 @@ def weak_label_stage(source, out_dir: pathlib.Path, *, seed: int) -> dict:
 
 def refine_stage(source, out_dir: pathlib.Path, *, backend, seed: int) -> dict:
   """SeSAM labels of every weak kind for `source`, scored against the fine labels."""
-  from sesam_jax.sam.refine_labels import refine_dataset
   results = {}
   for kind in KINDS:
     r = refine_dataset(source, weak_kind=kind, out_dir=out_dir / f"sesam_{kind}", backend=backend,
@@ -66,10 +68,9 @@ def refine_stage(source, out_dir: pathlib.Path, *, backend, seed: int) -> dict:
 def train_config(method: str, weak: str, *, backend: str, checkpoint: str, num_steps: int,
                  seed: int):
   """The demo's training config: tiny SegFormer on synthetic scenes (configs/segformer_synthetic)."""
-  from sesam_jax import config_lib
-  config, _ = config_lib.student_dataset_config("segformer", "synthetic",
+  config, _ = configs_common.student_dataset_config("segformer", "synthetic",
                                                 f"tiny,weak={weak},method={method}")
-  config_lib.synthetic_schedule(config, runlocal=False)
+  configs_common.synthetic_schedule(config, runlocal=False)
   config.num_steps = num_steps
   config.seed = seed
   config.sam.backend = backend
@@ -80,7 +81,6 @@ def train_config(method: str, weak: str, *, backend: str, checkpoint: str, num_s
 def training_stage(out_dir: pathlib.Path, *, weak: str, backend: str, checkpoint: str,
                    num_steps: int, seed: int) -> dict:
   """Trains supervised and SeSAM students on `weak` labels; val mIoU of each."""
-  from sesam_jax.train import loop
   results = {}
   for method in ("supervised", "sesam"):
     config = train_config(method, weak, backend=backend, checkpoint=checkpoint,
@@ -110,8 +110,6 @@ def run_demo(out_dir: str | pathlib.Path, *, num_images: int = 16,
       backend; None uses the SAM-free `superpixel` prior.
     train: run the training stage.
   """
-  from sesam_jax.data import get_source
-  from sesam_jax.sam import resolver
   start = time.perf_counter()
   spec, checkpoint = ("superpixel", "") if sam_checkpoint is None else ("transformers",
                                                                        sam_checkpoint)

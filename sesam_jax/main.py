@@ -9,9 +9,13 @@ imported inside the handlers so that `sesam cost` does not pay for jax or torch.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from sesam_jax import report
+
+# Each handler imports its library modules itself (deferred): `sesam cost` and `--help` load
+# neither jax nor torch, and a command loads only what it runs.
 
 
 def _cmd_cost(args: argparse.Namespace) -> dict:
@@ -25,8 +29,8 @@ def _cmd_cost(args: argparse.Namespace) -> dict:
 
 
 def _cmd_convert(args: argparse.Namespace) -> dict:
-  from sesam_jax.models import torch_convert
-  result = torch_convert.convert_file(args.src, args.dst, args.format, model=args.model)
+  from sesam_jax.models import conversion
+  result = conversion.convert_file(args.src, args.dst, args.format, model=args.model)
   report.log(f"{result['model']} ({result['scope']}): {result['num_loaded']} tensors loaded, "
              f"{len(result['not_loaded'])} not loaded -> {result['dst']}")
   return result
@@ -56,16 +60,15 @@ def _cmd_eval(args: argparse.Namespace, rest: list[str]) -> dict:
 
 def _source_from_args(args: argparse.Namespace):
   from sesam_jax import data
-  kw = {}
-  if args.dataset == "synthetic":
-    kw = dict(num_images=args.num_images, size=tuple(args.size), seed=args.data_seed)
-  return data.get_source(args.dataset, data_dir=args.data_dir, split=args.split, **kw)
+  kw = {"seed": args.data_seed} if args.data_seed else {}
+  return data.get_source(args.dataset, data_dir=args.data_dir, split=args.split,
+                         num_images=args.num_images, size=tuple(args.size), **kw)
 
 
 def _cmd_weak_labels(args: argparse.Namespace) -> dict:
-  from sesam_jax.data import weak_labels
+  from sesam_jax.data import weak_splits
   source = _source_from_args(args)
-  result = weak_labels.generate_weak_labels(source, args.kind, seed=args.seed, out_dir=args.out,
+  result = weak_splits.generate_weak_labels(source, args.kind, seed=args.seed, out_dir=args.out,
                                             limit=args.limit)
   report.log(f"{args.kind}: {result['images']} images -> {args.out}: labeled "
              f"{100 * result['labeled_fraction']:.2f}% of pixels, purity {result['purity']:.4f}, "
@@ -118,17 +121,56 @@ def _cmd_refine(args: argparse.Namespace) -> dict:
     if problems:  # Every bad file at once, not only the first.
       raise ValueError(weak_sources.format_problems(problems, f"weak label(s) of {spec}") +
                        "\n  Fix or remove these files (or leave their images out of the split).")
-  result = refine_labels.refine_dataset(
-      source, weak_kind=args.weak, out_dir=args.out, backend=backend, seed=args.seed,
-      weak_fn=reader, limit=args.limit, use_service=args.service,
-      fallback=args.fallback, mode=args.mode, sampling=args.sampling, selection=args.selection,
-      prompt=args.prompt, instances=not args.no_instances, k=args.k, tau1=args.tau1, tau2=args.tau2,
-      work_long_side=args.work_long_side)
+  refine_kw = dict(weak_kind=args.weak, backend=backend, seed=args.seed, weak_fn=reader,
+                   mode=args.mode, sampling=args.sampling, selection=args.selection,
+                   prompt=args.prompt, instances=not args.no_instances, k=args.k, tau1=args.tau1,
+                   tau2=args.tau2, work_long_side=args.work_long_side)
+  result = refine_labels.refine_dataset(source, out_dir=args.out, limit=args.limit,
+                                        use_service=args.service, fallback=args.fallback,
+                                        **refine_kw)
   report.log(f"{result['backend']} on {result['images']} images ({args.weak}): precision "
              f"{result['precision']:.4f} recall {result['recall']:.4f} F1 {result['f1']:.4f} "
              f"mIoU {result['miou']:.4f} (weak {result['weak_miou']:.4f}), "
              f"{result['seconds_per_image']:.2f} s/image")
+  if args.visualize:
+    from sesam_jax.plots import refinement
+    result["visualize"] = refinement.visualize_refinement(
+        source, count=args.visualize, out_dir=os.path.join(args.out, "figures"),
+        dpi=args.visualize_dpi, **refine_kw)
   return {"dataset": args.dataset, "split": args.split, "weak_source": spec, **result}
+
+
+def _cmd_predict(args: argparse.Namespace) -> dict:
+  settings = dict(mode=args.mode, window=args.window, stride=args.stride,
+                  image_scale=args.image_scale, batch_size=args.batch_size)
+  if args.export:
+    from sesam_jax.evaluate import export
+    return export.export_run(args.workdir, args.export, ema=args.ema, image_hw=args.export_size,
+                             input_path=args.input, platforms=tuple(args.export_platforms),
+                             **settings)
+  if args.out is None:
+    raise ValueError("sesam predict needs --out DIR for the label PNGs (or --export DIR).")
+  from sesam_jax.evaluate import predict
+  return predict.predict(args.workdir, out_dir=args.out, input_path=args.input,
+                         dataset=args.dataset, data_dir=args.data_dir, split=args.split,
+                         limit=args.limit, ema=args.ema, write_overlay=args.overlay, **settings)
+
+
+def _cmd_plot(args: argparse.Namespace) -> dict:
+  if args.figure == "qualitative":
+    from sesam_jax.plots import qualitative
+    return qualitative.plot_qualitative(
+        args.workdirs, out=args.out, dataset=args.dataset, data_dir=args.data_dir,
+        split=args.split, images=args.images, weak=args.weak, backend=args.backend,
+        ema=args.ema, dpi=args.dpi)
+  if args.figure == "cost":
+    from sesam_jax import cost
+    from sesam_jax.plots import cost_quality
+    return cost_quality.plot_cost(args.runs, out=args.out,
+                                  minutes_per_image=cost.parse_minutes(args.minutes),
+                                  dpi=args.dpi)
+  from sesam_jax.plots import curves
+  return curves.plot_curves(args.runs, out=args.out, dpi=args.dpi)
 
 
 def _add_dataset_flags(p: argparse.ArgumentParser) -> None:
@@ -136,9 +178,10 @@ def _add_dataset_flags(p: argparse.ArgumentParser) -> None:
                  help="camvid, cityscapes, ade20k, voc, custom, synthetic or tfds_cityscapes")
   p.add_argument("--data-dir", default=None, help="dataset root (not needed for synthetic)")
   p.add_argument("--split", default="train", help="split name (train, val, ...)")
-  p.add_argument("--num-images", type=int, default=32, help="synthetic only: scenes in the split")
-  p.add_argument("--size", type=int, nargs=2, default=(256, 512), metavar=("H", "W"),
-                 help="synthetic only: scene size in pixels")
+  p.add_argument("--num-images", type=int, default=0,
+                 help="synthetic only: scenes in the split (default 64)")
+  p.add_argument("--size", type=int, nargs=2, default=(0, 0), metavar=("H", "W"),
+                 help="synthetic only: scene size in pixels (default 256 512)")
   p.add_argument("--data-seed", type=int, default=0, help="synthetic only: dataset seed")
 
 
@@ -147,6 +190,33 @@ def _cmd_demo(args: argparse.Namespace) -> dict:
   return demo.run_demo(args.out, num_images=args.images, seed=args.seed,
                        train_weak=args.train_weak, train_steps=args.train_steps,
                        sam_checkpoint=args.sam_checkpoint, train=not args.no_train)
+
+
+def _comma_list(text: str | None) -> list[str] | None:
+  return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def _cmd_reproduce(args: argparse.Namespace, rest: list[str]) -> dict:
+  from sesam_jax.experiments import grid, sweep
+  datasets = _comma_list(args.dataset)
+  return sweep.reproduce(
+      args.table if args.table.startswith("fig") else f"table{args.table}", datasets=datasets,
+      students=_comma_list(args.student), weak=_comma_list(args.weak),
+      methods=_comma_list(args.methods), seeds=grid.parse_seeds(args.seeds),
+      budgets=grid.parse_budgets(args.budgets) if args.budgets else None,
+      root=args.workdir_root, configs_dir=args.configs_dir,
+      config_args=",".join(a for a in ("runlocal" if args.runlocal else "",
+                                       "tiny" if args.tiny else "") if a),
+      sam_backend=args.sam_backend, sam_checkpoint=args.sam_checkpoint,
+      data_dirs=sweep.parse_data_dirs(args.data_dir, datasets), extra=rest, run=args.run,
+      keep_going=args.keep_going)
+
+
+def _cmd_report(args: argparse.Namespace) -> dict:
+  from sesam_jax import cost
+  from sesam_jax.experiments import summary
+  return summary.report_runs(args.runs, ema=args.ema, csv_path=args.csv, cost_json=args.cost_json,
+                             minutes_per_image=cost.parse_minutes(args.minutes))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -221,6 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--fallback", action="store_true",
                  help="with --service: keep the weak label for an image whose refinement fails")
   p.add_argument("--limit", type=int, default=None, help="only the first N images")
+  p.add_argument("--visualize", type=int, default=0, metavar="N",
+                 help="also draw the paper's Figure 2/12 for the first N images "
+                      "(OUT/figures/<id>.png + .json; needs matplotlib)")
+  p.add_argument("--visualize-dpi", type=int, default=100, help="resolution of those figures")
   p.set_defaults(handler=_cmd_refine)
 
   p = sub.add_parser("demo", help="run the whole pipeline on generated `synthetic` scenes")
@@ -234,6 +308,66 @@ def build_parser() -> argparse.ArgumentParser:
                  help="SAM weights (directory or sam_vit_*.pth); default: the superpixel prior")
   p.add_argument("--no-train", action="store_true", help="label stages only")
   p.set_defaults(handler=_cmd_demo)
+
+  p = sub.add_parser("predict", help="a trained run on new images: label PNGs, overlays, mIoU; "
+                     "or --export a standalone predictor")
+  p.add_argument("--workdir", required=True, help="run directory (config.json, checkpoints/)")
+  p.add_argument("--input", default=None,
+                 help="an image file or a folder of images (any size); default: the dataset split")
+  p.add_argument("--out", default=None, help="folder for <stem>.png labels (and overlays)")
+  p.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.jpg")
+  p.add_argument("--ema", action="store_true", help="the EMA teacher's weights (default: student)")
+  p.add_argument("--dataset", default=None,
+                 help="predict on this dataset's --split, or score --input images it holds "
+                      "(mIoU); default data dir: the run's")
+  p.add_argument("--data-dir", default=None, help="dataset root (default: the run's data_dir)")
+  p.add_argument("--split", default=None, help="split name (default: the run's val split)")
+  p.add_argument("--limit", type=int, default=None, help="only the first N images")
+  p.add_argument("--mode", default=None, choices=("whole", "slide"),
+                 help="whole image or sliding window (default: the run's eval.mode)")
+  p.add_argument("--window", type=int, default=None, help="slide: window side (default: run's)")
+  p.add_argument("--stride", type=int, default=None, help="slide: stride (default: run's)")
+  p.add_argument("--image-scale", type=float, default=None,
+                 help="resize factor before the model (default: the run's eval.image_scale)")
+  p.add_argument("--batch-size", type=int, default=None,
+                 help="images per batch (default: the run's eval.batch_size)")
+  p.add_argument("--export", default=None, metavar="DIR",
+                 help="write a jax.export predictor (function + weights) to DIR instead")
+  p.add_argument("--export-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                 help="--export: the input size the function takes (default: the first --input "
+                      "image, else the run's first val image)")
+  p.add_argument("--export-platforms", nargs="+", default=["cpu", "cuda", "tpu"],
+                 help="--export: platforms the function is lowered for")
+  p.set_defaults(handler=_cmd_predict)
+
+  p = sub.add_parser("plot", help="the paper's figures from your runs: qualitative, cost, "
+                     "curves (PNG + the data drawn, as JSON beside it)")
+  figures = p.add_subparsers(dest="figure", required=True, metavar="FIGURE")
+  q = figures.add_parser("qualitative", help="Figure 5: image, weak, SeSAM label, each run's "
+                         "prediction, fine label; one row per image")
+  q.add_argument("--workdirs", nargs="+", required=True, help="runs, one prediction column each")
+  q.add_argument("--dataset", default=None, help="dataset (default: the first run's)")
+  q.add_argument("--data-dir", default=None, help="dataset root (default: the run's data_dir)")
+  q.add_argument("--split", default=None, help="split (default: the run's val split)")
+  q.add_argument("--images", type=int, default=4, help="rows: the first N images")
+  q.add_argument("--weak", default=None, choices=("points", "scribbles", "coarse", "none"),
+                 help="weak labels of the weak and SeSAM columns (default: the runs')")
+  q.add_argument("--backend", default=None,
+                 help="SAM backend of the SeSAM column (default: the runs' config.sam.backend)")
+  q.add_argument("--ema", action="store_true", help="the EMA teachers' predictions")
+  q.add_argument("--out", required=True, help="FILE.png (data: FILE.json)")
+  c = figures.add_parser("cost", help="Figure 4: annotation hours (log) vs val mIoU per label kind")
+  c.add_argument("runs", nargs="+", metavar="WORKDIR_OR_ROOT",
+                 help="workdirs, or folders holding workdirs")
+  c.add_argument("--minutes", action="append", metavar="KIND=MIN",
+                 help="override minutes per image for a kind (repeatable), as `sesam cost`")
+  c.add_argument("--out", required=True, help="FILE.png (data: FILE.json)")
+  k = figures.add_parser("curves", help="training loss, val mIoU, label coverage vs step")
+  k.add_argument("runs", nargs="+", metavar="WORKDIR", help="workdirs (or folders of them)")
+  k.add_argument("--out", required=True, help="FILE.png (data: FILE.json)")
+  for f in (q, c, k):
+    f.add_argument("--dpi", type=int, default=100, help="resolution of the PNG")
+  p.set_defaults(handler=_cmd_plot)
 
   p = sub.add_parser("convert", help="PyTorch weights -> a Flax checkpoint (msgpack) for `init`")
   p.add_argument("src", help="PyTorch state dict: .pth, .pt, .bin or .safetensors")
@@ -250,6 +384,64 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--what", required=True,
                  help="benchmark target; `sesam bench --what NAME --help` lists its flags")
   p.set_defaults(handler=_cmd_bench, takes_rest=True)
+
+  p = sub.add_parser("reproduce", help="the `sesam train` command of every cell of a paper table "
+                     "(printed, or run with --run)",
+                     epilog="Further --config.FIELD=VALUE flags are added to every command "
+                     "(e.g. --config.num_steps=1000).")
+  p.add_argument("--table", required=True, choices=("1", "2", "3", "4", "fig4"),
+                 help="Table 1 (VOC), 2 (main results), 3 (components), 4 (design choices) or "
+                      "Figure 4 (annotation cost vs mIoU)")
+  p.add_argument("--dataset", default=None, metavar="D[,D]",
+                 help="dataset columns (default: the paper's); any dataset with configs/ files")
+  p.add_argument("--student", default=None, metavar="S[,S]|all",
+                 help="segformer and/or deeplabv3plus, or all (default: the table's first)")
+  p.add_argument("--weak", default=None, metavar="K[,K]",
+                 help="weak kinds of the rows (points, scribbles, coarse); the weak=fine "
+                      "reference stays (WvF needs it); 'fine' alone selects only it")
+  p.add_argument("--methods", default=None, metavar="M[,M]",
+                 help="methods of the rows (supervised, fixmatch, sam_baseline, sesam; "
+                      "default: the table's)")
+  p.add_argument("--seeds", default="0", metavar="0,1,2", help="one run per seed (default 0)")
+  p.add_argument("--budgets", default=None, metavar="N,N,all",
+                 help="dataset.max_train_images values (fig4 default: 100,500,1500,all)")
+  p.add_argument("--workdir-root", default="workdirs", metavar="DIR",
+                 help="workdirs go to DIR/<table>/<dataset>/<student>/<labels>/<method>/... "
+                      "(default: workdirs)")
+  p.add_argument("--configs-dir", default="configs", help="folder of the config files")
+  p.add_argument("--runlocal", action="store_true", help="the configs' minutes-long schedules")
+  p.add_argument("--tiny", action="store_true", help="the configs' tiny test students")
+  p.add_argument("--sam-backend", default="transformers",
+                 help="config.sam.backend of cells using SAM (default transformers: SAM ViT-B "
+                      "from --sam-checkpoint, as in the paper)")
+  p.add_argument("--sam-checkpoint", default=None,
+                 help="SAM weights (default: the placeholder /path/to/sam_vit_b_01ec64.pth, "
+                      "which --run refuses)")
+  p.add_argument("--data-dir", action="append", default=None, metavar="DATASET=DIR",
+                 help="dataset root of a dataset (repeatable; DIR alone with one --dataset)")
+  mode = p.add_mutually_exclusive_group()
+  mode.add_argument("--dry-run", dest="run", action="store_false",
+                    help="print the commands (the default)")
+  mode.add_argument("--run", dest="run", action="store_true",
+                    help="run them one after another, skipping finished workdirs; the same "
+                         "command resumes an interrupted sweep")
+  p.add_argument("--keep-going", action="store_true",
+                 help="with --run: run the other cells after a failure")
+  p.set_defaults(handler=_cmd_reproduce, takes_rest=True, run=False)
+
+  p = sub.add_parser("report", help="the paper-layout table (markdown) of finished and "
+                     "unfinished runs: mIoU, WvF, seeds, hours, coverage, wall time")
+  p.add_argument("runs", nargs="+", metavar="WORKDIR_OR_ROOT",
+                 help="workdirs of `sesam train`, or folders holding them")
+  p.add_argument("--ema", action="store_true", help="the EMA teacher's val mIoU")
+  p.add_argument("--csv", default=None, metavar="FILE", help="also write the table as CSV")
+  p.add_argument("--cost-json", default=None, metavar="FILE",
+                 help="write the cost-vs-mIoU data (Figure 4) as JSON here (format: "
+                      "sesam_jax/experiments/summary.py; default for runs with budgets: "
+                      "cost_points.json in the first folder given)")
+  p.add_argument("--minutes", action="append", metavar="KIND=MIN",
+                 help="annotation minutes per image of a kind (as sesam cost; repeatable)")
+  p.set_defaults(handler=_cmd_report)
 
   for name, handler, text in (
       ("train", _cmd_train, "train a student (resumes from --workdir), then evaluate it"),

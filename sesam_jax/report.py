@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import pathlib
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import numpy as np
 import tqdm
+
+from sesam_jax.atomic import write_atomic
 
 T = TypeVar("T")
 
@@ -62,17 +63,6 @@ def emit(result: Mapping[str, Any]) -> None:
   print(json.dumps(jsonable(result), sort_keys=False), flush=True)
 
 
-def write_text(path: str | os.PathLike, text: str) -> None:
-  """Writes `text` to `path` atomically: a temporary name in the same folder, then rename."""
-  path = pathlib.Path(path)
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  try:
-    tmp.write_text(text)
-    os.replace(tmp, path)
-  finally:
-    tmp.unlink(missing_ok=True)
-
-
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-  """Writes `obj` as indented JSON to `path` atomically (see `write_text`)."""
-  write_text(path, json.dumps(jsonable(obj), indent=2) + "\n")
+  """Writes `obj` as indented JSON to `path` atomically (`sesam_jax.atomic`)."""
+  write_atomic(path, json.dumps(jsonable(obj), indent=2) + "\n")

@@ -3,6 +3,7 @@ location of the real data samples in ../shared/data (never copied here)."""
 
 import os
 import pathlib
+from typing import Any, NamedTuple
 
 # Must happen before jax is imported anywhere in the test session.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
@@ -22,3 +23,38 @@ def shared_data() -> pathlib.Path:
         f"{SHARED_DATA} not found: clone the repository next to the project's shared/ "
         "folder (tests read the real CamVid/Cityscapes/VOC samples from there).")
   return SHARED_DATA
+
+
+@pytest.fixture(scope="session", autouse=True)
+def test_model():
+  """TinySeg (tests/fakes.py) as model `fakes.TEST_MODEL` for the session, then removed."""
+  from sesam_jax import models
+  from tests import fakes
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setitem(models.MODELS, fakes.TEST_MODEL, fakes._tiny_seg)
+    yield fakes.TEST_MODEL
+
+
+class TinyRun(NamedTuple):
+  workdir: pathlib.Path
+  config: Any  # the ConfigDict trained with
+  flags: list  # `--config=... --config.x=...` flags that rebuild it (for `sesam eval`)
+  result: dict  # train_and_evaluate's summary (also <workdir>/result.json)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, shared_data, test_model) -> TinyRun:
+  """A finished tiny run, trained once per session on first use: TinySeg on CamVid
+  (`fakes.TINY_CONFIG`), 4 steps with checkpoints at 2 and 4, evaluated on 3 val images.
+
+  Its workdir holds checkpoints, metrics.jsonl, result.json and config.json; tests must not
+  write into it.
+  """
+  from sesam_jax import config_lib
+  from sesam_jax.train import loop
+  from tests import fakes
+  config = config_lib.config_from_flags(fakes.TINY_CONFIG, fakes.TINY_OVERRIDES)
+  workdir = tmp_path_factory.mktemp("tiny_run") / "run"
+  result = loop.train_and_evaluate(config, str(workdir))
+  return TinyRun(workdir, config, [f"--config={fakes.TINY_CONFIG}", *fakes.TINY_OVERRIDES],
+                 result)

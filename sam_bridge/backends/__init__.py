@@ -29,6 +29,8 @@ def create_backend(spec: str, **kw) -> Backend:
     A Backend; its `name` says what it is (oracle and random included).
   """
   kind, _, arg = spec.partition(":")
+  # Each backend's module is imported when it is built: torch and transformers load only for
+  # the SAM backends, scikit-image only for the ones that use it.
   if kind == "oracle":
     from sam_bridge.backends.oracle import OracleBackend
     return OracleBackend(**kw)

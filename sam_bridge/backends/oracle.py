@@ -26,7 +26,7 @@ import numpy as np
 import scipy.ndimage as ndi
 import skimage.measure
 
-from sam_bridge.api import Prediction, PromptSet
+from sam_bridge.api import UNLABELED, Prediction, PromptSet
 
 
 class OracleBackend:
@@ -35,7 +35,7 @@ class OracleBackend:
   is_oracle = True
 
   def __init__(self, *, part_radius: float = 0.5, part_points: int = 1, scores: Sequence[float] = (0.9, 0.8, 0.7),
-               ignore_index: int = 255):
+               ignore_index: int = UNLABELED):
     self.name = "oracle"
     self.part_radius = part_radius
     self.part_points = part_points

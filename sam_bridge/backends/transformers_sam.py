@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from sam_bridge.api import LowResPrediction, Prediction, PromptSet
+from sam_bridge.backends.sam_convert import convert_official_sam, sam_config_from_official
 
 PIXEL_MEAN = np.array([123.675, 116.28, 103.53], np.float32)
 PIXEL_STD = np.array([58.395, 57.12, 57.375], np.float32)
@@ -136,7 +137,6 @@ class TransformersSamBackend:
                               "(config.json + weights) or an official sam_vit_*.pth file")
     if p.is_file():
       from transformers import SamModel
-      from sam_bridge.backends.sam_convert import convert_official_sam, sam_config_from_official
       sd = torch.load(p, map_location="cpu", weights_only=True)
       model = SamModel(sam_config_from_official(sd))
       missing, unexpected = model.load_state_dict(convert_official_sam(sd), strict=False)

@@ -8,7 +8,7 @@ import numpy as np
 import scipy.ndimage as ndi
 import skimage.measure
 
-UNLABELED = 255
+from sam_bridge.api import UNLABELED
 
 
 @dataclasses.dataclass

@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-UNLABELED = 255
+from sam_bridge.api import UNLABELED
 
 
 def merge_masks(weak: np.ndarray, masks: Sequence[np.ndarray], classes: Sequence[int],

@@ -47,6 +47,23 @@ def grid_shape(height: int, width: int, k: int) -> tuple[int, int]:
   return math.ceil(height / side), math.ceil(width / side)
 
 
+def cell_index(ys: np.ndarray, xs: np.ndarray, shape: tuple[int, int],
+               grid: tuple[int, int]) -> np.ndarray:
+  """Row-major grid cell of each pixel (ys, xs) of an hxw box cut into `grid` rows x cols."""
+  (h, w), (rows, cols) = shape, grid
+  return (ys * rows // h) * cols + (xs * cols // w)
+
+
+def grid_edges(shape: tuple[int, int], grid: tuple[int, int]) -> tuple[list[int], list[int]]:
+  """First pixel row of each grid row and first column of each grid column, plus the ends.
+
+  Pixel y is in grid row i exactly when edges_y[i] <= y < edges_y[i + 1] (as `cell_index`).
+  """
+  (h, w), (rows, cols) = shape, grid
+  return ([-(-i * h // rows) for i in range(rows + 1)],
+          [-(-j * w // cols) for j in range(cols + 1)])
+
+
 def _weighted_pick(rng: np.random.Generator, weights: np.ndarray, n: int) -> np.ndarray:
   """n indices without replacement, P proportional to weights (Efraimidis-Spirakis keys)."""
   keys = np.log(rng.random(len(weights))) / np.maximum(weights, 1e-12)
@@ -56,7 +73,8 @@ def _weighted_pick(rng: np.random.Generator, weights: np.ndarray, n: int) -> np.
 
 def sample_points(mask: np.ndarray, *, k: int = 5, strategy: str = "sesam",
                   rng: np.random.Generator, confidence: np.ndarray | None = None,
-                  center_quantile: float = 0.8, boundary_band: float = 0.2) -> np.ndarray:
+                  center_quantile: float = 0.8, boundary_band: float = 0.2,
+                  trace: dict | None = None) -> np.ndarray:
   """K point prompts inside one instance.
 
   Args:
@@ -71,6 +89,10 @@ def sample_points(mask: np.ndarray, *, k: int = 5, strategy: str = "sesam",
     confidence: hxw float confidence map aligned with `mask` (strategy "confidence").
     center_quantile, boundary_band: bands of the normalised distance field for the
       center/boundary ablations (ours; the paper gives no numbers).
+    trace: a dict to fill with what the draw used (for figures): "field" (hxw float32, the
+      normalised distance field the draw weights by, 0 outside the mask; None for "random"
+      and "confidence"), "grid" ((rows, cols) of eq. 2, "sesam" only, else None) and
+      "cells" (the grid cells drawn, "sesam" only). None (default) records nothing.
 
   Returns:
     min(k, area)x2 float32 (x, y) pixel coordinates relative to the box's top-left.
@@ -91,6 +113,9 @@ def sample_points(mask: np.ndarray, *, k: int = 5, strategy: str = "sesam",
   else:
     dist = distance_field(mask)[ys, xs]
     norm = dist / dist.max()
+    if trace is not None:
+      trace["field"] = np.zeros(mask.shape, np.float32)
+      trace["field"][ys, xs] = norm
     if strategy == "center":
       pool = np.flatnonzero(norm >= center_quantile * norm.max())
       idx = pool[rng.choice(len(pool), size=min(k, len(pool)), replace=False)]
@@ -98,17 +123,22 @@ def sample_points(mask: np.ndarray, *, k: int = 5, strategy: str = "sesam",
       pool = np.flatnonzero(norm <= max(boundary_band, norm.min()))
       idx = pool[rng.choice(len(pool), size=min(k, len(pool)), replace=False)]
     else:
-      idx = _sesam_indices(ys, xs, norm, mask.shape, k, rng)
+      idx = _sesam_indices(ys, xs, norm, mask.shape, k, rng, trace)
+  if trace is not None:
+    trace.setdefault("field", None)
+    trace.setdefault("grid", None)
+    trace.setdefault("cells", None)
   return np.stack([xs[idx], ys[idx]], axis=1).astype(np.float32)
 
 
 def _sesam_indices(ys: np.ndarray, xs: np.ndarray, weight: np.ndarray, shape: tuple[int, int],
-                   k: int, rng: np.random.Generator) -> np.ndarray:
-  h, w = shape
-  rows, cols = grid_shape(h, w, k)
-  cell = (ys * rows // h) * cols + (xs * cols // w)
+                   k: int, rng: np.random.Generator, trace: dict | None = None) -> np.ndarray:
+  grid = grid_shape(*shape, k)
+  cell = cell_index(ys, xs, shape, grid)
   occupied = np.unique(cell)
   chosen_cells = rng.choice(occupied, size=min(k, len(occupied)), replace=False)
+  if trace is not None:
+    trace["grid"], trace["cells"] = grid, chosen_cells
   # One weighted draw per chosen cell: the largest Efraimidis-Spirakis key wins.
   keys = np.log(rng.random(len(ys))) / np.maximum(weight, 1e-12)
   picked = []

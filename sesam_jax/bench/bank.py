@@ -24,8 +24,12 @@ import resource
 import time
 
 import numpy as np
+import scipy.ndimage as ndi
+from PIL import Image
 
 from sesam_jax import report
+from sesam_jax.data import augment, cityscapes, memo
+from sesam_jax.sam.bank import SamLabelBank, SamLabelConfig
 
 # Cityscapes train ids used by the generator.
 ROAD, SIDEWALK, BUILDING, POLE, SIGN, VEGETATION, SKY, PERSON, CAR = 0, 1, 2, 5, 7, 8, 10, 11, 13
@@ -48,7 +52,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _smooth_field(rng: np.random.Generator, hw: tuple[int, int], cell: int) -> np.ndarray:
   """HxW float32 in [0, 1): random values on a `cell`-pixel grid, bilinearly upsampled."""
-  from PIL import Image
   h, w = hw
   coarse = rng.random((h // cell + 2, w // cell + 2)).astype(np.float32)
   return np.asarray(Image.fromarray(coarse).resize((w + 2 * cell, h + 2 * cell),
@@ -96,7 +99,6 @@ def street_label(index: int, hw: tuple[int, int], seed: int = 0) -> np.ndarray:
 
 def _boundary(label: np.ndarray, width: int) -> np.ndarray:
   """HxW bool: within `width` pixels (a square) of a class boundary."""
-  import scipy.ndimage as ndi
   edge = np.zeros(label.shape, np.uint8)
   edge[1:] |= label[1:] != label[:-1]
   edge[:, 1:] |= label[:, 1:] != label[:, :-1]
@@ -119,7 +121,6 @@ class StreetSource:
   """
 
   def __init__(self, n: int, hw: tuple[int, int], seed: int = 0, distinct: int = 50):
-    from sesam_jax.data import cityscapes
     self.ids = [f"street_{i:05d}" for i in range(n)]
     self.hw, self.seed, self.distinct = tuple(hw), seed, max(1, min(distinct, n))
     self.palette = np.zeros((256, 3), np.uint8)
@@ -152,8 +153,6 @@ def _rss_mb() -> float:
 
 
 def run(args: argparse.Namespace) -> dict:
-  from sesam_jax.data import augment, memo
-  from sesam_jax.sam.bank import SamLabelBank, SamLabelConfig
   hw = tuple(args.size)
   source = StreetSource(args.images, hw, args.seed, args.distinct)
   examples = memo.MemoSource(source, args.image_cache_mb << 20)

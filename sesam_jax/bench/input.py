@@ -14,6 +14,7 @@ import argparse
 import time
 
 from sesam_jax import report
+from sesam_jax.data import get_source, input_pipeline
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +29,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _images_per_second(source, *, crop: int, args: argparse.Namespace, desc: str) -> float:
-  from sesam_jax.data import input_pipeline
   ds = input_pipeline.make_train_dataset(source, crop=crop, batch_size=args.batch, seed=0,
                                          weak=args.weak, num_workers=args.workers)
   it = iter(ds)
@@ -45,7 +45,6 @@ def _images_per_second(source, *, crop: int, args: argparse.Namespace, desc: str
 
 
 def run(args: argparse.Namespace) -> dict:
-  from sesam_jax.data import get_source
   result: dict = {"batch": args.batch, "workers": args.workers, "weak": args.weak}
   settings = [s.strip() for s in args.settings.split(",") if s.strip()]
   for setting in settings:

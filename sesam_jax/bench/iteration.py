@@ -23,7 +23,8 @@ import json
 import os
 import tempfile
 
-from sesam_jax import report
+from sesam_jax import configs_common, report
+from sesam_jax.train import loop
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,8 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace, method: str, cache_dir: str):
-  from sesam_jax import config_lib
-  config, _ = config_lib.student_dataset_config("segformer", args.dataset,
+  config, _ = configs_common.student_dataset_config("segformer", args.dataset,
                                                 f"weak={args.weak},method={method}")
   if args.dataset == "camvid":
     config.data_dir = args.data_dir
@@ -87,7 +87,6 @@ def _timed_totals(workdir: str, warmup: int) -> dict[str, float]:
 
 def run(args: argparse.Namespace) -> dict:
   import jax
-  from sesam_jax.train import loop
   cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="sesam_bench_iteration_cache_")
   root = tempfile.mkdtemp(prefix="sesam_bench_iteration_")
   outcomes = {}

@@ -4,7 +4,7 @@ Both sides get the same random weights: a `transformers` model is built from
 a config, its parameters perturbed (so biases and norm affines are not the
 trivial 0/1 of a fresh init) and its batch-norm running statistics calibrated
 on random images (so activations stay near unit scale through ResNet-50); the
-state dict is converted with `torch_convert` and both run in eval mode. The
+state dict is converted with `models.conversion` and both run in eval mode. The
 last BN scale of each ResNet residual branch is damped (RESIDUAL_BN_GAIN) so
 that the random network is not chaotic (see the constant's comment).
 
@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from sesam_jax import report
+from sesam_jax.models import conversion, resnet, segformer
 
 # Flax variant -> transformers config fields.
 SEGFORMER_HF_CONFIGS: dict[str, dict[str, Any]] = {
@@ -89,7 +90,6 @@ def segformer_parity(variant: str = "B0", *, num_classes: int = 19,
   import torch
   import transformers
 
-  from sesam_jax.models import segformer, torch_convert
   torch.manual_seed(seed)
   config = transformers.SegformerConfig(num_labels=num_classes, **SEGFORMER_HF_CONFIGS[variant])
   reference = transformers.SegformerForSemanticSegmentation(config)
@@ -101,8 +101,8 @@ def segformer_parity(variant: str = "B0", *, num_classes: int = 19,
   for dtype in ([jnp.float32, jnp.bfloat16] if bf16 else [jnp.float32]):
     model = segformer.SegFormer(num_classes, variant, dtype=dtype, **model_kwargs)
     expected = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
-    variables = torch_convert.convert_variables(
-        _state_dict_numpy(reference), torch_convert.rename_segformer_hf, expected).variables
+    variables = conversion.convert_variables(
+        _state_dict_numpy(reference), conversion.rename_segformer_hf, expected).variables
     apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
     for height, width in sizes:
       images = rng.standard_normal((2, height, width, 3)).astype(np.float32)
@@ -138,7 +138,6 @@ def resnet_parity(variant: str = "50", *, size: tuple[int, int] = (128, 160), se
   import torch
   import transformers
 
-  from sesam_jax.models import resnet, torch_convert
   torch.manual_seed(seed)
   reference = transformers.ResNetModel(transformers.ResNetConfig(**RESNET_HF_CONFIGS[variant]))
   _randomize_and_calibrate(reference, size, seed)
@@ -150,8 +149,8 @@ def resnet_parity(variant: str = "50", *, size: tuple[int, int] = (128, 160), se
   for dtype in ([jnp.float32, jnp.bfloat16] if bf16 else [jnp.float32]):
     model = resnet.ResNet(**resnet.RESNET_VARIANTS[variant], dtype=dtype)
     expected = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
-    variables = torch_convert.convert_variables(
-        _state_dict_numpy(reference), torch_convert.rename_resnet_hf, expected).variables
+    variables = conversion.convert_variables(
+        _state_dict_numpy(reference), conversion.rename_resnet_hf, expected).variables
     gots = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images)
     err = max(float(np.max(np.abs(np.asarray(g, np.float32) - w))) for g, w in zip(gots, wants))
     result["resnet_fp32_max_abs_diff" if dtype == jnp.float32 else "resnet_bf16_max_abs_err"] = err

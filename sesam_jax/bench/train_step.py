@@ -26,8 +26,9 @@ from typing import Any, Callable
 import numpy as np
 
 from sesam_jax import report
+from sesam_jax.data.base import IGNORE_INDEX
+from sesam_jax.models import create_model
 
-IGNORE_INDEX = 255
 LEARNING_RATE = 1e-4
 WEIGHT_DECAY = 0.01  # torch.optim.AdamW's default, also used for optax.
 JAX_MODELS = ("segformer_b0", "deeplabv3plus_r101", "segformer_tiny", "deeplabv3plus_tiny")
@@ -58,7 +59,6 @@ def make_jax_step(name: str, num_classes: int, crop: int, batch: int, dtype: Any
   import jax.numpy as jnp
   import optax
 
-  from sesam_jax.models import create_model
   overrides = {"dwconv_impl": dwconv_impl} if dwconv_impl and name.startswith("segformer") else {}
   model = create_model(name, num_classes, dtype=dtype, **overrides)
   images_np, labels_np = _batch(batch, crop, num_classes, seed=0)

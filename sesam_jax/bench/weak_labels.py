@@ -8,6 +8,9 @@ import time
 
 import numpy as np
 
+from sesam_jax import data, report
+from sesam_jax.data import weak_labels
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--dataset", default="synthetic", help="dataset of the fine labels")
@@ -19,8 +22,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-  from sesam_jax import data, report
-  from sesam_jax.data import weak_labels
   kw = {"num_images": args.images, "size": tuple(args.size)} if args.dataset == "synthetic" else {}
   source = data.get_source(args.dataset, data_dir=args.data_dir, split=args.split, **kw)
   count = min(args.images, len(source))

@@ -26,7 +26,7 @@ SOURCES: dict[str, str] = {
 
 
 def get_source(name: str, *, data_dir: str | os.PathLike | None = None, split: str = "train",
-               **kw: Any):
+               num_images: int = 0, size: tuple[int, int] = (0, 0), **kw: Any):
   """A random-access dataset source.
 
   Args:
@@ -34,8 +34,10 @@ def get_source(name: str, *, data_dir: str | os.PathLike | None = None, split: s
       "synthetic", "tfds_cityscapes").
     data_dir: dataset root (not needed for "synthetic").
     split: split name ("train", "val", ...).
-    **kw: source options, e.g. synthetic `num_images`, `size=(H, W)`, `seed`;
-      custom `image_dir`, `label_dir`, `classes`; voc `augmented`.
+    num_images, size: generated sources only ("synthetic"): scene count and (H, W);
+      0 / (0, 0) take the source's defaults.
+    **kw: source options, e.g. synthetic `seed`; custom `image_dir`, `label_dir`,
+      `classes`; voc `augmented`.
 
   Returns:
     The source (see module docstring).
@@ -43,13 +45,15 @@ def get_source(name: str, *, data_dir: str | os.PathLike | None = None, split: s
   if name not in SOURCES:
     raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(SOURCES)}.")
   module = importlib.import_module(SOURCES[name])
-  if name == "synthetic":
-    return module.SyntheticSource(split, **kw)
-  if name == "tfds_cityscapes":
-    return module.TfdsCityscapesSource(data_dir, split, **kw)
-  if data_dir is None and name != "custom":
+  if getattr(module, "GENERATED", False):
+    return module.make_source(data_dir or None, split, num_images=num_images, size=size, **kw)
+  if num_images or tuple(size) != (0, 0):
+    raise ValueError(f"dataset {name!r} is read from files: the scene count and size apply to "
+                     "the generated `synthetic` dataset only (use dataset.max_train_images or "
+                     "eval.max_images to train or evaluate on fewer images).")
+  if not data_dir and getattr(module, "NEEDS_DATA_DIR", True):
     raise ValueError(f"dataset {name!r} needs a data_dir (--data-dir) pointing at its files.")
-  return module.make_source(data_dir, split, **kw)
+  return module.make_source(data_dir or None, split, **kw)
 
 
 __all__ = ["DatasetInfo", "IGNORE_INDEX", "SOURCES", "get_source"]

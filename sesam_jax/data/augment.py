@@ -18,7 +18,8 @@ import dataclasses
 import numpy as np
 from PIL import Image
 
-IGNORE = 255
+from sesam_jax.data.base import IGNORE_INDEX
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +70,7 @@ def _window(hw: tuple[int, int], geom: Geometry, crop: int) -> tuple[int, int, i
 
 
 def apply_geometry(array: np.ndarray, geom: Geometry, crop: int, *, nearest: bool,
-                   fill: int = IGNORE) -> np.ndarray:
+                   fill: int = IGNORE_INDEX) -> np.ndarray:
   """Brings a full-resolution map into the augmented crop.
 
   Args:
@@ -126,7 +127,7 @@ def _inverse_window(crop: int, geom: Geometry, full_hw: tuple[int, int]
 
 
 def invert_geometry(crop_map: np.ndarray, geom: Geometry, full_hw: tuple[int, int], *,
-                    fill: int = IGNORE) -> np.ndarray:
+                    fill: int = IGNORE_INDEX) -> np.ndarray:
   """Brings a crop-space label map back to full resolution (nearest).
 
   The inverse of `apply_geometry` for label maps: pixels of the full image

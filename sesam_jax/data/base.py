@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+
 IGNORE_INDEX = 255
 # Lookup-table entry for a stored label value outside the dataset's class set.
 INVALID = -1
@@ -57,42 +58,11 @@ class DatasetInfo:
       raise ValueError(f"{self.name}: {len(self.class_names)} names and {len(colors)} colours "
                        f"for {self.num_classes} classes.")
 
-  def colorize(self, label: np.ndarray) -> np.ndarray:
-    """HxW uint8 class ids -> HxWx3 uint8 colours (ignore is black)."""
-    palette = np.zeros((256, 3), np.uint8)
-    palette[:self.num_classes] = self.colors
-    return palette[label]
 
 
 def stable_hash(text: str) -> int:
   """A 63-bit hash of `text`, the same in every process (Python's hash() is salted)."""
   return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") >> 1
-
-
-def write_png_atomic(path: str | os.PathLike, array: np.ndarray,
-                     palette: np.ndarray | None = None) -> None:
-  """Writes a uint8 HxW (or HxWx3) array as PNG: temp name in the same folder, then rename.
-
-  Args:
-    path: destination file.
-    array: HxW uint8 (written as 'L', or 'P' with `palette`) or HxWx3 uint8.
-    palette: optional Nx3 uint8 colours for the values 0..N-1 of an HxW array.
-  """
-  path = pathlib.Path(path)
-  image = Image.fromarray(np.ascontiguousarray(array, np.uint8))
-  if palette is not None and image.mode == "L":
-    full = np.zeros((256, 3), np.uint8)
-    full[:len(palette)] = palette
-    full[IGNORE_INDEX] = 255  # Unlabeled shows white.
-    image = Image.frombytes("P", image.size, np.ascontiguousarray(array, np.uint8).tobytes())
-    image.putpalette(full.ravel().tolist())
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  try:
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
-  finally:
-    if tmp.exists():
-      tmp.unlink()
 
 
 def default_colors(num_classes: int) -> np.ndarray:

@@ -49,6 +49,9 @@ def read_class_list(path: str | os.PathLike) -> tuple[tuple[str, ...], np.ndarra
   return tuple(names), rgb
 
 
+NEEDS_DATA_DIR = False  # image_dir / label_dir may stand alone.
+
+
 def make_source(data_dir: str | os.PathLike | None = None, split: str = "train", *,
                 image_dir: str | os.PathLike | None = None,
                 label_dir: str | os.PathLike | None = None,

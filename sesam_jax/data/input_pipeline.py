@@ -24,9 +24,9 @@ from typing import Any, Protocol
 import grain
 import numpy as np
 
+from sesam_jax import report
 from sesam_jax.data import augment
-
-IGNORE = augment.IGNORE
+from sesam_jax.data.base import IGNORE_INDEX, SkipUnreadable
 
 
 class Source(Protocol):
@@ -63,13 +63,14 @@ def weak_label_fn(source: Source, weak: str, *, weak_seed: int = 0,
     weak_options: the reader's options, "key=value,..." or a dict.
   """
   if weak_source and weak_dir is None:
-    from sesam_jax.data import weak_sources
+    from sesam_jax.data import weak_sources  # Deferred, as below: the file readers.
     return weak_sources.training_reader(weak_source, source, weak, weak_options)
   if weak == "fine" and weak_dir is None:
     return lambda index, example: example["label"]
-  from sesam_jax.data import weak_labels  # Heavy (scikit-image); only when needed.
+  from sesam_jax.data import (  # Heavy (scikit-image): when needed.
+      weak_labels, weak_sources)
   if weak_dir is not None:
-    reader = weak_labels.WeakLabelDir(weak_dir, num_classes=source.info.num_classes)
+    reader = weak_sources.WeakLabelDir(weak_dir, num_classes=source.info.num_classes)
     return lambda index, example: reader.read(example["id"], example["label"].shape)
   num_classes = source.info.num_classes
 
@@ -99,8 +100,7 @@ def check_weak_labels(weak_fn: WeakFn, source: Source, *, skip_unreadable: bool 
   check = getattr(weak_fn, "check", None)
   if check is None:
     return 0
-  from sesam_jax import report
-  from sesam_jax.data import weak_sources
+  from sesam_jax.data import weak_sources  # Deferred: only labels read from files are checked.
   problems = check(source)
   if not problems:
     return 0
@@ -188,7 +188,6 @@ def make_train_dataset(source: Source, *, crop: int, batch_size: int, seed: int,
     weak_fn = weak_label_fn(source, "fine")
   n = len(source)
   if skip_unreadable:
-    from sesam_jax.data.base import SkipUnreadable
     if not isinstance(source, SkipUnreadable):
       source = SkipUnreadable(source)  # Unreadable examples become None; grain drops them.
   ds = grain.MapDataset.source(source)
@@ -245,18 +244,18 @@ def make_eval_dataset(source: Source, *, batch_size: int,
     count = len(examples)
     batch = {
         "image": np.zeros((batch_size, *hw, 3), np.uint8),
-        "label": np.full((batch_size, *hw), IGNORE, np.uint8),
+        "label": np.full((batch_size, *hw), IGNORE_INDEX, np.uint8),
         "index": np.zeros((batch_size,), np.int32),
         "hw": np.zeros((batch_size, 2), np.int32),
         "valid": np.arange(batch_size) < count,
     }
     if weak_fn is not None:
-      batch["weak"] = np.full((batch_size, *hw), IGNORE, np.uint8)
+      batch["weak"] = np.full((batch_size, *hw), IGNORE_INDEX, np.uint8)
     for k, e in enumerate(examples):
       batch["image"][k] = _pad_to(e["image"], hw, 0)
-      batch["label"][k] = _pad_to(e["label"], hw, IGNORE)
+      batch["label"][k] = _pad_to(e["label"], hw, IGNORE_INDEX)
       batch["index"][k] = start + k
       batch["hw"][k] = e["image"].shape[:2]
       if weak_fn is not None:
-        batch["weak"][k] = _pad_to(weak_fn(start + k, e), hw, IGNORE)
+        batch["weak"][k] = _pad_to(weak_fn(start + k, e), hw, IGNORE_INDEX)
     yield batch

@@ -182,3 +182,18 @@ class SyntheticSource(base.IndexedSource):
 
   def __repr__(self) -> str:
     return f"SyntheticSource({self.split}, {len(self)} images of {self.size}, seed={self.seed})"
+
+
+GENERATED = True  # No files: `get_source` takes the scene count and size for this source.
+
+
+def make_source(data_dir: str | None = None, split: str = "train", *, num_images: int = 0,
+                size: tuple[int, int] = (0, 0), seed: int = 0) -> SyntheticSource:
+  """Generated scenes; 0 / (0, 0) take the defaults (64 scenes of 256x512)."""
+  if data_dir:
+    raise ValueError(f"the synthetic dataset is generated and reads no files; drop the data "
+                     f"directory ({data_dir}).")
+  kw = {"num_images": int(num_images)} if num_images else {}
+  if tuple(size) != (0, 0):
+    kw["size"] = tuple(size)
+  return SyntheticSource(split, seed=seed, **kw)

@@ -65,3 +65,12 @@ class TfdsCityscapesSource:
     label = base.apply_lut(np.asarray(example["segmentation_label"])[..., 0], self._lut,
                            f"tfds cityscapes example {image_id}", "cityscapes")
     return {"id": image_id, "image": np.asarray(example["image_left"], np.uint8), "label": label}
+
+
+NEEDS_DATA_DIR = False  # The class itself says how to prepare one when it is missing.
+
+
+def make_source(data_dir: str | os.PathLike | None = None, split: str = "train",
+                **kw) -> TfdsCityscapesSource:
+  """tensorflow-datasets' `cityscapes` prepared under `data_dir` (see TfdsCityscapesSource)."""
+  return TfdsCityscapesSource(data_dir, split, **kw)

@@ -1,4 +1,4 @@
-"""Weak labels from fine labels (the paper's three protocols), and user weak labels.
+"""Weak labels from fine labels: the paper's three protocols (one image at a time).
 
 Every function maps an HxW uint8 fine label (class ids, 255 = ignore) to an
 HxW uint8 weak label with 255 = unlabeled:
@@ -17,13 +17,11 @@ Randomness comes from a generator seeded by (seed, stable hash of the image
 id, kind), so a label is reproducible across processes and independent of the
 order in which images are visited. Size-dependent defaults (minimum area,
 widths, erosion) scale with the image so Cityscapes and CamVid get the same look.
+Whole splits (folders of PNGs, quality statistics): `weak_splits`; the user's own weak labels:
+`weak_sources`.
 """
 
 from __future__ import annotations
-
-import os
-import pathlib
-import time
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -32,11 +30,8 @@ from scipy.sparse import csgraph
 from skimage import measure, morphology
 
 from sesam_jax.data import base
-# The folder reader moved to `weak_sources` with the other readers of user weak labels.
-from sesam_jax.data.weak_sources import WeakLabelDir, read_weak_label  # noqa: F401
 
 KINDS = ("points", "scribbles", "coarse")
-UNLABELED = base.IGNORE_INDEX
 # 8-neighbourhood offsets used to link skeleton pixels into a graph.
 _NEIGHBOURS = ((0, 1), (1, -1), (1, 0), (1, 1))
 # Regions larger than this (pixels on a side) are thinned on a strided subsample.
@@ -80,7 +75,7 @@ def _regions(label: np.ndarray, num_classes: int, ignore_index: int, min_area: f
 
 
 def make_points(label: np.ndarray, rng: np.random.Generator, *, num_classes: int,
-                ignore_index: int = UNLABELED) -> np.ndarray:
+                ignore_index: int = base.IGNORE_INDEX) -> np.ndarray:
   """One pixel per class present, uniform over that class's pixels.
 
   Args:
@@ -93,7 +88,7 @@ def make_points(label: np.ndarray, rng: np.random.Generator, *, num_classes: int
     HxW uint8: one pixel per present class, 255 elsewhere.
   """
   label = _check_label(label, num_classes, ignore_index)
-  weak = np.full(label.shape, UNLABELED, np.uint8)
+  weak = np.full(label.shape, base.IGNORE_INDEX, np.uint8)
   flat = label.ravel()
   for class_id in np.unique(flat):
     if class_id == ignore_index:
@@ -159,7 +154,7 @@ def _skeleton_path(mask: np.ndarray, max_side: int = SKELETON_MAX_SIDE) -> np.nd
 
 
 def make_scribbles(label: np.ndarray, rng: np.random.Generator, *, num_classes: int,
-                   ignore_index: int = UNLABELED, min_area: float | None = None,
+                   ignore_index: int = base.IGNORE_INDEX, min_area: float | None = None,
                    width: int | None = None,
                    length_range: tuple[float, float] = (0.6, 1.0)) -> np.ndarray:
   """A stroke along each large region's skeleton, clipped to the region.
@@ -183,7 +178,7 @@ def make_scribbles(label: np.ndarray, rng: np.random.Generator, *, num_classes: 
   min_area = 2e-4 * H * W if min_area is None else min_area
   if width is None:
     width = max(3, int(round(0.008 * min(H, W))) | 1)
-  weak = np.full(label.shape, UNLABELED, np.uint8)
+  weak = np.full(label.shape, base.IGNORE_INDEX, np.uint8)
   radius = width // 2
   offsets = np.stack(np.mgrid[-radius:radius + 1, -radius:radius + 1], -1).reshape(-1, 2)
   for class_id, box, mask in _regions(label, num_classes, ignore_index, min_area):
@@ -227,7 +222,7 @@ def _fill_polygon(polygon: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def make_coarse(label: np.ndarray, rng: np.random.Generator, *, num_classes: int,
-                ignore_index: int = UNLABELED, min_area: float | None = None,
+                ignore_index: int = base.IGNORE_INDEX, min_area: float | None = None,
                 erosion: tuple[float, float] | None = None,
                 tolerance: float | None = None) -> np.ndarray:
   """An eroded, polygon-simplified interior per region; boundaries unlabeled.
@@ -255,7 +250,7 @@ def make_coarse(label: np.ndarray, rng: np.random.Generator, *, num_classes: int
   erosion = (0.008 * short, 0.02 * short) if erosion is None else erosion
   tolerance = min(0.005 * short, erosion[0]) if tolerance is None else tolerance
   distance = _class_boundary_distance(label)
-  weak = np.full(label.shape, UNLABELED, np.uint8)
+  weak = np.full(label.shape, base.IGNORE_INDEX, np.uint8)
   for class_id, box, mask in _regions(label, num_classes, ignore_index, min_area):
     interior = mask & (distance[box] > rng.uniform(*erosion))
     if interior.sum() < 4:
@@ -268,7 +263,7 @@ def make_coarse(label: np.ndarray, rng: np.random.Generator, *, num_classes: int
         continue
       filled ^= _fill_polygon(polygon, mask.shape)
     target = weak[box]
-    target[filled & (target == UNLABELED)] = class_id
+    target[filled & (target == base.IGNORE_INDEX)] = class_id
   return weak
 
 
@@ -276,7 +271,7 @@ _MAKERS = {"points": make_points, "scribbles": make_scribbles, "coarse": make_co
 
 
 def make_weak_label(label: np.ndarray, kind: str, *, seed: int, image_id: str,
-                    num_classes: int, ignore_index: int = UNLABELED, **kw) -> np.ndarray:
+                    num_classes: int, ignore_index: int = base.IGNORE_INDEX, **kw) -> np.ndarray:
   """A weak label of `kind` from a fine label, deterministic in (seed, image_id).
 
   Args:
@@ -295,123 +290,3 @@ def make_weak_label(label: np.ndarray, kind: str, *, seed: int, image_id: str,
     raise ValueError(f"unknown weak label kind {kind!r}; choose one of: {', '.join(KINDS)}.")
   rng = weak_label_rng(seed, image_id, kind)
   return _MAKERS[kind](label, rng, num_classes=num_classes, ignore_index=ignore_index, **kw)
-
-
-# ---------------------------------------------------------------- user weak labels
-
-
-class WeakLabeledSource:
-  """A source whose items also carry "weak_label" (HxW uint8, 255 = unlabeled).
-
-  The weak label is either generated from the fine label (`kind`, `seed`) or
-  read from a folder of PNGs (`folder`), e.g. the user's own annotations.
-  """
-
-  def __init__(self, source, *, kind: str | None = None, seed: int = 0,
-               folder: str | os.PathLike | None = None, **kw):
-    """Args:
-      source: a dataset source (`get_source`).
-      kind: generate this kind ("points", "scribbles", "coarse") ...
-      seed: ... with this seed;
-      folder: or read `<id>.png` from this folder (exactly one of kind/folder).
-      **kw: options for make_weak_label.
-    """
-    if (kind is None) == (folder is None):
-      raise ValueError("WeakLabeledSource takes exactly one of kind= or folder=.")
-    if kind is not None and kind not in KINDS:
-      raise ValueError(f"unknown weak label kind {kind!r}; choose one of: {', '.join(KINDS)}.")
-    self._reader = None if folder is None else WeakLabelDir(
-        folder, num_classes=source.info.num_classes, ids=source.ids)
-    self.source, self.kind, self.seed, self._kw = source, kind, seed, kw
-    self.info, self.ids = source.info, source.ids
-
-  def __len__(self) -> int:
-    return len(self.source)
-
-  def __getitem__(self, index: int) -> dict:
-    item = dict(self.source[index])
-    if self._reader is not None:
-      item["weak_label"] = self._reader.read(item["id"], item["label"].shape)
-    else:
-      item["weak_label"] = make_weak_label(item["label"], self.kind, seed=self.seed,
-                                           image_id=item["id"], num_classes=self.info.num_classes,
-                                           ignore_index=self.info.ignore_index, **self._kw)
-    return item
-
-
-# ---------------------------------------------------------------- whole splits
-
-
-class WeakLabelStats:
-  """Accumulates the quality of weak labels against fine labels over images."""
-
-  def __init__(self, num_classes: int, ignore_index: int = UNLABELED):
-    self.num_classes, self.ignore_index = num_classes, ignore_index
-    self.images = self.pixels = self.labeled = self.judged = self.agree = 0
-    self.pairs = self.covered = 0
-
-  def add(self, weak: np.ndarray, fine: np.ndarray) -> None:
-    """Adds one image: HxW uint8 weak label (255 unlabeled) and fine label."""
-    labeled = weak != UNLABELED
-    judged = labeled & (fine != self.ignore_index)  # Weak pixels on void cannot be judged.
-    self.images += 1
-    self.pixels += weak.size
-    self.labeled += int(labeled.sum())
-    self.judged += int(judged.sum())
-    self.agree += int((judged & (weak == fine)).sum())
-    present = np.unique(fine[fine != self.ignore_index])
-    self.pairs += len(present)
-    self.covered += len(np.intersect1d(present, np.unique(weak[labeled])))
-
-  def summary(self) -> dict:
-    """images, labeled_fraction, purity, classes_covered (see `generate_weak_labels`)."""
-    return {
-        "images": self.images,
-        "labeled_fraction": self.labeled / max(self.pixels, 1),
-        "purity": self.agree / self.judged if self.judged else float("nan"),
-        "classes_covered": self.covered / self.pairs if self.pairs else float("nan"),
-    }
-
-
-def generate_weak_labels(source, kind: str, *, seed: int, out_dir: str | os.PathLike,
-                         limit: int | None = None, show_progress: bool | None = None,
-                         **kw) -> dict:
-  """Writes `<out_dir>/<image id>.png` weak labels for a whole split and scores them.
-
-  Args:
-    source: a dataset source.
-    kind: "points", "scribbles" or "coarse".
-    seed: protocol seed.
-    out_dir: created if missing; files are written atomically (temp name, rename).
-    limit: only the first `limit` images (quick looks).
-    show_progress: progress bar (None: tqdm decides).
-    **kw: options for make_weak_label.
-
-  Returns:
-    {"images", "labeled_fraction" (weak pixels / all pixels), "purity" (weak pixels
-    agreeing with the fine label / weak pixels on non-void fine pixels),
-    "classes_covered" (fraction of (image, class present in the fine label)
-    pairs with at least one weak pixel of that class), "kind", "seed", "out",
-    "seconds" (all work), "ms_per_image" (label generation only)}.
-  """
-  from sesam_jax import report
-  if kind not in KINDS:
-    raise ValueError(f"unknown weak label kind {kind!r}; choose one of: {', '.join(KINDS)}.")
-  out_dir = pathlib.Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  info = source.info
-  stats = WeakLabelStats(info.num_classes, info.ignore_index)
-  count = len(source) if limit is None else min(limit, len(source))
-  start, making = time.perf_counter(), 0.0
-  for i in report.progress(range(count), desc=f"{kind} labels", unit="img",
-                           disable=(not show_progress) if show_progress is not None else None):
-    item = source[i]
-    t = time.perf_counter()
-    weak = make_weak_label(item["label"], kind, seed=seed, image_id=item["id"],
-                           num_classes=info.num_classes, ignore_index=info.ignore_index, **kw)
-    making += time.perf_counter() - t
-    base.write_png_atomic(out_dir / f"{item['id']}.png", weak, palette=info.colors)
-    stats.add(weak, item["label"])
-  return {**stats.summary(), "kind": kind, "seed": seed, "out": str(out_dir),
-          "seconds": round(time.perf_counter() - start, 3),
-          "ms_per_image": round(1000 * making / max(count, 1), 2)}

@@ -29,9 +29,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from sesam_jax import report
 from sesam_jax.data import base
-
-UNLABELED = base.IGNORE_INDEX
 
 
 class WeakLabelError(base.UnreadableFileError):
@@ -205,7 +204,6 @@ class WeakLabelReader:
     Returns:
       One `Problem` per image whose weak label is missing or unusable, in order.
     """
-    from sesam_jax import report
     count = len(source) if limit is None else min(limit, len(source))
     problems = []
     for i in report.progress(range(count), desc="checking weak labels", unit="img"):

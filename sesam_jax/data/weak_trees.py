@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from sesam_jax.data import base
-from sesam_jax.data.weak_sources import (UNLABELED, WeakLabelError, WeakLabelReader, int_tuple,
-                                         map_ids, read_ids_png)
+from sesam_jax.data import ade20k, base, camvid, cityscapes
+from sesam_jax.data.base import IGNORE_INDEX
+from sesam_jax.data.weak_sources import (WeakLabelError, WeakLabelReader,
+                                         int_tuple, map_ids, read_ids_png)
 
 
 class CityscapesCoarseReader(WeakLabelReader):
@@ -38,7 +39,6 @@ class CityscapesCoarseReader(WeakLabelReader):
       location: ROOT; needed when the source has no image files (e.g. tfds).
       split: the gtCoarse split folder; default: the images' split folder.
     """
-    from sesam_jax.data import cityscapes
     super().__init__(source)
     if self.info.class_names != cityscapes.CLASS_NAMES:
       raise ValueError(f"cityscapes_coarse reads Cityscapes' 19 classes; the dataset is "
@@ -71,12 +71,11 @@ class CityscapesCoarseReader(WeakLabelReader):
 
 def raw_ids_lut(info: base.DatasetInfo) -> np.ndarray:
   """The 256-entry table from a dataset's stored label ids to its class ids."""
-  from sesam_jax.data import ade20k, camvid, cityscapes
   tables: dict[str, Callable[[], np.ndarray]] = {
       "cityscapes": cityscapes.label_ids_lut, "tfds_cityscapes": cityscapes.label_ids_lut,
       "ade20k": ade20k.reduce_zero_label_lut,
       "camvid": lambda: base.identity_lut(info.num_classes,
-                                          void_values=(camvid.VOID_ID, UNLABELED))}
+                                          void_values=(camvid.VOID_ID, IGNORE_INDEX))}
   if info.name not in tables:
     raise ValueError(f"scribble_png: ids=raw is defined for {', '.join(sorted(tables))}; "
                      f"{info.name} labels store class ids: use ids=train_ids.")
@@ -101,7 +100,7 @@ class ScribblePngReader(WeakLabelReader):
   kind = "scribbles"
 
   def __init__(self, source: Any, location: str, *, pattern: str = "**/{id}*.png",
-               ids: str = "train_ids", unlabeled: int | str | Sequence[int] = (UNLABELED,)):
+               ids: str = "train_ids", unlabeled: int | str | Sequence[int] = (IGNORE_INDEX,)):
     """Args:
       source: the dataset source.
       location: ROOT.
@@ -122,7 +121,7 @@ class ScribblePngReader(WeakLabelReader):
       self._lut = base.identity_lut(self.num_classes, void_values=unlabeled)
     elif ids == "raw":
       self._lut = raw_ids_lut(self.info).copy()
-      self._lut[list(unlabeled)] = UNLABELED
+      self._lut[list(unlabeled)] = IGNORE_INDEX
     else:
       raise ValueError(f"scribble_png: ids={ids!r}; choose train_ids or raw.")
 

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from sesam_jax.data import base
-from sesam_jax.data.weak_sources import UNLABELED, WeakLabelError, WeakLabelReader
+from sesam_jax.data.base import IGNORE_INDEX
+from sesam_jax.data.weak_sources import WeakLabelError, WeakLabelReader
 
 
 def _normalise(name: str) -> str:
@@ -127,7 +128,7 @@ class ScribbleSupReader(WeakLabelReader):
       raise WeakLabelError(f"scribbles {path} are for a {size[1]}x{size[0]} (WxH) image but "
                            f"image {example_id!r} is {hw[1]}x{hw[0]}; use the scribbles made "
                            "on this image (or its original size).")
-    label = np.full(size, UNLABELED, np.uint8)
+    label = np.full(size, IGNORE_INDEX, np.uint8)
     for n, polygon in enumerate(root.iter("polygon"), 1):
       tag = (polygon.findtext("tag") or "").strip()
       if _normalise(tag) not in self.classes:
@@ -229,7 +230,7 @@ class ClicksCsvReader(WeakLabelReader):
                            f"`{example_id},x,y,class` per click or leave the image out.")
     if hw is None:  # No image size known (check without images): fit the clicks.
       hw = (int(max(round(c[2]) for c in clicks)) + 1, int(max(round(c[1]) for c in clicks)) + 1)
-    label = np.full(hw, UNLABELED, np.uint8)
+    label = np.full(hw, IGNORE_INDEX, np.uint8)
     centre: dict[tuple[int, int], tuple[int, int]] = {}
     for line, x, y, class_id in clicks:
       col, row = int(round(x)), int(round(y))

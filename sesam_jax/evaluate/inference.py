@@ -18,12 +18,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from sesam_jax import report
+from sesam_jax.data.base import IGNORE_INDEX
 from sesam_jax.evaluate import metrics
-
-IGNORE_INDEX = 255
+from sesam_jax.models import normalize_images
 
 
 def _windows(size: int, window: int, stride: int) -> list[int]:
@@ -59,7 +60,6 @@ def predict_logits(model: nn.Module, variables: Mapping[str, Any], images_BHWC: 
   Returns:
     float32 logits B x H x W x K.
   """
-  from sesam_jax.models import normalize_images
   b, h, w, _ = images_BHWC.shape
   x = normalize_images(images_BHWC)
   sh, sw = max(int(round(h * image_scale)), 1), max(int(round(w * image_scale)), 1)

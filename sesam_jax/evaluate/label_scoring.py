@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-import pathlib
 
 import numpy as np
 
+from sesam_jax import report
+from sesam_jax.data import base, weak_sources
 from sesam_jax.evaluate import metrics
 
 
@@ -27,8 +28,6 @@ def score_label_folder(source, labels_dir: str | os.PathLike, *, limit: int | No
     "precision" (correct / labeled pixels on non-void ground truth),
     "pixel_accuracy", "per_class_iou" {name: IoU or None}, "table" (text)}.
   """
-  from sesam_jax import report
-  from sesam_jax.data import base, weak_sources
   labels_dir = base.require_dir(labels_dir, "label folder",
                                 "pass --labels pointing at a folder of <image stem>.png maps.")
   count = len(source) if limit is None else min(limit, len(source))

@@ -5,7 +5,7 @@ transformer blocks with spatial-reduction attention (keys/values from a strided
 conv of the tokens) and a Mix-FFN (Dense -> 3x3 depthwise conv -> GELU ->
 Dense), then a LayerNorm. Submodule names follow `transformers`'
 `SegformerModel` (stages_i/blocks_j/attention/q_proj, ...) so that weight
-conversion is a renaming (see `torch_convert.py`).
+conversion is a renaming (see `conversion.py`).
 
 Activations are NHWC throughout (BxHxWxC); attention flattens to BxNxC.
 """

@@ -3,7 +3,7 @@
 Submodule names follow `transformers`' `ResNetModel` (embedder, stages_i,
 layers_j, shortcut, layer_k, convolution, normalization) so that weight
 conversion is a renaming; torchvision's `resnet50` has the same computation
-under other names (see `torch_convert.py`). For dense prediction the last
+under other names (see `conversion.py`). For dense prediction the last
 stages can trade stride for dilation (output stride 8 or 16), the way
 torchvision's `replace_stride_with_dilation` does: the first block of a dilated
 stage keeps the previous dilation, the following blocks use the new one.

@@ -50,8 +50,10 @@ from typing import Any
 
 import numpy as np
 
+from sam_bridge.api import RefineRequest
+from sesam_jax import report
 from sesam_jax.data import augment
-from sesam_jax.data.base import IGNORE_INDEX as IGNORE
+from sesam_jax.data.base import IGNORE_INDEX
 from sesam_jax.sam import label_store
 
 # The step a pre-warm request carries (before step 0; seeds its prompts apart from every refresh).
@@ -120,7 +122,6 @@ class SamLabelBank:
       confidence: CxC uint8 teacher confidence on this crop (sampling=confidence), or None.
       sampling: a sampling strategy for this request only (see `RefineRequest.sampling`).
     """
-    from sam_bridge.api import RefineRequest  # numpy-only package; no torch here.
     index = int(batch["index"][p])
     geom = augment.Geometry.from_array(batch["aug"][p])
     example_id = self.source.ids[index]
@@ -192,7 +193,7 @@ class SamLabelBank:
       # A crop-space result: back to full resolution, over the previous label.
       full = self.labels.get(index)
       if full is None:
-        full = np.full(self._full_hw(index), IGNORE, np.uint8)
+        full = np.full(self._full_hw(index), IGNORE_INDEX, np.uint8)
       label = augment.paste_crop(full, label, geom)
     self.labels[index] = label
     self.stats["received"] += 1
@@ -230,7 +231,6 @@ class SamLabelBank:
     if not self.cfg.cache_embeddings:
       raise ValueError("SamLabelBank.prewarm needs cache_embeddings=True (full-resolution "
                        "requests); set sam.prewarm=False for the crop-space behaviour.")
-    from sesam_jax import report
     sampling = PAPER_SAMPLING if self.cfg.confidence else None
     if sampling:
       report.log(f"SAM pre-warm: no teacher yet, so its prompts use the paper's sampling "
@@ -281,7 +281,7 @@ class SamLabelBank:
   def batch_labels(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
     """BxCxC uint8 SAM labels for the batch's crops (255 where none)."""
     b = len(batch["index"])
-    out = np.full((b, self.crop, self.crop), IGNORE, np.uint8)
+    out = np.full((b, self.crop, self.crop), IGNORE_INDEX, np.uint8)
     have = []
     for p in range(b):
       index = int(batch["index"][p])
@@ -309,7 +309,7 @@ class SamLabelBank:
     def update(index: int) -> None:
       ext = self.extension.get(index)  # A fresh array (unpacked), updated in place.
       if ext is None:
-        ext = np.full(self._full_hw(index), IGNORE, np.uint8)
+        ext = np.full(self._full_hw(index), IGNORE_INDEX, np.uint8)
       for p in positions[index]:
         geom = augment.Geometry.from_array(batch["aug"][p])
         augment.paste_crop(ext, np.asarray(confident[p], np.uint8), geom)

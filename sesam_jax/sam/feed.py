@@ -26,6 +26,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from sam_bridge.cache import CacheConfig
 from sesam_jax import report
 from sesam_jax.sam import resolver
 from sesam_jax.sam.bank import SamLabelBank, SamLabelConfig
@@ -100,7 +101,6 @@ class SamFeed(Feed):
 def start_service(config: ml_collections.ConfigDict, workdir: str,
                   backend: resolver.SamBackend | None = None) -> Any:
   """The refine service for `config.sam` (a worker process, or a thread for a JAX SAM)."""
-  from sam_bridge.cache import CacheConfig
   s = config.sam
   backend = backend or resolver.from_config(s)
   if backend.decoder_note:

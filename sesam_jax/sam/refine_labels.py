@@ -14,7 +14,6 @@ the refined labels and `weak_miou` of the weak labels are scored like
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import time
@@ -22,9 +21,27 @@ from typing import Any
 
 import numpy as np
 
+from sam_bridge.api import RefineRequest
+from sam_bridge.refine import RefineConfig, refine
 from sesam_jax import report
-from sesam_jax.data.base import write_png_atomic
+from sesam_jax.atomic import write_png_atomic
+from sesam_jax.data import weak_labels, weak_sources
+from sesam_jax.evaluate import metrics
 from sesam_jax.sam import resolver
+
+
+def weak_label_of(source: Any, index: int, item: dict, *, weak_kind: str, seed: int = 0,
+                  weak_dir: str | os.PathLike | None = None, weak_fn: Any = None) -> np.ndarray:
+  """The weak label `sesam refine` uses for `item` (HxW uint8, 255 = unlabeled): from
+  `weak_fn(index, item)`, read from `weak_dir`, or generated as `sesam weak-labels` makes it."""
+  info = source.info
+  if weak_fn is not None:
+    return weak_fn(index, item)
+  if weak_dir is not None:
+    return weak_sources.read_weak_label(weak_dir, item["id"], num_classes=info.num_classes,
+                                        shape=item["label"].shape)
+  return weak_labels.make_weak_label(item["label"], weak_kind, seed=seed, image_id=item["id"],
+                                     num_classes=info.num_classes, ignore_index=info.ignore_index)
 
 
 def refine_dataset(source, *, weak_kind: str, out_dir: str | os.PathLike,
@@ -56,10 +73,6 @@ def refine_dataset(source, *, weak_kind: str, out_dir: str | os.PathLike,
     "coarse_*" (stage-1 scores for points/scribbles), "seconds_per_image",
     "fallbacks", "config"}.
   """
-  from sam_bridge.api import RefineRequest
-  from sam_bridge.refine import RefineConfig, refine
-  from sesam_jax.data import weak_labels
-  from sesam_jax.evaluate import metrics
 
   if isinstance(backend, str):
     backend = resolver.resolve(backend)
@@ -77,13 +90,8 @@ def refine_dataset(source, *, weak_kind: str, out_dir: str | os.PathLike,
   def requests():
     for i in range(count):
       item = source[i]
-      if weak_fn is not None:
-        weak = weak_fn(i, item)
-      elif weak_dir is not None:
-        weak = weak_labels.read_weak_label(weak_dir, item["id"], num_classes=c, shape=item["label"].shape)
-      else:
-        weak = weak_labels.make_weak_label(item["label"], weak_kind, seed=seed, image_id=item["id"],
-                                           num_classes=c, ignore_index=info.ignore_index)
+      weak = weak_label_of(source, i, item, weak_kind=weak_kind, seed=seed, weak_dir=weak_dir,
+                           weak_fn=weak_fn)
       pending[item["id"]] = (weak, item["label"])
       yield RefineRequest(item["id"], item["image"], weak, fine=item["label"])
 
@@ -157,15 +165,12 @@ def baseline_labels(config: Any, train_source: Any, workdir: str) -> str:
     backend = resolver.from_config(config.sam, what=f"method={config.method}")
     weak_fn = None
     if config.get("weak_source", ""):  # The user's own weak labels prompt SAM.
-      from sesam_jax.data.input_pipeline import weak_label_fn
-      weak_fn = weak_label_fn(train_source, config.weak, weak_source=config.weak_source,
-                              weak_options=config.weak_options)
+      weak_fn = weak_sources.training_reader(config.weak_source, train_source, config.weak,
+                                             config.weak_options)
     report.log(f"sam_baseline: prompting {backend.description} naively with the {config.weak} "
                f"labels of {len(train_source)} training images -> {out}")
     result = refine_dataset(train_source, weak_kind=config.weak, out_dir=out, backend=backend,
                             seed=config.weak_seed, weak_fn=weak_fn, mode="naive", k=config.sam.k,
                             work_long_side=config.sam.work_long_side)
-    with open(done + ".tmp", "w") as f:
-      json.dump(result, f, default=str)
-    os.replace(done + ".tmp", done)
+    report.write_json(done, result)
   return out

@@ -28,6 +28,11 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from sam_bridge.backends import create_backend
+from sam_bridge.local_service import LocalRefineService
+from sam_bridge.refine import RefineConfig
+from sam_bridge.service import RefineService
+
 KINDS = ("oracle", "superpixel", "random", "transformers", "segment_anything", "jax",
          "jax-random")
 _TORCH_SAM = ("random", "transformers", "segment_anything")
@@ -46,6 +51,12 @@ TRAIN_FLAGS = {"backend": "--config.sam.backend", "checkpoint": "--config.sam.ch
                "decoder_dtype": "--config.sam.decoder_dtype"}
 CLI_FLAGS = {"backend": "--backend", "checkpoint": "--checkpoint", "device": "--device",
              "dtype": "--dtype", "decoder_dtype": "--decoder-dtype"}
+
+
+def needs_weights(backend: str) -> bool:
+  """Whether the backend spec still needs `checkpoint` (a weights kind without a path after ':')."""
+  kind, _, path = backend.partition(":")
+  return kind in _NEEDS_WEIGHTS and not path
 
 
 @functools.lru_cache(maxsize=None)
@@ -95,9 +106,9 @@ class SamBackend:
   def build(self) -> Any:
     """The backend object, in this process (PyTorch backends import torch here)."""
     if self.in_process:
-      from sesam_jax.sam import jax_backend  # Flax SAM: heavy, only when asked for.
+      # Deferred: the Flax SAM (its model code) only where it is asked for.
+      from sesam_jax.sam import jax_backend
       return jax_backend.create_jax_backend(self.spec, **self.kwargs)
-    from sam_bridge.backends import create_backend
     return create_backend(self.spec, **self.kwargs)
 
   def service(self, *, config: Any, seed: int = 0, max_pending: int = 8, timeout_s: float = 300.0,
@@ -110,10 +121,8 @@ class SamBackend:
       torch_threads: torch CPU threads of the worker (PyTorch backends).
     """
     if self.in_process:
-      from sam_bridge.local_service import LocalRefineService
       return LocalRefineService(self.build(), config=config, seed=seed, max_pending=max_pending,
                                 timeout_s=timeout_s, fallback=fallback, cache=cache)
-    from sam_bridge.service import RefineService
     return RefineService(self.spec, backend_kwargs=dict(self.kwargs), config=config, seed=seed,
                          max_pending=max_pending, timeout_s=timeout_s, fallback=fallback,
                          cache=cache, torch_threads=torch_threads)
@@ -196,7 +205,6 @@ def from_config(sam: Any, what: str = "this run") -> SamBackend:
 
 def refine_config(config: Any, **overrides: Any) -> Any:
   """The sam_bridge RefineConfig of a training config (`config.sam`, `config.weak`)."""
-  from sam_bridge.refine import RefineConfig
   s = config.sam
   weak_kind = "coarse" if config.weak == "fine" else config.weak
   fields = dict(weak_kind=weak_kind, k=s.k, tau1=s.tau1, tau2=s.tau2, sampling=s.sampling,

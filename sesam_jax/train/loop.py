@@ -32,7 +32,12 @@ import ml_collections
 import numpy as np
 
 from sesam_jax import report
-from sesam_jax.data import base, memo
+from sesam_jax.atomic import write_atomic
+from sesam_jax.data import base, get_source, memo
+from sesam_jax.data.input_pipeline import (check_weak_labels, make_eval_dataset,
+                                           make_train_dataset, weak_label_fn)
+from sesam_jax.evaluate.inference import evaluate
+from sesam_jax.models import create_model
 from sesam_jax.train import methods, optim, pretrained, train_state
 from sesam_jax.train import train_step as step_lib
 from sesam_jax.train.checkpoint import Checkpointer
@@ -60,21 +65,12 @@ def make_sources(config: ml_collections.ConfigDict, workdir: str | None = None
   With `dataset.max_train_images` the train source is a subset drawn by `config.seed`; given a
   `workdir`, its ids are written to `<workdir>/train_images.json` (and checked on a resume).
   """
-  from sesam_jax.data import get_source
   d = config.dataset
-  kw: dict[str, Any] = {}
-  if config.data_dir:
-    kw["data_dir"] = config.data_dir
-  train_kw, val_kw = dict(kw), dict(kw)
-  if d.name == "synthetic":
-    if tuple(d.image_size) != (0, 0):
-      train_kw["size"] = val_kw["size"] = tuple(d.image_size)
-    if d.num_train_images:
-      train_kw["num_images"] = d.num_train_images
-    if d.num_val_images:
-      val_kw["num_images"] = d.num_val_images
-  train = get_source(d.name, split=d.train_split, **train_kw)
-  val = get_source(d.name, split=d.val_split, **val_kw)
+  size = tuple(d.image_size)
+  train = get_source(d.name, data_dir=config.data_dir or None, split=d.train_split,
+                     num_images=d.num_train_images, size=size)
+  val = get_source(d.name, data_dir=config.data_dir or None, split=d.val_split,
+                   num_images=d.num_val_images, size=size)
   if d.get("max_train_images", 0):
     train = base.SubsetSource(train, base.subset_indices(len(train), d.max_train_images,
                                                          config.seed))
@@ -103,7 +99,6 @@ def _record_subset(train: base.SubsetSource, workdir: str) -> None:
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> Any:
   """The student named by `config.model` with `config.dtype` compute."""
-  from sesam_jax.models import create_model
   return create_model(config.model, num_classes, dtype=jnp.dtype(config.dtype))
 
 
@@ -111,7 +106,7 @@ def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Saves the resolved config as `<workdir>/config.json` (temp name, then rename)."""
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
-    report.write_text(os.path.join(workdir, "config.json"), config.to_json(indent=2))
+    write_atomic(os.path.join(workdir, "config.json"), config.to_json(indent=2))
 
 
 def _check_finite(step: int, metrics: Mapping[str, float]) -> None:
@@ -130,8 +125,6 @@ def evaluate_state(config: ml_collections.ConfigDict, model: Any, state: train_s
   Returns:
     `evaluate`'s dict with names "student" and "ema".
   """
-  from sesam_jax.data.input_pipeline import make_eval_dataset
-  from sesam_jax.evaluate.inference import evaluate
   weights = {"student": {"params": state.params, "batch_stats": state.batch_stats}}
   if config.eval.ema:
     weights["ema"] = {"params": state.ema_params, "batch_stats": state.ema_batch_stats}
@@ -209,18 +202,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainOutcome:
   """Trains `config.model` on `config.dataset` with `config.method` (resuming from `workdir`).
 
   Args:
-    config: a config from `configs/` (see `config_lib.base_config` for the fields).
+    config: a config from `configs/` (see `configs_common.base_config` for the fields).
     workdir: run directory: checkpoints/, tensorboard/, metrics.jsonl, config.json.
 
   Returns:
     The final state with what evaluation needs, the run's summary fields (`info`: method, weak,
     train_seconds summed over resumes, the feed's counters) and the steps' timing.
   """
-  from sesam_jax.data.input_pipeline import check_weak_labels, make_train_dataset, weak_label_fn
   method = methods.get_method(config.method)
   sam_backend = None
   if method.uses_sam:
-    from sesam_jax.sam import resolver
+    from sesam_jax.sam import resolver  # Deferred: the bridge's geometry, for SAM methods only.
     # A bad (or missing) SAM setting stops the run before it writes anything.
     sam_backend = resolver.from_config(config.sam, what=f"method={config.method}")
     report.log(f"SAM: {sam_backend.description}")
@@ -278,7 +270,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainOutcome:
   finally:
     ckpt.close()
     feed.close()
-  info.update(method=config.method, weak=config.weak, **_final_train_metrics(workdir),
+  info.update(method=config.method, weak=config.weak, train_images=len(train_source),
+              **_final_train_metrics(workdir),
               **feed.summary())
   if config.weak_source:
     info["weak_source"] = config.weak_source
@@ -360,7 +353,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   Returns:
     {"step", "val_miou" (student), "val_miou_ema", "val_per_class_iou" ({class: IoU}),
-     "val_images", "method", "weak", "final_coverage_*", the feed's counters, "train_seconds"
+     "val_images", "method", "weak", "train_images" (what the labels cost: `sesam report`),
+     "final_coverage_*", the feed's counters, "train_seconds"
      (summed over resumes), "eval_seconds", "workdir"}: also the content of result.json.
   """
   outcome = train(config, workdir)

@@ -14,7 +14,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-IGNORE_INDEX = 255
+from sesam_jax.data.base import IGNORE_INDEX
+
 
 
 class LabelSource(NamedTuple):

@@ -58,13 +58,14 @@ class Method:
            workdir: str) -> Any:
     """The method's feed (plain pipeline batches unless `make_feed` says otherwise)."""
     if self.make_feed is None:
-      from sesam_jax.train.feed import Feed
+      from sesam_jax.train.feed import Feed  # Deferred: this table stays free of jax (below).
       return Feed(iterator)
     return self.make_feed(config, iterator, source, weak_fn, workdir)
 
 
 def supervised_step(model: Any, config: ml_collections.ConfigDict, schedule: Callable) -> Callable:
   """The supervised step on the batch's training labels."""
+  # Deferred: configs import this table for its names; the steps import jax, flax, optax.
   from sesam_jax.train import train_step
   cfg = train_step.StepConfig(lr_schedule=schedule, ema_decay=float(config.ema_decay),
                               weak_weight=float(config.loss.weak_weight))
@@ -74,7 +75,7 @@ def supervised_step(model: Any, config: ml_collections.ConfigDict, schedule: Cal
 def teacher_student_step(model: Any, config: ml_collections.ConfigDict, schedule: Callable, *,
                          use_sam: bool) -> Callable:
   """The FixMatch (use_sam=False) or SeSAM (use_sam=True) step."""
-  from sesam_jax.train import sesam_step, strong_aug
+  from sesam_jax.train import sesam_step, strong_aug  # Deferred: jax (see supervised_step).
   t = config.teacher
   strong = strong_aug.StrongAugConfig(jitter_prob=t.jitter_prob, grayscale_prob=t.grayscale_prob,
                                       blur_prob=t.blur_prob, cutmix_prob=t.cutmix_prob)
@@ -93,7 +94,7 @@ def _sam_feed(*args: Any) -> Any:
 
 
 def _sam_baseline_labels(config: ml_collections.ConfigDict, source: Any, workdir: str) -> str:
-  from sesam_jax.sam.refine_labels import baseline_labels
+  from sesam_jax.sam.refine_labels import baseline_labels  # Deferred: for this method only.
   return baseline_labels(config, source, workdir)
 
 

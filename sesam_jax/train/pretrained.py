@@ -22,6 +22,8 @@ from typing import Any
 import ml_collections
 
 from sesam_jax import report
+from sesam_jax.models import conversion
+from sesam_jax.train import train_state
 
 
 def _split(path: str) -> tuple[str, ...]:
@@ -66,8 +68,7 @@ def load_init(config: ml_collections.ConfigDict) -> dict | None:
   """
   if not config.get("init", ""):
     return None
-  from sesam_jax.models import torch_convert  # numpy + flax only; torch is never imported here.
-  variables, meta = torch_convert.load_converted(config.init)
+  variables, meta = conversion.load_converted(config.init)
   converted_for = meta.get("model", "")
   if converted_for and converted_for != config.model:
     raise ValueError(f"--config.init={config.init} was converted for {converted_for}, but "
@@ -96,7 +97,6 @@ def create_state(config: ml_collections.ConfigDict, model: Any, tx: Any, rng: An
   Returns:
     The `train_state.TrainState` at step 0.
   """
-  from sesam_jax.train import train_state
   init = load_init(config)
   try:
     return train_state.create_train_state(model, tx, rng, mesh, pretrained=init)

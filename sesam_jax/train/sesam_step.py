@@ -31,6 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sesam_jax.data.base import IGNORE_INDEX
 from sesam_jax.train import losses, strong_aug, targets
 from sesam_jax.train import train_step as step_lib
 from sesam_jax.train.train_state import TrainState
@@ -47,7 +48,7 @@ class SesamStepConfig:
   lambda1: float = 1.0                     # weight of the SAM-label CE
   lambda2: float = 0.01                    # weight of the pseudo-label CE
   strong: strong_aug.StrongAugConfig = strong_aug.StrongAugConfig()
-  ignore_index: int = losses.IGNORE_INDEX
+  ignore_index: int = IGNORE_INDEX
   confidence_aux: bool = False             # aux["confidence"]: uint8 teacher confidence
   merge_weak_sam: bool = False             # one CE average over weak and SAM pixels together
 

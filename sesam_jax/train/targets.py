@@ -10,10 +10,11 @@ together as one map (see `sesam_step`).
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 import jax
+import jax.numpy as jnp
 
-IGNORE = 255
+from sesam_jax.data.base import IGNORE_INDEX
+
 SOURCES = ("weak", "sam", "pseudo")
 
 
@@ -42,28 +43,28 @@ def split_by_precedence(weak: jax.Array, sam: jax.Array | None, pseudo: jax.Arra
   """
   weak = weak.astype(jnp.int32)
   if valid is not None:
-    weak = jnp.where(valid, weak, IGNORE)
-  free = weak == IGNORE
+    weak = jnp.where(valid, weak, IGNORE_INDEX)
+  free = weak == IGNORE_INDEX
   out = {"weak": weak}
   if sam is not None:
     sam = sam.astype(jnp.int32)
-    out["sam"] = jnp.where(free, sam, IGNORE)
+    out["sam"] = jnp.where(free, sam, IGNORE_INDEX)
     if valid is not None:
-      out["sam"] = jnp.where(valid, out["sam"], IGNORE)
-    free = free & (out["sam"] == IGNORE)
+      out["sam"] = jnp.where(valid, out["sam"], IGNORE_INDEX)
+    free = free & (out["sam"] == IGNORE_INDEX)
   else:
-    out["sam"] = jnp.full_like(weak, IGNORE)
+    out["sam"] = jnp.full_like(weak, IGNORE_INDEX)
   if pseudo is not None:
     keep = free & (confidence >= theta1)
     if valid is not None:
       keep = keep & valid
-    out["pseudo"] = jnp.where(keep, pseudo.astype(jnp.int32), IGNORE)
+    out["pseudo"] = jnp.where(keep, pseudo.astype(jnp.int32), IGNORE_INDEX)
   else:
-    out["pseudo"] = jnp.full_like(weak, IGNORE)
+    out["pseudo"] = jnp.full_like(weak, IGNORE_INDEX)
   return out
 
 
 def coverage(targets: dict[str, jax.Array]) -> dict[str, jax.Array]:
   """Fraction of pixels each source supervises ("coverage/weak", ...)."""
-  return {f"coverage/{name}": jnp.mean((t != IGNORE).astype(jnp.float32))
+  return {f"coverage/{name}": jnp.mean((t != IGNORE_INDEX).astype(jnp.float32))
           for name, t in targets.items()}

@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from sesam_jax.models.conversion import merge_pretrained
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -41,7 +43,6 @@ def _build(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
            image_size: int, pretrained: dict | None = None) -> TrainState:
   variables = init_variables(model, rng, image_size)
   if pretrained is not None:  # Converted weights over the fresh ones, before the EMA copy.
-    from sesam_jax.models.torch_convert import merge_pretrained
     variables, _ = merge_pretrained(variables, pretrained)
   params = variables["params"]
   batch_stats = variables.get("batch_stats", {})

@@ -23,6 +23,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from sesam_jax.data.base import IGNORE_INDEX
+from sesam_jax.models import normalize_images
 from sesam_jax.train import losses
 from sesam_jax.train.optim import global_norm
 from sesam_jax.train.train_state import TrainState, replicated
@@ -34,12 +36,11 @@ class StepConfig:
   lr_schedule: Callable[[Any], Any]   # backbone lr at a step, for the `lr` metric
   ema_decay: float = 0.999            # teacher = decay * teacher + (1 - decay) * student
   weak_weight: float = 1.0            # weight of the CE on the training labels
-  ignore_index: int = losses.IGNORE_INDEX
+  ignore_index: int = IGNORE_INDEX
 
 
 def normalize(images_BHWC: jax.Array) -> jax.Array:
   """uint8 images -> the student's float32 input (ImageNet mean/std of sesam_jax.models)."""
-  from sesam_jax.models import normalize_images  # the models package owns the constants
   return normalize_images(images_BHWC)
 
 
@@ -50,7 +51,7 @@ def ema_update(ema: Any, new: Any, decay: float) -> Any:
 
 def update_student(state: TrainState, images: jax.Array, sources: Mapping[str, losses.LabelSource],
                    dropout_rng: jax.Array, *, model: nn.Module, ema_decay: float,
-                   lr_schedule: Callable[[Any], Any], ignore_index: int = losses.IGNORE_INDEX
+                   lr_schedule: Callable[[Any], Any], ignore_index: int = IGNORE_INDEX
                    ) -> tuple[TrainState, dict[str, jax.Array]]:
   """Student forward on `images`, CE over `sources`, AdamW step, EMA update.
 

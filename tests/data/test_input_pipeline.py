@@ -4,24 +4,7 @@ import numpy as np
 import pytest
 
 from sesam_jax.data import augment, input_pipeline
-
-
-class _FakeSource:
-  """Random images whose label encodes pixel position (so geometry is checkable)."""
-
-  def __init__(self, n=10, hw=(60, 80)):
-    self.ids = [f"img{i:03d}" for i in range(n)]
-    self._hw = hw
-
-  def __len__(self):
-    return len(self.ids)
-
-  def __getitem__(self, i):
-    h, w = self._hw
-    yy, xx = np.mgrid[:h, :w]
-    label = ((yy // 10) * 8 + (xx // 10)).astype(np.uint8)  # 6x8 blocks, ids 0..47
-    image = np.stack([label * 5, (label + i) % 250, np.full_like(label, i)], -1).astype(np.uint8)
-    return {"id": self.ids[i], "image": image, "label": label}
+from tests.fakes import FakeSource
 
 
 def test_apply_geometry_matches_full_resize_then_crop():
@@ -43,7 +26,7 @@ def test_apply_geometry_matches_full_resize_then_crop():
 
 
 def test_batches_carry_one_geometry_for_image_and_labels():
-  source = _FakeSource()
+  source = FakeSource()
   ds = input_pipeline.make_train_dataset(source, crop=32, batch_size=4, seed=3)
   batch = next(iter(ds))
   assert batch["image"].shape == (4, 32, 32, 3) and batch["image"].dtype == np.uint8
@@ -64,7 +47,7 @@ def test_batches_carry_one_geometry_for_image_and_labels():
 
 
 def test_stream_is_deterministic_and_resumable():
-  source = _FakeSource()
+  source = FakeSource()
   ds = input_pipeline.make_train_dataset(source, crop=16, batch_size=3, seed=7)
   it = iter(ds)
   first = [next(it) for _ in range(2)]
@@ -84,7 +67,7 @@ def test_stream_is_deterministic_and_resumable():
 
 
 def test_eval_dataset_pads_and_keeps_every_example():
-  source = _FakeSource(n=5)
+  source = FakeSource(n=5)
   batches = list(input_pipeline.make_eval_dataset(source, batch_size=2))
   assert len(batches) == 3
   valid = np.concatenate([b["valid"] for b in batches])
@@ -95,13 +78,13 @@ def test_eval_dataset_pads_and_keeps_every_example():
 
 def test_bad_arguments_fail_clearly():
   with pytest.raises(ValueError, match="positive"):
-    input_pipeline.make_train_dataset(_FakeSource(), crop=0, batch_size=2, seed=0)
+    input_pipeline.make_train_dataset(FakeSource(), crop=0, batch_size=2, seed=0)
   with pytest.raises(ValueError, match="empty"):
-    input_pipeline.make_train_dataset(_FakeSource(n=0), crop=8, batch_size=2, seed=0)
+    input_pipeline.make_train_dataset(FakeSource(n=0), crop=8, batch_size=2, seed=0)
 
 
 def test_worker_processes_give_the_same_stream():
-  source = _FakeSource()
+  source = FakeSource()
   kw = dict(crop=16, batch_size=2, seed=5)
   inline = iter(input_pipeline.make_train_dataset(source, **kw))
   workers = iter(input_pipeline.make_train_dataset(source, num_workers=2, **kw))
@@ -142,7 +125,7 @@ def test_read_ahead_is_bounded():
   """grain's default reads 500 elements ahead (GBs at real crop sizes); ours a few batches."""
   calls = []
 
-  class Counting(_FakeSource):
+  class Counting(FakeSource):
     def __getitem__(self, i):
       calls.append(i)
       return super().__getitem__(i)
@@ -155,7 +138,7 @@ def test_read_ahead_is_bounded():
   assert len(calls) <= 2 * (1 + 2 + 2), len(calls)  # This batch, the buffer, threads in flight.
 
 
-class _OneCorrupt(_FakeSource):
+class _OneCorrupt(FakeSource):
   def __getitem__(self, i):
     if i == 3:
       from sesam_jax.data.base import UnreadableFileError

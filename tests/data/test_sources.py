@@ -1,6 +1,5 @@
 """Dataset sources read the real samples, and bad input fails early with a clear message."""
 
-import pathlib
 import shutil
 import time
 

@@ -6,14 +6,12 @@ import numpy as np
 
 from sesam_jax.evaluate import inference, metrics
 from sesam_jax.train import train_step as step_lib
-from tests.train import fakes
-from tests.train.fakes import TinySeg
+from tests.fakes import TinySeg
 
 NUM_CLASSES = 4
 
 
 def _variables(model, size=64):
-  fakes.install()  # normalize_images until sesam_jax.models lands
   return model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False)
 
 

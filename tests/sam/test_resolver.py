@@ -3,7 +3,7 @@
 import pytest
 
 from sam_bridge.refine import RefineConfig
-from sesam_jax import config_lib
+from sesam_jax import configs_common
 from sesam_jax.sam import resolver
 
 
@@ -51,7 +51,7 @@ def test_this_machine_and_the_training_config():
   native = "avx512_bf16" in flags or "amx_bf16" in flags
   resolver.cpu_has_native_bf16.cache_clear()
   assert resolver.auto_decoder_dtype("cpu")[0] == ("bfloat16" if native else "float32")
-  config = config_lib.base_config()
+  config = configs_common.base_config()
   assert config.sam.decoder_dtype == "auto"
   config.weak, config.sam.k = "points", 3
   rc = resolver.refine_config(config)
@@ -59,7 +59,7 @@ def test_this_machine_and_the_training_config():
 
 
 def test_no_backend_stops_with_how_to_point_at_sam_weights():
-  config = config_lib.base_config()
+  config = configs_common.base_config()
   assert config.sam.backend == ""  # Real datasets: SAM must be named (synthetic names superpixel).
   with pytest.raises(ValueError, match=r"method=sesam needs SAM and --config.sam.backend is not "
                                        r"set\. Point it at SAM weights: --config.sam.backend="
@@ -73,7 +73,7 @@ def test_no_backend_stops_with_how_to_point_at_sam_weights():
 
 
 def test_the_ablation_switches_reach_refine():
-  config = config_lib.base_config()
+  config = configs_common.base_config()
   config.weak = "coarse"
   config.sam.update(sampling="confidence", selection="best_score", prompt="box",
                     instances=False, refined_sampling=False)

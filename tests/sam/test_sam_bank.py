@@ -8,21 +8,12 @@ import pytest
 from sam_bridge.api import RefineResult
 from sesam_jax.data import input_pipeline
 from sesam_jax.sam import bank as sam_labels
+from tests.fakes import FakeSource
 
 
-class _Source:
-  def __init__(self, n=8, hw=(40, 56)):
-    self.ids = [f"im{i}" for i in range(n)]
-    self._hw = hw
-
-  def __len__(self):
-    return len(self.ids)
-
-  def __getitem__(self, i):
-    h, w = self._hw
-    yy, xx = np.mgrid[:h, :w]
-    label = ((yy // 8) * 7 + (xx // 8) + i).astype(np.uint8) % 30
-    return {"id": self.ids[i], "image": np.dstack([label] * 3), "label": label}
+def _source(n=8, hw=(40, 56)):
+  """Labels ((y // 8) * 7 + x // 8 + i) % 30 over 40x56 images, ids im0, im1, ..."""
+  return FakeSource(n, hw, block=8, shift=1, modulo=30, id_format="im{}")
 
 
 class _InlineService:
@@ -57,7 +48,7 @@ def _bank(source, service, **kw):
 
 
 def test_round_robin_refreshes_a_quarter_of_each_batch():
-  bank = _bank(_Source(), _InlineService(_oracle))
+  bank = _bank(_source(), _InlineService(_oracle))
   seen = collections.Counter()
   for step in range(8):
     seen.update(bank.refresh_positions(step, 8))
@@ -65,7 +56,7 @@ def test_round_robin_refreshes_a_quarter_of_each_batch():
 
 
 def test_full_resolution_labels_follow_each_crop():
-  source = _Source()
+  source = _source()
   bank = _bank(source, _InlineService(_oracle))
   batch = _batch(source)
   assert bank.submit(batch, step=0) == 1  # Positions 0 (and 4, absent in a batch of 4).
@@ -78,7 +69,7 @@ def test_full_resolution_labels_follow_each_crop():
 
 
 def test_crop_space_results_are_mapped_back():
-  source = _Source()
+  source = _source()
   bank = _bank(source, _InlineService(_oracle), cache_embeddings=False)
   batch = _batch(source)
   bank.submit(batch, step=0)
@@ -93,7 +84,7 @@ def test_crop_space_results_are_mapped_back():
 
 
 def test_in_flight_results_never_block_and_count_as_stale():
-  source = _Source()
+  source = _source()
   bank = _bank(source, _InlineService(None))
   batch = _batch(source)
   bank.submit(batch, step=0)
@@ -104,7 +95,7 @@ def test_in_flight_results_never_block_and_count_as_stale():
 
 
 def test_extension_is_sent_with_the_next_refresh_and_survives_restart():
-  source = _Source()
+  source = _source()
   bank = _bank(source, _InlineService(_oracle))
   batch = _batch(source)
   confident = np.full((4, 24, 24), 255, np.uint8)
@@ -124,7 +115,7 @@ def test_extension_is_sent_with_the_next_refresh_and_survives_restart():
 
 
 def test_fallbacks_are_counted():
-  source = _Source()
+  source = _source()
 
   def failing(request):
     return RefineResult(request.example_id, np.asarray(request.weak), fallback=True, error="boom")
@@ -156,7 +147,7 @@ class _SmallQueueService(_InlineService):
 
 
 def test_prewarm_refines_every_image_without_a_label_once():
-  source = _Source(n=7)
+  source = _source(n=7)
   service = _SmallQueueService(_oracle)
   bank = _bank(source, service)
   bank.labels[3] = np.zeros((40, 56), np.uint8)  # Already has one (e.g. restored): skipped.
@@ -170,7 +161,7 @@ def test_prewarm_refines_every_image_without_a_label_once():
 
 
 def test_prewarm_needs_full_resolution_requests():
-  bank = _bank(_Source(), _InlineService(_oracle), cache_embeddings=False)
+  bank = _bank(_source(), _InlineService(_oracle), cache_embeddings=False)
   with pytest.raises(ValueError, match="sam.prewarm=False"):
     bank.prewarm(progress=False)
 
@@ -188,7 +179,7 @@ def _prompts(result):
 
 
 def test_each_refresh_of_an_image_sends_fresh_prompts_seeded_by_its_step():
-  source = _Source()
+  source = _source()
   batch = _batch(source)
   results = {}
   for step in (0, 4):  # M = 4: position 0 is refreshed at both steps.
@@ -205,7 +196,7 @@ def test_each_refresh_of_an_image_sends_fresh_prompts_seeded_by_its_step():
 
 
 def test_confidence_rides_with_the_request_at_full_resolution(capsys):
-  source = _Source()
+  source = _source()
   bank = _bank(source, _InlineService(_oracle), confidence=True)
   batch = _batch(source)
   confidence = np.full((4, 24, 24), 200, np.uint8)
@@ -216,7 +207,7 @@ def test_confidence_rides_with_the_request_at_full_resolution(capsys):
   assert set(np.unique(request.confidence)) <= {0, 200} and (request.confidence == 200).any()
   assert not hasattr(bank, "confidence")  # Kept only by the request in flight, not per image.
   # The pre-warm has no teacher: step -1 and the paper's sampling, said in the log.
-  fresh = _bank(_Source(n=2), _SmallQueueService(_oracle), confidence=True)
+  fresh = _bank(_source(n=2), _SmallQueueService(_oracle), confidence=True)
   fresh.prewarm(progress=False)
   assert {(r.step, r.sampling, r.confidence) for r in fresh.service.requests} == {
       (-1, "sesam", None)}
@@ -224,7 +215,7 @@ def test_confidence_rides_with_the_request_at_full_resolution(capsys):
 
 
 def test_an_unreadable_weak_label_is_skipped():
-  source = _Source()
+  source = _source()
   bank = sam_labels.SamLabelBank(source, lambda i, e: None if i % 2 else e["label"],
                                  _InlineService(_oracle), sam_labels.SamLabelConfig(send_fine=True),
                                  crop=24)
@@ -233,7 +224,7 @@ def test_an_unreadable_weak_label_is_skipped():
 
 def test_labels_are_stored_compressed_and_the_state_round_trips_fast():
   import time
-  source = _Source(n=8, hw=(256, 512))
+  source = _source(8, (256, 512))
   bank = _bank(source, _InlineService(_oracle))
   for i in range(8):
     bank.labels[i] = source[i]["label"]
@@ -256,7 +247,7 @@ def test_a_bank_saved_by_an_earlier_release_still_restores():
   buffer = io.BytesIO()
   np.savez_compressed(buffer, label_3=label, ext_3=label[::-1].copy(),
                       stats=np.array(sorted({"sent": 5}.items()), dtype=object))
-  bank = _bank(_Source(), _InlineService(_oracle))
+  bank = _bank(_source(), _InlineService(_oracle))
   bank.set_state(buffer.getvalue())
   np.testing.assert_array_equal(bank.labels[3], label)
   np.testing.assert_array_equal(bank.extension[3], label[::-1])

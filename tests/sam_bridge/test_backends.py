@@ -82,12 +82,21 @@ def test_random_transformers_sam_runs_all_prompt_kinds():
 
 
 def test_bf16_dtype_runs():
-  pytest.importorskip("torch")
+  torch = pytest.importorskip("torch")
   image, _ = _scene()
-  sam = create_backend("random:tiny", dtype="bfloat16")
-  sam.set_image(image)
-  (pred,) = sam.predict([PromptSet.from_points([[15, 15]])])
-  pred.validate((48, 64))
+  fp32, bf16 = create_backend("random:tiny"), create_backend("random:tiny", dtype="bfloat16")
+  assert all(p.dtype == torch.bfloat16 for p in bf16.model.parameters())
+  prompts = [PromptSet.from_points([[15, 15]]), PromptSet.from_points([[40, 30], [10, 5]])]
+  for sam in (fp32, bf16):
+    sam.set_image(image)
+  for pred in bf16.predict(prompts):
+    pred.validate((48, 64))
+  # The same random weights in bf16: logits follow fp32's, up to bf16 rounding (random weights
+  # keep logits near 0, so rounding is visible: correlation, not equality).
+  for a, b in zip(fp32.predict_lowres(prompts), bf16.predict_lowres(prompts)):
+    assert a.logits.shape == b.logits.shape == (3, 64, 64)  # The tiny variant: 256 px input.
+    assert 0 < np.abs(a.logits - b.logits).max() < 0.05
+    assert np.corrcoef(a.logits.ravel(), b.logits.ravel())[0, 1] > 0.6
 
 
 def _family_backend(cls_name, cfg_name, **cfg):
@@ -98,13 +107,25 @@ def _family_backend(cls_name, cfg_name, **cfg):
 
 
 def _check_runs(backend):
+  """Point and box prompts give valid, prompt-dependent candidates; a cached image state
+  predicts exactly as the encoder did."""
   image, _ = _scene()
   backend.set_image(image)
-  preds = backend.predict([PromptSet.from_points([[15, 15], [20, 20]]),
-                           PromptSet(np.zeros((0, 2), np.float32), np.zeros(0, np.int32),
-                                     box=np.float32([10, 10, 29, 29]))])
+  prompts = [PromptSet.from_points([[15, 15], [20, 20]]),
+             PromptSet(np.zeros((0, 2), np.float32), np.zeros(0, np.int32),
+                       box=np.float32([10, 10, 29, 29]))]
+  preds = backend.predict(prompts)
+  assert len(preds) == 2
   for p in preds:
     p.validate((48, 64))
+    assert p.masks.any() and np.isfinite(p.scores).all()
+  assert not np.array_equal(preds[0].masks, preds[1].masks), "candidates ignore the prompt"
+  state = backend.image_state()
+  backend.set_image(255 - image)  # Another image in between ...
+  backend.load_image_state(state)  # ... then the first one's cached state.
+  for a, b in zip(preds, backend.predict(prompts)):
+    np.testing.assert_array_equal(a.masks, b.masks)
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
 
 
 def test_sam_hq_family_runs():

@@ -9,6 +9,7 @@ from sam_bridge.backends import create_backend
 from sam_bridge.cache import CacheConfig, EmbeddingCache
 from sam_bridge.refine import RefineConfig, refine
 from sam_bridge.service import RefineService
+from tests.sam_bridge import scenes
 
 
 class Counting:
@@ -27,18 +28,8 @@ class Counting:
 
 
 def _scene(h=60, w=80):
-  import scipy.ndimage as ndi
-  fine = np.zeros((h, w), np.uint8)
-  fine[10:40, 10:40] = 8
-  fine[10:40, 40:50] = 9
-  fine[45:58, 55:75] = 8
-  image = np.stack([fine * 20, fine * 10, 255 - fine * 20], -1).astype(np.uint8)
-  weak = np.full(fine.shape, 255, np.uint8)
-  for c in np.unique(fine):
-    lab, n = ndi.label(fine == c)
-    for i in range(1, n + 1):
-      weak[ndi.binary_erosion(lab == i, iterations=2)] = c
-  return image, fine, weak
+  image, fine = scenes.scene(h, w)
+  return image, fine, scenes.coarse(fine, shrink=2)
 
 
 @pytest.mark.parametrize("spec", ["oracle", "superpixel", "random:tiny"])

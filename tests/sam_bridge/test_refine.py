@@ -6,26 +6,7 @@ import pytest
 from sam_bridge.api import RefineRequest
 from sam_bridge.backends import create_backend
 from sam_bridge.refine import RefineConfig, refine
-
-
-def _scene(h=60, w=80):
-  fine = np.zeros((h, w), np.uint8)
-  fine[10:40, 10:40] = 8
-  fine[10:40, 40:50] = 9
-  fine[45:58, 55:75] = 8
-  image = np.stack([fine * 20, fine * 10, 255 - fine * 20], -1).astype(np.uint8)
-  return image, fine
-
-
-def _coarse(fine):
-  """Weak coarse label: each object shrunk by 1 px, the rest unlabeled."""
-  import scipy.ndimage as ndi
-  weak = np.full(fine.shape, 255, np.uint8)
-  for c in np.unique(fine):
-    lab, n = ndi.label(fine == c)
-    for i in range(1, n + 1):
-      weak[ndi.binary_erosion(lab == i, iterations=1)] = c
-  return weak
+from tests.sam_bridge.scenes import coarse, scene
 
 
 def _prf(weak, out, fine):
@@ -35,8 +16,8 @@ def _prf(weak, out, fine):
 
 
 def test_oracle_coarse_refinement_is_precise_and_adds_pixels():
-  image, fine = _scene()
-  weak = _coarse(fine)
+  image, fine = scene()
+  weak = coarse(fine)
   res = refine(create_backend("oracle"), RefineRequest("a", image, weak, fine=fine))
   prec, rec = _prf(weak, res.label, fine)
   assert prec == 1.0 and rec > 0.9
@@ -47,8 +28,8 @@ def test_oracle_coarse_refinement_is_precise_and_adds_pixels():
 
 
 def test_best_score_selection_picks_parts_with_oracle():
-  image, fine = _scene()
-  weak = _coarse(fine)
+  image, fine = scene()
+  weak = coarse(fine)
   res = refine(create_backend("oracle"), RefineRequest("a", image, weak, fine=fine),
                RefineConfig(selection="best_score"))
   assert all(r.chosen == 0 for r in res.records)  # The oracle's part scores highest.
@@ -56,7 +37,7 @@ def test_best_score_selection_picks_parts_with_oracle():
 
 
 def test_points_two_stages():
-  image, fine = _scene()
+  image, fine = scene()
   weak = np.full(fine.shape, 255, np.uint8)
   for y, x in [(25, 25), (25, 45), (50, 65), (5, 5)]:
     weak[y - 1:y + 2, x - 1:x + 2] = fine[y, x]
@@ -70,8 +51,8 @@ def test_points_two_stages():
 
 
 def test_extension_widens_the_instances():
-  image, fine = _scene()
-  weak = _coarse(fine)
+  image, fine = scene()
+  weak = coarse(fine)
   second_car = (fine == 8) & (np.arange(fine.shape[0])[:, None] > 42)
   weak[second_car] = 255  # The weak label missed the second car ...
   ext = np.full(fine.shape, 255, np.uint8)
@@ -85,8 +66,8 @@ def test_extension_widens_the_instances():
 
 def test_refined_sampling_off_ignores_the_extension():
   """Table 3c: prompts from the weak label alone leave the teacher's extension unused."""
-  image, fine = _scene()
-  weak = _coarse(fine)
+  image, fine = scene()
+  weak = coarse(fine)
   weak[46:58, 55:75] = 255
   ext = np.full(fine.shape, 255, np.uint8)
   ext[46:57, 56:74] = 8
@@ -102,8 +83,8 @@ def _prompts(result):
 
 
 def test_each_refresh_step_draws_fresh_prompts_and_a_step_repeats_its_own():
-  image, fine = _scene()
-  weak = _coarse(fine)
+  image, fine = scene()
+  weak = coarse(fine)
   backend = create_backend("oracle")
   at = {step: _prompts(refine(backend, RefineRequest("r", image, weak, fine=fine, step=step),
                               seed=7)) for step in (-1, 4, 8)}
@@ -118,8 +99,8 @@ def test_each_refresh_step_draws_fresh_prompts_and_a_step_repeats_its_own():
 
 
 def test_confidence_sampling_reads_the_requests_uint8_confidence():
-  image, fine = _scene()
-  weak = _coarse(fine)
+  image, fine = scene()
+  weak = coarse(fine)
   conf = np.zeros(fine.shape, np.uint8)
   conf[20:24, 20:24] = 255  # The teacher is sure of one small patch of the first object only.
   cfg = RefineConfig(sampling="confidence", k=3)
@@ -143,16 +124,16 @@ def test_confidence_sampling_reads_the_requests_uint8_confidence():
     RefineConfig(mode="naive"), RefineConfig(mode="naive", weak_kind="scribbles"),
 ])
 def test_ablation_flags_run(cfg):
-  image, fine = _scene()
-  weak = _coarse(fine)
+  image, fine = scene()
+  weak = coarse(fine)
   res = refine(create_backend("oracle"), RefineRequest("x", image, weak, fine=fine), cfg)
   assert res.label.shape == fine.shape and res.label.dtype == np.uint8
   assert (res.label[weak != 255] == weak[weak != 255]).all()
 
 
 def test_working_resolution_and_determinism():
-  image, fine = _scene(120, 160)
-  weak = _coarse(fine)
+  image, fine = scene(120, 160)
+  weak = coarse(fine)
   cfg = RefineConfig(work_long_side=80)
   backend = create_backend("oracle")
   a = refine(backend, RefineRequest("w", image, weak, fine=fine), cfg)
@@ -164,7 +145,7 @@ def test_working_resolution_and_determinism():
 
 
 def test_bad_inputs_fail_early():
-  image, fine = _scene()
+  image, fine = scene()
   with pytest.raises(ValueError, match="does not match"):
     refine(create_backend("oracle"), RefineRequest("x", image, fine[:10], fine=fine))
   with pytest.raises(ValueError, match="needs the fine label"):
@@ -176,8 +157,8 @@ def test_bad_inputs_fail_early():
 
 def test_transformers_random_end_to_end():
   pytest.importorskip("torch")
-  image, fine = _scene()
-  res = refine(create_backend("random:tiny"), RefineRequest("t", image, _coarse(fine)))
+  image, fine = scene()
+  res = refine(create_backend("random:tiny"), RefineRequest("t", image, coarse(fine)))
   assert res.info["backend"].startswith("random:tiny")
   assert res.label.shape == fine.shape
 

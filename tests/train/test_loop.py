@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -14,22 +13,18 @@ import pytest
 
 from sesam_jax import config_lib, main as sesam_main
 from sesam_jax.train import loop
-from . import fakes
+from tests import fakes
 
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-CONFIG = os.path.join(REPO, "configs", "segformer_synthetic.py") + ":runlocal"
-OVERRIDES = ["--config.num_steps=4", "--config.checkpoint_every=2", "--config.log_every=2",
-             "--config.crop=32", "--config.batch_size=8", "--config.dataset.image_size=48,64",
-             "--config.dataset.num_train_images=16", "--config.dataset.num_val_images=6",
-             "--config.eval.batch_size=4", "--config.optim.warmup_steps=2"]
+REPO = fakes.REPO
+CONFIG, OVERRIDES = fakes.TINY_CONFIG, fakes.TINY_OVERRIDES  # The session's tiny run's settings.
 
 # Runs `sesam train` in a child process that stalls after committing the step-2 checkpoint, so
 # the parent can SIGKILL it at a known point (the kill itself is real and abrupt).
 _CHILD = """
 import sys, time
 sys.path.insert(0, {repo!r})
-from tests.train import fakes
-fakes.install()
+from tests import fakes
+fakes.register_test_model()
 from sesam_jax.train import checkpoint
 _save = checkpoint.Checkpointer.save
 def save(self, step, state, items=None):
@@ -73,12 +68,17 @@ def compile_cache(tmp_path):
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_killed_run_resumes_to_the_same_parameters(tmp_path, capsys, compile_cache, model):
-  fakes.install()
-  work_a, work_b = str(tmp_path / "a"), str(tmp_path / "b")
-  result_a = loop.train_and_evaluate(_config(model), work_a)
+def test_killed_run_resumes_to_the_same_parameters(tmp_path, capsys, compile_cache, model,
+                                                   request):
+  work_b = str(tmp_path / "b")
+  if model == fakes.TEST_MODEL:
+    run = request.getfixturevalue("tiny_run")  # Run A: the session's tiny run.
+    work_a, result_a = str(run.workdir), run.result
+  else:
+    work_a = str(tmp_path / "a")
+    result_a = loop.train_and_evaluate(_config(model), work_a)
   assert result_a["step"] == 4 and 0.0 <= result_a["val_miou"] <= 1.0
-  assert result_a["val_images"] == 6 and "val_miou_ema" in result_a
+  assert result_a["val_images"] == 3 and "val_miou_ema" in result_a
   rows = [json.loads(line) for line in open(os.path.join(work_a, "metrics.jsonl"))]
   assert [r["step"] for r in rows if "train/loss" in r] == [2, 4]
   assert os.listdir(os.path.join(work_a, "tensorboard"))
@@ -126,6 +126,5 @@ def test_non_finite_metrics_stop_with_the_step():
 
 
 def test_eval_without_checkpoint_is_a_clear_error(tmp_path, capsys):
-  fakes.install()
   code = sesam_main.main(["eval", f"--config={CONFIG}", f"--workdir={tmp_path}", *OVERRIDES])
   assert code == 2 and "no checkpoint" in capsys.readouterr().err

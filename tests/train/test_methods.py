@@ -1,17 +1,15 @@
 """The methods table: a new method trains through the unchanged loop; aux reaches its feed."""
 
-import functools
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sesam_jax import config_lib
+from sesam_jax import config_lib, configs_common
 from sesam_jax.train import feed as feed_lib, loop, methods
 from sesam_jax.train import train_step as step_lib
-from . import fakes
+from tests import fakes
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
@@ -41,7 +39,6 @@ class _ToyFeed(feed_lib.Feed):
 
 @pytest.fixture
 def toy_method():
-  fakes.install()
   methods.register(methods.Method(
       "toy", _toy_step, make_feed=lambda config, it, source, weak_fn, workdir: _ToyFeed(it)))
   _ToyFeed.seen = []
@@ -66,7 +63,8 @@ def test_a_registered_method_trains_without_loop_changes(tmp_path, toy_method):
 def test_unknown_method_lists_the_table():
   with pytest.raises(ValueError, match="supervised, fixmatch, sam_baseline, sesam"):
     methods.get_method("nope")
-  assert config_lib.METHODS is methods.METHODS and config_lib.WEAK_KINDS is methods.WEAK_KINDS
+  assert configs_common.METHODS is methods.METHODS
+  assert configs_common.WEAK_KINDS is methods.WEAK_KINDS
 
 
 def test_the_loop_has_no_method_branches():

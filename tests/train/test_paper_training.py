@@ -7,11 +7,11 @@ import jax
 import numpy as np
 import pytest
 
-from sesam_jax import config_lib, main as sesam_main
-from sesam_jax.models import torch_convert
-from sesam_jax.train import loop, pretrained
+from sesam_jax import config_lib, configs_common, main as sesam_main
+from sesam_jax.models import conversion, create_model
+from sesam_jax.train import loop, pretrained, train_state
 from tests.data import weak_fixtures
-from . import fakes
+from tests import fakes
 from .test_weak_source_training import reader_config
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -19,23 +19,20 @@ SYNTHETIC = os.path.join(REPO, "configs", "segformer_synthetic.py")
 
 
 def _tree(variables):
-  return {k: np.asarray(v) for k, v in torch_convert._leaves(jax.device_get(variables))}
+  return {k: np.asarray(v) for k, v in conversion.engine.tree_leaves(jax.device_get(variables))}
 
 
 def _converted(path, model_name, num_classes, seed):
   """A `sesam convert` file holding a randomly initialised `model_name` (all of it)."""
-  from sesam_jax.models import create_model
-  from sesam_jax.train import train_state
   model = create_model(model_name, num_classes)
   variables = jax.device_get(train_state.init_variables(model, jax.random.key(seed), 32))
-  conversion = torch_convert.Conversion(jax.tree.map(np.asarray, dict(variables)), {}, [],
-                                        model=model_name)
-  torch_convert.save_converted(conversion, path, source="random", fmt="hf")
-  return conversion.variables
+  converted = conversion.Conversion(jax.tree.map(np.asarray, dict(variables)), {}, [],
+                                    model=model_name)
+  conversion.save_converted(converted, path, source="random", fmt="hf")
+  return converted.variables
 
 
 def test_init_lays_converted_weights_under_the_student_and_its_ema(tmp_path):
-  fakes.install()
   path = str(tmp_path / "imagenet.msgpack")
   # Converted for 19 classes (another dataset's head); synthetic has 7.
   weights = _converted(path, fakes.TEST_MODEL, 19, seed=5)
@@ -70,12 +67,10 @@ def test_init_lays_converted_weights_under_the_student_and_its_ema(tmp_path):
 @pytest.mark.parametrize("model, classifier", [("segformer_tiny", "params/decode_head/classifier"),
                                                ("deeplabv3plus_tiny", "params/classifier")])
 def test_the_default_skip_is_the_classifier_only(model, classifier):
-  from sesam_jax.models import create_model
-  from sesam_jax.train import train_state
   variables = jax.eval_shape(lambda: train_state.init_variables(create_model(model, 19),
                                                                 jax.random.key(0), 32))
   kept, dropped = pretrained.drop_subtrees(dict(variables),
-                                           config_lib.base_config().init_skip)
+                                           configs_common.base_config().init_skip)
   assert dropped == [classifier]
   assert len(jax.tree.leaves(kept)) == len(jax.tree.leaves(dict(variables))) - 2  # kernel, bias
 
@@ -83,7 +78,6 @@ def test_the_default_skip_is_the_classifier_only(model, classifier):
 def test_ablations_train_end_to_end_on_the_users_labels(shared_data, tmp_path):
   """SeSAM with Table 4a's confidence sampling, Table 3c's weak-only sampling and the merged
   loss, on the user's PNG points, one of which is unreadable and skipped."""
-  fakes.install()
   fixture = weak_fixtures.png_fixture(shared_data, tmp_path)
   weak_fixtures.png(fixture.files[3], np.full((10, 10), 255))  # Wrong size: skipped, counted.
   config = reader_config(fixture, "--config.method=sesam", "--config.num_steps=3",

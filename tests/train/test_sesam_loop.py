@@ -6,7 +6,7 @@ import numpy as np
 
 from sesam_jax import config_lib
 from sesam_jax.train import loop
-from . import fakes
+from tests import fakes
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
@@ -23,7 +23,6 @@ def _config(method, num_steps):
 
 
 def test_sesam_trains_with_sam_labels_and_resumes_the_bank(tmp_path):
-  fakes.install()
   workdir = str(tmp_path / "sesam")
   first = loop.train_and_evaluate(_config("sesam", 3), workdir)
   assert first["method"] == "sesam" and first["step"] == 3
@@ -45,7 +44,6 @@ def test_sesam_trains_with_sam_labels_and_resumes_the_bank(tmp_path):
 
 
 def test_fixmatch_uses_pseudo_labels_and_no_sam(tmp_path):
-  fakes.install()
   result = loop.train_and_evaluate(_config("fixmatch", 3), str(tmp_path / "fm"))
   assert result["final_coverage_pseudo"] > 0
   assert "final_coverage_sam" not in result and not any(k.startswith("sam/") for k in result)

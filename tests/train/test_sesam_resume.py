@@ -12,7 +12,7 @@ import numpy as np
 from sesam_jax import config_lib
 from sesam_jax.data import input_pipeline
 from sesam_jax.train import loop
-from . import fakes
+from tests import fakes
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 CONFIG = os.path.join(REPO, "configs", "segformer_synthetic.py") + ":weak=coarse,method=sesam"
@@ -28,8 +28,8 @@ OVERRIDES = ["--config.num_steps=4", "--config.checkpoint_every=2", "--config.lo
 _CHILD = """
 import json, os, sys, time
 sys.path.insert(0, {repo!r})
-from tests.train import fakes
-fakes.install()
+from tests import fakes
+fakes.register_test_model()
 from sesam_jax.train import checkpoint, feed
 _next = feed.Feed.next
 def next_(self, step):
@@ -65,7 +65,6 @@ def _child(workdir, indices, stall_at=None):
 
 def _expected_indices(steps):
   """The batches an uninterrupted run takes: the pipeline as the loop builds it."""
-  fakes.install()
   config = config_lib.config_from_flags(CONFIG, OVERRIDES)
   train, _ = loop.make_sources(config)
   it = iter(input_pipeline.make_train_dataset(

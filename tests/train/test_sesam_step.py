@@ -9,12 +9,11 @@ import pytest
 
 from sesam_jax.train import sesam_step, train_state
 from sesam_jax.train import train_step as step_lib
-from . import fakes
+from tests import fakes
 
 
 def _setup(method, mesh_devices=None, ema_decay=0.5):
   """The method's teacher-student step as the loop builds it (methods table, jit_step)."""
-  fakes.install()
   model = fakes.TinySeg(4)
   tx = optax.adamw(1e-3)
   mesh = step_lib.make_mesh(mesh_devices)

@@ -9,16 +9,15 @@ import numpy as np
 import optax
 import pytest
 
-from sesam_jax import config_lib
+from sesam_jax import configs_common
 from sesam_jax.train import losses, optim, train_state
 from sesam_jax.train import train_step as step_lib
-from . import fakes
+from tests import fakes
 
 
 def _model(num_classes=4):
   """A small conv + batch-norm net: the step's sharding semantics (batch-norm statistics and
   losses over the global batch) without the compile time of a real student."""
-  fakes.install()  # normalize_images, until sesam_jax.models is on this branch
   return fakes.TinySeg(num_classes)
 
 
@@ -89,7 +88,7 @@ def test_optimizer_groups_schedule_and_decay_mask():
   assert float(s(60)) == pytest.approx(0.5e-4) and float(s(110)) == pytest.approx(0.0)
   bad = {"backbone": {"kernel": jnp.zeros((2, 2))}}
   with pytest.raises(ValueError, match="head_lr_mult"):
-    optim.make_optimizer(config_lib.base_config().optim, bad, 10)
+    optim.make_optimizer(configs_common.base_config().optim, bad, 10)
 
 
 def _run(mesh, steps=3, ema_decay=0.9):
@@ -127,7 +126,7 @@ def test_four_devices_match_one_device():
 def test_ema_follows_params_and_state_is_donated():
   mesh = step_lib.make_mesh()
   model = _model()
-  tx, schedule = optim.make_optimizer(config_lib.base_config().optim,
+  tx, schedule = optim.make_optimizer(configs_common.base_config().optim,
                                       train_state.abstract_params(model), 100)
   state0 = train_state.create_train_state(model, tx, jax.random.key(0), mesh)
   p0 = jax.device_get(state0.params)

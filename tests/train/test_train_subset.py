@@ -4,13 +4,13 @@ import json
 
 import pytest
 
-from sesam_jax import config_lib
+from sesam_jax import configs_common
 from sesam_jax.data import base
 from sesam_jax.train import loop
 
 
 def _config(n, seed=0):
-  config = config_lib.base_config()
+  config = configs_common.base_config()
   config.dataset.num_train_images, config.dataset.num_val_images = 20, 4
   config.dataset.image_size = (32, 48)
   config.dataset.max_train_images, config.seed = n, seed

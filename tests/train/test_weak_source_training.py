@@ -8,7 +8,7 @@ import pytest
 from sesam_jax import config_lib, main as sesam_main
 from sesam_jax.train import loop
 from tests.data import weak_fixtures
-from . import fakes
+from tests import fakes
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
@@ -51,7 +51,6 @@ READERS = [pytest.param(name, marks=() if name == "clicks_csv" else pytest.mark.
 
 @pytest.mark.parametrize("reader", READERS)
 def test_trains_from_each_weak_source(reader, shared_data, tmp_path):
-  fakes.install()
   fixture = weak_fixtures.READERS[reader](shared_data, tmp_path)
   result = loop.train_and_evaluate(reader_config(fixture), str(tmp_path / "run"))
   assert result["step"] == 2 and result["weak_source"] == fixture.spec
@@ -61,7 +60,6 @@ def test_trains_from_each_weak_source(reader, shared_data, tmp_path):
 
 
 def test_every_bad_weak_label_is_one_line_before_training(shared_data, tmp_path, capsys):
-  fakes.install()
   fixture = weak_fixtures.png_fixture(shared_data, tmp_path)
   good, wrong_size, unknown_class, missing, corrupt = fixture.files[:5]
   weak_fixtures.png(wrong_size, np.full((10, 10), 255))

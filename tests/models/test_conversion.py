@@ -11,7 +11,7 @@ import pytest
 
 from sesam_jax import main as sesam_main
 from sesam_jax.bench import parity
-from sesam_jax.models import create_model, resnet, torch_convert
+from sesam_jax.models import conversion, create_model, resnet
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -129,8 +129,8 @@ def test_hub_and_in_memory_names_convert_identically(hf_segformer_tiny):
   state = _numpy(hf_segformer_tiny)
   hub = _to_hub_names(state)
   assert "segformer.encoder.block.0.0.attention.self.query.weight" in hub
-  a = torch_convert.convert_checkpoint(state, "hf", model="segformer_tiny")
-  b = torch_convert.convert_checkpoint(hub, "hf")  # Model and classes inferred.
+  a = conversion.convert_checkpoint(state, "hf", model="segformer_tiny")
+  b = conversion.convert_checkpoint(hub, "hf")  # Model and classes inferred.
   assert b.model == "segformer_tiny" and a.scope == b.scope == ""
   assert not a.not_loaded and not b.not_loaded
   fa, fb = _flat(a.variables), _flat(b.variables)
@@ -143,8 +143,8 @@ def test_encoder_only_hf_and_mmseg_agree_and_merge(hf_segformer_tiny):
   # SegformerModel keys (no "segformer." prefix), as in nvidia/mit-b0.
   encoder = {k.removeprefix("segformer."): v for k, v in _numpy(hf_segformer_tiny).items()
              if k.startswith("segformer.")}
-  hf = torch_convert.convert_checkpoint(encoder, "hf")
-  mmseg = torch_convert.convert_checkpoint(_to_mmseg_names(encoder), "mmseg")
+  hf = conversion.convert_checkpoint(encoder, "hf")
+  mmseg = conversion.convert_checkpoint(_to_mmseg_names(encoder), "mmseg")
   assert hf.model == mmseg.model == "segformer_tiny"
   assert hf.scope == mmseg.scope == "encoder"
   assert set(hf.variables) == {"params"} and set(hf.variables["params"]) == {"encoder"}
@@ -155,7 +155,7 @@ def test_encoder_only_hf_and_mmseg_agree_and_merge(hf_segformer_tiny):
     np.testing.assert_array_equal(fa[k], fb[k])
   # Lay the encoder over a fresh 3-class model: encoder replaced, head kept.
   fresh = _zero_variables(create_model("segformer_tiny", 3))
-  merged, skipped = torch_convert.merge_pretrained(fresh, hf.variables)
+  merged, skipped = conversion.merge_pretrained(fresh, hf.variables)
   assert not skipped
   np.testing.assert_array_equal(
       merged["params"]["encoder"]["stages_0"]["patch_embeddings"]["proj"]["kernel"],
@@ -186,8 +186,8 @@ def test_torchvision_and_hf_resnet_agree_in_deeplab(hf_resnet_tiny):
   hf_state = _numpy(hf_resnet_tiny)
   tv_state = _to_torchvision_names(hf_state)
   assert "layer1.0.downsample.0.weight" in tv_state and "bn1.running_var" in tv_state
-  a = torch_convert.convert_checkpoint(hf_state, "hf")
-  b = torch_convert.convert_checkpoint(tv_state, "torchvision")
+  a = conversion.convert_checkpoint(hf_state, "hf")
+  b = conversion.convert_checkpoint(tv_state, "torchvision")
   assert a.model == b.model == "deeplabv3plus_tiny" and a.scope == b.scope == "backbone"
   assert sorted(b.not_loaded) == ["fc.bias", "fc.weight"]
   fa, fb = _flat(a.variables), _flat(b.variables)
@@ -221,7 +221,7 @@ def _torchvision_resnet50_fixture():
 def test_torchvision_resnet50_names_fill_deeplab_r50():
   state = _torchvision_resnet50_fixture()
   assert len(state) == 320  # torchvision resnet50().state_dict() has 320 entries.
-  result = torch_convert.convert_checkpoint(state, "torchvision")
+  result = conversion.convert_checkpoint(state, "torchvision")
   assert result.model == "deeplabv3plus_r50"
   assert sorted(result.not_loaded) == ["fc.bias", "fc.weight"]
   kernel = result.variables["params"]["backbone"]["stages_3"]["layers_0"]["layer_1"]
@@ -235,27 +235,27 @@ def test_missing_key_is_named(hf_segformer_tiny):
   del state["segformer.encoder.block.1.0.attention.self.query.weight"]
   with pytest.raises(ValueError, match=re.escape(
       "segformer.encoder.block.1.0.attention.self.query.weight")):
-    torch_convert.convert_checkpoint(state, "hf", model="segformer_tiny")
+    conversion.convert_checkpoint(state, "hf", model="segformer_tiny")
 
 
 def test_misshapen_key_is_named(hf_resnet_tiny):
   state = _to_torchvision_names(_numpy(hf_resnet_tiny))
   state["layer2.0.conv2.weight"] = state["layer2.0.conv2.weight"][:, :, :1, :1]
   with pytest.raises(ValueError, match=r"'layer2\.0\.conv2\.weight' has shape \(8, 8, 1, 1\)"):
-    torch_convert.convert_checkpoint(state, "torchvision")
+    conversion.convert_checkpoint(state, "torchvision")
 
 
 def test_wrong_format_for_model_is_refused(hf_resnet_tiny):
   with pytest.raises(ValueError, match="mmseg"):
-    torch_convert.convert_checkpoint(_numpy(hf_resnet_tiny), "mmseg", model="deeplabv3plus_tiny")
+    conversion.convert_checkpoint(_numpy(hf_resnet_tiny), "mmseg", model="deeplabv3plus_tiny")
 
 
 def test_merge_refuses_other_num_classes_unless_skipped(hf_segformer_tiny):
-  full = torch_convert.convert_checkpoint(_numpy(hf_segformer_tiny), "hf")
+  full = conversion.convert_checkpoint(_numpy(hf_segformer_tiny), "hf")
   fresh = _zero_variables(create_model("segformer_tiny", 3))
   with pytest.raises(ValueError, match="decode_head/classifier"):
-    torch_convert.merge_pretrained(fresh, full.variables)
-  _, skipped = torch_convert.merge_pretrained(fresh, full.variables, skip_mismatched=True)
+    conversion.merge_pretrained(fresh, full.variables)
+  _, skipped = conversion.merge_pretrained(fresh, full.variables, skip_mismatched=True)
   assert skipped == ["params/decode_head/classifier/bias", "params/decode_head/classifier/kernel"]
 
 
@@ -267,10 +267,10 @@ def test_sesam_convert_writes_a_loadable_checkpoint(tmp_path, capsys, hf_segform
   dst = tmp_path / "out" / "segformer_tiny.msgpack"
   assert sesam_main.main(["convert", str(src), str(dst), "--format", "hf"]) == 0
   assert '"not_loaded": []' in capsys.readouterr().out.strip().splitlines()[-1]
-  _, meta = torch_convert.load_converted(dst)
+  _, meta = conversion.load_converted(dst)
   assert meta["model"] == "segformer_tiny" and meta["format"] == "hf"
   model = create_model("segformer_tiny", NUM_CLASSES)
-  variables, skipped = torch_convert.init_from_converted(_zero_variables(model), dst)
+  variables, skipped = conversion.init_from_converted(_zero_variables(model), dst)
   assert not skipped
   images = np.random.default_rng(0).standard_normal((1, 64, 64, 3)).astype(np.float32)
   logits = model.apply(variables, images)

@@ -1,0 +1,93 @@
+"""What tests share: a fast stand-in student, a fake source whose pixels are checkable, and the
+tiny run's settings.
+
+`TinySeg` is a two-conv network with the students' interface (stride-4 logits, batch stats,
+dropout): loop, resume and evaluation tests are about the machinery, not the network, and it
+compiles in seconds. It is registered under `TEST_MODEL` for the whole test session by a fixture
+in tests/conftest.py (undone at the end); a child process calls `register_test_model()` itself.
+"""
+
+from __future__ import annotations
+
+import os
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+TEST_MODEL = "test_tiny"  # The name TinySeg is registered under in sesam_jax.models.MODELS.
+
+
+class TinySeg(nn.Module):
+  """Stride-4 conv + BN backbone and a 1x1 decode head: B x H/4 x W/4 x K logits."""
+  num_classes: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = nn.Conv(8, (3, 3), strides=(2, 2), use_bias=False, dtype=self.dtype, name="backbone_conv1")(x)
+    x = nn.relu(nn.BatchNorm(use_running_average=not train, name="backbone_bn")(x))
+    x = nn.Conv(16, (3, 3), strides=(2, 2), dtype=self.dtype, name="backbone_conv2")(x)
+    x = nn.Dropout(0.1, deterministic=not train)(nn.relu(x))
+    return nn.Conv(self.num_classes, (1, 1), name="decode_head")(x).astype(jnp.float32)
+
+
+def _tiny_seg(num_classes, dtype, **kw):
+  del kw
+  return TinySeg(num_classes, dtype)
+
+
+def register_test_model(models_table=None) -> None:
+  """Registers TinySeg as `TEST_MODEL` (in a child process; the test session has a fixture)."""
+  if models_table is None:
+    from sesam_jax import models
+    models_table = models.MODELS
+  models_table[TEST_MODEL] = _tiny_seg
+
+
+class FakeSource:
+  """A source whose labels say where each pixel was: checkable geometry, no files.
+
+  label[y, x] = ((y // block) * cols + x // block + shift * i) % modulo, cols = ceil(W / block);
+  image channels: (label * 5, (label + i) % 250, i), so the image shows its example and pixel.
+
+  Args:
+    n: examples; ids are `id_format.format(i)`.
+    hw: (H, W) of every example.
+    block: side of the label's blocks.
+    shift: added to the labels per example index.
+    modulo: labels are taken modulo this (None: no wrap).
+    id_format: how ids are made from indices.
+  """
+
+  def __init__(self, n=10, hw=(60, 80), *, block=10, shift=0, modulo=None,
+               id_format="img{:03d}"):
+    self.ids = [id_format.format(i) for i in range(n)]
+    self.hw, self.block, self.shift, self.modulo = tuple(hw), block, shift, modulo
+    self.info = None
+
+  def __len__(self):
+    return len(self.ids)
+
+  def __getitem__(self, i):
+    h, w = self.hw
+    yy, xx = np.mgrid[:h, :w]
+    cols = -(-w // self.block)
+    label = (yy // self.block) * cols + xx // self.block + self.shift * i
+    if self.modulo:
+      label = label % self.modulo
+    label = label.astype(np.uint8)
+    image = np.stack([label * 5, (label + i) % 250, np.full_like(label, i)], -1).astype(np.uint8)
+    return {"id": self.ids[i], "image": image, "label": label}
+
+
+# The shared tiny run (tests/conftest.py `tiny_run`): TinySeg on CamVid (../shared/data), 4 steps,
+# checkpoints at 2 and 4, evaluated on the first 3 val images. Tests that need a finished workdir
+# use it instead of training again.
+TINY_CONFIG = os.path.join(REPO, "configs", "segformer_camvid.py") + ":tiny"
+TINY_OVERRIDES = [
+    f"--config.model={TEST_MODEL}", "--config.num_steps=4", "--config.checkpoint_every=2",
+    "--config.log_every=2", "--config.crop=32", "--config.batch_size=8",
+    "--config.optim.warmup_steps=2", "--config.eval.max_images=3", "--config.eval.batch_size=4",
+    "--config.data_dir=" + os.path.join(os.path.dirname(REPO), "shared", "data", "camvid")]
