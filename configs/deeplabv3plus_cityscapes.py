@@ -10,16 +10,19 @@ convert resnet50-0676ba61.pth with `--model deeplabv3plus_r50`).
 
 Train (fine labels, the upper bound) or on weak labels alone (the paper's "Supervised"):
 
-  sesam train --config=configs/deeplabv3plus_cityscapes.py:weak=coarse --workdir=workdirs/deeplabv3plus_cityscapes_coarse \
-      --config.data_dir=/path/to/cityscapes --config.init=r101.msgpack
+  sesam train --config=configs/deeplabv3plus_cityscapes.py:weak=coarse \
+      --workdir=workdirs/deeplabv3plus_cityscapes_coarse --config.data_dir=/path/to/cityscapes \
+      --config.init=r101.msgpack
 
 SeSAM needs SAM weights (the run stops and says so without them):
 
   sesam train --config=configs/deeplabv3plus_cityscapes.py:weak=coarse,method=sesam \
-      --workdir=workdirs/deeplabv3plus_cityscapes_sesam --config.data_dir=/path/to/cityscapes --config.init=r101.msgpack \
+      --workdir=workdirs/deeplabv3plus_cityscapes_sesam --config.data_dir=/path/to/cityscapes \
+      --config.init=r101.msgpack \
       --config.sam.backend=transformers --config.sam.checkpoint=/path/to/sam-vit-base
 
-Your own weak labels instead of generated ones: `--config.weak_source=cityscapes_coarse`
+Your own weak labels instead of generated ones:
+`--config.weak_source=cityscapes_coarse`
 (options as `--config.weak_options=key=value,...`; README "Your own weak labels").
 Arguments after the colon: weak=fine|points|scribbles|coarse,
 method=supervised|fixmatch|sam_baseline|sesam, backbone=r101|r50, runlocal (a minutes-long smoke

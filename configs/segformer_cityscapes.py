@@ -9,16 +9,19 @@ from the `transformers` checkpoint `nvidia/mit-b0` (or `--format mmseg` for mmse
 
 Train (fine labels, the upper bound) or on weak labels alone (the paper's "Supervised"):
 
-  sesam train --config=configs/segformer_cityscapes.py:weak=coarse --workdir=workdirs/segformer_cityscapes_coarse \
-      --config.data_dir=/path/to/cityscapes --config.init=mit_b0.msgpack
+  sesam train --config=configs/segformer_cityscapes.py:weak=coarse \
+      --workdir=workdirs/segformer_cityscapes_coarse --config.data_dir=/path/to/cityscapes \
+      --config.init=mit_b0.msgpack
 
 SeSAM needs SAM weights (the run stops and says so without them):
 
   sesam train --config=configs/segformer_cityscapes.py:weak=coarse,method=sesam \
-      --workdir=workdirs/segformer_cityscapes_sesam --config.data_dir=/path/to/cityscapes --config.init=mit_b0.msgpack \
+      --workdir=workdirs/segformer_cityscapes_sesam --config.data_dir=/path/to/cityscapes \
+      --config.init=mit_b0.msgpack \
       --config.sam.backend=transformers --config.sam.checkpoint=/path/to/sam-vit-base
 
-Your own weak labels instead of generated ones: `--config.weak_source=cityscapes_coarse`
+Your own weak labels instead of generated ones:
+`--config.weak_source=cityscapes_coarse`
 (options as `--config.weak_options=key=value,...`; README "Your own weak labels").
 Arguments after the colon: weak=fine|points|scribbles|coarse,
 method=supervised|fixmatch|sam_baseline|sesam, runlocal (a minutes-long smoke run), tiny (the tiny

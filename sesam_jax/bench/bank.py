@@ -36,7 +36,8 @@ ROAD, SIDEWALK, BUILDING, POLE, SIGN, VEGETATION, SKY, PERSON, CAR = 0, 1, 2, 5,
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument("--images", type=int, default=2975, help="training images (Cityscapes: 2,975)")
+  parser.add_argument("--images", type=int, default=2975,
+                      help="training images (Cityscapes: 2,975)")
   parser.add_argument("--size", type=int, nargs=2, default=(1024, 2048), metavar=("H", "W"),
                       help="image size")
   parser.add_argument("--weak-cache-mb", type=int, default=512,
