@@ -38,10 +38,30 @@ def _cmd_convert(args: argparse.Namespace) -> dict:
 
 def _cmd_bench(args: argparse.Namespace, rest: list[str]) -> dict:
   from sesam_jax import bench
+  if args.compare:
+    if args.what or rest:
+      raise ValueError("--compare FILE... takes no --what and no benchmark flags.")
+    from sesam_jax.bench import records
+    result = records.compare_records(records.load_records(args.compare))
+    report.log(result["table"])
+    return result
+  if not args.what:
+    if args.help:
+      args.print_help()
+      sys.exit(0)
+    raise ValueError("give --what NAME (or --compare FILE...); `sesam bench --help` lists them.")
   target = bench.load_target(args.what)
   target_parser = argparse.ArgumentParser(prog=f"sesam bench --what {args.what}")
   target.add_arguments(target_parser)
-  return target.run(target_parser.parse_args(rest))
+  target_args = target_parser.parse_args(rest + (["--help"] if args.help else []))
+  result = target.run(target_args)
+  if args.record:
+    from sesam_jax.bench import records
+    command = ["sesam", "bench", "--what", args.what, *rest]
+    path = records.append_record(args.record, records.make_record(
+        args.what, vars(target_args), result, command))
+    report.log(f"recorded to {path}")
+  return result
 
 
 def _cmd_train(args: argparse.Namespace, rest: list[str]) -> dict:
@@ -219,6 +239,13 @@ def _cmd_report(args: argparse.Namespace) -> dict:
                              minutes_per_image=cost.parse_minutes(args.minutes))
 
 
+def _bench_epilog() -> str:
+  from sesam_jax.bench import describe_targets
+  return describe_targets() + (
+      "\n\nsesam bench --what NAME --help lists a benchmark's own flags. Compare machines: run "
+      "with\n--record runs.jsonl on each, then: sesam bench --compare a.jsonl b.jsonl")
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="sesam", description=__doc__.splitlines()[0],
@@ -380,10 +407,16 @@ def build_parser() -> argparse.ArgumentParser:
   p.set_defaults(handler=_cmd_convert)
 
   p = sub.add_parser("bench", help="throughput / memory / parity benchmarks (side-by-side ratios)",
-                     add_help=False)
-  p.add_argument("--what", required=True,
-                 help="benchmark target; `sesam bench --what NAME --help` lists its flags")
-  p.set_defaults(handler=_cmd_bench, takes_rest=True)
+                     add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter,
+                     epilog=_bench_epilog())
+  p.add_argument("-h", "--help", action="store_true",
+                 help="this list; with --what NAME, that benchmark's flags")
+  p.add_argument("--what", default=None, help="benchmark target (below)")
+  p.add_argument("--record", default=None, metavar="FILE.jsonl",
+                 help="append the figures with a fingerprint of the machine to FILE (JSON lines)")
+  p.add_argument("--compare", nargs="+", default=None, metavar="FILE.jsonl",
+                 help="a markdown table of recorded runs, one column per machine")
+  p.set_defaults(handler=_cmd_bench, takes_rest=True, print_help=p.print_help)
 
   p = sub.add_parser("reproduce", help="the `sesam train` command of every cell of a paper table "
                      "(printed, or run with --run)",
