@@ -56,6 +56,10 @@ class RefineConfig:
   selection: str = "sesam"  # geometry.SELECTION_STRATEGIES.
   prompt: str = "points"  # "points", "box" or "mask" (Table 4c).
   instances: bool = True  # False: one prompt per class (Table 3b, no instance separation).
+  # Table 3c: instances, prompts and selection over the weak label extended by the request's
+  # theta2 extension (True, the paper's refined-mask sampling) or the weak label alone (False;
+  # the extension is then unused).
+  refined_sampling: bool = True
   tau1: float = 0.3  # Coverage threshold r >= tau1.
   tau2: float = 0.7  # Compatibility threshold p >= tau2.
   min_area: int = 16  # Instances smaller than this (working-resolution pixels) are skipped.
@@ -122,8 +126,10 @@ def refine(backend: Backend, request: RefineRequest, config: RefineConfig = Refi
     request: image HxWx3 uint8, weak HxW uint8 (255 = unlabeled), optional extension
       HxW uint8 (theta2 pseudo-labels, 255 = none), optional fine HxW uint8.
     config: RefineConfig.
-    seed: randomness of point sampling / random selection (with the example id).
-    confidence: optional HxW float32 teacher confidence, for sampling "confidence".
+    seed: randomness of point sampling / random selection, with the example id and the
+      request's `step` (each training refresh draws fresh prompts).
+    confidence: optional HxW float32 teacher confidence in [0, 1], for sampling
+      "confidence"; default: the request's own (uint8, value / 255).
     cache: optional sam_bridge.cache.EmbeddingCache; used when `request.cache_key` is
       set or `config.cache_embeddings` (key: the example id), for backends with
       `image_state` / `load_image_state`. A hit skips the encoder.
@@ -137,6 +143,8 @@ def refine(backend: Backend, request: RefineRequest, config: RefineConfig = Refi
     says hit/miss ("source": memory/disk/None), the encoder seconds this hit saved
     ("encode_s_saved") and the cache's running totals (hits, misses, bytes, ...).
   """
+  if request.sampling is not None:
+    config = dataclasses.replace(config, sampling=request.sampling)
   config.validate()
   timer = _Timer()
   t_start = timer.start()
@@ -144,7 +152,10 @@ def refine(backend: Backend, request: RefineRequest, config: RefineConfig = Refi
   if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
     raise ValueError(f"{request.example_id}: image must be HxWx3 uint8, got {image.shape} {image.dtype}")
   full_hw = image.shape[:2]
-  for name, arr in (("weak", weak), ("extension", request.extension), ("fine", request.fine)):
+  if confidence is None and request.confidence is not None:
+    confidence = np.asarray(request.confidence, np.float32) / 255.0
+  for name, arr in (("weak", weak), ("extension", request.extension), ("fine", request.fine),
+                    ("confidence", confidence)):
     if arr is not None and arr.shape != full_hw:
       raise ValueError(f"{request.example_id}: {name} label {arr.shape} does not match image {full_hw}")
   if backend.is_oracle and request.fine is None:
@@ -156,8 +167,7 @@ def refine(backend: Backend, request: RefineRequest, config: RefineConfig = Refi
   weak_w = _resize(weak, hw, nearest=True)
   ext_w = None if request.extension is None else _resize(np.asarray(request.extension), hw, nearest=True)
   fine_w = None if request.fine is None else _resize(np.asarray(request.fine), hw, nearest=True)
-  # Seeded per example so that a result does not depend on processing order.
-  rng = np.random.default_rng([seed, abs(hash_id(request.example_id))])
+  rng = np.random.default_rng(sampling_seed(seed, request))
   conf_w = None
   if confidence is not None:
     conf_w = np.asarray(Image.fromarray(confidence.astype(np.float32)).resize((hw[1], hw[0]), Image.BILINEAR))
@@ -177,7 +187,9 @@ def refine(backend: Backend, request: RefineRequest, config: RefineConfig = Refi
     if config.weak_kind in ("points", "scribbles"):
       coarse_w = _sparse_to_coarse(backend, weak_w, config, records, timer, trace)
       base = coarse_w
-    label_w = _instances_stage(backend, base, ext_w, config, rng, conf_w, records, timer, trace)
+    ext_stage = ext_w if config.refined_sampling else None
+    label_w = _instances_stage(backend, base, ext_stage, config, rng, conf_w, records, timer,
+                               trace)
 
   label = _restore(label_w, weak, full_hw, config.ignore_index)
   coarse = None if coarse_w is None else _restore(coarse_w, weak, full_hw, config.ignore_index)
@@ -232,6 +244,21 @@ def _totals(cache) -> dict:
   return {"hits": s["hits"], "misses": s["misses"], "disk_hits": s["disk_hits"],
           "entries": s["entries"], "bytes": s["bytes"], "evictions": s["evictions"],
           "total_encode_s_saved": s["encode_s_saved"]}
+
+
+def sampling_seed(seed: int, request: RefineRequest) -> list[int]:
+  """The entropy of a request's prompt sampling: (seed, example id[, step + 1]).
+
+  Seeded per example so that a result does not depend on processing order, and per
+  training step (`request.step`, -1 for the pre-warm) so that each refresh of an image
+  draws fresh prompts while a run with the same seed repeats its draws.
+  """
+  entropy = [int(seed), hash_id(request.example_id)]
+  if request.step is not None:
+    if request.step < -1:
+      raise ValueError(f"{request.example_id}: request step {request.step} < -1")
+    entropy.append(int(request.step) + 1)
+  return entropy
 
 
 def hash_id(example_id: str) -> int:

@@ -123,7 +123,10 @@ def _weak_reader(args: argparse.Namespace, source):
   options = weak_sources.parse_options(args.weak_option)
   if spec.startswith("png:") and args.weak:
     options.setdefault("kind", args.weak)
-  return spec, weak_sources.weak_label_reader(spec, source, **options)
+  try:
+    return spec, weak_sources.weak_label_reader(spec, source, **options)
+  except (ValueError, FileNotFoundError) as e:
+    raise type(e)(f"--weak-source {spec}: {e} (reader options: --weak-option KEY=VALUE)") from None
 
 
 def _cmd_refine(args: argparse.Namespace) -> dict:
