@@ -143,9 +143,7 @@ def refine(backend: Backend, request: RefineRequest, config: RefineConfig = Refi
       raise ValueError(f"{request.example_id}: {name} label {arr.shape} does not match image {full_hw}")
   if backend.is_oracle and request.fine is None:
     raise ValueError(f"{request.example_id}: backend {backend.name} is an oracle and needs the fine label")
-  # Working resolution.
-  scale = min(1.0, config.work_long_side / max(full_hw))
-  hw = (max(1, round(full_hw[0] * scale)), max(1, round(full_hw[1] * scale)))
+  hw = working_size(full_hw, config)
   image_w = _resize(image, hw, nearest=False)
   weak_w = _resize(weak, hw, nearest=True)
   ext_w = None if request.extension is None else _resize(np.asarray(request.extension), hw, nearest=True)
@@ -192,13 +190,59 @@ def refine(backend: Backend, request: RefineRequest, config: RefineConfig = Refi
   return RefineResult(request.example_id, label, coarse, records, info=info, trace=trace)
 
 
+def working_size(full_hw: tuple[int, int], config: RefineConfig) -> tuple[int, int]:
+  """(H, W) refinement works at: the longest side at most `config.work_long_side`."""
+  scale = min(1.0, config.work_long_side / max(full_hw))
+  return (max(1, round(full_hw[0] * scale)), max(1, round(full_hw[1] * scale)))
+
+
+def _cache_key_base(request: RefineRequest, config: RefineConfig) -> str | None:
+  return request.cache_key if request.cache_key is not None else (
+      request.example_id if config.cache_embeddings else None)
+
+
+def encode_ahead(backend: Backend, requests: list[RefineRequest], config: RefineConfig,
+                 cache: EmbeddingCache | None) -> int:
+  """Encodes in batched calls the images of `requests` whose state `cache` lacks.
+
+  For backends that encode many images per call (`encode_images`, e.g. the JAX SAM on an
+  accelerator): `refine()` then finds every state in the cache, as if it had encoded it.
+  Oracles (their state depends on the fine label) and backends without `encode_images` are
+  left to `refine()`.
+
+  Returns:
+    The number of images encoded.
+  """
+  if cache is None or backend.is_oracle or not hasattr(backend, "encode_images"):
+    return 0
+  encoder_name = getattr(backend, "encoder_name", backend.name)
+  keys, images = [], []
+  for request in requests:
+    base = _cache_key_base(request, config)
+    image = np.asarray(request.image)
+    if base is None or image.ndim != 3:
+      continue
+    hw = working_size(image.shape[:2], config)
+    image_w = _resize(image, hw, nearest=False)
+    key = cache_key(base, encoder_name, hw, image_digest(image_w, None))
+    if key not in cache and key not in keys:
+      keys.append(key)
+      images.append(image_w)
+  if not images:
+    return 0
+  t0 = time.perf_counter()
+  states = backend.encode_images(images)
+  seconds = (time.perf_counter() - t0) / len(images)
+  for key, state in zip(keys, states):
+    cache.put(key, state, encode_s=seconds)
+  return len(images)
+
+
 def _set_image(backend: Backend, request: RefineRequest, image_w: np.ndarray,
                fine_w: np.ndarray | None, hw: tuple[int, int], config: RefineConfig,
                cache) -> dict | None:
   """backend.set_image, or a cached state of the same image; returns info["cache"] or None."""
-  key_base = request.cache_key
-  if key_base is None and config.cache_embeddings:
-    key_base = request.example_id
+  key_base = _cache_key_base(request, config)
   use = (cache is not None and key_base is not None and hasattr(backend, "image_state")
          and hasattr(backend, "load_image_state"))
   if not use:

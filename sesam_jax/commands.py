@@ -200,7 +200,8 @@ def demo(args: argparse.Namespace) -> dict:
   from sesam_jax import demo
   return demo.run_demo(args.out, num_images=args.images, seed=args.seed,
                        train_weak=args.train_weak, train_steps=args.train_steps,
-                       sam_checkpoint=args.sam_checkpoint, train=not args.no_train)
+                       sam_checkpoint=args.sam_checkpoint, sam_backend=args.sam_backend,
+                       train=not args.no_train)
 
 
 def _comma_list(text: str | None) -> list[str] | None:

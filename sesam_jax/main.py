@@ -122,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--train-steps", type=int, default=300, help="steps of each training run")
   p.add_argument("--sam-checkpoint", default=None,
                  help="SAM weights (directory or sam_vit_*.pth); default: the superpixel prior")
+  p.add_argument("--sam-backend", default=None,
+                 help="a SAM backend spec instead, e.g. jax:/w/sam_vit_b.msgpack (Flax SAM, no "
+                      "torch) or jax-random:tiny; default: transformers with --sam-checkpoint, "
+                      "else superpixel")
   p.add_argument("--no-train", action="store_true", help="label stages only")
   p.set_defaults(handler=commands.demo)
 
