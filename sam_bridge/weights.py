@@ -220,6 +220,21 @@ def check_official_sam(index: Any, path: str | os.PathLike, fix: str = "") -> st
   return variant or f"width {width}"
 
 
+def _check_safetensors(path: pathlib.Path, fix: str) -> None:
+  """A safetensors file whose header (8-byte length, then JSON) names at least one tensor."""
+  try:
+    with open(path, "rb") as f:
+      (length,) = struct.unpack("<Q", f.read(8))
+      if length > os.path.getsize(path):
+        raise ValueError("its header is longer than the file")
+      header = json.loads(f.read(length))
+    if not any(k != "__metadata__" for k in header):
+      raise ValueError("no tensors")
+  except (ValueError, struct.error, UnicodeDecodeError) as e:
+    raise SamSetupError(f"SAM weights {path} are not a readable safetensors file ({e}); the file "
+                        f"is truncated or corrupt: save or copy it again{fix}") from None
+
+
 def _check_weights_dir(path: pathlib.Path, fix: str) -> None:
   """A transformers weights directory: config.json of a SAM family, a readable weights file."""
   cfg = path / "config.json"
@@ -240,18 +255,7 @@ def _check_weights_dir(path: pathlib.Path, fix: str) -> None:
     raise SamSetupError(f"SAM weights directory {path} holds no weights file (one of "
                         f"{', '.join(_DIR_WEIGHTS)}); save the model with save_pretrained(){fix}")
   if weights.name == "model.safetensors":
-    try:
-      with open(weights, "rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        if length > os.path.getsize(weights):
-          raise ValueError("its header is longer than the file")
-        header = json.loads(f.read(length))
-      if not any(k != "__metadata__" for k in header):
-        raise ValueError("no tensors")
-    except (ValueError, struct.error, UnicodeDecodeError) as e:
-      raise SamSetupError(f"SAM weights {weights} are not a readable safetensors file ({e}); "
-                          f"the file is truncated or corrupt: save or copy it again{fix}"
-                          ) from None
+    _check_safetensors(weights, fix)
   elif weights.name == "pytorch_model.bin":
     read_torch_index(weights, fix)
 
@@ -262,7 +266,8 @@ def check_weights(path: str | os.PathLike, kind: str, *, flag: str = "") -> str:
   Args:
     path: a file or directory.
     kind: "transformers" (a weights directory or an official .pth), "segment_anything" (an
-      official .pth), or "jax" (a converted .msgpack, or a directory handed to the Flax SAM).
+      official .pth), or "jax" (a converted .msgpack, a transformers directory or .safetensors
+      file, or an official .pth, as the Flax SAM's loader reads them).
     flag: how the calling command names the path (e.g. "--checkpoint"), for the message.
 
   Returns:
@@ -290,6 +295,13 @@ def check_weights(path: str | os.PathLike, kind: str, *, flag: str = "") -> str:
       raise SamSetupError(f"SAM weights {path} are not a msgpack file of SAM parameters; convert "
                           f"the official .pth again with `sesam convert`{fix}")
     return "msgpack"
+  if path.suffix == ".safetensors":
+    if kind != "jax":
+      raise SamSetupError(f"backend {kind} reads a weights directory (config.json beside "
+                          f"{path.name}) or an official sam_vit_*.pth, not a lone .safetensors "
+                          f"file: give its directory{fix}")
+    _check_safetensors(path, fix)
+    return "safetensors"
   if kind == "segment_anything" and _variant_in_name(path.name) is None:
     raise SamSetupError(f"{path.name}: cannot tell the SAM variant; name the file "
                         f"sam_vit_b/l/h_*.pth as released{fix}")

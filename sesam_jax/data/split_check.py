@@ -150,3 +150,20 @@ def require_clean(sources: Sequence[tuple[Any, str]], *, fix: str, limit: int | 
     report.log("\n".join(messages) + "\n  They are skipped (dataset.skip_unreadable).")
     return
   raise ValueError("\n".join(messages) + f"\n  {fix}")
+
+
+def check_training_splits(dataset: Any, train: Any, val: Any) -> None:
+  """`sesam train`'s check of both splits (`config.dataset`: name, splits, skip_unreadable).
+
+  With `skip_unreadable`, bad training files are only listed (the pipeline skips them); the
+  evaluation split must still be whole.
+  """
+  d = dataset
+  fix = ("Fix or remove these files and run again, or pass --config.dataset.skip_unreadable=true "
+         "to train without them (the check itself: --config.dataset.check=false).")
+  pairs = [(train, f"examples of {d.name} {d.train_split}"),
+           (val, f"examples of {d.name} {d.val_split} (evaluation)")]
+  if d.skip_unreadable:
+    require_clean(pairs[:1], fix=fix, skip=True)
+    pairs = pairs[1:]
+  require_clean(pairs, fix=fix)

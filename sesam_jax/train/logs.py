@@ -44,14 +44,24 @@ _SummaryWriter = _summary_writer_class()
 
 
 class MetricWriter:
-  """Writes scalar metrics to TensorBoard and `metrics.jsonl` in the workdir."""
+  """Writes scalar metrics to TensorBoard and `metrics.jsonl` in the workdir.
 
-  def __init__(self, workdir: str) -> None:
+  Args:
+    workdir: the run directory.
+    resume_step: the step the run (re)starts from: rows of later steps, run again now, are
+      dropped first (`drop_rows_after`); None keeps every row.
+    final_eval: the run had finished at `resume_step` (its final evaluation is redone).
+  """
+
+  def __init__(self, workdir: str, *, resume_step: int | None = None,
+               final_eval: bool = False) -> None:
     self.active = jax.process_index() == 0
     self._tb = None
     self._jsonl = None
     if self.active:
       os.makedirs(workdir, exist_ok=True)
+      if resume_step is not None:
+        drop_rows_after(workdir, resume_step, final_eval=final_eval)
       self._tb = _SummaryWriter(logdir=os.path.join(workdir, "tensorboard"))
       self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
 

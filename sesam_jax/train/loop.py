@@ -39,11 +39,11 @@ import numpy as np
 from sesam_jax import report
 from sesam_jax.atomic import write_atomic
 from sesam_jax.data import base, get_source, memo, split_check
-from sesam_jax.data.input_pipeline import (make_eval_dataset,
+from sesam_jax.data.input_pipeline import (check_weak_labels, make_eval_dataset,
                                            make_train_dataset, weak_label_fn)
 from sesam_jax.evaluate.inference import evaluate
 from sesam_jax.models import create_model
-from sesam_jax.train import logs, methods, optim, preemption, train_state
+from sesam_jax.train import methods, optim, preemption, pretrained, train_state
 from sesam_jax.train import train_step as step_lib
 from sesam_jax.train.checkpoint import Checkpointer
 from sesam_jax.train.logs import MetricWriter
@@ -80,37 +80,19 @@ def make_sources(config: ml_collections.ConfigDict, workdir: str | None = None, 
                        num_images=d.num_train_images, size=size)
     val = get_source(d.name, data_dir=config.data_dir or None, split=d.val_split,
                      num_images=d.num_val_images, size=size)
-  except (FileNotFoundError, ValueError) as e:  # The readers' hints name the CLI's flags.
-    raise type(e)(_config_flags(str(e))) from None
+  except (FileNotFoundError, ValueError) as e:  # The readers' hints, with train's own flags.
+    raise type(e)(str(e).replace("--data-dir", "--config.data_dir").replace(
+        "--split", "--config.dataset.train_split / val_split")) from None
   if d.get("max_train_images", 0):
     train = base.SubsetSource(train, base.subset_indices(len(train), d.max_train_images,
                                                          config.seed))
   if config.eval.max_images:
     val = base.SubsetSource(val, range(min(config.eval.max_images, len(val))))
-  if check:
-    _check_sources(config, train, val)
+  if check:  # Every file of both splits, before anything is written (cached when clean).
+    split_check.check_training_splits(config.dataset, train, val)
   if d.get("max_train_images", 0) and workdir is not None:
     _record_subset(train, workdir)
   return train, val
-
-
-def _config_flags(message: str) -> str:
-  """A dataset reader's hint, with `sesam train`'s flags for the data dir and the splits."""
-  return message.replace("--data-dir", "--config.data_dir").replace(
-      "--split", "--config.dataset.train_split / val_split")
-
-
-def _check_sources(config: ml_collections.ConfigDict, train: Any, val: Any) -> None:
-  """Every file of both splits checked before anything is written (cached when clean)."""
-  d = config.dataset
-  fix = ("Fix or remove these files and run again, or pass --config.dataset.skip_unreadable=true "
-         "to train without them (the check itself: --config.dataset.check=false).")
-  pairs = [(train, f"examples of {d.name} {d.train_split}"),
-           (val, f"examples of {d.name} {d.val_split} (evaluation)")]
-  if d.skip_unreadable:  # Bad training files are skipped; evaluation still needs every file.
-    split_check.require_clean(pairs[:1], fix=fix, skip=True)
-    pairs = pairs[1:]
-  split_check.require_clean(pairs, fix=fix)
 
 
 def _record_subset(train: base.SubsetSource, workdir: str) -> None:
@@ -242,22 +224,31 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainOutcome:
     train_seconds summed over resumes, the feed's counters) and the steps' timing.
   """
   method = methods.get_method(config.method)
+  sam_backend = None
   if method.uses_sam:
     from sesam_jax.sam import resolver  # Deferred: the bridge's geometry, for SAM methods only.
-    # A bad SAM setting (weights included, read without torch) stops the run before it writes
-    resolver.from_config(config.sam)  # anything; the worker starts before config.json too.
+    # A bad (or missing) SAM setting, weights included (read without torch), stops the run
+    # before it writes anything; the bridge's worker starts before config.json is written.
+    sam_backend = resolver.from_config(config.sam, what=f"method={config.method}")
+    report.log(f"SAM: {sam_backend.description}")
   maybe_initialize_distributed(config)
   with RunDir(workdir, primary=jax.process_index() == 0) as run_dir, \
        preemption.StopRequest() as stop:
-    return _train(config, workdir, method, run_dir, stop)
+    return _train(config, workdir, method, sam_backend, run_dir, stop)
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, method: methods.Method,
-           run_dir: RunDir, stop: preemption.StopRequest) -> TrainOutcome:
+           sam_backend: Any, run_dir: RunDir, stop: preemption.StopRequest) -> TrainOutcome:
   """`train` inside its workdir lock and signal handlers."""
   mesh = step_lib.make_mesh()
   step_lib.check_batch_size(config.batch_size, mesh)
   train_source, val_source = make_sources(config, workdir, check=config.dataset.get("check", True))
+  skip = bool(config.dataset.skip_unreadable)
+  # The weak labels of `weak` kind, generated or read from `weak_source` (every file checked now).
+  weak_fn = weak_label_fn(train_source, config.weak, weak_seed=config.weak_seed,
+                          weak_source=config.weak_source, weak_options=config.weak_options)
+  bad_weak = check_weak_labels(weak_fn, train_source, skip_unreadable=skip,
+                               what=f"weak label(s) of --config.weak_source={config.weak_source}")
   model = build_model(config, train_source.info.num_classes)
   tx, schedule = optim.make_optimizer(config.optim, train_state.abstract_params(model),
                                       config.num_steps)
@@ -265,16 +256,19 @@ def _train(config: ml_collections.ConfigDict, workdir: str, method: methods.Meth
   run_dir.check_space(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract_state)))
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
 
-  labels_dir = method.make_labels(config, train_source, workdir) if method.make_labels else None
+  if method.make_labels:  # Labels made before step 0 (the SAM baseline's) replace the weak ones.
+    labels_dir = method.make_labels(config, train_source, workdir)
+    weak_fn = weak_label_fn(train_source, config.weak, weak_dir=labels_dir)
+  skipper = None
+  if skip:
+    # One wrapper for the pipeline and the SAM pre-warm: each skip (an unreadable image, label
+    # or weak label) is logged once and counted.
+    skipper = train_source = base.SkipUnreadable(train_source)
+    weak_fn = skipper.guard(weak_fn)
   # One weak-label function (made once per image, within a byte budget) for the pipeline and the
   # SAM bank; decoded examples are kept for the bank's refreshes when the pipeline reads in this
   # process (grain workers would each keep a copy).
-  weak_fn = memo.memoize_weak_fn(
-      weak_label_fn(train_source, config.weak, weak_seed=config.weak_seed, weak_dir=labels_dir),
-      config.dataset.weak_cache_mb << 20)
-  if config.dataset.skip_unreadable:
-    # One wrapper for the pipeline and the SAM pre-warm: each skip is logged once.
-    train_source = base.SkipUnreadable(train_source)
+  weak_fn = memo.memoize_weak_fn(weak_fn, config.dataset.weak_cache_mb << 20)
   examples = memo.MemoSource(train_source, config.dataset.image_cache_mb << 20)
   dataset = make_train_dataset(
       examples if config.num_workers == 0 else train_source, crop=config.crop,
@@ -295,11 +289,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, method: methods.Meth
     if ckpt.latest_step() is not None:
       state = ckpt.restore(abstract_state, items, fall_back=True)
       report.log(f"resumed from {ckpt.directory} at step {int(state.step)}")
-      if jax.process_index() == 0:  # The steps after the checkpoint run again: one row each.
-        logs.drop_rows_after(workdir, int(state.step),
-                             final_eval=int(state.step) >= config.num_steps)
-    else:
-      state = train_state.create_train_state(model, tx, init_rng, mesh)
+    else:  # A fresh run: `config.init` (converted ImageNet weights) under the EMA copy.
+      state = pretrained.create_state(config, model, tx, init_rng, mesh)
     step_fn = step_lib.jit_step(method.make_step(model, config, schedule), mesh, state)
     info = feed.prepare()  # Work before the first step (SeSAM's pre-warm), timed apart.
     clock.start()
@@ -313,6 +304,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str, method: methods.Meth
   info.update(method=config.method, weak=config.weak, train_images=len(train_source),
               **_final_train_metrics(workdir),
               **feed.summary())
+  if config.weak_source:
+    info["weak_source"] = config.weak_source
+  if config.get("init", ""):
+    info["init"] = config.init
+  if sam_backend is not None:
+    info["sam_backend"] = sam_backend.description  # e.g. "superpixel (SAM-free prior: ...)"
+  if skipper is not None:
+    info["skipped_examples"] = len(skipper.skipped)
+    info["bad_weak_labels"] = bad_weak
   info["train_seconds"] = round(clock.seconds(), 2)
   if timing.host:
     info["host_seconds_per_step"] = round(timing.median_host(), 4)
@@ -327,8 +327,8 @@ def _run_steps(config: ml_collections.ConfigDict, workdir: str, state: Any, step
 
   Raises report.Stopped after checkpointing the step in which a stop signal (`stop`) arrived.
   """
-  writer = MetricWriter(workdir)
   start, num_steps = int(state.step), int(config.num_steps)
+  writer = MetricWriter(workdir, resume_step=start, final_eval=start >= num_steps)
   timing = StepTiming(first_step=start)
   pending = None  # (step, device metrics, time) of the last log step, read one step later
   last_log = (start, time.time())
