@@ -185,11 +185,3 @@ def test_staged_folder_replaces_files_only_when_complete(tmp_path, capsys):
   with pytest.raises(Exception, match="is a file"):
     with outputs.staged_folder(tmp_path / "file"):
       pass
-
-
-def test_bench_help_lists_the_benchmarks(capsys):
-  with pytest.raises(SystemExit) as exit_:
-    main.main(["bench", "--help"])
-  assert exit_.value.code == 0
-  out = capsys.readouterr().out
-  assert "input" in out and "iteration" in out and "train-step" in out
