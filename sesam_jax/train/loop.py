@@ -14,10 +14,8 @@ per-step keys are `fold_in(seed key, step)`, so a resumed supervised run ends wi
 parameters as an uninterrupted one. Every run ends by writing `<workdir>/result.json` (the same
 object as the last stdout line).
 
-Before the first step, bad SAM weights, bad dataset files (`data.split_check`), an unwritable or
-full workdir and a second training in it (`workdir.RunDir`) stop the run in one line, leaving no
-workdir that trained nothing. SIGTERM / Ctrl-C stop it at a step boundary with a checkpoint
-(`preemption`); a failed save stops it within a step, the previous checkpoint kept.
+Faults (README "What happens when...") stop a run in one line before its first step
+(`workdir.RunDir`, `data.split_check`), at a step boundary (`preemption`) or within a step.
 """
 
 from __future__ import annotations
@@ -190,11 +188,13 @@ class StepTiming:
   """
   first_step: int = 0
   dispatch: list[float] = dataclasses.field(default_factory=list)  # perf_counter at each dispatch
+  end: float | None = None  # perf_counter once the last step's state was ready
   host: list[float] = dataclasses.field(default_factory=list)      # host seconds after each one
 
   def seconds_per_step(self, skip: int = 1) -> float:
-    """Median seconds between consecutive dispatches, after the first `skip` (compilation)."""
-    gaps = np.diff(self.dispatch[skip:])
+    """Median seconds per step after the first `skip` (compilation): between consecutive
+    dispatches, and from the last dispatch to the last step's end."""
+    gaps = np.diff(self.dispatch[skip:] + ([self.end] if self.end is not None else []))
     return float(np.median(gaps)) if len(gaps) else float("nan")
 
   def median_host(self, skip: int = 1) -> float:
@@ -277,14 +277,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, method: methods.Meth
       shard_index=jax.process_index(), shard_count=jax.process_count(),
       skip_unreadable=config.dataset.skip_unreadable)
   feed = method.feed(config, iter(dataset), examples, weak_fn, workdir)  # SAM starts here.
-  clock = RunClock()
+  clock, ckpt = RunClock(), None
   try:
-    _write_config(config, workdir)
+    _write_config(config, workdir)  # Once SAM is up: a bad SAM setting writes no config.
     ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
-  except BaseException:
-    feed.close()
-    raise
-  try:
     items = {**feed.checkpoint_items(), "clock": clock}
     if ckpt.latest_step() is not None:
       state = ckpt.restore(abstract_state, items, fall_back=True)
@@ -298,7 +294,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, method: methods.Meth
                                model, val_source, mesh, stop)
   finally:
     try:
-      ckpt.close()  # Waits for the last save (a stop's checkpoint included).
+      if ckpt is not None:
+        ckpt.close()  # Waits for the last save (a stop's checkpoint included).
     finally:
       feed.close()  # Closes the SAM bridge.
   info.update(method=config.method, weak=config.weak, train_images=len(train_source),
@@ -384,6 +381,8 @@ def _run_steps(config: ml_collections.ConfigDict, workdir: str, state: Any, step
       host = time.perf_counter() - host_start - waited
       timing.host.append(host)
       host_since_log.append(host)
+    jax.block_until_ready(state)
+    timing.end = time.perf_counter()
     flush()
   finally:
     writer.close()
