@@ -6,12 +6,21 @@ Training examples flow as
     + weak label of the configured kind          (`weak_fn`; the loop memoises it)
     -> shuffle (reseeded every epoch), repeat forever
     -> weak geometric augmentation               (one draw for image, weak, fine label)
-    -> batch -> optional worker processes (grain `mp_prefetch`)
+    -> batch -> this process's slice of each global batch
+    -> optional worker processes (grain `mp_prefetch`)
 
 and come out as numpy batches (layouts in `make_train_dataset`). The iterator
 is a grain `DatasetIterator`: `get_state()` / `set_state()` make the data
 stream resumable, and the training loop saves that state next to the train
-state with orbax.
+state with orbax (one file per process).
+
+Several processes (a multi-host run) shuffle the same whole index space with the
+run's seed and each reads only its slice of every global batch, so the global
+batch of step t is the same whatever the number of processes. The augmentation
+is drawn per element of that global stream (grain seeds `random_map` by the
+element's position in it), so it does not depend on the process count either.
+grain's own sharding (`ds[shard::count]`, `ShardByJaxProcess`) splits the index
+space before the shuffle, which gives each process a different stream.
 """
 
 from __future__ import annotations
@@ -154,27 +163,30 @@ class _WeakGeometricAug(grain.transforms.RandomMap):
 def make_train_dataset(source: Source, *, crop: int, batch_size: int, seed: int,
                        weak_fn: WeakFn | None = None,
                        scale_range: tuple[float, float] = (0.5, 2.0),
-                       num_workers: int = 0, shard_index: int = 0,
-                       shard_count: int = 1, prefetch_batches: int = 4,
+                       num_workers: int = 0, process_index: int = 0,
+                       process_count: int = 1, prefetch_batches: int = 4,
                        read_threads: int = 2, skip_unreadable: bool = False) -> grain.IterDataset:
   """An infinite, deterministic stream of augmented training batches.
 
   Args:
     source: a random-access dataset source.
     crop: side of the square training crop (pixels).
-    batch_size: examples per batch (this host's share of the global batch).
+    batch_size: examples of the global batch (every process's share together).
     seed: seed of shuffling and augmentation; epochs are reshuffled.
     weak_fn: the label that rides as "weak" (`weak_label_fn`); None = the fine label.
     scale_range: range of the random scale factor.
     num_workers: grain worker processes (0 = in the main process).
-    shard_index, shard_count: this host's slice of the data (multi-host).
+    process_index, process_count: which slice of each global batch this process reads
+      (multi-host; examples `process_index * b` to `(process_index + 1) * b - 1` of it,
+      b = batch_size / process_count).
     prefetch_batches: batches read ahead in the main process (bounds host memory).
     read_threads: threads preparing those batches.
     skip_unreadable: drop examples whose image or label cannot be read (logged with the
       path and counted) instead of stopping with that error.
 
   Returns:
-    A grain IterDataset; `iter()` of it yields dicts of numpy arrays:
+    A grain IterDataset; `iter()` of it yields dicts of numpy arrays (B = this process's
+    share, batch_size / process_count):
       "image": BxCxCx3 uint8 (padding 0), "label": BxCxC uint8 fine label
       (255 = ignore or padding), "weak": BxCxC uint8 (255 = unlabeled),
       "index": B int32 (position in `source`), "aug": Bx4 float32 rows of
@@ -182,6 +194,10 @@ def make_train_dataset(source: Source, *, crop: int, batch_size: int, seed: int,
   """
   if crop <= 0 or batch_size <= 0:
     raise ValueError(f"crop and batch_size must be positive, got {crop} and {batch_size}.")
+  if batch_size % process_count or not 0 <= process_index < process_count:
+    raise ValueError(f"batch_size={batch_size} does not split across {process_count} processes "
+                     f"(process {process_index}); use a multiple of {process_count}.")
+  local = batch_size // process_count
   if len(source) == 0:
     raise ValueError("the dataset source is empty: check the data directory and split.")
   if weak_fn is None:
@@ -193,20 +209,27 @@ def make_train_dataset(source: Source, *, crop: int, batch_size: int, seed: int,
   ds = grain.MapDataset.source(source)
   # Indices past len(source) reach here once the dataset repeats: fold them.
   ds = ds.map_with_index(lambda index, example: (index % n, example))
-  if shard_count > 1:
-    ds = ds[shard_index::shard_count]
   ds = ds.map(_AttachWeak(weak_fn))
+  # The whole index space, shuffled with the run's seed: every process holds the same stream.
   ds = ds.shuffle(seed=seed).repeat()
   ds = ds.random_map(_WeakGeometricAug(crop, scale_range), seed=seed)
   # grain's default read-ahead is 500 elements on 16 threads: 500 batches of 8 crops of 512 px
   # are ~5 GB per iterator. A few batches ahead is all a training step needs.
   if skip_unreadable:
-    # Dropped examples leave holes, so batches are formed after the (sparse) stream.
+    # Dropped examples leave holes, so batches are formed after the (sparse) stream: each
+    # process reads the whole global batch and keeps its slice.
     ids = ds.to_iter_dataset(grain.ReadOptions(
         num_threads=read_threads, prefetch_buffer_size=prefetch_batches * batch_size))
     ids = ids.batch(batch_size, drop_remainder=True)
+    if process_count > 1:
+      ids = ids.map(functools.partial(_rows, start=process_index * local,
+                                      stop=(process_index + 1) * local))
   else:
-    ds = ds.batch(batch_size, drop_remainder=True)
+    # Global batch t is sub-batches t*P .. t*P+P-1 of `local` examples; this process reads its
+    # own, t*P + process_index, and decodes nothing else.
+    ds = ds.batch(local, drop_remainder=True)
+    if process_count > 1:
+      ds = ds[process_index::process_count]
     ids = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
                                                prefetch_buffer_size=prefetch_batches))
   if num_workers > 0:
@@ -216,6 +239,11 @@ def make_train_dataset(source: Source, *, crop: int, batch_size: int, seed: int,
       flags.FLAGS.mark_as_parsed()
     ids = ids.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   return ids
+
+
+def _rows(batch: dict[str, np.ndarray], *, start: int, stop: int) -> dict[str, np.ndarray]:
+  """Rows `start:stop` of every array of a batch (this process's slice of a global batch)."""
+  return {k: v[start:stop] for k, v in batch.items()}
 
 
 def _pad_to(array: np.ndarray, hw: tuple[int, int], fill: int) -> np.ndarray:

@@ -157,3 +157,43 @@ def test_unreadable_example_stops_with_its_path_or_is_skipped_and_counted(capsys
   seen = np.concatenate([next(it)["index"] for _ in range(9)])  # 3 epochs of 9 readable.
   assert 3 not in seen and sorted(set(seen.tolist())) == [0, 1, 2, 4, 5, 6, 7, 8, 9]
   assert "skipping example 'img003' (1 skipped so far)" in capsys.readouterr().err
+
+
+def _global_batches(source, processes, steps, resume_at=None, **kw):
+  """The global batches of `steps` steps read by `processes` simulated processes (rows of each
+  process's batch concatenated in process order); with `resume_at`, every process's iterator is
+  rebuilt at that step from its own saved state."""
+  its = [iter(input_pipeline.make_train_dataset(source, process_index=p, process_count=processes,
+                                                **kw)) for p in range(processes)]
+  out = []
+  for step in range(steps):
+    if step == resume_at:
+      states = [it.get_state() for it in its]
+      its = [iter(input_pipeline.make_train_dataset(source, process_index=p,
+                                                    process_count=processes, **kw))
+             for p in range(processes)]
+      for it, state in zip(its, states):
+        it.set_state(state)
+    parts = [next(it) for it in its]
+    out.append({k: np.concatenate([part[k] for part in parts]) for k in parts[0]})
+  return out
+
+
+@pytest.mark.parametrize("skip_unreadable", [False, True])
+def test_global_batch_is_the_same_on_any_number_of_processes(skip_unreadable):
+  """2 (or 4) processes x 2 examples = the 1 x 4 batch of one process, augmentation included,
+  across epochs and after each process resumes from its own iterator state."""
+  source = _OneCorrupt() if skip_unreadable else FakeSource()
+  kw = dict(crop=16, batch_size=4, seed=11, skip_unreadable=skip_unreadable)
+  one = _global_batches(source, 1, 6, **kw)  # 24 examples: more than two epochs of 10 (or 9).
+  for processes in (2, 4):
+    many = _global_batches(source, processes, 6, resume_at=3, **kw)
+    for a, b in zip(one, many):
+      assert a.keys() == b.keys()
+      for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=f"{processes} processes: {key}")
+  local = next(iter(input_pipeline.make_train_dataset(source, process_index=1, process_count=2,
+                                                      **kw)))
+  assert local["image"].shape == (2, 16, 16, 3)
+  with pytest.raises(ValueError, match="does not split across 3 processes"):
+    input_pipeline.make_train_dataset(source, process_count=3, **kw)
