@@ -69,7 +69,18 @@ def base_config() -> ml_collections.ConfigDict:
   """Every field the training loop reads, with the paper's defaults (section 4.1)."""
   c = ml_collections.ConfigDict()
   c.seed = 0                        # seeds init, data order, augmentation, dropout
-  c.multihost = False               # call jax.distributed.initialize() (one process per host)
+  c.multihost = ml_collections.ConfigDict()  # one process per host, JAX's multi-controller runtime
+  c.multihost.enabled = False       # call jax.distributed.initialize() before anything else
+  c.multihost.coordinator_address = ""  # host:port of process 0's coordinator; "" = detected
+                                    # (TPU slice, SLURM, Open MPI, $JAX_COORDINATOR_ADDRESS)
+  c.multihost.num_processes = 0     # processes of the run; 0 = detected
+  c.multihost.process_id = -1       # this process's index, 0..num_processes-1; -1 = detected
+  c.multihost.initialization_timeout_s = 300  # how long each process waits for all the others
+                                    # to join, seconds
+  c.multihost.heartbeat_timeout_s = 100  # a process silent this long is dead and every other
+                                    # process stops (JAX's coordination service), seconds
+  c.multihost.shutdown_timeout_s = 300  # how long a finishing (or failing) process waits for
+                                    # the others at exit, seconds
   c.model = "segformer_b0"          # name for sesam_jax.models.create_model
   c.dtype = "float32"               # compute dtype of the student: float32 | bfloat16
   c.init = ""                       # `sesam convert` output laid over the fresh student before
@@ -140,7 +151,11 @@ def base_config() -> ml_collections.ConfigDict:
                                     # sam.checkpoint) ...; "" = not set (sesam/sam_baseline stop
                                     # and say how); superpixel = the SAM-free prior, by name only
   c.sam.checkpoint = ""             # weights for transformers / segment_anything backends
-  c.sam.device = "cpu"              # torch device of the bridge
+  c.sam.device = "cpu"              # torch device of the bridge; "cuda" = the GPU JAX uses on
+                                    # this host (cuda:<its index>), "cuda:N" = that one
+  c.sam.gpu_memory_fraction = 0.6   # JAX's share of a GPU shared with a PyTorch SAM bridge
+                                    # (XLA_PYTHON_CLIENT_MEM_FRACTION; JAX alone takes 0.75);
+                                    # 0 = allocate on demand (XLA_PYTHON_CLIENT_PREALLOCATE=false)
   c.sam.dtype = "float32"           # torch dtype of the bridge: float32 | bfloat16
   c.sam.decoder_dtype = "auto"      # SAM prompt decoder dtype: auto (bf16 where native: CUDA,
                                     # TPU, AVX512-BF16/AMX CPUs; else fp32) | float32 | bfloat16 |

@@ -168,7 +168,7 @@ def evaluate(model: nn.Module, weights: Mapping[str, Mapping[str, Any]],
     result[f"{name}_miou"] = metrics.miou(conf)
     result[f"{name}_per_class_iou"] = [None if np.isnan(v) else round(float(v), 4) for v in iou]
     result[f"{name}_confusion"] = conf
-    if log:
+    if log and jax.process_index() == 0:  # One table for a multi-host run.
       report.log(f"{name} weights, {num_images} images:\n{metrics.format_iou_table(conf, names)}")
   result["num_images"] = num_images
   result["eval_seconds"] = time.time() - start

@@ -228,9 +228,31 @@ def _jax_platform() -> str:
   return jax.local_devices()[0].platform
 
 
+def local_gpu(device: str, local_devices: Any = None) -> str:
+  """The torch device of this host's bridge: "cuda" becomes the GPU JAX uses on this host.
+
+  In a multi-host run every host starts its own bridge with the same config; "cuda" (no index)
+  puts each one on its host's first JAX GPU (`cuda:<local_hardware_id>`, the index torch sees
+  too), beside the student it serves. Any other device ("cpu", "cuda:1") is kept as given.
+
+  Args:
+    device: `sam.device`.
+    local_devices: this process's JAX devices (default `jax.local_devices()`; starts JAX's
+      backend, so the GPU memory share must be set before).
+  """
+  if device != "cuda":
+    return device
+  if local_devices is None:
+    import jax  # Deferred: only a bridge on "cuda" asks where JAX runs.
+    local_devices = jax.local_devices()
+  gpus = [d for d in local_devices if d.platform == "gpu"]
+  return f"cuda:{gpus[0].local_hardware_id}" if gpus else device
+
+
 def from_config(sam: Any, what: str = "this run") -> SamBackend:
-  """`resolve()` for a training config's `sam` group (messages name `--config.sam.*`)."""
-  return resolve(sam.backend, sam.checkpoint, device=sam.device, dtype=sam.dtype,
+  """`resolve()` for a training config's `sam` group (messages name `--config.sam.*`); the
+  bridge goes on this host's GPU (`local_gpu`)."""
+  return resolve(sam.backend, sam.checkpoint, device=local_gpu(sam.device), dtype=sam.dtype,
                  decoder_dtype=sam.decoder_dtype, flags=TRAIN_FLAGS, what=what)
 
 

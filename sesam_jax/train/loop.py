@@ -41,7 +41,7 @@ from sesam_jax.data.input_pipeline import (check_weak_labels, make_eval_dataset,
                                            make_train_dataset, weak_label_fn)
 from sesam_jax.evaluate.inference import evaluate
 from sesam_jax.models import create_model
-from sesam_jax.train import methods, optim, preemption, pretrained, train_state
+from sesam_jax.train import distributed, methods, optim, preemption, pretrained, train_state
 from sesam_jax.train import train_step as step_lib
 from sesam_jax.train.checkpoint import Checkpointer
 from sesam_jax.train.logs import MetricWriter
@@ -53,13 +53,6 @@ RESULT_FILE = "result.json"
 
 class NonFiniteError(ValueError):
   """A loss or norm became NaN/Inf; the message names the step."""
-
-
-def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
-  """`jax.distributed.initialize()` once when `config.multihost` (cluster env from the launcher)."""
-  if config.get("multihost", False) and not getattr(maybe_initialize_distributed, "_done", False):
-    jax.distributed.initialize()
-    maybe_initialize_distributed._done = True
 
 
 def make_sources(config: ml_collections.ConfigDict, workdir: str | None = None, *,
@@ -224,6 +217,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainOutcome:
     train_seconds summed over resumes, the feed's counters) and the steps' timing.
   """
   method = methods.get_method(config.method)
+  distributed.gpu_memory_share(config)  # Both before JAX's devices start (the SAM check may
+  distributed.initialize(config)        # start them).
   sam_backend = None
   if method.uses_sam:
     from sesam_jax.sam import resolver  # Deferred: the bridge's geometry, for SAM methods only.
@@ -231,7 +226,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainOutcome:
     # before it writes anything; the bridge's worker starts before config.json is written.
     sam_backend = resolver.from_config(config.sam, what=f"method={config.method}")
     report.log(f"SAM: {sam_backend.description}")
-  maybe_initialize_distributed(config)
   with RunDir(workdir, primary=jax.process_index() == 0) as run_dir, \
        preemption.StopRequest() as stop:
     return _train(config, workdir, method, sam_backend, run_dir, stop)
@@ -272,9 +266,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, method: methods.Meth
   examples = memo.MemoSource(train_source, config.dataset.image_cache_mb << 20)
   dataset = make_train_dataset(
       examples if config.num_workers == 0 else train_source, crop=config.crop,
-      batch_size=config.batch_size // jax.process_count(), seed=config.seed, weak_fn=weak_fn,
+      batch_size=config.batch_size, seed=config.seed, weak_fn=weak_fn,
       scale_range=tuple(config.scale_range), num_workers=config.num_workers,
-      shard_index=jax.process_index(), shard_count=jax.process_count(),
+      process_index=jax.process_index(), process_count=jax.process_count(),
       skip_unreadable=config.dataset.skip_unreadable)
   feed = method.feed(config, iter(dataset), examples, weak_fn, workdir)  # SAM starts here.
   clock, ckpt = RunClock(), None
@@ -432,7 +426,7 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[st
   Returns:
     {"step", "val_miou", "val_miou_ema", "val_per_class_iou", "val_images", "eval_seconds"}.
   """
-  maybe_initialize_distributed(config)
+  distributed.initialize(config)
   mesh = step_lib.make_mesh()
   _, val_source = make_sources(config)
   model = build_model(config, val_source.info.num_classes)
