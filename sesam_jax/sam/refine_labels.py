@@ -22,6 +22,7 @@ import pathlib
 import time
 from typing import Any
 
+import jax
 import numpy as np
 
 from sam_bridge.api import RefineRequest
@@ -166,10 +167,16 @@ def baseline_labels(config: Any, train_source: Any, workdir: str) -> str:
 
   Returns:
     The folder of `<id>.png` labels (`<workdir>/sam_baseline_labels`), complete when
-    `DONE.json` is present; an interrupted generation is redone from the start.
+    `DONE.json` is present; an interrupted generation is redone from the start. In a multi-host
+    run process 0 makes them and the others wait for `DONE.json`.
   """
   out = os.path.join(workdir, "sam_baseline_labels")
   done = os.path.join(out, "DONE.json")
+  # The processes of a multi-host run share the workdir: process 0 makes the labels.
+  if not os.path.isfile(done) and jax.process_index() > 0:
+    report.log(f"sam_baseline: waiting for process 0 to write the labels to {out}")
+    while not os.path.isfile(done):  # If process 0 dies, JAX's runtime ends this one too.
+      time.sleep(1.0)
   if not os.path.isfile(done):
     backend = resolver.from_config(config.sam, what=f"method={config.method}")
     weak_fn = None

@@ -214,3 +214,19 @@ def test_killing_one_process_stops_the_other_and_both_resume(tmp_path, killed):
   for i in range(2):
     assert "at step 2" in again.err(i) and "resumed from" in again.err(i)
     assert again.result(i)["step"] == 4
+
+
+@pytest.mark.slow
+def test_two_processes_share_one_set_of_sam_baseline_labels(tmp_path):
+  workdir = tmp_path / "baseline"
+  job = Job(tmp_path, workdir, f"{SYNTHETIC}:weak=coarse,method=sam_baseline",
+            ["--config.sam.backend=oracle"])
+  try:
+    assert job.wait() == [0, 0], job.err(0)[-3000:] + job.err(1)[-3000:]
+  finally:
+    job.close()
+  assert "waiting for process 0 to write the labels" in job.err(1)
+  labels = os.listdir(workdir / "sam_baseline_labels")
+  assert "DONE.json" in labels and len([n for n in labels if n.endswith(".png")]) == 8
+  assert not [n for n in os.listdir(workdir) if ".partial-" in n]
+  assert job.result(0)["step"] == job.result(1)["step"] == 4
