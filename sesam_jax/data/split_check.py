@@ -18,7 +18,6 @@ each file (~10 ms).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import pathlib
 import time

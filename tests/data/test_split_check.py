@@ -2,7 +2,6 @@
 `refine`, `eval-labels` and `train`; a clean verdict cached per set of files; a command that stops
 midway leaves no half-written output folder."""
 
-import json
 import os
 import pathlib
 
