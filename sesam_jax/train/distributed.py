@@ -39,7 +39,7 @@ from sesam_jax import report
 
 MEM_FRACTION = "XLA_PYTHON_CLIENT_MEM_FRACTION"
 PREALLOCATE = "XLA_PYTHON_CLIENT_PREALLOCATE"
-# Variables by which a user already chose JAX's GPU memory (XLA_CLIENT_MEM_FRACTION: the newer name).
+# Variables by which a user already chose JAX's GPU memory (XLA_CLIENT_MEM_FRACTION: newer name).
 _USER_MEMORY_VARS = (MEM_FRACTION, "XLA_CLIENT_MEM_FRACTION", PREALLOCATE)
 _TORCH_SAM = ("random", "transformers", "segment_anything")  # backends run by torch in a worker
 

@@ -69,7 +69,8 @@ def test_the_users_own_memory_setting_wins_and_bad_fractions_fail():
     assert distributed.gpu_memory_share(_config(), environ=environ) == {}
     assert environ == {name: "0.3"}
   environ = {}
-  assert distributed.gpu_memory_share(_config(), environ=environ) == {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.6"}
+  share = distributed.gpu_memory_share(_config(), environ=environ)
+  assert share == {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.6"}
   assert environ == {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.6"}
   with pytest.raises(ValueError, match="gpu_memory_fraction"):
     distributed.gpu_memory_env(_config(fraction=1.5), environ={})

@@ -200,6 +200,7 @@ def test_killing_one_process_stops_the_other_and_both_resume(tmp_path, killed):
   finally:
     job.close()
   assert job.procs[survivor].returncode != 0
+  print(f"process {survivor} stopped {stopped_after:.1f} s after process {killed} was killed")
   assert stopped_after < HEARTBEAT_S + 30, stopped_after
   err = job.err(survivor)
   assert "another task died" in err  # JAX's coordination service ends it, and says why ...
