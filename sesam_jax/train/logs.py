@@ -1,9 +1,10 @@
 """Metric logs: TensorBoard event files (tensorboardX, no TensorFlow) and a JSON-lines file.
 
-`<workdir>/tensorboard/` holds the event files; `<workdir>/metrics.jsonl` one object per log
-step (`{"step": n, "loss": ...}`), easy to read back with pandas or `jq`. After a resume the steps
-between the last checkpoint and the kill appear twice in the JSON lines; the later line wins.
-Only process 0 writes.
+`<workdir>/tensorboard/` holds the event files (scalars, and images of a few validation
+predictions at each evaluation: `sesam_jax.train.val_images`); `<workdir>/metrics.jsonl` one
+object per log step (`{"step": n, "loss": ...}`), easy to read back with pandas or `jq`. After a
+resume the steps between the last checkpoint and the kill appear twice in the JSON lines; the
+later line wins. Only process 0 writes.
 """
 
 from __future__ import annotations
@@ -63,6 +64,14 @@ class MetricWriter:
       row[prefix + name] = value if math.isfinite(value) else None
     self._jsonl.write(json.dumps(row) + "\n")
     self._jsonl.flush()
+
+  def write_images(self, step: int, images: Mapping[str, np.ndarray], prefix: str = "") -> None:
+    """Records HxWx3 uint8 images at `step` in TensorBoard (names prefixed with `prefix`)."""
+    if not self.active:
+      return
+    for name, image in images.items():
+      self._tb.add_image(prefix + name, np.asarray(image, np.uint8), int(step), dataformats="HWC")
+    self._tb.flush()
 
   def close(self) -> None:
     if self.active:

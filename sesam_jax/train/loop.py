@@ -12,7 +12,8 @@ optimizer), the data position, the method's feed items (SeSAM's SAM label bank) 
 clock are restored from that one step, and the same command continues the same data stream;
 per-step keys are `fold_in(seed key, step)`, so a resumed supervised run ends with the same
 parameters as an uninterrupted one. Every run ends by writing `<workdir>/result.json` (the same
-object as the last stdout line).
+object as the last stdout line). Each evaluation (every `eval_every` steps and the final one) also
+draws the first `eval.tb_images` validation predictions as TensorBoard images (`val_images`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from sesam_jax.data.input_pipeline import (make_eval_dataset,
                                            make_train_dataset, weak_label_fn)
 from sesam_jax.evaluate.inference import evaluate
 from sesam_jax.models import create_model
-from sesam_jax.train import methods, optim, train_state
+from sesam_jax.train import methods, optim, train_state, val_images
 from sesam_jax.train import train_step as step_lib
 from sesam_jax.train.checkpoint import Checkpointer
 from sesam_jax.train.logs import MetricWriter
@@ -119,8 +120,12 @@ def _check_finite(step: int, metrics: Mapping[str, float]) -> None:
 
 
 def evaluate_state(config: ml_collections.ConfigDict, model: Any, state: train_state.TrainState,
-                   val_source: Any, mesh: Any, log: bool = True) -> dict[str, Any]:
+                   val_source: Any, mesh: Any, log: bool = True,
+                   keep_examples: int = 0) -> dict[str, Any]:
   """Evaluates the student (and the EMA teacher when `config.eval.ema`) on `val_source`.
+
+  Args:
+    keep_examples: also return the first N examples with their predictions ("examples").
 
   Returns:
     `evaluate`'s dict with names "student" and "ema".
@@ -134,7 +139,7 @@ def evaluate_state(config: ml_collections.ConfigDict, model: Any, state: train_s
                   num_classes=info.num_classes, class_names=info.class_names,
                   mode=config.eval.mode, window=config.eval.window, stride=config.eval.stride,
                   image_scale=config.eval.image_scale, total=math.ceil(len(val_source) / bs),
-                  log=log)
+                  log=log, keep_examples=keep_examples)
 
 
 def _summary(step: int, ev: Mapping[str, Any], class_names: Any) -> dict[str, Any]:
@@ -315,8 +320,10 @@ def _run_steps(config: ml_collections.ConfigDict, workdir: str, state: Any, step
         flush()  # never checkpoint a state whose metrics went non-finite
         ckpt.save(n, state, {**feed.checkpoint_items(), "clock": clock})
       if config.eval_every and n % config.eval_every == 0 and n < num_steps:
-        ev = evaluate_state(config, model, state, val_source, mesh, log=False)
+        ev = evaluate_state(config, model, state, val_source, mesh, log=False,
+                            keep_examples=config.eval.tb_images)
         writer.write(n, {k: v for k, v in ev.items() if k.endswith("_miou")}, prefix="val/")
+        val_images.write(writer, n, ev, val_source)
       host = time.perf_counter() - host_start - waited
       timing.host.append(host)
       host_since_log.append(host)
@@ -335,10 +342,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
      (summed over resumes), "eval_seconds", "workdir"}: also the content of result.json.
   """
   outcome = train(config, workdir)
-  ev = evaluate_state(config, outcome.model, outcome.state, outcome.val_source, outcome.mesh)
+  ev = evaluate_state(config, outcome.model, outcome.state, outcome.val_source, outcome.mesh,
+                      keep_examples=config.eval.tb_images)
   writer = MetricWriter(workdir)
   writer.write(int(config.num_steps), {k: v for k, v in ev.items() if k.endswith("_miou")},
                prefix="val/")
+  val_images.write(writer, int(config.num_steps), ev, outcome.val_source)
   writer.close()
   result = _summary(int(outcome.state.step), ev, outcome.val_source.info.class_names)
   result.update(outcome.info)
