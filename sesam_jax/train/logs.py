@@ -9,11 +9,15 @@ later line wins. Only process 0 writes.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
+import pathlib
+import struct
 import sys
 from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -42,7 +46,7 @@ _SummaryWriter = _summary_writer_class()
 
 
 class MetricWriter:
-  """Writes scalar metrics to TensorBoard and `metrics.jsonl` in the workdir."""
+  """Writes scalar metrics (and images) to TensorBoard and scalars to `metrics.jsonl`."""
 
   def __init__(self, workdir: str) -> None:
     self.active = jax.process_index() == 0
@@ -77,3 +81,49 @@ class MetricWriter:
     if self.active:
       self._tb.close()
       self._jsonl.close()
+
+
+def read_events(logdir: str | os.PathLike) -> list[Any]:
+  """Every Event of the event files in `logdir`, oldest file first (TensorBoard not needed).
+
+  Event files are TFRecords: an 8-byte little-endian length, its masked CRC-32C, the serialised
+  Event protobuf and its masked CRC; both CRCs are checked (tensorboardX's own protos and CRC).
+  A record cut short at the end of a file (a writer still writing) ends that file.
+
+  Raises:
+    ValueError: a record whose checksum does not match, naming the file.
+  """
+  # Deferred: only readers need the protobufs (tensorboardX itself was loaded without torch above).
+  from tensorboardX.proto import event_pb2
+  from tensorboardX.record_writer import masked_crc32c
+  events = []
+  for path in sorted(pathlib.Path(logdir).glob("events.out.tfevents.*")):
+    data, pos = path.read_bytes(), 0
+    while pos < len(data):
+      if pos + 12 > len(data):
+        break
+      header = data[pos:pos + 8]
+      if struct.unpack("<I", data[pos + 8:pos + 12])[0] != masked_crc32c(header):
+        raise ValueError(f"{path}: corrupt record header at byte {pos}; the file is damaged.")
+      end = pos + 16 + struct.unpack("<Q", header)[0]
+      if end > len(data):
+        break
+      body = data[pos + 12:end - 4]
+      if struct.unpack("<I", data[end - 4:end])[0] != masked_crc32c(body):
+        raise ValueError(f"{path}: corrupt record at byte {pos}; the file is damaged.")
+      events.append(event_pb2.Event.FromString(body))
+      pos = end
+  return events
+
+
+def read_images(logdir: str | os.PathLike) -> dict[tuple[int, str], np.ndarray]:
+  """The image summaries of `logdir` as {(step, tag): HxWx3 uint8} (e.g. the validation rows
+  `sesam_jax.train.val_images` writes), without TensorBoard."""
+  from PIL import Image  # Deferred: only image readers need PIL.
+  images = {}
+  for event in read_events(logdir):
+    for value in event.summary.value:
+      if value.HasField("image"):
+        with Image.open(io.BytesIO(value.image.encoded_image_string)) as image:
+          images[(int(event.step), value.tag)] = np.asarray(image.convert("RGB"))
+  return images

@@ -1,15 +1,12 @@
-"""Validation predictions in TensorBoard: the shared tiny run's event file, read back with
-tensorboardX's own protobufs and CRC, holds at each evaluation the rows `sesam predict` gives."""
+"""Validation predictions in TensorBoard: the shared tiny run's event files, read back with
+tensorboardX's own protobufs and CRC (`logs.read_images`), hold at each evaluation the rows of
+the labels `sesam predict` gives for that step's checkpoint."""
 
 import dataclasses
-import io
-import struct
 
 import jax
 import numpy as np
-from PIL import Image
-from tensorboardX.proto import event_pb2
-from tensorboardX.record_writer import masked_crc32c
+import pytest
 
 from sesam_jax.data import get_source, input_pipeline
 from sesam_jax.evaluate import inference, predict
@@ -19,33 +16,11 @@ from sesam_jax.train import train_step as step_lib
 from tests import fakes
 
 
-def read_events(folder):
-  """Every Event of the TFRecord event files in `folder` (length, CRCs checked)."""
-  events = []
-  for path in sorted(folder.glob("events.out.tfevents.*")):
-    data, pos = path.read_bytes(), 0
-    while pos < len(data):
-      header = data[pos:pos + 8]
-      (length,) = struct.unpack("<Q", header)
-      assert struct.unpack("<I", data[pos + 8:pos + 12])[0] == masked_crc32c(header)
-      body = data[pos + 12:pos + 12 + length]
-      assert struct.unpack("<I", data[pos + 12 + length:pos + 16 + length])[0] == \
-          masked_crc32c(body)
-      events.append(event_pb2.Event.FromString(body))
-      pos += 16 + length
-  return events
-
-
 def test_event_file_holds_the_predictions_at_each_evaluation(tiny_run, shared_data):
-  images = {}  # (step, tag) -> HxWx3
-  scalars = set()
-  for event in read_events(tiny_run.workdir / "tensorboard"):
-    for value in event.summary.value:
-      if value.HasField("image"):
-        images[(event.step, value.tag)] = np.asarray(
-            Image.open(io.BytesIO(value.image.encoded_image_string)).convert("RGB"))
-      elif value.tag == "val/student_miou":
-        scalars.add(event.step)
+  logdir = tiny_run.workdir / "tensorboard"
+  images = logs.read_images(logdir)  # (step, tag) -> HxWx3
+  scalars = {e.step for e in logs.read_events(logdir) for v in e.summary.value
+             if v.tag == "val/student_miou"}
   source = get_source("camvid", data_dir=shared_data / "camvid", split="val")
   items = [source[k] for k in range(3)]  # eval.tb_images = 3 (the default)
   tags = ["val/image-student-ema-fine/" + item["id"] for item in items]
@@ -102,11 +77,22 @@ def test_evaluate_keeps_the_first_examples_cropped_to_their_size():
   np.testing.assert_array_equal(ev["student_confusion"], confusion)
 
 
-def test_tb_images_zero_draws_nothing(tmp_path):
+def test_tb_images_zero_draws_nothing_and_damage_is_caught(tmp_path):
   writer = logs.MetricWriter(str(tmp_path))
   val_images.write(writer, 1, {"student_miou": 0.5}, val_source=None)  # tb_images 0: no examples
+  writer.write(1, {"loss": 0.25})
   writer.close()
-  assert not [e for e in read_events(tmp_path / "tensorboard") if e.summary.value]
+  [path] = (tmp_path / "tensorboard").glob("events.out.tfevents.*")
+  events = logs.read_events(path.parent)
+  assert [(e.step, v.tag, v.simple_value) for e in events for v in e.summary.value] == [
+      (1, "loss", 0.25)]
+  data = bytearray(path.read_bytes())
+  path.write_bytes(bytes(data[:-3]))  # Cut short (a writer still writing): the last one is left.
+  assert len(logs.read_events(path.parent)) == len(events) - 1
+  data[-6] ^= 1
+  path.write_bytes(bytes(data))
+  with pytest.raises(ValueError, match="corrupt record"):
+    logs.read_events(path.parent)
 
 
 def test_large_panels_are_scaled_down():
