@@ -38,10 +38,30 @@ def _cmd_convert(args: argparse.Namespace) -> dict:
 
 def _cmd_bench(args: argparse.Namespace, rest: list[str]) -> dict:
   from sesam_jax import bench
+  if args.compare:
+    if args.what or rest:
+      raise ValueError("--compare FILE... takes no --what and no benchmark flags.")
+    from sesam_jax.bench import records
+    result = records.compare_records(records.load_records(args.compare))
+    report.log(result["table"])
+    return result
+  if not args.what:
+    if args.help:
+      args.print_help()
+      sys.exit(0)
+    raise ValueError("give --what NAME (or --compare FILE...); `sesam bench --help` lists them.")
   target = bench.load_target(args.what)
   target_parser = argparse.ArgumentParser(prog=f"sesam bench --what {args.what}")
   target.add_arguments(target_parser)
-  return target.run(target_parser.parse_args(rest))
+  target_args = target_parser.parse_args(rest + (["--help"] if args.help else []))
+  result = target.run(target_args)
+  if args.record:
+    from sesam_jax.bench import records
+    command = ["sesam", "bench", "--what", args.what, *rest]
+    path = records.append_record(args.record, records.make_record(
+        args.what, vars(target_args), result, command))
+    report.log(f"recorded to {path}")
+  return result
 
 
 def _cmd_train(args: argparse.Namespace, rest: list[str]) -> dict:
@@ -187,6 +207,40 @@ def _cmd_demo(args: argparse.Namespace) -> dict:
   return demo.run_demo(args.out, num_images=args.images, seed=args.seed,
                        train_weak=args.train_weak, train_steps=args.train_steps,
                        sam_checkpoint=args.sam_checkpoint, train=not args.no_train)
+
+
+def _comma_list(text: str | None) -> list[str] | None:
+  return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def _cmd_reproduce(args: argparse.Namespace, rest: list[str]) -> dict:
+  from sesam_jax.experiments import grid, sweep
+  datasets = _comma_list(args.dataset)
+  return sweep.reproduce(
+      args.table if args.table.startswith("fig") else f"table{args.table}", datasets=datasets,
+      students=_comma_list(args.student), weak=_comma_list(args.weak),
+      methods=_comma_list(args.methods), seeds=grid.parse_seeds(args.seeds),
+      budgets=grid.parse_budgets(args.budgets) if args.budgets else None,
+      root=args.workdir_root, configs_dir=args.configs_dir,
+      config_args=",".join(a for a in ("runlocal" if args.runlocal else "",
+                                       "tiny" if args.tiny else "") if a),
+      sam_backend=args.sam_backend, sam_checkpoint=args.sam_checkpoint,
+      data_dirs=sweep.parse_data_dirs(args.data_dir, datasets), extra=rest, run=args.run,
+      keep_going=args.keep_going)
+
+
+def _cmd_report(args: argparse.Namespace) -> dict:
+  from sesam_jax import cost
+  from sesam_jax.experiments import summary
+  return summary.report_runs(args.runs, ema=args.ema, csv_path=args.csv, cost_json=args.cost_json,
+                             minutes_per_image=cost.parse_minutes(args.minutes))
+
+
+def _bench_epilog() -> str:
+  from sesam_jax.bench import describe_targets
+  return describe_targets() + (
+      "\n\nsesam bench --what NAME --help lists a benchmark's own flags. Compare machines: run "
+      "with\n--record runs.jsonl on each, then: sesam bench --compare a.jsonl b.jsonl")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -350,10 +404,74 @@ def build_parser() -> argparse.ArgumentParser:
   p.set_defaults(handler=_cmd_convert)
 
   p = sub.add_parser("bench", help="throughput / memory / parity benchmarks (side-by-side ratios)",
-                     add_help=False)
-  p.add_argument("--what", required=True,
-                 help="benchmark target; `sesam bench --what NAME --help` lists its flags")
-  p.set_defaults(handler=_cmd_bench, takes_rest=True)
+                     add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter,
+                     epilog=_bench_epilog())
+  p.add_argument("-h", "--help", action="store_true",
+                 help="this list; with --what NAME, that benchmark's flags")
+  p.add_argument("--what", default=None, help="benchmark target (below)")
+  p.add_argument("--record", default=None, metavar="FILE.jsonl",
+                 help="append the figures with a fingerprint of the machine to FILE (JSON lines)")
+  p.add_argument("--compare", nargs="+", default=None, metavar="FILE.jsonl",
+                 help="a markdown table of recorded runs, one column per machine")
+  p.set_defaults(handler=_cmd_bench, takes_rest=True, print_help=p.print_help)
+
+  p = sub.add_parser("reproduce", help="the `sesam train` command of every cell of a paper table "
+                     "(printed, or run with --run)",
+                     epilog="Further --config.FIELD=VALUE flags are added to every command "
+                     "(e.g. --config.num_steps=1000).")
+  p.add_argument("--table", required=True, choices=("1", "2", "3", "4", "fig4"),
+                 help="Table 1 (VOC), 2 (main results), 3 (components), 4 (design choices) or "
+                      "Figure 4 (annotation cost vs mIoU)")
+  p.add_argument("--dataset", default=None, metavar="D[,D]",
+                 help="dataset columns (default: the paper's); any dataset with configs/ files")
+  p.add_argument("--student", default=None, metavar="S[,S]|all",
+                 help="segformer and/or deeplabv3plus, or all (default: the table's first)")
+  p.add_argument("--weak", default=None, metavar="K[,K]",
+                 help="weak kinds of the rows (points, scribbles, coarse); the weak=fine "
+                      "reference stays (WvF needs it); 'fine' alone selects only it")
+  p.add_argument("--methods", default=None, metavar="M[,M]",
+                 help="methods of the rows (supervised, fixmatch, sam_baseline, sesam; "
+                      "default: the table's)")
+  p.add_argument("--seeds", default="0", metavar="0,1,2", help="one run per seed (default 0)")
+  p.add_argument("--budgets", default=None, metavar="N,N,all",
+                 help="dataset.max_train_images values (fig4 default: 100,500,1500,all)")
+  p.add_argument("--workdir-root", default="workdirs", metavar="DIR",
+                 help="workdirs go to DIR/<table>/<dataset>/<student>/<labels>/<method>/... "
+                      "(default: workdirs)")
+  p.add_argument("--configs-dir", default="configs", help="folder of the config files")
+  p.add_argument("--runlocal", action="store_true", help="the configs' minutes-long schedules")
+  p.add_argument("--tiny", action="store_true", help="the configs' tiny test students")
+  p.add_argument("--sam-backend", default="transformers",
+                 help="config.sam.backend of cells using SAM (default transformers: SAM ViT-B "
+                      "from --sam-checkpoint, as in the paper)")
+  p.add_argument("--sam-checkpoint", default=None,
+                 help="SAM weights (default: the placeholder /path/to/sam_vit_b_01ec64.pth, "
+                      "which --run refuses)")
+  p.add_argument("--data-dir", action="append", default=None, metavar="DATASET=DIR",
+                 help="dataset root of a dataset (repeatable; DIR alone with one --dataset)")
+  mode = p.add_mutually_exclusive_group()
+  mode.add_argument("--dry-run", dest="run", action="store_false",
+                    help="print the commands (the default)")
+  mode.add_argument("--run", dest="run", action="store_true",
+                    help="run them one after another, skipping finished workdirs; the same "
+                         "command resumes an interrupted sweep")
+  p.add_argument("--keep-going", action="store_true",
+                 help="with --run: run the other cells after a failure")
+  p.set_defaults(handler=_cmd_reproduce, takes_rest=True, run=False)
+
+  p = sub.add_parser("report", help="the paper-layout table (markdown) of finished and "
+                     "unfinished runs: mIoU, WvF, seeds, hours, coverage, wall time")
+  p.add_argument("runs", nargs="+", metavar="WORKDIR_OR_ROOT",
+                 help="workdirs of `sesam train`, or folders holding them")
+  p.add_argument("--ema", action="store_true", help="the EMA teacher's val mIoU")
+  p.add_argument("--csv", default=None, metavar="FILE", help="also write the table as CSV")
+  p.add_argument("--cost-json", default=None, metavar="FILE",
+                 help="write the cost-vs-mIoU data (Figure 4) as JSON here (format: "
+                      "sesam_jax/experiments/summary.py; default for runs with budgets: "
+                      "cost_points.json in the first folder given)")
+  p.add_argument("--minutes", action="append", metavar="KIND=MIN",
+                 help="annotation minutes per image of a kind (as sesam cost; repeatable)")
+  p.set_defaults(handler=_cmd_report)
 
   for name, handler, text in (
       ("train", _cmd_train, "train a student (resumes from --workdir), then evaluate it"),

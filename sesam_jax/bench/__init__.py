@@ -5,6 +5,7 @@ Each target is a module with `add_arguments(parser)` (its own flags) and
 imported only when chosen, so one target's heavy imports (torch) never slow
 another. Ratios are always measured side by side in one run: these machines
 are shared and noisy, so absolute seconds from different runs do not compare.
+`records` keeps figures of different machines comparable (`--record`, `--compare`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,17 @@ TARGETS: dict[str, str] = {
     "iteration": "sesam_jax.bench.iteration",
     "parity": "sesam_jax.bench.parity",
     "train-step": "sesam_jax.bench.train_step",
+    "memory": "sesam_jax.bench.memory",
+}
+# name -> one line for `sesam bench --help` (no target is imported to list them).
+DESCRIPTIONS: dict[str, str] = {
+    "input": "host input pipeline images/s (CamVid decode, synthetic at Cityscapes size)",
+    "weak_labels": "ms per image for each weak-label kind",
+    "sam": "SAM bridge: encoder, decoder per prompt set, geometry, cached refresh",
+    "iteration": "seconds per training iteration, FixMatch vs SeSAM (ratio)",
+    "parity": "Flax students vs transformers on the same random weights",
+    "train-step": "Flax vs PyTorch SegFormer-B0 training step seconds (ratio), DeepLabV3+",
+    "memory": "SeSAM step memory per device from XLA's compiled memory analysis (+ GPU peak)",
 }
 
 
@@ -28,3 +40,10 @@ def load_target(name: str) -> ModuleType:
   if name not in TARGETS:
     raise ValueError(f"unknown benchmark {name!r}; choose one of: {', '.join(sorted(TARGETS))}.")
   return importlib.import_module(TARGETS[name])
+
+
+def describe_targets() -> str:
+  """The list of targets shown by `sesam bench --help`."""
+  width = max(len(name) for name in TARGETS)
+  return "benchmarks (--what NAME):\n" + "\n".join(
+      f"  {name:<{width}}  {DESCRIPTIONS.get(name, '')}" for name in TARGETS)

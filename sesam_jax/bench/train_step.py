@@ -13,6 +13,12 @@ is `torch_seconds / jax_seconds` (> 1: JAX is faster).
 Memory: on GPU the device's peak bytes in use; on CPU XLA's own estimate for
 the compiled step (arguments + outputs + temporaries, `memory_analysis`) and
 the process's peak resident set size after each model's warm-up.
+
+On a GPU host the torch step runs on CUDA (`--torch-device`, default: cuda when
+jax runs on a GPU and torch sees one; bf16 = torch.autocast on that device) and
+each torch step ends with `torch.cuda.synchronize()`, as each JAX step ends with
+`block_until_ready`. Run it with `XLA_PYTHON_CLIENT_PREALLOCATE=false` there, or
+JAX's default 75% preallocation leaves torch too little of the card.
 """
 
 from __future__ import annotations
@@ -105,29 +111,27 @@ def make_jax_step(name: str, num_classes: int, crop: int, batch: int, dtype: Any
 
 
 def make_torch_step(num_classes: int, crop: int, batch: int, bf16: bool,
-                    threads: int | None) -> tuple[Callable[[], None], dict]:
-  """The same SegFormer-B0 step in PyTorch (`transformers`, torch.optim.AdamW)."""
-  import contextlib
-
+                    threads: int | None, device: str = "cpu") -> tuple[Callable[[], None], dict]:
+  """The same SegFormer-B0 step in PyTorch (`transformers`, torch.optim.AdamW) on `device`."""
   import torch
   import transformers
   if threads:
     torch.set_num_threads(threads)
   torch.manual_seed(0)
+  dev = torch.device(device)
   model = transformers.SegformerForSemanticSegmentation(
-      transformers.SegformerConfig(num_labels=num_classes))
+      transformers.SegformerConfig(num_labels=num_classes)).to(dev)
   model.train()
   opt = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
   images_np, labels_np = _batch(batch, crop, num_classes, seed=0)
-  images = torch.from_numpy(images_np.transpose(0, 3, 1, 2).copy())
-  labels = torch.from_numpy(labels_np.astype(np.int64))
+  images = torch.from_numpy(images_np.transpose(0, 3, 1, 2).copy()).to(dev)
+  labels = torch.from_numpy(labels_np.astype(np.int64)).to(dev)
   loss_fn = torch.nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
   holder: dict = {}
+  sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
   def run_one_step():
-    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if bf16
-                else contextlib.nullcontext())
-    with autocast:
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
       logits = model(images).logits
       logits = torch.nn.functional.interpolate(logits, size=(crop, crop), mode="bilinear",
                                                align_corners=False)
@@ -135,10 +139,22 @@ def make_torch_step(num_classes: int, crop: int, batch: int, bf16: bool,
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
+    sync()
     holder["loss"] = float(loss.detach())
 
   return run_one_step, {"params": int(sum(p.numel() for p in model.parameters())),
                         "holder": holder}
+
+
+def _torch_device(requested: str | None) -> str:
+  """--torch-device, or cuda when jax runs on a GPU and torch sees one, else cpu."""
+  if requested:
+    return requested
+  import jax
+  if jax.default_backend() != "gpu":
+    return "cpu"
+  import torch
+  return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -157,6 +173,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="SegFormer depthwise conv (default: shift on CPU, lax elsewhere)")
   parser.add_argument("--torch-threads", type=int, default=None,
                       help="torch.set_num_threads (default: torch's own choice)")
+  parser.add_argument("--torch-device", default=None,
+                      help="torch device of the PyTorch step (default: cuda when jax runs on a "
+                           "GPU and torch sees one, else cpu)")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -190,15 +209,21 @@ def run(args: argparse.Namespace) -> dict:
     result[f"{name}_peak_rss_mb_after_warmup"] = round(_peak_rss_mb(), 1)
     result[f"{name}_loss_after_warmup"] = round(info["holder"].get("loss", float("nan")), 4)
   if args.torch:
-    report.log("building the PyTorch SegFormer-B0 step")
+    torch_device = _torch_device(args.torch_device)
+    report.log(f"building the PyTorch SegFormer-B0 step on {torch_device}")
     steps["torch_segformer_b0"], info = make_torch_step(
-        args.num_classes, args.crop, args.batch, args.dtype == "bf16", args.torch_threads)
+        args.num_classes, args.crop, args.batch, args.dtype == "bf16", args.torch_threads,
+        device=torch_device)
     for _ in range(args.warmup):
       steps["torch_segformer_b0"]()
     result["torch_segformer_b0_params"] = info["params"]
     result["torch_segformer_b0_peak_rss_mb_after_warmup"] = round(_peak_rss_mb(), 1)
     import torch
     result["torch_threads"] = torch.get_num_threads()
+    result["torch_device"] = torch_device
+    if torch_device.startswith("cuda"):
+      result["torch_segformer_b0_device_peak_mb"] = round(
+          torch.cuda.max_memory_allocated() / 2**20, 1)
   # Alternate the steps so that load from other jobs hits every model alike.
   times: dict[str, list[float]] = {name: [] for name in steps}
   for rep in report.progress(range(args.reps), desc="timed steps", total=args.reps, unit="rep"):

@@ -115,7 +115,8 @@ class SegFormer(nn.Module):
     dropout_rate: decode-head dropout before the classifier.
     dwconv_impl: "shift" or "lax" (default: "shift" on CPU, "lax" elsewhere).
     fold_decoder: fold the head's projections into its fuse (see SegformerDecodeHead).
-    query_chunk: attention query chunk, 0 = off (default: 1024 on CPU, off elsewhere).
+    query_chunk: attention query chunk, 0 = off, `mit.FUSED` = cuDNN's fused attention (GPU,
+      bf16) (default: 1024 on CPU, off elsewhere).
   """
   num_classes: int
   variant: str = "B0"

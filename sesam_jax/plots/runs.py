@@ -1,9 +1,12 @@
 """Reading finished runs: each workdir's config.json, result.json and metrics.jsonl.
 
-Shared by `sesam plot cost` and `sesam plot curves`, and meant for any report over many runs:
+Shared by `sesam plot cost` and `sesam plot curves`, `sesam report` and `sesam reproduce`:
 `read_runs(paths)` accepts workdirs and folders holding workdirs (searched recursively for
 `config.json`), `cost_points(runs)` gives each run's annotation hours (`sesam_jax.cost`) and
-val mIoU, `read_metrics(workdir)` the merged metrics.jsonl rows.
+val mIoU, `read_metrics(workdir)` the merged metrics.jsonl rows. A run has finished when its
+result.json holds a step >= its config's num_steps (`is_finished`, `finished_step`); any other
+run (no result.json: killed or still running; a lower step) is unfinished, and `last_step` says
+how far it got.
 """
 
 from __future__ import annotations
@@ -110,6 +113,35 @@ def read_metrics(workdir: str | os.PathLike) -> list[dict]:
       raise ValueError(f"{path}:{number} is not a JSON object; the file is damaged.") from None
     merged.setdefault(int(row["step"]), {}).update(row)
   return [merged[s] for s in sorted(merged)]
+
+
+def finished_step(workdir: str | os.PathLike, num_steps: int) -> int | None:
+  """The step of `<workdir>/result.json` when it reached `num_steps` (finished), else None."""
+  path = pathlib.Path(workdir) / RESULT_FILE
+  if not path.is_file():
+    return None
+  step = int(_read_json(path).get("step", -1))
+  return step if step >= num_steps else None
+
+
+def is_finished(run: Run) -> bool:
+  """Whether the run's result.json holds a step >= its config's num_steps."""
+  return run.result is not None and int(run.result.get("step", -1)) >= int(run.config.num_steps)
+
+
+def last_step(run: Run) -> int | None:
+  """The last step the run reached: result.json's, else the last in metrics.jsonl, else None."""
+  if run.result is not None and "step" in run.result:
+    return int(run.result["step"])
+  path = run.workdir / METRICS_FILE
+  step = None
+  if path.is_file():
+    for line in path.read_text().splitlines():
+      try:
+        step = max(step or 0, int(json.loads(line)["step"]))
+      except (ValueError, KeyError, TypeError):
+        continue  # A line cut by the kill that stopped the run; the others still count.
+  return step
 
 
 def series(rows: Sequence[Mapping[str, Any]], key: str) -> list[list[float]]:

@@ -47,6 +47,12 @@ CLI_FLAGS = {"backend": "--backend", "checkpoint": "--checkpoint", "device": "--
              "dtype": "--dtype", "decoder_dtype": "--decoder-dtype"}
 
 
+def needs_weights(backend: str) -> bool:
+  """Whether the backend spec still needs `checkpoint` (a weights kind without a path after ':')."""
+  kind, _, path = backend.partition(":")
+  return kind in _NEEDS_WEIGHTS and not path
+
+
 @functools.lru_cache(maxsize=None)
 def cpu_has_native_bf16() -> bool:
   """Whether this x86 CPU computes bf16 natively (AVX512-BF16 or AMX-BF16 flags)."""

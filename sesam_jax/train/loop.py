@@ -263,7 +263,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainOutcome:
   finally:
     ckpt.close()
     feed.close()
-  info.update(method=config.method, weak=config.weak, **_final_train_metrics(workdir),
+  info.update(method=config.method, weak=config.weak, train_images=len(train_source),
+              **_final_train_metrics(workdir),
               **feed.summary())
   info["train_seconds"] = round(clock.seconds(), 2)
   if timing.host:
@@ -338,7 +339,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   Returns:
     {"step", "val_miou" (student), "val_miou_ema", "val_per_class_iou" ({class: IoU}),
-     "val_images", "method", "weak", "final_coverage_*", the feed's counters, "train_seconds"
+     "val_images", "method", "weak", "train_images" (what the labels cost: `sesam report`),
+     "final_coverage_*", the feed's counters, "train_seconds"
      (summed over resumes), "eval_seconds", "workdir"}: also the content of result.json.
   """
   outcome = train(config, workdir)

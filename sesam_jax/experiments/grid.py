@@ -1,0 +1,293 @@
+"""The paper's tables as data: which `sesam train` runs fill each cell (Tables 1-4, Figure 4).
+
+A cell is one run: the config file `configs/<student>_<dataset>.py` with `weak=...,method=...`,
+ablation fields set with `--config.a.b=value` (Tables 3-4), a training-set budget
+(`dataset.max_train_images`, Figure 4) and a seed. `expand()` turns a table into its cells for
+the chosen columns (dataset x student), weak kinds, methods, budgets and seeds. What this project
+cannot run (DeepLabV2, prior methods other than the baselines) is named in `Table.left_out`.
+
+  table   paper columns (student, dataset)                     rows
+  table1  DeepLabV3+ on VOC                                    {scribbles, points} x method + fine
+  table2  SegFormer: Cityscapes, ADE20K, VOC; DeepLabV3+:      {points, scribbles, coarse} x method
+          Cityscapes, ADE20K                                   + fine (13 per column)
+  table3  SegFormer on Cityscapes, coarse                      FixMatch base, SeSAM components
+  table4  SegFormer on Cityscapes, coarse                      sampling, selection, prompt choices
+  fig4    SegFormer on Cityscapes                              {points, scribbles, coarse} x SeSAM
+                                                               + fine, at 100/500/1500/all images
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from sesam_jax.train.methods import METHODS, WEAK_KINDS
+
+# Rows of every weak kind; "fine" with `supervised` is the WvF reference (the upper bound).
+FINE = "fine"
+REFERENCE_METHOD = "supervised"
+# `dataset.max_train_images` of 0: the whole training split.
+ALL_IMAGES = 0
+# The paper's students (section 4.1: SegFormer MiT-B0, DeepLabV3+ ResNet-101) and datasets.
+PAPER_MODELS = {"segformer": "segformer_b0", "deeplabv3plus": "deeplabv3plus_r101"}
+PAPER_DATASETS = ("cityscapes", "ade20k", "voc")
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """One run of an ablation table: a method with config fields set.
+
+  Attributes:
+    rows: the paper's row labels this run fills (one run can fill several rows).
+    method: `config.method`.
+    fields: ((dotted config field, value), ...) set on the command line.
+    requires: further config fields whose presence says the run works in this version (e.g.
+      `sam.sampling=confidence` trains only with the change that adds `sam.refined_sampling`).
+  """
+  rows: tuple[str, ...]
+  method: str
+  fields: tuple[tuple[str, Any], ...] = ()
+  requires: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+  """One table (or figure) of the paper as a grid of runs.
+
+  Attributes:
+    name: "table1" ... "fig4" (also the first folder of its workdirs).
+    title: one line saying what the paper measures there.
+    columns: the paper's (student, dataset) columns; the student is a config-file prefix.
+    weak_kinds: the weak kinds of the rows.
+    methods: the methods of the weak rows (None: every method of `METHODS`).
+    variants: for ablation tables, the runs of the rows instead of plain methods.
+    fine_reference: whether the weak=fine supervised run belongs to each column (WvF needs it).
+    budgets: `dataset.max_train_images` values crossed with the rows (0 = all images).
+    left_out: ((what, why), ...): the paper's rows this project cannot run.
+  """
+  name: str
+  title: str
+  columns: tuple[tuple[str, str], ...]
+  weak_kinds: tuple[str, ...]
+  methods: tuple[str, ...] | None = None
+  variants: tuple[Variant, ...] = ()
+  fine_reference: bool = True
+  budgets: tuple[int, ...] = (ALL_IMAGES,)
+  left_out: tuple[tuple[str, str], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """One run of a table.
+
+  Attributes:
+    table: the table's name.
+    student: config-file prefix ("segformer", "deeplabv3plus").
+    dataset: config-file suffix ("cityscapes", ...).
+    weak: training labels (`config.weak`).
+    method: `config.method`.
+    fields: ablation fields set on the command line, ((dotted name, value), ...).
+    budget: `dataset.max_train_images` (0 = all images).
+    seed: `config.seed`.
+    rows: the paper's row labels the run fills (ablation tables).
+    requires: config fields the run needs besides `fields` (see `Variant.requires`).
+  """
+  table: str
+  student: str
+  dataset: str
+  weak: str
+  method: str
+  fields: tuple[tuple[str, Any], ...] = ()
+  budget: int = ALL_IMAGES
+  seed: int = 0
+  rows: tuple[str, ...] = ()
+  requires: tuple[str, ...] = ()
+
+  def relpath(self, model: str) -> str:
+    """The workdir under the sweep's root, e.g. `table2/cityscapes/segformer_b0/points/sesam/seed0`.
+
+    Args:
+      model: the student the config trains (`config.model`), so that the path names it.
+    """
+    parts = [self.table, self.dataset, model, self.weak, self.method]
+    if self.fields:
+      parts.append(variant_slug(self.fields))
+    if self.budget != ALL_IMAGES or self.table == "fig4":
+      parts.append(f"n{self.budget}" if self.budget else "nall")
+    parts.append(f"seed{self.seed}")
+    return "/".join(parts)
+
+
+def variant_slug(fields: Sequence[tuple[str, Any]]) -> str:
+  """A folder name for ablation fields, e.g. `refined_sampling-off+sampling-center`."""
+  def text(value: Any) -> str:
+    if isinstance(value, bool):
+      return "on" if value else "off"
+    return str(value)
+  return "+".join(f"{name.rsplit('.', 1)[-1]}-{text(value)}" for name, value in sorted(fields))
+
+
+_NO_REFINED = ("sam.refined_sampling", False)  # Table 3c: prompts from the weak label alone.
+# "High confidence" sampling needs the teacher's confidence sent with each SAM request, which
+# comes with the change (issue 12) that also adds `sam.refined_sampling`.
+_CONFIDENCE_WORKS = ("sam.refined_sampling",)
+_SEGFORMER_CITYSCAPES = (("segformer", "cityscapes"),)
+_BASELINES_ONLY = ("prior methods", "not implemented in this project; it trains the paper's "
+                   "baselines (Supervised, FixMatch, SAM baseline) and SeSAM")
+
+TABLES: dict[str, Table] = {t.name: t for t in (
+    Table("table1", "PASCAL VOC 2012, DeepLabV3+: scribbles and points, mIoU and WvF",
+          columns=(("deeplabv3plus", "voc"),), weak_kinds=("scribbles", "points"),
+          left_out=(("Pan et al., SPML, A2GNN (DeepLabV2 rows)",
+                     "DeepLabV2 is not a student here (DeepLabV3+ and SegFormer are)"),
+                    ("DBFNet, TEL, AGMM, AGMM*", _BASELINES_ONLY[1]))),
+    Table("table2", "Cityscapes, ADE20K, VOC with SegFormer-B0 and DeepLabV3+: every weak kind "
+          "and method, and fine labels",
+          columns=(("segformer", "cityscapes"), ("segformer", "ade20k"), ("segformer", "voc"),
+                   ("deeplabv3plus", "cityscapes"), ("deeplabv3plus", "ade20k")),
+          weak_kinds=("points", "scribbles", "coarse"),
+          left_out=(("AGMM* rows", "AGMM is " + _BASELINES_ONLY[1]),)),
+    Table("table3", "SeSAM components on Cityscapes coarse (a), instance separation (b), "
+          "refined-mask sampling (c)",
+          columns=_SEGFORMER_CITYSCAPES, weak_kinds=("coarse",), fine_reference=False,
+          variants=(
+              Variant(("3a base (FixMatch)",), "fixmatch"),
+              Variant(("3a +instance",), "sesam",
+                      (("sam.sampling", "confidence"), ("sam.selection", "best_score"),
+                       _NO_REFINED)),
+              Variant(("3a +instance +mask selection",), "sesam",
+                      (("sam.sampling", "confidence"), _NO_REFINED)),
+              Variant(("3a +instance +prompt sampling",), "sesam",
+                      (("sam.selection", "best_score"), _NO_REFINED)),
+              Variant(("3a +instance +mask selection +prompt sampling",
+                       "3c without refined sampling"), "sesam", (_NO_REFINED,)),
+              Variant(("3a all (+refined sampling)", "3b with instance",
+                       "3c with refined sampling"), "sesam"),
+              Variant(("3b without instance",), "sesam", (("sam.instances", False),)),
+          )),
+    Table("table4", "SeSAM design choices on Cityscapes coarse: point sampling (a), mask "
+          "selection (b), prompt type (c)",
+          columns=_SEGFORMER_CITYSCAPES, weak_kinds=("coarse",), fine_reference=False,
+          variants=(
+              Variant(("4a high confidence",), "sesam", (("sam.sampling", "confidence"),),
+                      _CONFIDENCE_WORKS),
+              Variant(("4a center",), "sesam", (("sam.sampling", "center"),)),
+              Variant(("4a boundary",), "sesam", (("sam.sampling", "boundary"),)),
+              Variant(("4a random",), "sesam", (("sam.sampling", "random"),)),
+              Variant(("4b best score",), "sesam", (("sam.selection", "best_score"),)),
+              Variant(("4b random",), "sesam", (("sam.selection", "random"),)),
+              Variant(("4c bbox",), "sesam", (("sam.prompt", "box"),)),
+              Variant(("4c mask",), "sesam", (("sam.prompt", "mask"),)),
+              Variant(("4a ours", "4b ours", "4c point"), "sesam"),
+          )),
+    Table("fig4", "annotation cost vs mIoU on Cityscapes: each weak kind with SeSAM and fine "
+          "labels at 100, 500, 1500 and all (2975) training images",
+          columns=_SEGFORMER_CITYSCAPES, weak_kinds=("points", "scribbles", "coarse"),
+          methods=("sesam",), budgets=(100, 500, 1500, ALL_IMAGES)),
+)}
+
+
+def parse_budgets(text: str) -> tuple[int, ...]:
+  """`--budgets 8,16,all` -> (8, 16, 0)."""
+  out = []
+  for item in text.split(","):
+    item = item.strip()
+    if item == "all":
+      out.append(ALL_IMAGES)
+    elif item.isdigit() and int(item) > 0:
+      out.append(int(item))
+    elif item:
+      raise ValueError(f"--budgets {text!r}: {item!r} is not a positive number of training "
+                       "images or 'all'.")
+  if not out:
+    raise ValueError("--budgets is empty; give e.g. --budgets 100,500,1500,all.")
+  return tuple(dict.fromkeys(out))
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+  """`--seeds 0,1,2` -> (0, 1, 2)."""
+  items = [t.strip() for t in text.split(",") if t.strip()]
+  if not items or not all(t.isdigit() for t in items):
+    raise ValueError(f"--seeds {text!r}: give non-negative integers, e.g. --seeds 0,1,2.")
+  return tuple(dict.fromkeys(int(t) for t in items))
+
+
+def select_columns(table: Table, datasets: Sequence[str] | None,
+                   students: Sequence[str] | None) -> tuple[list[tuple[str, str]], list[str]]:
+  """The (student, dataset) columns to run, and the paper's columns not selected.
+
+  With neither given: the paper's columns of the table's first student. `students=["all"]`:
+  every student of the table. Datasets the paper does not use in this table are allowed (the
+  same grid on other data), crossed with the chosen students.
+  """
+  paper_students = list(dict.fromkeys(s for s, _ in table.columns))
+  if not students:
+    chosen = paper_students[:1]
+  elif list(students) == ["all"]:
+    chosen = paper_students
+  else:
+    chosen = list(students)
+  if datasets:
+    columns = [(s, d) for s in chosen for d in datasets]
+  else:
+    columns = [(s, d) for s, d in table.columns if s in chosen]
+    if not columns:
+      raise ValueError(f"--student {','.join(students or [])}: the paper's {table.name} has "
+                       f"columns for {', '.join(paper_students)} only; add --dataset to run "
+                       "this student anyway.")
+  # The paper's other students for the same datasets, when the student was not chosen.
+  others = [] if students else [f"{s} {d}" for s, d in table.columns if s not in chosen and
+                                (not datasets or d in datasets)]
+  return columns, others
+
+
+def expand(table_name: str, *, datasets: Sequence[str] | None = None,
+           students: Sequence[str] | None = None, weak: Sequence[str] | None = None,
+           methods: Sequence[str] | None = None, seeds: Sequence[int] = (0,),
+           budgets: Sequence[int] | None = None) -> tuple[list[Cell], list[str]]:
+  """The cells of a table for the chosen columns and rows, in the paper's row order.
+
+  Args:
+    table_name: a key of TABLES.
+    datasets: dataset columns (default: the paper's).
+    students: config-file prefixes, or ["all"] (default: the table's first student).
+    weak: weak kinds of the rows (default: the table's); the weak=fine reference stays in
+      (WvF needs it), and `["fine"]` selects it alone.
+    methods: methods of the rows (default: the table's); for ablation tables, a filter.
+    seeds: one run per seed.
+    budgets: `dataset.max_train_images` values (0 = all; default: the table's).
+
+  Returns:
+    (cells, the paper's columns not selected, as "student dataset").
+  """
+  if table_name not in TABLES:
+    raise ValueError(f"--table {table_name}: choose one of {', '.join(TABLES)} "
+                     "(1, 2, 3, 4 or fig4).")
+  table = TABLES[table_name]
+  columns, others = select_columns(table, datasets, students)
+  for kind in weak or ():
+    if kind not in WEAK_KINDS:
+      raise ValueError(f"--weak {kind}: choose from {', '.join(WEAK_KINDS)}.")
+  for name in methods or ():
+    if name not in METHODS:
+      raise ValueError(f"--methods {name}: choose from {', '.join(METHODS)}.")
+  kinds = [k for k in (weak or table.weak_kinds) if k != FINE]
+  if table.variants:
+    rows = [v for v in table.variants if not methods or v.method in methods]
+  else:
+    rows = [Variant((), m) for m in (methods or table.methods or tuple(METHODS))]
+  if not rows:
+    raise ValueError(f"--methods {','.join(methods or [])}: {table.name} has no such rows "
+                     f"(its methods: {', '.join(sorted({v.method for v in table.variants}))}).")
+  cells = []
+  for student, dataset in columns:
+    for budget in (budgets or table.budgets):
+      for kind in kinds:
+        for row in rows:
+          cells += [Cell(table.name, student, dataset, kind, row.method, row.fields, budget, seed,
+                         row.rows, row.requires) for seed in seeds]
+      if table.fine_reference:
+        cells += [Cell(table.name, student, dataset, FINE, REFERENCE_METHOD, (), budget, seed,
+                       ("fine",)) for seed in seeds]
+  return cells, others

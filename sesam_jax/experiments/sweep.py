@@ -1,0 +1,316 @@
+"""`sesam reproduce`: the `sesam train` command of every cell of a table, printed or run.
+
+Each cell of `grid.expand()` becomes one command with its own workdir under the sweep's root,
+named from the cell (`ROOT/table2/cityscapes/segformer_b0/scribbles/sesam/seed0`). The command
+is checked by loading its config as `sesam train` would (`config_lib.config_from_flags`), so a
+typo in an extra `--config.*` flag stops here, before any run. A cell whose ablation field this
+version's config lacks (e.g. `sam.refined_sampling` before it lands) is left out with the reason
+and joins once the field exists.
+
+`run_plans()` runs the commands one after another, each in its own process (its output appended
+to `<workdir>/reproduce.log`), skipping workdirs whose result.json says they finished; the
+training loop resumes an interrupted run from its checkpoint, so an interrupted sweep resumes
+with the same command.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sesam_jax import config_lib, report
+from sesam_jax.experiments import grid
+from sesam_jax.plots import runs as runs_lib
+from sesam_jax.sam import resolver
+from sesam_jax.train.methods import get_method
+
+# What the commands carry until the user says where SAM's weights and the datasets are.
+SAM_CHECKPOINT_PLACEHOLDER = "/path/to/sam_vit_b_01ec64.pth"
+DATA_DIR_PLACEHOLDER = "/path/to/{dataset}"
+LOG_FILE = "reproduce.log"
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """A cell's command.
+
+  Attributes:
+    cell: the cell.
+    argv: the command, starting with "sesam".
+    workdir: its --workdir.
+    num_steps: the config's num_steps (a result.json at this step means finished).
+    model: the student the config trains.
+    placeholders: the placeholder values the command still holds.
+  """
+  cell: grid.Cell
+  argv: tuple[str, ...]
+  workdir: str
+  num_steps: int
+  model: str
+  placeholders: tuple[str, ...] = ()
+
+  @property
+  def command(self) -> str:
+    return shlex.join(self.argv)
+
+
+def _flag_value(value: Any) -> str:
+  if isinstance(value, bool):
+    return "true" if value else "false"
+  return str(value)
+
+
+def _has_field(config: Any, dotted: str) -> bool:
+  node = config
+  for part in dotted.split("."):
+    if not hasattr(node, "keys") or part not in node:
+      return False
+    node = node[part]
+  return True
+
+
+def plan_cells(cells: Sequence[grid.Cell], *, root: str, configs_dir: str = "configs",
+               config_args: str = "", sam_backend: str = "transformers",
+               sam_checkpoint: str | None = None, data_dirs: Mapping[str, str] | None = None,
+               extra: Sequence[str] = ()) -> tuple[list[Plan], list[dict[str, str]]]:
+  """The command of every cell, and the cells left out because the config lacks a field.
+
+  Args:
+    cells: from `grid.expand`.
+    root: the sweep's root folder (workdirs below it).
+    configs_dir: the folder of `<student>_<dataset>.py` config files.
+    config_args: more `key=val` arguments for each config file (e.g. "runlocal").
+    sam_backend, sam_checkpoint: `config.sam.backend` / `.checkpoint` of cells that use SAM;
+      a backend that needs weights and no checkpoint gets SAM_CHECKPOINT_PLACEHOLDER.
+    data_dirs: dataset -> data_dir; a dataset whose config has none gets DATA_DIR_PLACEHOLDER.
+    extra: `--config.a.b=value` flags added to every command (checked here).
+
+  Returns:
+    (plans, left_out: [{"what", "why"}]).
+  """
+  for flag in extra:
+    name = flag.partition("=")[0]
+    if any(name == f"--config.{f}" for c in cells for f, _ in c.fields):
+      raise ValueError(f"{name} is what the table's cells vary; pick cells with --weak/--methods "
+                       "instead of overriding it.")
+  plans, left_out, seen = [], [], set()
+  for cell in cells:
+    path = os.path.join(configs_dir, f"{cell.student}_{cell.dataset}.py")
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"config file {path} not found (student {cell.student}, dataset "
+                              f"{cell.dataset}); run from the repository root or give "
+                              "--configs-dir.")
+    spec = f"{path}:weak={cell.weak},method={cell.method}" + (f",{config_args}"
+                                                                 if config_args else "")
+    config = config_lib.load_config(spec)
+    missing = [f for f in dict.fromkeys([f for f, _ in cell.fields] + list(cell.requires))
+               if not _has_field(config, f)]
+    if missing:
+      left_out.append({"what": f"{cell.table} {cell.dataset} {cell.weak} {cell.method} "
+                               f"{grid.variant_slug(cell.fields)} seed {cell.seed} "
+                               f"({'; '.join(cell.rows)})",
+                       "why": f"this version's config has no field {', '.join(missing)}: the "
+                              "run needs issue 12 ('Train as the paper does'), which adds it "
+                              "(and confidence sampling in training); it joins when that lands"})
+      continue
+    flags = [f"--config.seed={cell.seed}"]
+    if cell.budget:
+      flags.append(f"--config.dataset.max_train_images={cell.budget}")
+    flags += [f"--config.{f}={_flag_value(v)}" for f, v in cell.fields]
+    placeholders = []
+    if get_method(cell.method).uses_sam:
+      flags.append(f"--config.sam.backend={sam_backend}")
+      if sam_checkpoint:
+        flags.append(f"--config.sam.checkpoint={sam_checkpoint}")
+      elif resolver.needs_weights(sam_backend):
+        flags.append(f"--config.sam.checkpoint={SAM_CHECKPOINT_PLACEHOLDER}")
+        placeholders.append(SAM_CHECKPOINT_PLACEHOLDER)
+    if cell.dataset in (data_dirs or {}):
+      flags.append(f"--config.data_dir={data_dirs[cell.dataset]}")
+    elif not config.data_dir and cell.dataset != "synthetic" and not any(
+        f.startswith("--config.data_dir") for f in extra):
+      flags.append(f"--config.data_dir={DATA_DIR_PLACEHOLDER.format(dataset=cell.dataset)}")
+      placeholders.append(DATA_DIR_PLACEHOLDER.format(dataset=cell.dataset))
+    flags += list(extra)
+    config = config_lib.config_from_flags(spec, flags)  # As `sesam train` does: bad flags stop.
+    workdir = os.path.join(root, cell.relpath(config.model))
+    if workdir in seen:
+      continue  # The same run fills several rows (Tables 3-4 list them in `cell.rows`).
+    seen.add(workdir)
+    argv = ("sesam", "train", f"--config={spec}", f"--workdir={workdir}", *flags)
+    plans.append(Plan(cell, argv, workdir, int(config.num_steps), str(config.model),
+                      tuple(placeholders)))
+  return plans, left_out
+
+
+def run_plans(plans: Sequence[Plan], *, keep_going: bool = False,
+              python: str = sys.executable) -> list[dict[str, Any]]:
+  """Runs the commands one after another, skipping finished workdirs.
+
+  Args:
+    plans: from `plan_cells`.
+    keep_going: run the other cells after a failed one (default: stop at the first failure).
+    python: the interpreter that runs `-m sesam_jax.main train ...`.
+
+  Returns:
+    Per plan: {"workdir", "status": "skipped" (finished before) | "ran" | "failed" | "not run",
+    "seconds", "val_miou"}.
+  """
+  pending = sorted({p for plan in plans for p in plan.placeholders})
+  if pending:
+    raise ValueError(f"the commands still hold placeholders ({', '.join(pending)}); give "
+                     "--sam-checkpoint (SAM weights) and --data-dir DATASET=DIR, then run again.")
+  out, failures = [], []
+  for i, plan in enumerate(plans, 1):
+    name = plan.workdir
+    done = runs_lib.finished_step(plan.workdir, plan.num_steps)
+    if done is not None:
+      report.log(f"[{i}/{len(plans)}] finished before (step {done}): {name}")
+      out.append({"workdir": plan.workdir, "status": "skipped"})
+      continue
+    if failures and not keep_going:
+      out.append({"workdir": plan.workdir, "status": "not run"})
+      continue
+    os.makedirs(plan.workdir, exist_ok=True)
+    log_path = os.path.join(plan.workdir, LOG_FILE)
+    report.log(f"[{i}/{len(plans)}] running (output in {log_path}): {plan.command}")
+    start = time.time()
+    with open(log_path, "a") as log:
+      log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {plan.command}\n")
+      log.flush()
+      code = subprocess.call([python, "-m", "sesam_jax.main", *plan.argv[1:]], stdout=log,
+                             stderr=subprocess.STDOUT)
+    seconds = round(time.time() - start, 1)
+    if code != 0 or runs_lib.finished_step(plan.workdir, plan.num_steps) is None:
+      failures.append(f"{plan.workdir} (exit code {code}; {_last_line(log_path)})")
+      report.log(f"[{i}/{len(plans)}] failed after {seconds} s: see {log_path}")
+      out.append({"workdir": plan.workdir, "status": "failed", "seconds": seconds})
+      continue
+    with open(os.path.join(plan.workdir, runs_lib.RESULT_FILE)) as f:
+      result = json.load(f)
+    report.log(f"[{i}/{len(plans)}] finished in {seconds} s: val mIoU "
+               f"{result.get('val_miou', float('nan')):.4f}")
+    out.append({"workdir": plan.workdir, "status": "ran", "seconds": seconds,
+                "val_miou": result.get("val_miou")})
+  if failures:
+    raise ValueError(f"{len(failures)} cell(s) failed: " + "; ".join(failures) +
+                     ". Fix the cause and run the same command again (finished cells are "
+                     "skipped, interrupted ones resume).")
+  return out
+
+
+def _check_paths(plans: Sequence[Plan], sam_backend: str, sam_checkpoint: str | None,
+                 data_dirs: Mapping[str, str]) -> None:
+  """SAM weights and dataset folders exist: checked before the first cell, not hours into it."""
+  if any(get_method(p.cell.method).uses_sam for p in plans) and not any(
+      SAM_CHECKPOINT_PLACEHOLDER in p.placeholders for p in plans):
+    resolver.resolve(sam_backend, sam_checkpoint or "",
+                     flags={**resolver.CLI_FLAGS, "backend": "--sam-backend",
+                            "checkpoint": "--sam-checkpoint"})
+  for dataset, path in data_dirs.items():
+    if not os.path.isdir(path):
+      raise FileNotFoundError(f"--data-dir {dataset}={path}: no such folder; give the dataset's "
+                              "root folder.")
+
+
+def _last_line(path: str) -> str:
+  """The last non-empty line of a log (a failed `sesam train` ends with its error line)."""
+  with open(path, errors="replace") as f:
+    lines = [line.strip() for line in f if line.strip()]
+  return lines[-1][-300:] if lines else "no output"
+
+
+def reproduce(table: str, *, datasets: Sequence[str] | None = None,
+              students: Sequence[str] | None = None, weak: Sequence[str] | None = None,
+              methods: Sequence[str] | None = None, seeds: Sequence[int] = (0,),
+              budgets: Sequence[int] | None = None, root: str = "workdirs",
+              configs_dir: str = "configs", config_args: str = "",
+              sam_backend: str = "transformers", sam_checkpoint: str | None = None,
+              data_dirs: Mapping[str, str] | None = None, extra: Sequence[str] = (),
+              run: bool = False, keep_going: bool = False) -> dict[str, Any]:
+  """`sesam reproduce`: prints (or runs) the command of every cell of a table.
+
+  Args: as `grid.expand` and `plan_cells`; `run` runs the commands (`run_plans`) instead of
+  printing them on stdout.
+
+  Returns:
+    {"table", "commands": [...], "workdirs": [...], "left_out": [{"what", "why"}],
+     "not_selected": the paper's columns not chosen, "placeholders", "report": the command
+     that makes the table, and with `run` "runs": `run_plans`' records}.
+  """
+  cells, others = grid.expand(table, datasets=datasets, students=students, weak=weak,
+                              methods=methods, seeds=seeds, budgets=budgets)
+  if not cells:
+    raise ValueError(f"--table {table} with --weak {','.join(weak or [])} selects no cell; "
+                     f"its weak kinds are {', '.join(grid.TABLES[table].weak_kinds)}.")
+  plans, missing = plan_cells(cells, root=root, configs_dir=configs_dir, config_args=config_args,
+                              sam_backend=sam_backend, sam_checkpoint=sam_checkpoint,
+                              data_dirs=data_dirs, extra=extra)
+  spec = grid.TABLES[table]
+  left_out = [{"what": what, "why": why} for what, why in spec.left_out] + missing
+  table_root = os.path.join(root, table)
+  report_cmd = shlex.join(["sesam", "report", table_root])
+  report.log(f"{table}: {spec.title}")
+  report.log(f"{len(plans)} runs under {table_root}")
+  for item in left_out:
+    report.log(f"left out: {item['what']}: {item['why']}")
+  if others:
+    report.log(f"not selected: the paper's columns {', '.join(others)} (--student / --dataset)")
+  notes = _notes(plans)
+  for note in notes:
+    report.log(f"note: {note}")
+  placeholders = sorted({p for plan in plans for p in plan.placeholders})
+  if placeholders:
+    report.log(f"placeholders to fill before running: {', '.join(placeholders)} (give "
+               "--sam-checkpoint FILE and --data-dir DATASET=DIR; --run refuses them)")
+  out: dict[str, Any] = {"table": table, "commands": [p.command for p in plans],
+                         "workdirs": [p.workdir for p in plans], "left_out": left_out,
+                         "not_selected": others, "notes": notes, "placeholders": placeholders,
+                         "report": report_cmd}
+  if run:
+    _check_paths(plans, sam_backend, sam_checkpoint, data_dirs or {})
+    out["runs"] = run_plans(plans, keep_going=keep_going)
+    report.log(f"all {len(plans)} cells finished; the table: {report_cmd}")
+  else:
+    for plan in plans:
+      print(plan.command, flush=True)
+    report.log(f"dry run: nothing was run (--run runs them); the table afterwards: {report_cmd}")
+  return out
+
+
+def _notes(plans: Sequence[Plan]) -> list[str]:
+  """Where the runs differ from the paper's set-up although they fill its cells."""
+  notes = []
+  for student, model in sorted({(p.cell.student, p.model) for p in plans
+                                if p.cell.dataset in grid.PAPER_DATASETS}):
+    paper = grid.PAPER_MODELS.get(student)
+    if paper and model != paper:
+      notes.append(f"the {student} configs train {model}; the paper's is {paper} "
+                   f"(add --config.model={paper})")
+  if any(p.cell.dataset in grid.PAPER_DATASETS and p.cell.weak != grid.FINE for p in plans):
+    notes.append("weak labels are made from the fine labels by this project's protocols "
+                 "(sesam weak-labels); the paper used Cityscapes' gtCoarse and published "
+                 "scribbles (README: 'Your own weak labels')")
+  return notes
+
+
+def parse_data_dirs(items: Sequence[str] | None, datasets: Sequence[str] | None
+                    ) -> dict[str, str]:
+  """`--data-dir cityscapes=/data/cs` (repeatable), or `--data-dir DIR` with one --dataset."""
+  out: dict[str, str] = {}
+  for item in items or ():
+    name, sep, path = item.partition("=")
+    if not sep:
+      if not datasets or len(datasets) != 1:
+        raise ValueError(f"--data-dir {item}: write DATASET=DIR (e.g. cityscapes=/data/cs), "
+                         "or give exactly one --dataset.")
+      name, path = datasets[0], item
+    out[name] = path
+  return out
