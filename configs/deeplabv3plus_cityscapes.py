@@ -1,13 +1,33 @@
-"""DeepLabV3+ ResNet-50 on Cityscapes (paper schedule: crop 1024, batch 8, 120k steps, sliding-window eval).
+"""DeepLabV3+ ResNet-101 on Cityscapes (paper schedule: crop 1024, batch 8, 120k steps, sliding-window eval).
+
+Init: the student starts from ResNet-101 ImageNet weights (the paper's init), made once with
+
+  sesam convert /path/to/resnet101-63fe2227.pth r101.msgpack --format torchvision \
+      --model deeplabv3plus_r101
+
+from torchvision's resnet101 ImageNet weights (`backbone=r50` after the colon trains ResNet-50:
+convert resnet50-0676ba61.pth with `--model deeplabv3plus_r50`).
 
 Train (fine labels, the upper bound) or on weak labels alone (the paper's "Supervised"):
 
-  sesam train --config=configs/deeplabv3plus_cityscapes.py:weak=coarse --workdir=workdirs/deeplabv3plus_cityscapes_coarse \
-      --config.data_dir=/path/to/cityscapes
+  sesam train --config=configs/deeplabv3plus_cityscapes.py:weak=coarse \
+      --workdir=workdirs/deeplabv3plus_cityscapes_coarse --config.data_dir=/path/to/cityscapes \
+      --config.init=r101.msgpack
 
-Arguments after the colon: weak=fine|points|scribbles|coarse, method=supervised|fixmatch|sam_baseline|sesam, runlocal (a minutes-long smoke
-run), tiny (the tiny test variant of the student). No pretrained weights exist here, so figures
-are far below the paper's ImageNet-initialised ones.
+SeSAM needs SAM weights (the run stops and says so without them):
+
+  sesam train --config=configs/deeplabv3plus_cityscapes.py:weak=coarse,method=sesam \
+      --workdir=workdirs/deeplabv3plus_cityscapes_sesam --config.data_dir=/path/to/cityscapes \
+      --config.init=r101.msgpack \
+      --config.sam.backend=transformers --config.sam.checkpoint=/path/to/sam-vit-base
+
+Your own weak labels instead of generated ones:
+`--config.weak_source=cityscapes_coarse`
+(options as `--config.weak_options=key=value,...`; README "Your own weak labels").
+Arguments after the colon: weak=fine|points|scribbles|coarse,
+method=supervised|fixmatch|sam_baseline|sesam, backbone=r101|r50, runlocal (a minutes-long smoke
+run), tiny (the tiny test variant of the student). Without `init` the student is randomly
+initialised and figures are far below the paper's.
 """
 
 from sesam_jax import configs_common

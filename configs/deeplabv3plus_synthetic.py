@@ -5,7 +5,7 @@
 Used by the tests (kill-and-resume, multi-device) and the demo; finishes in a couple of minutes
 on a CPU. The short schedule lowers the EMA decay to 0.9 so the teacher follows the student.
 Arguments after the colon: weak=fine|points|scribbles|coarse, method=supervised|fixmatch|sam_baseline|sesam, runlocal, tiny (default on here;
-`tiny=0` trains ResNet-50).
+`tiny=0` trains ResNet-101, `tiny=0,backbone=r50` ResNet-50).
 """
 
 from sesam_jax import configs_common

@@ -1,13 +1,32 @@
 """SegFormer-B0 on ADE20K (paper schedule: crop 512, batch 16, 160k steps).
 
+Init: the student starts from MiT-B0 ImageNet-1k weights (the paper's init), made once with
+
+  sesam convert /path/to/mit-b0/model.safetensors mit_b0.msgpack --format hf --model segformer_b0
+
+from the `transformers` checkpoint `nvidia/mit-b0` (or `--format mmseg` for mmseg's mit_b0.pth);
+`--config.model=segformer_b1..b5` with the matching MiT file for larger students.
+
 Train (fine labels, the upper bound) or on weak labels alone (the paper's "Supervised"):
 
-  sesam train --config=configs/segformer_ade20k.py:weak=coarse --workdir=workdirs/segformer_ade20k_coarse \
-      --config.data_dir=/path/to/ade20k
+  sesam train --config=configs/segformer_ade20k.py:weak=coarse \
+      --workdir=workdirs/segformer_ade20k_coarse --config.data_dir=/path/to/ade20k \
+      --config.init=mit_b0.msgpack
 
-Arguments after the colon: weak=fine|points|scribbles|coarse, method=supervised|fixmatch|sam_baseline|sesam, runlocal (a minutes-long smoke
-run), tiny (the tiny test variant of the student). No pretrained weights exist here, so figures
-are far below the paper's ImageNet-initialised ones.
+SeSAM needs SAM weights (the run stops and says so without them):
+
+  sesam train --config=configs/segformer_ade20k.py:weak=points,method=sesam \
+      --workdir=workdirs/segformer_ade20k_sesam --config.data_dir=/path/to/ade20k \
+      --config.init=mit_b0.msgpack \
+      --config.sam.backend=transformers --config.sam.checkpoint=/path/to/sam-vit-base
+
+Your own weak labels instead of generated ones:
+`--config.weak_source=clicks_csv:/path/to/clicks.csv`
+(options as `--config.weak_options=key=value,...`; README "Your own weak labels").
+Arguments after the colon: weak=fine|points|scribbles|coarse,
+method=supervised|fixmatch|sam_baseline|sesam, runlocal (a minutes-long smoke run), tiny (the tiny
+test variant of the student). Without `init` the student is randomly initialised and figures are
+far below the paper's.
 """
 
 from sesam_jax import configs_common

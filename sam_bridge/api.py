@@ -142,6 +142,15 @@ class RefineRequest:
     cache_key: optional key under which the image's encoder state is cached (with a
       `cache` given to refine); None = the example id when `RefineConfig.cache_embeddings`
       is set, else no caching.
+    step: the training step whose batch asked for this refresh (-1: the pre-warm before
+      step 0). Prompt sampling is seeded by (seed, example id, step), so every refresh of
+      an image draws fresh prompts and a run repeats its own draws; None = (seed, example
+      id) only, for one-off refinement.
+    confidence: optional HxW uint8 teacher confidence (value / 255, 0 = none), for
+      sampling "confidence" (the teacher's softmax maximum on this image's last view).
+    sampling: optional point-sampling strategy for this request only, overriding
+      `RefineConfig.sampling` (a "confidence" run's pre-warm has no teacher yet and
+      samples as "sesam").
   """
   example_id: str
   image: np.ndarray
@@ -149,6 +158,9 @@ class RefineRequest:
   extension: np.ndarray | None = None
   fine: np.ndarray | None = None
   cache_key: str | None = None
+  step: int | None = None
+  confidence: np.ndarray | None = None
+  sampling: str | None = None
 
 
 @dataclasses.dataclass

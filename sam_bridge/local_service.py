@@ -64,23 +64,47 @@ class LocalRefineService(Consumer):
 
   def _work(self) -> None:
     while True:
-      request = self._requests.get()
-      if request is None:
+      requests = [self._requests.get()]
+      # Queued requests go together: a backend that encodes many images per call (the JAX
+      # SAM on an accelerator) encodes their images in one batch first.
+      batch = max(1, int(getattr(self.backend, "encode_batch", 1)))
+      while len(requests) < batch and requests[-1] is not None:
+        try:
+          requests.append(self._requests.get_nowait())
+        except queue.Empty:
+          break
+      stop = requests[-1] is None
+      requests = [r for r in requests if r is not None and self._wanted(r)]
+      if len(requests) > 1:
+        try:
+          refine_lib.encode_ahead(self.backend, requests, self.config, self._cache)
+        except Exception:  # Each request's own refine() reports the failure.
+          pass
+      for request in requests:
+        self._work_on(request)
+      if stop:
         return
-      with self._cond:
-        if request.example_id not in self._in_flight or request.example_id in self._ready:
-          continue  # Settled (timed out) before it started.
-        self._started[request.example_id] = time.monotonic()
-      try:
-        result, error = refine_lib.refine(self.backend, request, self.config, seed=self.seed,
-                                          cache=self._cache), None
-      except Exception as e:  # Everything a refinement raises reaches the consumer.
-        result, error = None, f"refinement raised: {type(e).__name__}: {e}"
-      with self._cond:
-        self._started.pop(request.example_id, None)
-        if request.example_id in self._in_flight and request.example_id not in self._ready:
-          self._settle(request, result, error)
-        self._cond.notify_all()
+
+  def _wanted(self, request: RefineRequest) -> bool:
+    with self._cond:
+      eid = request.example_id
+      return eid in self._in_flight and eid not in self._ready
+
+  def _work_on(self, request: RefineRequest) -> None:
+    with self._cond:
+      if not self._wanted(request):
+        return  # Settled (timed out) or dropped (closed) before it started.
+      self._started[request.example_id] = time.monotonic()
+    try:
+      result, error = refine_lib.refine(self.backend, request, self.config, seed=self.seed,
+                                        cache=self._cache), None
+    except Exception as e:  # Everything a refinement raises reaches the consumer.
+      result, error = None, f"refinement raised: {type(e).__name__}: {e}"
+    with self._cond:
+      self._started.pop(request.example_id, None)
+      if self._wanted(request):
+        self._settle(request, result, error)
+      self._cond.notify_all()
 
   def _settle(self, request: RefineRequest, result: RefineResult | None, error: str | None) -> None:
     """Stores the outcome of `request` (the lock is held)."""

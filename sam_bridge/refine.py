@@ -37,9 +37,10 @@ import numpy as np
 from PIL import Image
 
 from sam_bridge import geometry
-from sam_bridge.api import (UNLABELED, Backend, InstanceRecord, InstanceTrace, PromptSet,
-                            RefineRequest, RefineResult, RefineTrace)
+from sam_bridge.api import (UNLABELED, Backend, InstanceRecord, PromptSet, RefineRequest,
+                            RefineResult, RefineTrace)
 from sam_bridge.cache import EmbeddingCache, cache_key, image_digest
+from sam_bridge.candidates import Candidates, Timer, has_lowres, trace_instance
 
 MODES = ("sesam", "naive")
 WEAK_KINDS = ("coarse", "points", "scribbles")
@@ -56,6 +57,10 @@ class RefineConfig:
   selection: str = "sesam"  # geometry.SELECTION_STRATEGIES.
   prompt: str = "points"  # "points", "box" or "mask" (Table 4c).
   instances: bool = True  # False: one prompt per class (Table 3b, no instance separation).
+  # Table 3c: instances, prompts and selection over the weak label extended by the request's
+  # theta2 extension (True, the paper's refined-mask sampling) or the weak label alone (False;
+  # the extension is then unused).
+  refined_sampling: bool = True
   tau1: float = 0.3  # Coverage threshold r >= tau1.
   tau2: float = 0.7  # Compatibility threshold p >= tau2.
   min_area: int = 16  # Instances smaller than this (working-resolution pixels) are skipped.
@@ -68,7 +73,7 @@ class RefineConfig:
   # own `cache_key` turns caching on for that request regardless.
   cache_embeddings: bool = False
   # Backends with `predict_lowres` (SAM): choose among candidates at the decoder's own low
-  # resolution and upsample only the chosen mask of each prompt set (see _Candidates).
+  # resolution and upsample only the chosen mask of each prompt set (see sam_bridge.candidates).
   lowres_selection: bool = True
   # Return RefineResult.trace: per prompt set the instance mask, sampling field and grid, the
   # points, all three candidates with r and p, and the choice (for figures; costs memory and,
@@ -94,24 +99,6 @@ def _resize(a: np.ndarray, hw: tuple[int, int], nearest: bool) -> np.ndarray:
   return np.asarray(Image.fromarray(a).resize((hw[1], hw[0]), Image.NEAREST if nearest else Image.BILINEAR))
 
 
-class _Timer:
-  """Wall seconds and process CPU seconds per phase (CPU time is robust on shared machines)."""
-
-  def __init__(self):
-    self.t = {"encode": 0.0, "decode": 0.0, "upsample": 0.0, "total": 0.0}
-    self.cpu = {"encode": 0.0, "decode": 0.0, "upsample": 0.0, "total": 0.0}
-    self._cpu0 = {}
-
-  def start(self) -> float:
-    t0 = time.perf_counter()
-    self._cpu0[t0] = time.process_time()
-    return t0
-
-  def add(self, key: str, t0: float) -> None:
-    self.t[key] = self.t.get(key, 0.0) + time.perf_counter() - t0
-    self.cpu[key] = self.cpu.get(key, 0.0) + time.process_time() - self._cpu0.pop(t0)
-
-
 def refine(backend: Backend, request: RefineRequest, config: RefineConfig = RefineConfig(), *,
            seed: int = 0, confidence: np.ndarray | None = None,
            cache: EmbeddingCache | None = None) -> RefineResult:
@@ -122,8 +109,10 @@ def refine(backend: Backend, request: RefineRequest, config: RefineConfig = Refi
     request: image HxWx3 uint8, weak HxW uint8 (255 = unlabeled), optional extension
       HxW uint8 (theta2 pseudo-labels, 255 = none), optional fine HxW uint8.
     config: RefineConfig.
-    seed: randomness of point sampling / random selection (with the example id).
-    confidence: optional HxW float32 teacher confidence, for sampling "confidence".
+    seed: randomness of point sampling / random selection, with the example id and the
+      request's `step` (each training refresh draws fresh prompts).
+    confidence: optional HxW float32 teacher confidence in [0, 1], for sampling
+      "confidence"; default: the request's own (uint8, value / 255).
     cache: optional sam_bridge.cache.EmbeddingCache; used when `request.cache_key` is
       set or `config.cache_embeddings` (key: the example id), for backends with
       `image_state` / `load_image_state`. A hit skips the encoder.
@@ -137,27 +126,29 @@ def refine(backend: Backend, request: RefineRequest, config: RefineConfig = Refi
     says hit/miss ("source": memory/disk/None), the encoder seconds this hit saved
     ("encode_s_saved") and the cache's running totals (hits, misses, bytes, ...).
   """
+  if request.sampling is not None:
+    config = dataclasses.replace(config, sampling=request.sampling)
   config.validate()
-  timer = _Timer()
+  timer = Timer()
   t_start = timer.start()
   image, weak = np.asarray(request.image), np.asarray(request.weak)
   if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
     raise ValueError(f"{request.example_id}: image must be HxWx3 uint8, got {image.shape} {image.dtype}")
   full_hw = image.shape[:2]
-  for name, arr in (("weak", weak), ("extension", request.extension), ("fine", request.fine)):
+  if confidence is None and request.confidence is not None:
+    confidence = np.asarray(request.confidence, np.float32) / 255.0
+  for name, arr in (("weak", weak), ("extension", request.extension), ("fine", request.fine),
+                    ("confidence", confidence)):
     if arr is not None and arr.shape != full_hw:
       raise ValueError(f"{request.example_id}: {name} label {arr.shape} does not match image {full_hw}")
   if backend.is_oracle and request.fine is None:
     raise ValueError(f"{request.example_id}: backend {backend.name} is an oracle and needs the fine label")
-  # Working resolution.
-  scale = min(1.0, config.work_long_side / max(full_hw))
-  hw = (max(1, round(full_hw[0] * scale)), max(1, round(full_hw[1] * scale)))
+  hw = working_size(full_hw, config)
   image_w = _resize(image, hw, nearest=False)
   weak_w = _resize(weak, hw, nearest=True)
   ext_w = None if request.extension is None else _resize(np.asarray(request.extension), hw, nearest=True)
   fine_w = None if request.fine is None else _resize(np.asarray(request.fine), hw, nearest=True)
-  # Seeded per example so that a result does not depend on processing order.
-  rng = np.random.default_rng([seed, abs(hash_id(request.example_id))])
+  rng = np.random.default_rng(sampling_seed(seed, request))
   conf_w = None
   if confidence is not None:
     conf_w = np.asarray(Image.fromarray(confidence.astype(np.float32)).resize((hw[1], hw[0]), Image.BILINEAR))
@@ -177,7 +168,9 @@ def refine(backend: Backend, request: RefineRequest, config: RefineConfig = Refi
     if config.weak_kind in ("points", "scribbles"):
       coarse_w = _sparse_to_coarse(backend, weak_w, config, records, timer, trace)
       base = coarse_w
-    label_w = _instances_stage(backend, base, ext_w, config, rng, conf_w, records, timer, trace)
+    ext_stage = ext_w if config.refined_sampling else None
+    label_w = _instances_stage(backend, base, ext_stage, config, rng, conf_w, records, timer,
+                               trace)
 
   label = _restore(label_w, weak, full_hw, config.ignore_index)
   coarse = None if coarse_w is None else _restore(coarse_w, weak, full_hw, config.ignore_index)
@@ -186,7 +179,7 @@ def refine(backend: Backend, request: RefineRequest, config: RefineConfig = Refi
   info = {"backend": backend.name, "oracle": bool(backend.is_oracle), "working_hw": hw,
           "instances": sum(r.stage == "instances" for r in records),
           "sparse_prompts": sum(r.stage == "sparse" for r in records),
-          "lowres_selection": bool(config.lowres_selection and _has_lowres(backend)),
+          "lowres_selection": bool(config.lowres_selection and has_lowres(backend)),
           "seconds": {"encode": t["encode"], "decode": t["decode"], "upsample": t["upsample"],
                       "total": t["total"],
                       "geometry": t["total"] - t["encode"] - t["decode"] - t["upsample"],
@@ -197,13 +190,59 @@ def refine(backend: Backend, request: RefineRequest, config: RefineConfig = Refi
   return RefineResult(request.example_id, label, coarse, records, info=info, trace=trace)
 
 
+def working_size(full_hw: tuple[int, int], config: RefineConfig) -> tuple[int, int]:
+  """(H, W) refinement works at: the longest side at most `config.work_long_side`."""
+  scale = min(1.0, config.work_long_side / max(full_hw))
+  return (max(1, round(full_hw[0] * scale)), max(1, round(full_hw[1] * scale)))
+
+
+def _cache_key_base(request: RefineRequest, config: RefineConfig) -> str | None:
+  return request.cache_key if request.cache_key is not None else (
+      request.example_id if config.cache_embeddings else None)
+
+
+def encode_ahead(backend: Backend, requests: list[RefineRequest], config: RefineConfig,
+                 cache: EmbeddingCache | None) -> int:
+  """Encodes in batched calls the images of `requests` whose state `cache` lacks.
+
+  For backends that encode many images per call (`encode_images`, e.g. the JAX SAM on an
+  accelerator): `refine()` then finds every state in the cache, as if it had encoded it.
+  Oracles (their state depends on the fine label) and backends without `encode_images` are
+  left to `refine()`.
+
+  Returns:
+    The number of images encoded.
+  """
+  if cache is None or backend.is_oracle or not hasattr(backend, "encode_images"):
+    return 0
+  encoder_name = getattr(backend, "encoder_name", backend.name)
+  keys, images = [], []
+  for request in requests:
+    base = _cache_key_base(request, config)
+    image = np.asarray(request.image)
+    if base is None or image.ndim != 3:
+      continue
+    hw = working_size(image.shape[:2], config)
+    image_w = _resize(image, hw, nearest=False)
+    key = cache_key(base, encoder_name, hw, image_digest(image_w, None))
+    if key not in cache and key not in keys:
+      keys.append(key)
+      images.append(image_w)
+  if not images:
+    return 0
+  t0 = time.perf_counter()
+  states = backend.encode_images(images)
+  seconds = (time.perf_counter() - t0) / len(images)
+  for key, state in zip(keys, states):
+    cache.put(key, state, encode_s=seconds)
+  return len(images)
+
+
 def _set_image(backend: Backend, request: RefineRequest, image_w: np.ndarray,
                fine_w: np.ndarray | None, hw: tuple[int, int], config: RefineConfig,
                cache) -> dict | None:
   """backend.set_image, or a cached state of the same image; returns info["cache"] or None."""
-  key_base = request.cache_key
-  if key_base is None and config.cache_embeddings:
-    key_base = request.example_id
+  key_base = _cache_key_base(request, config)
   use = (cache is not None and key_base is not None and hasattr(backend, "image_state")
          and hasattr(backend, "load_image_state"))
   if not use:
@@ -234,6 +273,21 @@ def _totals(cache) -> dict:
           "total_encode_s_saved": s["encode_s_saved"]}
 
 
+def sampling_seed(seed: int, request: RefineRequest) -> list[int]:
+  """The entropy of a request's prompt sampling: (seed, example id[, step + 1]).
+
+  Seeded per example so that a result does not depend on processing order, and per
+  training step (`request.step`, -1 for the pre-warm) so that each refresh of an image
+  draws fresh prompts while a run with the same seed repeats its draws.
+  """
+  entropy = [int(seed), hash_id(request.example_id)]
+  if request.step is not None:
+    if request.step < -1:
+      raise ValueError(f"{request.example_id}: request step {request.step} < -1")
+    entropy.append(int(request.step) + 1)
+  return entropy
+
+
 def hash_id(example_id: str) -> int:
   """A process-independent 63-bit hash of an example id (Python's hash() is salted)."""
   import hashlib
@@ -247,106 +301,6 @@ def _restore(label_w: np.ndarray, weak: np.ndarray, full_hw: tuple[int, int], ig
   return out
 
 
-def _has_lowres(backend) -> bool:
-  return all(hasattr(backend, a) for a in ("predict_lowres", "lowres_extent", "upsample"))
-
-
-class _Candidates:
-  """The three candidates of each prompt set, and the chosen masks at working resolution.
-
-  Full resolution (any backend): `backend.predict` masks; coverage/compatibility on them.
-  Low resolution (SAM, `config.lowres_selection`): the decoder's sxs logits, restricted to
-  the part the image covers; each working pixel belongs to the low-res cell its centre
-  falls in, so an instance W becomes per-cell pixel counts, |S n W| = sum over S's cells
-  of W's counts and |S| = sum of S's cells' pixel counts (exact wherever S is constant
-  over a cell; the error is at S's boundary, a cell wide). Only the chosen candidate of
-  each prompt set is upsampled, all of them in one batch.
-  """
-
-  def __init__(self, backend: Backend, prompts: list[PromptSet], timer: _Timer, hw: tuple[int, int],
-               lowres: bool):
-    self.backend, self.hw, self.timer = backend, hw, timer
-    self.lowres = bool(lowres and prompts and _has_lowres(backend))
-    t0 = timer.start()
-    if not prompts:
-      preds = []
-    elif self.lowres:
-      preds = backend.predict_lowres(prompts)
-    else:
-      preds = backend.predict(prompts)
-    timer.add("decode", t0)
-    if len(preds) != len(prompts):
-      raise ValueError(f"backend {backend.name} returned {len(preds)} predictions for {len(prompts)} prompts")
-    self.preds = preds
-    if not self.lowres:
-      for p in preds:
-        p.validate(hw)
-      return
-    fh, fw = backend.lowres_extent()
-    s = preds[0].logits.shape[-1]
-    self.ch, self.cw = min(s, max(1, int(np.ceil(fh - 1e-6)))), min(s, max(1, int(np.ceil(fw - 1e-6))))
-    h, w = hw
-    self.cell_y = np.minimum(((np.arange(h) + 0.5) * fh / h).astype(np.int64), self.ch - 1)
-    self.cell_x = np.minimum(((np.arange(w) + 0.5) * fw / w).astype(np.int64), self.cw - 1)
-    self.npix = np.outer(np.bincount(self.cell_y, minlength=self.ch),
-                         np.bincount(self.cell_x, minlength=self.cw)).ravel().astype(np.float64)
-    for p in preds:
-      if p.logits.ndim != 3 or p.logits.shape[0] != 3 or not np.all(np.isfinite(p.scores)):
-        raise ValueError(f"backend {backend.name} returned low-res logits {p.logits.shape}; expected 3xsxs")
-
-  def scores(self, i: int) -> np.ndarray:
-    return self.preds[i].scores
-
-  def stats(self, i: int, crop: np.ndarray, bbox: tuple[int, int, int, int]):
-    """(r, p, areas) of prompt set i's candidates against the weak crop at `bbox`."""
-    if not self.lowres:
-      return geometry.coverage_compatibility(self.preds[i].masks, crop, bbox, return_areas=True)
-    y0, x0, y1, x1 = bbox
-    cells = (self.cell_y[y0:y1, None] * self.cw + self.cell_x[None, x0:x1])[crop]
-    counts = np.bincount(cells, minlength=self.ch * self.cw).astype(np.float64)
-    cand = (self.preds[i].logits[:, :self.ch, :self.cw] > 0).reshape(3, -1)
-    inter = cand @ counts
-    area = cand @ self.npix
-    r = inter / max(float(crop.sum()), 1.0)
-    p = np.where(area > 0, inter / np.maximum(area, 1.0), 0.0)
-    return r, p, area
-
-  def candidate_masks(self, i: int) -> np.ndarray:
-    """3xHxW bool: all three candidates of prompt set i at working resolution (for traces)."""
-    if not self.lowres:
-      return self.preds[i].masks
-    return self.backend.upsample(self.preds[i].logits)
-
-  def chosen_masks(self, picks: list[tuple[int, int]]) -> list[np.ndarray]:
-    """HxW bool working-resolution masks of the (prompt set, candidate) pairs in `picks`."""
-    if not self.lowres:
-      return [self.preds[i].masks[c] for i, c in picks]
-    if not picks:
-      return []
-    t0 = self.timer.start()
-    masks = self.backend.upsample(np.stack([self.preds[i].logits[c] for i, c in picks]))
-    self.timer.add("upsample", t0)
-    if masks.shape != (len(picks), *self.hw) or masks.dtype != bool:
-      raise ValueError(f"backend {self.backend.name} upsampled to {masks.shape} {masks.dtype}; "
-                       f"expected {len(picks)}x{self.hw[0]}x{self.hw[1]} bool")
-    return list(masks)
-
-
-def _trace_instance(trace: RefineTrace, cands: _Candidates, i: int, stage: str, class_id: int,
-                    bbox: tuple[int, int, int, int], mask: np.ndarray, prompt: PromptSet,
-                    r: np.ndarray, p: np.ndarray, idx: int, qualified: bool,
-                    sampled: dict | None = None) -> None:
-  """Appends prompt set i's InstanceTrace (only called with `config.trace`)."""
-  sampled = sampled or {}
-  grid = sampled.get("grid")
-  edges = None if grid is None else geometry.grid_edges(mask.shape, grid)
-  trace.instances.append(InstanceTrace(
-      stage, int(class_id), tuple(int(v) for v in bbox), mask, prompt.points,
-      sampled.get("field"), grid, edges, sampled.get("cells"), cands.candidate_masks(i),
-      np.asarray(cands.scores(i)), np.asarray(r, np.float64), np.asarray(p, np.float64),
-      int(idx), bool(qualified), cands.lowres))
-
-
 def _sparse_to_coarse(backend, weak, config, records, timer, trace=None) -> np.ndarray:
   """Stage 1 for points/scribbles: each stroke's smallest candidate (see module docstring)."""
   strokes = geometry.find_instances(weak, min_area=1, ignore_index=config.ignore_index)
@@ -354,14 +308,14 @@ def _sparse_to_coarse(backend, weak, config, records, timer, trace=None) -> np.n
   for s in strokes:
     pts = geometry.stroke_points(s.mask, k=config.stroke_k, point_extent=config.point_extent)
     prompts.append(PromptSet.from_points(pts + np.float32([s.bbox[1], s.bbox[0]])))
-  cands = _Candidates(backend, prompts, timer, weak.shape, config.lowres_selection)
+  cands = Candidates(backend, prompts, timer, weak.shape, config.lowres_selection)
   picks, classes, prios = [], [], []
   for i, (s, prompt) in enumerate(zip(strokes, prompts)):
     r, p, areas = cands.stats(i, s.mask, s.bbox)
     idx, _ = geometry.select_mask(r, p, cands.scores(i), areas, strategy="smallest")
     used = areas[idx] > 0
     if trace is not None:
-      _trace_instance(trace, cands, i, "sparse", s.class_id, s.bbox, s.mask, prompt,
+      trace_instance(trace, cands, i, "sparse", s.class_id, s.bbox, s.mask, prompt,
                       r, p, idx if used else -1, False)
     records.append(InstanceRecord(s.class_id, s.area, s.bbox, prompt.points, idx if used else -1,
                                   float(r[idx]), float(p[idx]), False, stage="sparse"))
@@ -398,14 +352,14 @@ def _instances_stage(backend, base, ext, config, rng, conf, records, timer,
     else:
       prompts.append(PromptSet(np.zeros((0, 2), np.float32), np.zeros(0, np.int32),
                                mask=inst.full_mask(region.shape)))
-  cands = _Candidates(backend, prompts, timer, region.shape, config.lowres_selection)
+  cands = Candidates(backend, prompts, timer, region.shape, config.lowres_selection)
   chosen, classes, prios = [], [], []
   for i, (inst, prompt) in enumerate(zip(insts, prompts)):
     r, p, areas = cands.stats(i, inst.mask, inst.bbox)
     idx, ok = geometry.select_mask(r, p, cands.scores(i), areas, strategy=config.selection,
                                    tau1=config.tau1, tau2=config.tau2, rng=rng)
     if trace is not None:
-      _trace_instance(trace, cands, i, "instances", inst.class_id, inst.bbox, inst.mask, prompt,
+      trace_instance(trace, cands, i, "instances", inst.class_id, inst.bbox, inst.mask, prompt,
                       r, p, idx, ok, sampled[i])
     records.append(InstanceRecord(inst.class_id, inst.area, inst.bbox, prompt.points, idx,
                                   float(r[idx]), float(p[idx]), ok))
@@ -433,7 +387,7 @@ def _naive(backend, weak, config, records, timer, trace=None) -> np.ndarray:
                    + np.float32([s.bbox[1], s.bbox[0]]))
       prompts.append(PromptSet.from_points(np.concatenate(pts)))
     kept.append(c)
-  cands = _Candidates(backend, prompts, timer, weak.shape, config.lowres_selection)
+  cands = Candidates(backend, prompts, timer, weak.shape, config.lowres_selection)
   chosen, prios = [], []
   for i, (c, prompt) in enumerate(zip(kept, prompts)):
     idx = int(np.argmax(cands.scores(i)))
@@ -442,7 +396,7 @@ def _naive(backend, weak, config, records, timer, trace=None) -> np.ndarray:
     bbox = (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)
     r, p, _ = cands.stats(i, m[bbox[0]:bbox[2], bbox[1]:bbox[3]], bbox)
     if trace is not None:
-      _trace_instance(trace, cands, i, "naive", c, bbox, m[bbox[0]:bbox[2], bbox[1]:bbox[3]],
+      trace_instance(trace, cands, i, "naive", c, bbox, m[bbox[0]:bbox[2], bbox[1]:bbox[3]],
                       prompt, r, p, idx, False)
     records.append(InstanceRecord(c, int(m.sum()), bbox, prompt.points, idx, float(r[idx]),
                                   float(p[idx]), False, stage="naive"))

@@ -7,17 +7,17 @@
 #      tensorboardX) from wheels in the repository's git-ignored .whl/ folder (copy them there
 #      from ../shared/device/wheels/ before the run: cp312, manylinux x86-64);
 #   2. nvidia-smi, versions;
-#   3. the GPU-relevant tests (models in fp32/bf16, the supervised and SeSAM steps, a tiny
-#      FixMatch/SeSAM training loop);
-#   4. benchmarks on generated data only (datasets do not travel), each appending its record
-#      (figures + machine fingerprint) to OUTDIR/records.jsonl:
+#   3. benchmarks on generated data only (datasets do not travel), the scarcest figures first,
+#      each appending its record (figures + machine fingerprint) to OUTDIR/records.jsonl:
 #        Flax vs PyTorch SegFormer-B0 train step, fp32 and bf16, batch 8, crops 512 and 1024;
 #        SeSAM step memory (XLA's analysis and the measured peak) and step seconds for
 #          DeepLabV3+-R101 crop 1024 batch 4 and SegFormer-B0 crop 1024 batch 8;
 #        SAM ViT-B (random weights) encoder images/s and decoder s per prompt set, torch CUDA,
 #          then the Flax SAM if this checkout has it;
-#        the SeSAM / FixMatch iteration ratio on generated data, if the iteration benchmark
-#          takes --dataset synthetic.
+#        the SeSAM / FixMatch iteration ratio on generated data, with the Flax SAM in the
+#          training process and with the torch bridge;
+#   4. the GPU-relevant tests (models in fp32/bf16, the supervised and SeSAM steps, a tiny
+#      FixMatch/SeSAM training loop).
 # Every step has its own time limit, cut to what is left of the whole budget
 # (DEVICE_CHECK_BUDGET_S, default 460 s), so a hang costs one step, not the slot. OUTDIR gets
 # four files (the device tool returns at most 8): summary.md (rewritten after every step, so
@@ -122,7 +122,7 @@ step() {
 write_summary
 
 # --- Python packages: the image's, plus wheels from .whl/ for what it lacks ------------------
-NEEDED="grain array_record portpicker ml_collections tensorboardX"
+NEEDED="grain array_record portpicker ml_collections tensorboardX cachetools"
 missing_modules() {
   "$PY" - "$@" <<'EOF'
 import importlib.util, sys
@@ -180,11 +180,14 @@ if [[ "$MODE" == gpu ]]; then
   MEM_LIMIT=240
   MEM_FIX_ARGS=(--cases segformer_b0:8 --dtypes bf16 --query-chunk 1024 --devices 1 --run on
                 --steps 3 --explain 8 --timeout 100)
-  SAM_ARGS=(--device cuda --scenes synthetic --reps 5)
-  SAM_LIMIT=90
+  SAM_ARGS=(--device cuda --scenes none --reps 5 --encode-batch 8)
+  SAM_DTYPES=(float32 bfloat16)
+  SAM_BACKENDS=jax-random:vit_b,random:vit_b
+  SAM_LIMIT=110
+  # SeSAM with the Flax SAM in the training process and with the torch bridge, one FixMatch.
   IT_ARGS=(--dataset synthetic --image-size 512 1024 --crop 512 --batch 8
-           --iterations 5 --warmup 2 --device cuda)
-  IT_LIMIT=120
+           --iterations 4 --warmup 2 --device cuda --backend jax-random:vit_b,random:vit_b)
+  IT_LIMIT=200
 else
   # Small settings, one case each: the path is exercised, the figures mean little here.
   export JAX_PLATFORMS=cpu
@@ -198,38 +201,30 @@ else
             --explain 4 --timeout 140)
   MEM_LIMIT=150
   MEM_FIX_ARGS=()
-  SAM_ARGS=(--device cpu --scenes synthetic --reps 1 --prompts 4 --objects 10)
+  SAM_ARGS=(--device cpu --scenes none --reps 1 --prompts 4)
+  SAM_DTYPES=(float32)
+  SAM_BACKENDS=jax-random:tiny,random:tiny
   SAM_LIMIT=150
   IT_ARGS=(--dataset synthetic --image-size 96 128 --model segformer_tiny
-           --crop 64 --batch 2 --iterations 1 --warmup 1 --backend random:tiny)
+           --crop 64 --batch 2 --iterations 1 --warmup 1 --backend jax-random:tiny,random:tiny)
   IT_LIMIT=120
 fi
 
-# --- Tests that mean something on the accelerator ----------------------------------------------
-# (The 4-device tests need the 4 fake CPU devices of CI; one GPU has one device.)
-step tests "$TEST_LIMIT" "$PY" -m pytest -q -p no:cacheprovider -m "not slow" "${TEST_ARGS[@]}"
-
-# --- Benchmarks on generated data ---------------------------------------------------------------
-# Flax vs PyTorch SegFormer-B0 train step (torch/jax ratio), fp32 and bf16.
-for dtype in "${TS_DTYPES[@]}"; do
-  for crop in "${TS_CROPS[@]}"; do
-    step "train-step $dtype crop $crop" "$TS_LIMIT" "${SESAM[@]}" bench --what train-step \
-      "${TS_ARGS[@]}" --crop "$crop" --dtype "$dtype" --record "$RECORDS"
-  done
+# --- Benchmarks on generated data, the scarcest figures first -----------------------------------
+# SAM ViT-B, random weights: the Flax SAM and torch's side by side (encoder images/s, decoder s
+# per prompt set and their ratios), fp32 then bf16.
+for dtype in "${SAM_DTYPES[@]}"; do
+  step "sam flax vs torch $dtype" "$SAM_LIMIT" "${SESAM[@]}" bench --what sam \
+    --backends "$SAM_BACKENDS" --dtype "$dtype" "${SAM_ARGS[@]}" --record "$RECORDS"
 done
-# SeSAM step memory: XLA's analysis + the device's peak after running it, and step seconds
-# (DeepLabV3+-R101 crop 1024 batch 4 is the paper's Table 6 setting).
-step "memory (SeSAM step)" "$MEM_LIMIT" "${SESAM[@]}" bench --what memory "${MEM_ARGS[@]}" \
-  --record "$RECORDS"
-# SAM ViT-B, random weights: torch, then the Flax SAM where this checkout has it.
-step "sam torch vit_b" "$SAM_LIMIT" "${SESAM[@]}" bench --what sam --backends random:vit_b \
-  "${SAM_ARGS[@]}" --record "$RECORDS"
-step "sam flax vit_b (if built)" "$SAM_LIMIT" "${SESAM[@]}" bench --what sam \
-  --backends jax-random:vit_b "${SAM_ARGS[@]}" --record "$RECORDS"
 # SeSAM / FixMatch iteration ratio on generated data.
 step "iteration sesam/fixmatch" "$IT_LIMIT" "${SESAM[@]}" bench \
   --what iteration "${IT_ARGS[@]}" --record "$RECORDS"
 
+# SeSAM step memory: XLA's analysis + the device's peak after running it, and step seconds
+# (DeepLabV3+-R101 crop 1024 batch 4 is the paper's Table 6 setting).
+step "memory (SeSAM step)" "$MEM_LIMIT" "${SESAM[@]}" bench --what memory "${MEM_ARGS[@]}" \
+  --record "$RECORDS"
 # The fix proposed for SegFormer-B0's memory (attention in query chunks, recomputed in the
 # backward pass), measured on the GPU.
 if [[ ${#MEM_FIX_ARGS[@]} -gt 0 ]]; then
@@ -238,6 +233,17 @@ if [[ ${#MEM_FIX_ARGS[@]} -gt 0 ]]; then
   step "memory B0 bf16, cuDNN fused attention" 100 "${SESAM[@]}" bench --what memory \
     "${MEM_FIX_ARGS[@]/1024/-1}" --record "$RECORDS"
 fi
+
+# Flax vs PyTorch SegFormer-B0 train step (torch/jax ratio), fp32 and bf16.
+for dtype in "${TS_DTYPES[@]}"; do
+  for crop in "${TS_CROPS[@]}"; do
+    step "train-step $dtype crop $crop" "$TS_LIMIT" "${SESAM[@]}" bench --what train-step \
+      "${TS_ARGS[@]}" --crop "$crop" --dtype "$dtype" --record "$RECORDS"
+  done
+done
+# --- Tests that mean something on the accelerator ----------------------------------------------
+# (The 4-device tests need the 4 fake CPU devices of CI; one GPU has one device.)
+step tests "$TEST_LIMIT" "$PY" -m pytest -q -p no:cacheprovider -m "not slow" "${TEST_ARGS[@]}"
 
 # --- The records as one table ---------------------------------------------------------------------
 if [[ -s "$RECORDS" ]]; then

@@ -36,8 +36,10 @@ DATASETS: dict[str, dict[str, Any]] = {
 # student -> (model name for `create_model`, name of the tiny test variant).
 STUDENTS: dict[str, tuple[str, str]] = {
     "segformer": ("segformer_b0", "segformer_tiny"),
-    "deeplabv3plus": ("deeplabv3plus_r50", "deeplabv3plus_tiny"),
+    "deeplabv3plus": ("deeplabv3plus_r101", "deeplabv3plus_tiny"),  # ResNet-101, as the paper
 }
+# DeepLabV3+ backbones a config file's `backbone=` argument picks (default r101).
+DEEPLAB_BACKBONES = ("r101", "r50")
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
@@ -70,6 +72,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.multihost = False               # call jax.distributed.initialize() (one process per host)
   c.model = "segformer_b0"          # name for sesam_jax.models.create_model
   c.dtype = "float32"               # compute dtype of the student: float32 | bfloat16
+  c.init = ""                       # `sesam convert` output laid over the fresh student before
+                                    # the EMA copy (ImageNet weights); "" = random init.
+                                    # Only a fresh run reads it (a resume restores its checkpoint)
+  c.init_skip = ("decode_head/classifier", "classifier")  # subtrees of `init` left freshly
+                                    # initialised (the classifier of SegFormer / DeepLabV3+)
 
   c.data_dir = ""                   # dataset root (--config.data_dir=DIR); "" = none given
   c.dataset = ml_collections.ConfigDict()
@@ -88,6 +95,11 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.weak = "fine"                   # training labels: fine | points | scribbles | coarse
   c.weak_seed = 0                   # seed of the simulated weak labels (per image id)
+  c.weak_source = ""                # where the `weak` labels come from: "" = made from the fine
+                                    # labels (weak, weak_seed); else your own, a reader spec:
+                                    # png:DIR | cityscapes_coarse[:ROOT] | scribble_png:ROOT |
+                                    # scribblesup_xml:DIR | clicks_csv:FILE
+  c.weak_options = ""               # the reader's options, "key=value,key=value"
 
   c.crop = 512                      # square training crop, pixels (after scaling)
   c.scale_range = (0.5, 2.0)        # random rescale factor range before the crop
@@ -122,7 +134,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   # The SAM bridge (sesam, sam_baseline): sam_bridge.refine.RefineConfig and the service.
   c.sam = ml_collections.ConfigDict()
-  c.sam.backend = "superpixel"      # oracle | superpixel | random:vit_b | transformers | ...
+  c.sam.backend = ""                # SAM: transformers | segment_anything | jax (with
+                                    # sam.checkpoint) ...; "" = not set (sesam/sam_baseline stop
+                                    # and say how); superpixel = the SAM-free prior, by name only
   c.sam.checkpoint = ""             # weights for transformers / segment_anything backends
   c.sam.device = "cpu"              # torch device of the bridge
   c.sam.dtype = "float32"           # torch dtype of the bridge: float32 | bfloat16
@@ -145,9 +159,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.sam.selection = "sesam"         # sesam | best_score | random
   c.sam.prompt = "points"           # points | box | mask
   c.sam.instances = True            # split class masks into connected components
+  c.sam.refined_sampling = True     # prompts from the weak label + teacher extension (Table 3c);
+                                    # False = from the weak label alone
   c.sam.work_long_side = 1024       # bridge working resolution, longest side (pixels)
   c.loss = ml_collections.ConfigDict()
   c.loss.weak_weight = 1.0          # weight of the CE on the training labels (`weak`)
+  c.loss.merge_weak_sam = False     # sesam: weak and SAM labels as one map, one CE average
+                                    # (SAM pixels weighted lambda1) instead of one per source
 
   c.eval = ml_collections.ConfigDict()
   c.eval.mode = "whole"             # whole | slide (sliding-window inference)
@@ -235,6 +253,7 @@ def synthetic_schedule(config: ml_collections.ConfigDict, *, runlocal: bool) -> 
   config.log_every = 25
   config.checkpoint_every = 100
   config.eval.batch_size = 8
+  config.sam.backend = "superpixel"  # No SAM weights here: the SAM-free prior, named as such.
   if runlocal:
     config.num_steps = 40
     config.log_every = 10
@@ -248,15 +267,19 @@ def student_dataset_config(student: str, dataset: str, arg: str | None, **extra_
   Args:
     student: "segformer" | "deeplabv3plus".
     dataset: a key of DATASETS.
-    arg: the `key=val,...` string of `--config=file.py:arg` (keys: weak, method, runlocal, tiny and
-      `extra_args`).
+    arg: the `key=val,...` string of `--config=file.py:arg` (keys: weak, method, runlocal, tiny,
+      for DeepLabV3+ backbone=r101|r50, and `extra_args`).
     **extra_args: further keys the file accepts, with defaults.
 
   Returns:
     (config, parsed arg): the ConfigDict and the parsed `arg`, for file-specific tweaks.
   """
+  if student == "deeplabv3plus":
+    extra_args.setdefault("backbone", DEEPLAB_BACKBONES[0])
   args = parse_arg(arg, weak="fine", method="supervised", runlocal=False, tiny=False,
                    **extra_args)
+  if "backbone" in args and args.backbone not in DEEPLAB_BACKBONES:
+    raise ValueError(f"backbone={args.backbone!r}: choose one of {', '.join(DEEPLAB_BACKBONES)}.")
   if args.weak not in WEAK_KINDS:
     raise ValueError(f"weak={args.weak!r}: choose one of {', '.join(WEAK_KINDS)}.")
   if args.method not in METHODS:
@@ -266,6 +289,8 @@ def student_dataset_config(student: str, dataset: str, arg: str | None, **extra_
                      "coarse (weak=fine with method=supervised is the upper bound).")
   config = base_config()
   config.model = STUDENTS[student][1 if args.tiny else 0]
+  if student == "deeplabv3plus" and not args.tiny:
+    config.model = f"deeplabv3plus_{args.backbone}"
   dataset_config(config, dataset)
   config.weak = args.weak
   config.method = args.method

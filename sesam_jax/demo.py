@@ -134,7 +134,7 @@ def figures_stage(out_dir: pathlib.Path, source, *, weak: str, backend, seed: in
 def run_demo(out_dir: str | pathlib.Path, *, num_images: int = 16,
              size: tuple[int, int] = (256, 512), seed: int = 0, train_weak: str = "points",
              train_steps: int = 300, sam_checkpoint: str | None = None,
-             train: bool = True) -> dict:
+             sam_backend: str | None = None, train: bool = True) -> dict:
   """Runs every stage on generated scenes and returns the figures.
 
   Args:
@@ -146,11 +146,13 @@ def run_demo(out_dir: str | pathlib.Path, *, num_images: int = 16,
     train_steps: optimizer steps of each training run.
     sam_checkpoint: a SAM weights directory or sam_vit_*.pth for the `transformers`
       backend; None uses the SAM-free `superpixel` prior.
+    sam_backend: a SAM backend spec instead (e.g. "jax:/w/sam_vit_b.msgpack" for the Flax SAM
+      on this process's devices, "jax-random:tiny"); with `sam_checkpoint`, its weights.
     train: run the training stage.
   """
   start = time.perf_counter()
-  spec, checkpoint = ("superpixel", "") if sam_checkpoint is None else ("transformers",
-                                                                       sam_checkpoint)
+  spec = sam_backend or ("superpixel" if sam_checkpoint is None else "transformers")
+  checkpoint = sam_checkpoint or ""
   backend = resolver.resolve(spec, checkpoint)  # Checked before any work.
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)

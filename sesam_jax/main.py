@@ -1,193 +1,18 @@
 """The `sesam` command.
 
-This file is intentionally kept short: each subcommand parses its flags and
-calls one library function, then prints that function's figures as one JSON
-object on the last line of stdout (see `sesam_jax.report`). Library modules are
-imported inside the handlers so that `sesam cost` does not pay for jax or torch.
+This file is intentionally kept short: it defines each subcommand's flags; the
+function named after the subcommand in `sesam_jax.commands` makes one library call
+with them, and `main` prints its figures as one JSON object on the last line of
+stdout (see `sesam_jax.report`). Library modules are imported inside the commands
+so that `sesam cost` does not pay for jax or torch.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from sesam_jax import report
-
-# Each handler imports its library modules itself (deferred): `sesam cost` and `--help` load
-# neither jax nor torch, and a command loads only what it runs.
-
-
-def _cmd_cost(args: argparse.Namespace) -> dict:
-  from sesam_jax import cost
-  minutes = cost.parse_minutes(args.minutes)
-  result = cost.cost_report(args.images, budget_hours=args.budget_hours,
-                            minutes_per_image=minutes)
-  for kind, hours in result["hours"].items():
-    report.log(f"{kind:>10}: {hours:9.2f} h for {args.images} images")
-  return result
-
-
-def _cmd_convert(args: argparse.Namespace) -> dict:
-  from sesam_jax.models import conversion
-  result = conversion.convert_file(args.src, args.dst, args.format, model=args.model)
-  report.log(f"{result['model']} ({result['scope']}): {result['num_loaded']} tensors loaded, "
-             f"{len(result['not_loaded'])} not loaded -> {result['dst']}")
-  return result
-
-
-def _cmd_bench(args: argparse.Namespace, rest: list[str]) -> dict:
-  from sesam_jax import bench
-  if args.compare:
-    if args.what or rest:
-      raise ValueError("--compare FILE... takes no --what and no benchmark flags.")
-    from sesam_jax.bench import records
-    result = records.compare_records(records.load_records(args.compare))
-    report.log(result["table"])
-    return result
-  if not args.what:
-    if args.help:
-      args.print_help()
-      sys.exit(0)
-    raise ValueError("give --what NAME (or --compare FILE...); `sesam bench --help` lists them.")
-  target = bench.load_target(args.what)
-  target_parser = argparse.ArgumentParser(prog=f"sesam bench --what {args.what}")
-  target.add_arguments(target_parser)
-  target_args = target_parser.parse_args(rest + (["--help"] if args.help else []))
-  result = target.run(target_args)
-  if args.record:
-    from sesam_jax.bench import records
-    command = ["sesam", "bench", "--what", args.what, *rest]
-    path = records.append_record(args.record, records.make_record(
-        args.what, vars(target_args), result, command))
-    report.log(f"recorded to {path}")
-  return result
-
-
-def _cmd_train(args: argparse.Namespace, rest: list[str]) -> dict:
-  from sesam_jax import config_lib
-  from sesam_jax.train import loop
-  config = config_lib.config_from_flags(args.config, rest)
-  return loop.train_and_evaluate(config, args.workdir)
-
-
-def _cmd_eval(args: argparse.Namespace, rest: list[str]) -> dict:
-  from sesam_jax import config_lib
-  from sesam_jax.train import loop
-  config = config_lib.config_from_flags(args.config, rest)
-  return loop.evaluate_workdir(config, args.workdir)
-
-
-def _source_from_args(args: argparse.Namespace):
-  from sesam_jax import data
-  kw = {"seed": args.data_seed} if args.data_seed else {}
-  return data.get_source(args.dataset, data_dir=args.data_dir, split=args.split,
-                         num_images=args.num_images, size=tuple(args.size), **kw)
-
-
-def _cmd_weak_labels(args: argparse.Namespace) -> dict:
-  from sesam_jax.data import weak_splits
-  source = _source_from_args(args)
-  result = weak_splits.generate_weak_labels(source, args.kind, seed=args.seed, out_dir=args.out,
-                                            limit=args.limit)
-  report.log(f"{args.kind}: {result['images']} images -> {args.out}: labeled "
-             f"{100 * result['labeled_fraction']:.2f}% of pixels, purity {result['purity']:.4f}, "
-             f"classes covered {result['classes_covered']:.3f}, {result['seconds']:.1f} s")
-  return {"dataset": args.dataset, "split": args.split, **result}
-
-
-def _cmd_eval_labels(args: argparse.Namespace) -> dict:
-  from sesam_jax.evaluate import label_scoring
-  source = _source_from_args(args)
-  result = label_scoring.score_label_folder(source, args.labels, limit=args.limit)
-  report.log(result.pop("table"))
-  return {"dataset": args.dataset, "split": args.split, "labels": str(args.labels), **result}
-
-
-def _weak_reader(args: argparse.Namespace, source):
-  """(spec, reader) of `--weak-source` (`--weak-dir DIR` = `png:DIR`), or (None, None)."""
-  from sesam_jax.data import weak_sources
-  if args.weak_dir and args.weak_source:
-    raise ValueError("give --weak-source or --weak-dir (= --weak-source png:DIR), not both.")
-  spec = f"png:{args.weak_dir}" if args.weak_dir else args.weak_source
-  if spec is None:
-    if args.weak_option:
-      raise ValueError("--weak-option needs --weak-source.")
-    return None, None
-  options = weak_sources.parse_options(args.weak_option)
-  if spec.startswith("png:") and args.weak:
-    options.setdefault("kind", args.weak)
-  return spec, weak_sources.weak_label_reader(spec, source, **options)
-
-
-def _cmd_refine(args: argparse.Namespace) -> dict:
-  from sesam_jax.sam import refine_labels, resolver
-  backend = resolver.resolve(args.backend, args.checkpoint or "", device=args.device,
-                             dtype=args.dtype, decoder_dtype=args.decoder_dtype)
-  if backend.decoder_note:
-    report.log(backend.decoder_note)
-  source = _source_from_args(args)
-  spec, reader = _weak_reader(args, source)
-  args.weak = args.weak or getattr(reader, "kind", None)
-  if args.weak is None:
-    raise ValueError("pass --weak points|scribbles|coarse"
-                     f"{f' (the kind of the labels in {spec})' if spec else ''}.")
-  if reader is not None:
-    from sesam_jax.data import weak_sources
-    problems = reader.check(source, limit=args.limit)
-    if problems:  # Every bad file at once, not only the first.
-      raise ValueError(weak_sources.format_problems(problems, f"weak label(s) of {spec}") +
-                       "\n  Fix or remove these files (or leave their images out of the split).")
-  refine_kw = dict(weak_kind=args.weak, backend=backend, seed=args.seed, weak_fn=reader,
-                   mode=args.mode, sampling=args.sampling, selection=args.selection,
-                   prompt=args.prompt, instances=not args.no_instances, k=args.k, tau1=args.tau1,
-                   tau2=args.tau2, work_long_side=args.work_long_side)
-  result = refine_labels.refine_dataset(source, out_dir=args.out, limit=args.limit,
-                                        use_service=args.service, fallback=args.fallback,
-                                        **refine_kw)
-  report.log(f"{result['backend']} on {result['images']} images ({args.weak}): precision "
-             f"{result['precision']:.4f} recall {result['recall']:.4f} F1 {result['f1']:.4f} "
-             f"mIoU {result['miou']:.4f} (weak {result['weak_miou']:.4f}), "
-             f"{result['seconds_per_image']:.2f} s/image")
-  if args.visualize:
-    from sesam_jax.plots import refinement
-    result["visualize"] = refinement.visualize_refinement(
-        source, count=args.visualize, out_dir=os.path.join(args.out, "figures"),
-        dpi=args.visualize_dpi, **refine_kw)
-  return {"dataset": args.dataset, "split": args.split, "weak_source": spec, **result}
-
-
-def _cmd_predict(args: argparse.Namespace) -> dict:
-  settings = dict(mode=args.mode, window=args.window, stride=args.stride,
-                  image_scale=args.image_scale, batch_size=args.batch_size)
-  if args.export:
-    from sesam_jax.evaluate import export
-    return export.export_run(args.workdir, args.export, ema=args.ema, image_hw=args.export_size,
-                             input_path=args.input, platforms=tuple(args.export_platforms),
-                             **settings)
-  if args.out is None:
-    raise ValueError("sesam predict needs --out DIR for the label PNGs (or --export DIR).")
-  from sesam_jax.evaluate import predict
-  return predict.predict(args.workdir, out_dir=args.out, input_path=args.input,
-                         dataset=args.dataset, data_dir=args.data_dir, split=args.split,
-                         limit=args.limit, ema=args.ema, write_overlay=args.overlay, **settings)
-
-
-def _cmd_plot(args: argparse.Namespace) -> dict:
-  if args.figure == "qualitative":
-    from sesam_jax.plots import qualitative
-    return qualitative.plot_qualitative(
-        args.workdirs, out=args.out, dataset=args.dataset, data_dir=args.data_dir,
-        split=args.split, images=args.images, weak=args.weak, backend=args.backend,
-        ema=args.ema, dpi=args.dpi)
-  if args.figure == "cost":
-    from sesam_jax import cost
-    from sesam_jax.plots import cost_quality
-    return cost_quality.plot_cost(args.runs, out=args.out,
-                                  minutes_per_image=cost.parse_minutes(args.minutes),
-                                  dpi=args.dpi)
-  from sesam_jax.plots import curves
-  return curves.plot_curves(args.runs, out=args.out, dpi=args.dpi)
+from sesam_jax import commands, report
 
 
 def _add_dataset_flags(p: argparse.ArgumentParser) -> None:
@@ -200,40 +25,6 @@ def _add_dataset_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument("--size", type=int, nargs=2, default=(0, 0), metavar=("H", "W"),
                  help="synthetic only: scene size in pixels (default 256 512)")
   p.add_argument("--data-seed", type=int, default=0, help="synthetic only: dataset seed")
-
-
-def _cmd_demo(args: argparse.Namespace) -> dict:
-  from sesam_jax import demo
-  return demo.run_demo(args.out, num_images=args.images, seed=args.seed,
-                       train_weak=args.train_weak, train_steps=args.train_steps,
-                       sam_checkpoint=args.sam_checkpoint, train=not args.no_train)
-
-
-def _comma_list(text: str | None) -> list[str] | None:
-  return [t.strip() for t in text.split(",") if t.strip()] if text else None
-
-
-def _cmd_reproduce(args: argparse.Namespace, rest: list[str]) -> dict:
-  from sesam_jax.experiments import grid, sweep
-  datasets = _comma_list(args.dataset)
-  return sweep.reproduce(
-      args.table if args.table.startswith("fig") else f"table{args.table}", datasets=datasets,
-      students=_comma_list(args.student), weak=_comma_list(args.weak),
-      methods=_comma_list(args.methods), seeds=grid.parse_seeds(args.seeds),
-      budgets=grid.parse_budgets(args.budgets) if args.budgets else None,
-      root=args.workdir_root, configs_dir=args.configs_dir,
-      config_args=",".join(a for a in ("runlocal" if args.runlocal else "",
-                                       "tiny" if args.tiny else "") if a),
-      sam_backend=args.sam_backend, sam_checkpoint=args.sam_checkpoint,
-      data_dirs=sweep.parse_data_dirs(args.data_dir, datasets), extra=rest, run=args.run,
-      keep_going=args.keep_going)
-
-
-def _cmd_report(args: argparse.Namespace) -> dict:
-  from sesam_jax import cost
-  from sesam_jax.experiments import summary
-  return summary.report_runs(args.runs, ema=args.ema, csv_path=args.csv, cost_json=args.cost_json,
-                             minutes_per_image=cost.parse_minutes(args.minutes))
 
 
 def _bench_epilog() -> str:
@@ -255,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                  help="also report how many images each kind affords within this budget")
   p.add_argument("--minutes", action="append", metavar="KIND=MIN",
                  help="override minutes per image for a kind (repeatable)")
-  p.set_defaults(handler=_cmd_cost)
+  p.set_defaults(handler=commands.cost)
 
   p = sub.add_parser("weak-labels", help="make points/scribbles/coarse labels from fine labels")
   _add_dataset_flags(p)
@@ -263,13 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--seed", type=int, default=0, help="protocol seed (labels depend on seed and id)")
   p.add_argument("--out", required=True, help="folder for <image stem>.png weak labels")
   p.add_argument("--limit", type=int, default=None, help="only the first N images")
-  p.set_defaults(handler=_cmd_weak_labels)
+  p.set_defaults(handler=commands.weak_labels)
 
   p = sub.add_parser("eval-labels", help="score a folder of label maps against the fine labels")
   _add_dataset_flags(p)
   p.add_argument("--labels", required=True, help="folder of <image stem>.png label maps")
   p.add_argument("--limit", type=int, default=None, help="only the first N images")
-  p.set_defaults(handler=_cmd_eval_labels)
+  p.set_defaults(handler=commands.eval_labels)
 
   p = sub.add_parser("refine", help="SeSAM labels: refine weak labels with a SAM backend, score them")
   _add_dataset_flags(p)
@@ -288,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--backend", default="oracle",
                  help="oracle (fine-label upper bound), superpixel, transformers (with --checkpoint), "
                       "random:vit_b (random weights), segment_anything (with --checkpoint), "
-                      "jax:PATH (Flax SAM on this process's devices), jax-random:vit_b")
+                      "jax:PATH (Flax SAM, `sesam convert --format sam` weights, on this "
+                      "process's devices; no torch), jax-random:vit_b")
   p.add_argument("--checkpoint", default=None,
                  help="weights for transformers/segment_anything: a directory or sam_vit_*.pth")
   p.add_argument("--device", default="cpu", help="torch device for SAM backends")
@@ -319,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                  help="also draw the paper's Figure 2/12 for the first N images "
                       "(OUT/figures/<id>.png + .json; needs matplotlib)")
   p.add_argument("--visualize-dpi", type=int, default=100, help="resolution of those figures")
-  p.set_defaults(handler=_cmd_refine)
+  p.set_defaults(handler=commands.refine)
 
   p = sub.add_parser("demo", help="run the whole pipeline on generated `synthetic` scenes")
   p.add_argument("--out", default="sesam_demo", help="output folder (default: ./sesam_demo)")
@@ -330,8 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--train-steps", type=int, default=300, help="steps of each training run")
   p.add_argument("--sam-checkpoint", default=None,
                  help="SAM weights (directory or sam_vit_*.pth); default: the superpixel prior")
+  p.add_argument("--sam-backend", default=None,
+                 help="a SAM backend spec instead, e.g. jax:/w/sam_vit_b.msgpack (Flax SAM, no "
+                      "torch) or jax-random:tiny; default: transformers with --sam-checkpoint, "
+                      "else superpixel")
   p.add_argument("--no-train", action="store_true", help="label stages only")
-  p.set_defaults(handler=_cmd_demo)
+  p.set_defaults(handler=commands.demo)
 
   p = sub.add_parser("predict", help="a trained run on new images: label PNGs, overlays, mIoU; "
                      "or --export a standalone predictor")
@@ -362,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "image, else the run's first val image)")
   p.add_argument("--export-platforms", nargs="+", default=["cpu", "cuda", "tpu"],
                  help="--export: platforms the function is lowered for")
-  p.set_defaults(handler=_cmd_predict)
+  p.set_defaults(handler=commands.predict)
 
   p = sub.add_parser("plot", help="the paper's figures from your runs: qualitative, cost, "
                      "curves (PNG + the data drawn, as JSON beside it)")
@@ -391,17 +187,20 @@ def build_parser() -> argparse.ArgumentParser:
   k.add_argument("--out", required=True, help="FILE.png (data: FILE.json)")
   for f in (q, c, k):
     f.add_argument("--dpi", type=int, default=100, help="resolution of the PNG")
-  p.set_defaults(handler=_cmd_plot)
+  p.set_defaults(handler=commands.plot)
 
-  p = sub.add_parser("convert", help="PyTorch weights -> a Flax checkpoint (msgpack) for `init`")
-  p.add_argument("src", help="PyTorch state dict: .pth, .pt, .bin or .safetensors")
+  p = sub.add_parser("convert", help="PyTorch weights -> a Flax checkpoint (msgpack) for `init` "
+                                     "or the Flax SAM")
+  p.add_argument("src", help="PyTorch state dict: .pth, .pt, .bin or .safetensors (sam: also a "
+                             "transformers SamModel directory)")
   p.add_argument("dst", help="output file (msgpack: {meta, variables}), written atomically")
-  p.add_argument("--format", required=True, choices=("hf", "mmseg", "torchvision"),
+  p.add_argument("--format", required=True, choices=("hf", "mmseg", "torchvision", "sam"),
                  help="hf: transformers SegFormer/ResNet; mmseg: mit_b*.pth; "
-                      "torchvision: resnet50/101")
+                      "torchvision: resnet50/101; sam: official sam_vit_*.pth or transformers "
+                      "SamModel weights, for --backend jax:DST")
   p.add_argument("--model", default=None,
                  help="target student (e.g. segformer_b0, deeplabv3plus_r101); inferred if omitted")
-  p.set_defaults(handler=_cmd_convert)
+  p.set_defaults(handler=commands.convert)
 
   p = sub.add_parser("bench", help="throughput / memory / parity benchmarks (side-by-side ratios)",
                      add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -413,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
                  help="append the figures with a fingerprint of the machine to FILE (JSON lines)")
   p.add_argument("--compare", nargs="+", default=None, metavar="FILE.jsonl",
                  help="a markdown table of recorded runs, one column per machine")
-  p.set_defaults(handler=_cmd_bench, takes_rest=True, print_help=p.print_help)
+  p.set_defaults(handler=commands.bench, takes_rest=True, print_help=p.print_help)
 
   p = sub.add_parser("reproduce", help="the `sesam train` command of every cell of a paper table "
                      "(printed, or run with --run)",
@@ -457,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "command resumes an interrupted sweep")
   p.add_argument("--keep-going", action="store_true",
                  help="with --run: run the other cells after a failure")
-  p.set_defaults(handler=_cmd_reproduce, takes_rest=True, run=False)
+  p.set_defaults(handler=commands.reproduce, takes_rest=True, run=False)
 
   p = sub.add_parser("report", help="the paper-layout table (markdown) of finished and "
                      "unfinished runs: mIoU, WvF, seeds, hours, coverage, wall time")
@@ -471,11 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
                       "cost_points.json in the first folder given)")
   p.add_argument("--minutes", action="append", metavar="KIND=MIN",
                  help="annotation minutes per image of a kind (as sesam cost; repeatable)")
-  p.set_defaults(handler=_cmd_report)
+  p.set_defaults(handler=commands.report_runs)
 
   for name, handler, text in (
-      ("train", _cmd_train, "train a student (resumes from --workdir), then evaluate it"),
-      ("eval", _cmd_eval, "evaluate the latest checkpoint in --workdir (student and EMA)")):
+      ("train", commands.train, "train a student (resumes from --workdir), then evaluate it"),
+      ("eval", commands.evaluate, "evaluate the latest checkpoint in --workdir (student and EMA)")):
     p = sub.add_parser(name, help=text, epilog="Any config field can be overridden with "
                        "--config.FIELD=VALUE (e.g. --config.optim.lr=6e-5 --config.num_steps=100).")
     p.add_argument("--config", required=True, metavar="FILE.py[:ARGS]",

@@ -56,6 +56,20 @@ def test_paper_schedules():
     config_lib.load_config(CONFIGS[0] + ":weak=dots")
 
 
+def test_deeplab_students_are_resnet101_unless_asked_for_r50():
+  path = os.path.join(os.path.dirname(CONFIGS[0]), "deeplabv3plus_cityscapes.py")
+  assert config_lib.load_config(path).model == "deeplabv3plus_r101"
+  assert config_lib.load_config(path + ":backbone=r50").model == "deeplabv3plus_r50"
+  assert config_lib.load_config(path + ":tiny").model == "deeplabv3plus_tiny"
+  with pytest.raises(ValueError, match="backbone='r18'"):
+    config_lib.load_config(path + ":backbone=r18")
+  synthetic = path.replace("cityscapes", "synthetic")
+  assert config_lib.load_config(synthetic + ":tiny=0").model == "deeplabv3plus_r101"
+  # No SAM weights exist for generated scenes: their configs name the SAM-free prior.
+  assert config_lib.load_config(synthetic).sam.backend == "superpixel"
+  assert config_lib.load_config(path).sam.backend == ""
+
+
 def test_sesam_train_errors_are_one_line_with_exit_2(tmp_path, capsys):
   for flags, message in (
       (["--config.optim.lrr=1"], "--config.optim.lrr: no such field"),

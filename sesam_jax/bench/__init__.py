@@ -22,6 +22,7 @@ TARGETS: dict[str, str] = {
     "parity": "sesam_jax.bench.parity",
     "train-step": "sesam_jax.bench.train_step",
     "memory": "sesam_jax.bench.memory",
+    "bank": "sesam_jax.bench.bank",
 }
 # name -> one line for `sesam bench --help` (no target is imported to list them).
 DESCRIPTIONS: dict[str, str] = {
@@ -32,6 +33,7 @@ DESCRIPTIONS: dict[str, str] = {
     "parity": "Flax students vs transformers on the same random weights",
     "train-step": "Flax vs PyTorch SegFormer-B0 training step seconds (ratio), DeepLabV3+",
     "memory": "SeSAM step memory per device from XLA's compiled memory analysis (+ GPU peak)",
+    "bank": "SAM label bank and caches at Cityscapes scale: bytes per image, peak RSS",
 }
 
 

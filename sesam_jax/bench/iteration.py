@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import tempfile
+from typing import Any
 
 from sesam_jax import configs_common, report
 from sesam_jax.train import loop
@@ -39,7 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--crop", type=int, default=512, help="training crop")
   parser.add_argument("--iterations", type=int, default=3, help="timed iterations per method")
   parser.add_argument("--warmup", type=int, default=1, help="untimed iterations (compile)")
-  parser.add_argument("--backend", default="random:vit_b", help="SAM backend spec")
+  parser.add_argument("--backend", default="random:vit_b",
+                      help="SAM backend spec; several, comma-separated, time SeSAM with each "
+                           "beside one FixMatch run (e.g. jax-random:vit_b,random:vit_b)")
   parser.add_argument("--device", default="cpu", help="torch device of PyTorch SAM backends")
   parser.add_argument("--weak", default="coarse", choices=("points", "scribbles", "coarse"))
   parser.add_argument("--refresh-every", type=int, default=4, help="M")
@@ -85,37 +88,51 @@ def _timed_totals(workdir: str, warmup: int) -> dict[str, float]:
           for name in names}
 
 
-def run(args: argparse.Namespace) -> dict:
-  import jax
-  cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="sesam_bench_iteration_cache_")
-  root = tempfile.mkdtemp(prefix="sesam_bench_iteration_")
-  outcomes = {}
-  for method in ("fixmatch", "sesam"):
-    report.log(f"iteration bench: {method}, {args.warmup} + {args.iterations} steps")
-    outcomes[method] = loop.train(_config(args, method, cache_dir), os.path.join(root, method))
-  fix, ses = outcomes["fixmatch"].timing, outcomes["sesam"].timing
-  fixmatch, sesam = fix.seconds_per_step(args.warmup), ses.seconds_per_step(args.warmup)
-  info = outcomes["sesam"].info
-  timed = _timed_totals(os.path.join(root, "sesam"), args.warmup)
-  result = {
-      "dataset": args.dataset, "model": args.model, "dtype": args.dtype, "batch": args.batch,
-      "crop": args.crop, "backend": info.get("sam/backend", args.backend), "weak": args.weak,
-      "k": args.k, "refresh_every": args.refresh_every, "iterations": args.iterations,
-      "devices": jax.device_count(), "platform": jax.devices()[0].platform,
-      "fixmatch_seconds": round(fixmatch, 4), "sesam_seconds": round(sesam, 4),
-      "ratio": round(sesam / fixmatch, 3),
-      "fixmatch_host_seconds": round(fix.median_host(args.warmup), 4),
-      "sesam_host_seconds": round(ses.median_host(args.warmup), 4),
+def _sesam_figures(outcome: Any, workdir: str, fixmatch: float, args: argparse.Namespace) -> dict:
+  """One SeSAM run's figures beside the FixMatch step time."""
+  timing, info = outcome.timing, outcome.info
+  sesam = timing.seconds_per_step(args.warmup)
+  timed = _timed_totals(workdir, args.warmup)
+  host = timing.median_host(args.warmup)
+  return {
+      "backend": info.get("sam/backend", ""), "sesam_seconds": round(sesam, 4),
+      "ratio": round(sesam / fixmatch, 3), "sesam_host_seconds": round(host, 4),
+      "host_fraction": round(host / fixmatch, 4),
       "sam_received": int(timed["received"]), "sam_stale": int(timed["stale"]),
       "sam_missing": int(timed["missing"]),
       "prewarm_seconds": info.get("prewarm_seconds", 0.0),
       "prewarmed_images": info.get("prewarmed", 0),
       "sam_decode_seconds_per_step": round(timed["bridge_decode"] / args.iterations, 3),
-      "sam_geometry_seconds_per_step": round(timed["bridge_geometry"] / args.iterations, 3),
-      "cache_dir": cache_dir,
-  }
-  result["host_fraction"] = round(result["sesam_host_seconds"] / fixmatch, 4)
-  report.log(f"fixmatch {fixmatch:.3f} s/it, sesam {sesam:.3f} s/it, ratio {sesam / fixmatch:.3f};"
-             f" host seconds between dispatches: fixmatch {result['fixmatch_host_seconds']:.4f},"
-             f" sesam {result['sesam_host_seconds']:.4f}")
+      "sam_geometry_seconds_per_step": round(timed["bridge_geometry"] / args.iterations, 3)}
+
+
+def run(args: argparse.Namespace) -> dict:
+  import jax
+  cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="sesam_bench_iteration_cache_")
+  root = tempfile.mkdtemp(prefix="sesam_bench_iteration_")
+  specs = [b.strip() for b in args.backend.split(",") if b.strip()]
+  report.log(f"iteration bench: fixmatch, {args.warmup} + {args.iterations} steps")
+  fix = loop.train(_config(args, "fixmatch", cache_dir), os.path.join(root, "fixmatch")).timing
+  fixmatch = fix.seconds_per_step(args.warmup)
+  by_backend = {}
+  for i, spec in enumerate(specs):  # SeSAM once per SAM backend, beside the same FixMatch.
+    report.log(f"iteration bench: sesam with {spec}, {args.warmup} + {args.iterations} steps")
+    config = _config(args, "sesam", cache_dir)
+    config.sam.backend = spec
+    workdir = os.path.join(root, f"sesam{i}")
+    by_backend[spec] = _sesam_figures(loop.train(config, workdir), workdir, fixmatch, args)
+    report.log(f"fixmatch {fixmatch:.3f} s/it, sesam ({spec}) "
+               f"{by_backend[spec]['sesam_seconds']:.3f} s/it, ratio "
+               f"{by_backend[spec]['ratio']:.3f}; host seconds between dispatches: fixmatch "
+               f"{fix.median_host(args.warmup):.4f}, sesam "
+               f"{by_backend[spec]['sesam_host_seconds']:.4f}")
+  result = {
+      "dataset": args.dataset, "model": args.model, "dtype": args.dtype, "batch": args.batch,
+      "crop": args.crop, "weak": args.weak, "k": args.k, "refresh_every": args.refresh_every,
+      "iterations": args.iterations, "devices": jax.device_count(),
+      "platform": jax.devices()[0].platform, "fixmatch_seconds": round(fixmatch, 4),
+      "fixmatch_host_seconds": round(fix.median_host(args.warmup), 4),
+      **by_backend[specs[0]], "cache_dir": cache_dir}
+  if len(specs) > 1:
+    result["by_backend"] = by_backend
   return result

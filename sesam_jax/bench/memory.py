@@ -33,8 +33,6 @@ import argparse
 import json
 import os
 import re
-import collections
-import glob
 import subprocess
 import sys
 import tempfile
@@ -42,6 +40,7 @@ import time
 from typing import Any
 
 from sesam_jax import report
+from sesam_jax.bench import memory_peak
 
 GIB = 2 ** 30
 DEFAULT_CASES = "deeplabv3plus_r101:4,segformer_b0:8"
@@ -215,7 +214,7 @@ def measure(model_name: str, batch: int, crop: int, dtype: str, n_devices: int, 
                "xla_dump_hlo_module_re": ".*train_step.*"} if explain else None
     compiled = lowered.compile(options)
     compile_seconds = time.perf_counter() - start
-    peak = peak_buffers_from_dump(dump) if explain else None
+    peak = memory_peak.peak_buffers_from_dump(dump) if explain else None
   analysis = compiled.memory_analysis()
   backend = devices[0].platform
   out: dict[str, Any] = {
@@ -229,8 +228,8 @@ def measure(model_name: str, batch: int, crop: int, dtype: str, n_devices: int, 
       "batch_gib": _bytes(batch_abs) / n_devices / GIB}
   if peak is not None:
     # By operation, and by the first three parts of its name (model / module / stage).
-    out["peak_buffers"] = _top(peak, explain)
-    out["peak_by_scope"] = _top(peak, explain, depth=3)
+    out["peak_buffers"] = memory_peak.top(peak, explain)
+    out["peak_by_scope"] = memory_peak.top(peak, explain, depth=3)
   if fallback:
     out["note"] = f"{n_devices} devices simulated on the host CPU (this host has fewer)"
   if analysis is None:
@@ -302,61 +301,6 @@ def _run_and_peak(compiled: Any, model: Any, tx: Any, mesh: Any, batch: int, cro
   if "bytes_limit" in stats:
     result["device_limit_gib"] = stats["bytes_limit"] / GIB
   return result
-
-
-def peak_buffers_from_dump(dump_dir: str) -> collections.Counter:
-  """The buffers live at the compiled step's peak, summed by the JAX operation that made them.
-
-  Reads XLA's dump of the optimized module: `*after_optimizations-live-range.txt` lists the
-  buffers live at the simulated peak ("Live ranges at T (peak)"), and the optimized HLO text
-  gives each buffer's defining instruction with its `op_name` (e.g.
-  "jit(sesam_train_step)/jvp(SegFormer)/encoder/..."). Parameters are the state and batch.
-
-  Args:
-    dump_dir: the folder given as `xla_dump_to`.
-
-  Returns:
-    {op_name: bytes}; empty when the dump has no live-range file (older XLA).
-  """
-  ranges = sorted(glob.glob(os.path.join(dump_dir, "*after_optimizations-live-range.txt")))
-  if not ranges:
-    return collections.Counter()
-  path = max(ranges, key=os.path.getsize)  # The step's module (not small helper jits).
-  hlo_path = path.replace("-live-range.txt", ".txt")
-  op_names: dict[str, str] = {}
-  if os.path.exists(hlo_path):
-    with open(hlo_path) as f:
-      for line in f:
-        m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = .*?op_name=\"([^\"]*)\"", line)
-        if m:
-          op_names.setdefault(m.group(1), m.group(2))
-  sizes: collections.Counter = collections.Counter()
-  in_peak = False
-  with open(path) as f:
-    for line in f:
-      if "(peak):" in line:
-        in_peak = True
-        continue
-      if in_peak:
-        m = re.match(r"\s*([\w.\-]+)\{[^}]*\}: (\d+) bytes", line)
-        if not m:
-          break
-        name = m.group(1)
-        op = op_names.get(name, "parameter (state and batch)" if name.startswith(("Arg_", "param"))
-                          else name)
-        op = re.sub(r"^jit\([^)]*\)/", "", op)  # Every name starts with the jit's own.
-        sizes[op] += int(m.group(2))
-  return sizes
-
-
-def _top(sizes: collections.Counter, top: int, depth: int | None = None) -> dict[str, float]:
-  """The `top` largest entries in GiB; with `depth`, op names cut to their first `depth` parts."""
-  if depth is not None:
-    cut: collections.Counter = collections.Counter()
-    for op, b in sizes.items():
-      cut["/".join(op.split("/")[:depth])] += b
-    sizes = cut
-  return {op: float(f"{b / GIB:.4g}") for op, b in sizes.most_common(top)}
 
 
 def goal_gib(model: str, dtype: str) -> float | None:

@@ -8,7 +8,19 @@ refinement (instances, sampling, selection, merging, resizing: everything in
 `--work-long-side`, default 1024, so Cityscapes runs at 512x1024). The scenes are
 synthetic (bands + ~50 objects, coarse = objects shrunk) so that the instance count
 is controlled. Random-weight SAMs are timed, never scored. `--parity` also runs the
-official-vs-converted check on a full random ViT-B.
+official-vs-converted check on a full random ViT-B, and the Flax SAM against
+`transformers`' SamModel on the same random ViT-B (fp32 differences, bf16 errors beside).
+
+Flax SAM (`jax:PATH`, `jax-random:VARIANT`) beside torch SAM: with a jax backend listed
+(e.g. `--backends jax-random:vit_b,random:vit_b`), the side-by-side timing runs instead of
+the default scene: every backend encodes the same CamVid image and decodes the same
+`--prompts` prompt sets (K=5 points each; low-res decode + one chosen mask upsampled, as
+refine does), in alternating rounds (`--rounds`, medians), wall and process-CPU seconds,
+with Flax/torch ratios. Threads: torch runs `--torch-threads`; with 1, XLA:CPU is made
+single-threaded too (XLA_FLAGS, set before jax starts); torch flushes subnormals
+(`torch.set_flush_denormal(True)`, else SAM's zero padding slows its encoder ~10x here).
+`--encode-batch N` also times N images per encoder call (images/s; the GPU figure).
+On a GPU, jax picks it up by itself; give torch `--device cuda`.
 
 `--scenes camvid` (the default) times what training pays on a real CamVid image with
 its coarse weak label (`--data-dir`, `--split`, `--image-index`): one cold refinement
@@ -36,8 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--work-long-side", type=int, default=1024, help="working resolution (pixels)")
   parser.add_argument("--device", default="cpu")
   parser.add_argument("--dtype", default="float32", help="float32 or bfloat16 (torch backends)")
-  parser.add_argument("--scenes", default="camvid",
-                      help="comma-separated: camvid (a real image + coarse label), synthetic (two sizes)")
+  parser.add_argument("--scenes", default=None,
+                      help="comma-separated: camvid (a real image + coarse label), synthetic (two "
+                           "sizes), none; default: camvid, or none when a jax backend is listed")
   parser.add_argument("--data-dir", default="../shared/data/camvid", help="CamVid root (--scenes camvid)")
   parser.add_argument("--split", default="train")
   parser.add_argument("--image-index", type=int, default=0, help="CamVid image to time")
@@ -51,8 +64,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="--scenes synthetic: timed encoder and decoder calls per backend and "
                            "scene (median); above 1, one untimed warm-up call of each comes first "
                            "(CUDA kernels, allocator). 1 = one cold call, as before")
+  parser.add_argument("--denormals", default="on", choices=("on", "both"),
+                      help="torch on CPU computes subnormal floats as zero (on); `both` also "
+                           "times the CamVid encode with subnormals kept (~10x slower on x86)")
   parser.add_argument("--parity", action="store_true",
-                      help="also check official-vs-converted masks on a full random ViT-B")
+                      help="also check official-vs-converted masks and Flax-vs-transformers "
+                           "outputs on a full random ViT-B")
+  parser.add_argument("--rounds", type=int, default=3,
+                      help="side-by-side rounds (backends alternate; medians reported)")
+  parser.add_argument("--encode-batch", type=int, default=0,
+                      help="side by side: also time this many images per encoder call (images/s)")
 
 
 def synthetic_scene(h: int, w: int, objects: int, seed: int = 0):
@@ -80,31 +101,40 @@ def synthetic_scene(h: int, w: int, objects: int, seed: int = 0):
 
 def run(args: argparse.Namespace) -> dict:
   from sam_bridge.api import PromptSet, RefineRequest
-  from sam_bridge.backends import create_backend
   from sam_bridge.refine import RefineConfig, refine
   from sesam_jax import report
 
-  if args.torch_threads and any(b.split(":")[0] in ("random", "transformers") for b in args.backends.split(",")):
+  specs = [b.strip() for b in args.backends.split(",") if b.strip()]
+  if any(_is_jax(s) for s in specs):
+    _single_thread_xla(args.torch_threads)
+  if any(s.split(":")[0] in ("random", "transformers", "segment_anything") for s in specs):
     import torch
-    torch.set_num_threads(args.torch_threads)
-  scene_names = [s.strip() for s in args.scenes.split(",") if s.strip()]
+    if args.torch_threads:
+      torch.set_num_threads(args.torch_threads)
+    torch.set_flush_denormal(True)  # Subnormals from SAM's zero padding: ~10x slower encoder.
+  if args.scenes is None:
+    args.scenes = "none" if any(_is_jax(s) for s in specs) else "camvid"
+  scene_names = [s.strip() for s in args.scenes.split(",") if s.strip() and s.strip() != "none"]
   unknown = set(scene_names) - {"camvid", "synthetic"}
   if unknown:
-    raise ValueError(f"--scenes {sorted(unknown)}: choose camvid and/or synthetic")
+    raise ValueError(f"--scenes {sorted(unknown)}: choose camvid, synthetic or none")
   cfg = RefineConfig(work_long_side=args.work_long_side)
   out: dict = {"work_long_side": args.work_long_side, "torch_threads": args.torch_threads, "sizes": {}}
+  if any(_is_jax(s) for s in specs):
+    out["side_by_side"] = side_by_side(args, specs)
   if "camvid" in scene_names:
-    out["camvid"] = camvid_refresh(args, cfg)
+    from sesam_jax.bench import sam_camvid  # Deferred: it imports make_backend from here.
+    out["camvid"] = sam_camvid.camvid_refresh(args, cfg)
   if "synthetic" not in scene_names:
     if args.parity:
-      out["parity_vit_b"] = vit_b_parity()
+      out.update(_parity())
     return out
   scenes = {"camvid_360x480": synthetic_scene(360, 480, args.objects),
             "cityscapes_1024x2048": synthetic_scene(1024, 2048, args.objects)}
   for size_name, (image, fine, coarse) in scenes.items():
     entry: dict = {}
     # Geometry: refine with the oracle, minus its backend calls.
-    oracle = create_backend("oracle")
+    oracle = make_backend("oracle", args)
     geo, geo_cpu, insts = [], [], 0
     for r in range(args.repeats + 1):
       res = refine(oracle, RefineRequest(size_name, image, coarse, fine=fine), cfg)
@@ -128,9 +158,8 @@ def run(args: argparse.Namespace) -> dict:
     rng = np.random.default_rng(0)
     prompts = [PromptSet.from_points(rng.uniform(0, [hw[1] - 1, hw[0] - 1], (5, 2)))
                for _ in range(args.prompts)]
-    for spec in args.backends.split(","):
-      kw = {} if spec in ("oracle", "superpixel") else {"device": args.device, "dtype": args.dtype}
-      backend = create_backend(spec, **kw)
+    for spec in specs:
+      backend = make_backend(spec, args)
       fine_arg = fine_w if backend.is_oracle else None
       if args.reps > 1:  # Warm-up: first CUDA launches and allocations are not the speed.
         backend.set_image(img_w, fine_label=fine_arg)
@@ -163,123 +192,177 @@ def run(args: argparse.Namespace) -> dict:
       report.log(f"{size_name}: {backend.name}: encode {enc:.3f} s, decode {dec * 1e3:.1f} ms/prompt")
     out["sizes"][size_name] = entry
   if args.parity:
-    out["parity_vit_b"] = vit_b_parity()
+    out.update(_parity())
   return out
 
 
-def camvid_refresh(args: argparse.Namespace, cfg) -> dict:
-  """Cold refinement and cached refresh of one CamVid image (coarse weak label) per backend."""
-  from sam_bridge.api import RefineRequest
-  from sam_bridge.backends import create_backend
-  from sam_bridge.refine import refine
-  from sesam_jax import data, report
-  from sesam_jax.data import weak_labels
-  source = data.get_source("camvid", data_dir=args.data_dir, split=args.split)
-  example = source[args.image_index]
-  weak = weak_labels.make_weak_label(example["label"], "coarse", seed=0, image_id=example["id"],
-                                     num_classes=source.info.num_classes)
-  request = RefineRequest(example["id"], example["image"], weak, fine=example["label"])
-  out: dict = {"image": example["id"], "hw": list(weak.shape)}
-  try:
-    from sam_bridge.cache import EmbeddingCache
-  except ImportError:  # A bridge without the embedding cache: the refresh re-encodes.
-    EmbeddingCache = None
-  for spec in args.backends.split(","):
-    kw = {} if spec in ("oracle", "superpixel") else {"device": args.device, "dtype": args.dtype}
-    if args.decoder_dtype and "dtype" in kw:
-      kw["decoder_dtype"] = args.decoder_dtype
-    backend = CpuTimed(create_backend(spec, **kw))
-    cache_kw = {}
-    if EmbeddingCache is not None:
-      cache_kw = {"cache": EmbeddingCache()}
-      cfg_run = dataclasses_replace(cfg, cache_embeddings=True)
-    else:
-      cfg_run = cfg
-    cold = refine(backend, request, cfg_run, **cache_kw)
-    cold_cpu = dict(backend.cpu)
-    refreshes, decodes, decodes_cpu = [], [], []
-    n = max(cold.info["instances"] + cold.info["sparse_prompts"], 1)
-    for _ in range(max(1, args.refreshes)):
-      t0, c0 = time.perf_counter(), backend.cpu["decode"]
-      warm = refine(backend, request, cfg_run, **cache_kw)
-      refreshes.append(time.perf_counter() - t0)
-      decodes_cpu.append((backend.cpu["decode"] - c0) / n)
-      ws = warm.info["seconds"]
-      decodes.append((ws["decode"] + ws.get("upsample", 0.0)) / n)
-    refresh = statistics.median(refreshes)
-    sec = cold.info["seconds"]
-    entry = {"name": backend.name, "instances": cold.info["instances"],
-             "encode_s": sec["encode"], "decode_s_per_prompt_set": sec["decode"] / n,
-             "geometry_s": sec["geometry"], "cold_refine_s": sec["total"],
-             "cached_refresh_s_per_image": refresh,
-             "refresh_decode_s_per_prompt_set": statistics.median(decodes),
-             "encode_cpu_s": cold_cpu["encode"],
-             "refresh_decode_cpu_s_per_prompt_set": statistics.median(decodes_cpu),
-             "refresh_geometry_s": warm.info["seconds"]["geometry"],
-             "refresh_encode_s": warm.info["seconds"]["encode"],
-             "same_label": bool((cold.label == warm.label).all())}
-    if "upsample" in sec:
-      entry["decode_only_s_per_prompt_set"] = (sec["decode"] - 0.0) / n
-      entry["upsample_s"] = sec["upsample"]
-      entry["decode_s_per_prompt_set"] = (sec["decode"] + sec["upsample"]) / n
-    if "cache" in warm.info:
-      entry["cache"] = {k: v for k, v in warm.info["cache"].items() if k != "key"}
-    if warm.info.get("lowres_selection"):
-      # The same refresh with full-resolution selection (the bridge before): time and agreement.
-      cfg_full = dataclasses_replace(cfg_run, lowres_selection=False)
-      fulls, full_cpu = [], []
-      for _ in range(max(1, args.refreshes)):
-        c0 = backend.cpu["decode"]
-        fulls.append(refine(backend, request, cfg_full, **cache_kw))
-        full_cpu.append((backend.cpu["decode"] - c0) / n)
-      full = fulls[-1]
-      entry["full_res_selection"] = {
-          "decode_s_per_prompt_set": statistics.median(
-              (f.info["seconds"]["decode"] + f.info["seconds"]["upsample"]) / n for f in fulls),
-          "refresh_s": statistics.median(f.info["seconds"]["total"] for f in fulls),
-          "decode_cpu_s_per_prompt_set": statistics.median(full_cpu),
-          "label_agreement": float((full.label == warm.label).mean()),
-          "same_choice": float(np.mean([a.chosen == b.chosen for a, b in zip(full.records, warm.records)]))}
-    out[spec] = entry
-    report.log(f"camvid {example['id']}: {backend.name}: encode {entry['encode_s']:.2f} s, decode "
-               f"{entry['decode_s_per_prompt_set'] * 1e3:.0f} ms/prompt set x {n}, geometry "
-               f"{entry['geometry_s'] * 1e3:.0f} ms; cold {entry['cold_refine_s']:.2f} s, "
-               f"cached refresh {refresh:.2f} s/image (decode "
-               f"{entry['refresh_decode_s_per_prompt_set'] * 1e3:.0f} ms/prompt set wall, "
-               f"{entry['refresh_decode_cpu_s_per_prompt_set'] * 1e3:.0f} ms CPU)")
-  return out
+def _is_jax(spec: str) -> bool:
+  return spec.split(":")[0] in ("jax", "jax-random")
 
 
-class CpuTimed:
-  """Wraps a backend; adds up process CPU seconds of its encoder and decoder calls.
+def make_backend(spec: str, args: argparse.Namespace):
+  """The backend `spec` names, built in this process through the resolver (the torch side or
+  the Flax SAM for jax:/jax-random: specs); no --decoder-dtype = the compute dtype."""
+  from sesam_jax.sam import resolver
+  return resolver.resolve(spec, device=args.device, dtype=args.dtype,
+                          decoder_dtype=args.decoder_dtype or "").build()
 
-  With torch on one thread, CPU seconds are the work itself and hardly move when
-  other jobs share the machine, unlike wall seconds.
+
+def _single_thread_xla(threads: int) -> None:
+  """With 1 torch thread, makes XLA:CPU single-threaded too (before jax's backend starts)."""
+  import os
+  import sys
+  from sesam_jax import report
+  if threads != 1:
+    report.log(f"torch runs {threads} threads; XLA:CPU uses its default thread pool")
+    return
+  flags = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+  if "xla_cpu_multi_thread_eigen" in os.environ.get("XLA_FLAGS", ""):
+    return
+  if "jax" in sys.modules:
+    from jax._src import xla_bridge
+    if getattr(xla_bridge, "_backends", None):
+      report.log("jax already started: XLA:CPU keeps its thread pool (thread counts may differ)")
+      return
+  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()
+
+
+def _sync(backend) -> None:
+  """Waits for a backend's asynchronous device work (jax arrays, CUDA kernels)."""
+  if hasattr(backend, "block_until_ready"):
+    backend.block_until_ready()
+  elif getattr(getattr(backend, "device", None), "type", "") == "cuda":
+    import torch
+    torch.cuda.synchronize()
+
+
+def _bench_image(args: argparse.Namespace) -> tuple[np.ndarray, str]:
+  """The CamVid image (`--data-dir`, `--image-index`) at the working resolution, or a scene."""
+  import pathlib
+  from PIL import Image
+  if pathlib.Path(args.data_dir).is_dir():
+    from sesam_jax import data
+    example = data.get_source("camvid", data_dir=args.data_dir, split=args.split)[args.image_index]
+    image, name = example["image"], f"camvid {example['id']}"
+  else:
+    image, name = synthetic_scene(360, 480, args.objects)[0], "synthetic 360x480"
+  scale = min(1.0, args.work_long_side / max(image.shape[:2]))
+  hw = (round(image.shape[0] * scale), round(image.shape[1] * scale))
+  if hw != image.shape[:2]:
+    image = np.asarray(Image.fromarray(image).resize(hw[::-1], Image.BILINEAR))
+  return image, name
+
+
+def side_by_side(args: argparse.Namespace, specs: list[str]) -> dict:
+  """Encoder seconds per image and decoder seconds per prompt set, backends alternating.
+
+  Returns:
+    {"image", "hw", "prompt_sets", "rounds", "<spec>": {"name", "encode_s", "encode_cpu_s",
+    "decode_s_per_prompt_set", "decode_cpu_s_per_prompt_set", ...}, "ratios": {"<jax spec> /
+    <torch spec>": {"encode", "decode", "encode_cpu", "decode_cpu"}}}.
   """
+  from sam_bridge.api import PromptSet
+  from sesam_jax import report
+  image, name = _bench_image(args)
+  h, w = image.shape[:2]
+  rng = np.random.default_rng(0)
+  prompts = [PromptSet.from_points(rng.uniform(0, [w - 1, h - 1], (5, 2)))
+             for _ in range(args.prompts)]
+  sam_specs = [s for s in specs if s not in ("oracle", "superpixel")]
+  backends = {}
+  for spec in sam_specs:
+    t0 = time.perf_counter()
+    backends[spec] = make_backend(spec, args)
+    backends[spec].set_image(image)  # First call: jit compilation (jax) / allocator warm-up.
+    backends[spec].upsample(np.stack([p.logits[0] for p in backends[spec].predict_lowres(prompts)]))
+    _sync(backends[spec])
+    report.log(f"{backends[spec].name}: built and warmed up in {time.perf_counter() - t0:.1f} s")
+  times = {s: {k: [] for k in ("enc", "enc_cpu", "dec", "dec_cpu", "up")} for s in sam_specs}
+  for r in range(args.rounds):
+    for spec, backend in backends.items():
+      t0, c0 = time.perf_counter(), time.process_time()
+      backend.set_image(image)
+      _sync(backend)
+      times[spec]["enc"].append(time.perf_counter() - t0)
+      times[spec]["enc_cpu"].append(time.process_time() - c0)
+      t0, c0 = time.perf_counter(), time.process_time()
+      low = backend.predict_lowres(prompts)
+      t1 = time.perf_counter()
+      backend.upsample(np.stack([p.logits[0] for p in low]))  # One chosen mask per set.
+      times[spec]["dec"].append((time.perf_counter() - t0) / len(prompts))
+      times[spec]["dec_cpu"].append((time.process_time() - c0) / len(prompts))
+      times[spec]["up"].append((time.perf_counter() - t1) / len(prompts))
+      report.log(f"round {r + 1}: {backend.name}: encode {times[spec]['enc'][-1]:.2f} s "
+                 f"({times[spec]['enc_cpu'][-1]:.2f} s CPU), decode "
+                 f"{times[spec]['dec'][-1] * 1e3:.1f} ms/prompt set "
+                 f"({times[spec]['dec_cpu'][-1] * 1e3:.1f} ms CPU)")
+  med = statistics.median
+  out: dict = {"image": name, "hw": [h, w], "prompt_sets": len(prompts), "rounds": args.rounds,
+               "dtype": args.dtype, "decoder_dtype": args.decoder_dtype}
+  for spec, backend in backends.items():
+    t = times[spec]
+    out[spec] = {"name": backend.name, "encode_s": med(t["enc"]), "encode_cpu_s": med(t["enc_cpu"]),
+                 "decode_s_per_prompt_set": med(t["dec"]),
+                 "decode_cpu_s_per_prompt_set": med(t["dec_cpu"]),
+                 "upsample_s_per_prompt_set": med(t["up"])}
+    if hasattr(backend, "compiled_shapes"):
+      out[spec]["compiled_shapes"] = backend.compiled_shapes()
+    if args.encode_batch:
+      out[spec].update(_encode_throughput(backend, image, args.encode_batch, args.rounds))
+  ratios = {}
+  for a in (s for s in sam_specs if _is_jax(s)):
+    for b in (s for s in sam_specs if not _is_jax(s)):
+      x, y = out[a], out[b]
+      ratios[f"{a} / {b}"] = {
+          "encode": x["encode_s"] / y["encode_s"],
+          "encode_cpu": x["encode_cpu_s"] / y["encode_cpu_s"],
+          "decode": x["decode_s_per_prompt_set"] / y["decode_s_per_prompt_set"],
+          "decode_cpu": x["decode_cpu_s_per_prompt_set"] / y["decode_cpu_s_per_prompt_set"]}
+      report.log(f"{a} / {b}: encoder {ratios[f'{a} / {b}']['encode']:.2f}x wall "
+                 f"({ratios[f'{a} / {b}']['encode_cpu']:.2f}x CPU), decoder "
+                 f"{ratios[f'{a} / {b}']['decode']:.2f}x wall "
+                 f"({ratios[f'{a} / {b}']['decode_cpu']:.2f}x CPU)")
+  out["ratios"] = ratios
+  return out
 
-  def __init__(self, inner):
-    self._inner = inner
-    self.cpu = {"encode": 0.0, "decode": 0.0}
 
-  def __getattr__(self, name):
-    attr = getattr(self._inner, name)
-    kind = {"set_image": "encode", "predict": "decode", "predict_lowres": "decode",
-            "upsample": "decode"}.get(name)
-    if kind is None:
-      return attr
+def _encode_throughput(backend, image: np.ndarray, batch: int, rounds: int) -> dict:
+  """Images per second with `batch` images per encoder call (median of `rounds`)."""
+  images = [image] * batch
+  if hasattr(backend, "encode_images"):
+    backend.encode_batch = batch  # One encoder call of `batch` images (compiled on first use).
+    run_batch = lambda: backend.encode_images(images)
+  else:  # torch: the model's own batched encoder on the preprocessed pixels.
+    import torch
+    pixels = torch.cat([backend.preprocess(image)[0]] * batch).to(backend.device, backend.dtype)
 
-    def timed(*a, **kw):
-      t0 = time.process_time()
-      try:
-        return attr(*a, **kw)
-      finally:
-        self.cpu[kind] += time.process_time() - t0
-    return timed
+    def run_batch():
+      with torch.inference_mode():
+        backend.model.get_image_embeddings(pixels)
+      _sync(backend)
+  run_batch()
+  secs = []
+  for _ in range(rounds):
+    t0 = time.perf_counter()
+    run_batch()
+    secs.append(time.perf_counter() - t0)
+  return {"encode_batch": batch, "images_per_s": batch / statistics.median(secs)}
 
 
-def dataclasses_replace(cfg, **kw):
-  import dataclasses
-  return dataclasses.replace(cfg, **kw)
+def _parity() -> dict:
+  """Both ViT-B parity checks (official vs converted torch; Flax vs transformers)."""
+  from sesam_jax import report
+  from sesam_jax.bench.sam_parity import sam_parity
+  out = {"parity_vit_b": vit_b_parity()}
+  flax = sam_parity("vit_b", image_hw=(360, 480), bf16=True, query_rows=4)  # As on CPU.
+  report.log(f"Flax vs transformers ViT-B (fp32): embeddings {flax['embedding_max_abs_diff']:.2e}, "
+             f"IoU {flax['iou_max_abs_diff']:.2e}, "
+             f"low-res logits {flax['logits_max_abs_diff']:.2e}, "
+             f"masks {100 * flax['mask_agreement']:.4f}% | bf16: embeddings "
+             f"{flax['embedding_bf16_err']:.2e}, IoU {flax['iou_bf16_err']:.2e}, logits "
+             f"{flax['logits_bf16_err']:.2e}, masks {100 * flax['mask_agreement_bf16']:.3f}%")
+  out["flax_parity_vit_b"] = flax
+  return out
 
 
 def vit_b_parity() -> dict:

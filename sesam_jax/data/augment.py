@@ -105,6 +105,27 @@ def valid_mask(hw: tuple[int, int], geom: Geometry, crop: int) -> np.ndarray:
   return np.ascontiguousarray(out[:, ::-1]) if geom.flip else out
 
 
+def _inverse_window(crop: int, geom: Geometry, full_hw: tuple[int, int]
+                    ) -> tuple[slice, slice, np.ndarray, np.ndarray] | None:
+  """Where a crop lands at full resolution: (rows, cols) slices and, for each of those full
+  pixels, the crop row / column under its centre; None if the crop shows none of the image."""
+  h, w = full_hw
+  sh, sw, ch, cw = _window(full_hw, geom, crop)
+  if ch == 0 or cw == 0:
+    return None
+  sy, sx = sh / h, sw / w
+  # Full-image pixels whose footprint [Y, Y+1) meets the window (a contiguous range), each taking
+  # the window pixel under its centre (clipped at the window's edge).
+  ys, xs = np.arange(h), np.arange(w)
+  ry = np.flatnonzero((ys + 1 > geom.y0 / sy) & (ys < (geom.y0 + ch) / sy))
+  rx = np.flatnonzero((xs + 1 > geom.x0 / sx) & (xs < (geom.x0 + cw) / sx))
+  cy = np.clip(np.floor((ry + 0.5) * sy - geom.y0).astype(int), 0, ch - 1)
+  cx = np.clip(np.floor((rx + 0.5) * sx - geom.x0).astype(int), 0, cw - 1)
+  if geom.flip:  # The crop is stored mirrored: column c of the window is crop column crop-1-c.
+    cx = crop - 1 - cx
+  return slice(ry[0], ry[-1] + 1), slice(rx[0], rx[-1] + 1), cy, cx
+
+
 def invert_geometry(crop_map: np.ndarray, geom: Geometry, full_hw: tuple[int, int], *,
                     fill: int = IGNORE_INDEX) -> np.ndarray:
   """Brings a crop-space label map back to full resolution (nearest).
@@ -123,21 +144,19 @@ def invert_geometry(crop_map: np.ndarray, geom: Geometry, full_hw: tuple[int, in
   Returns:
     HxW uint8.
   """
-  h, w = full_hw
-  crop = crop_map.shape[0]
-  sh, sw, ch, cw = _window(full_hw, geom, crop)
-  out = np.full((h, w), fill, dtype=crop_map.dtype)
-  if ch == 0 or cw == 0:
-    return out
-  unflipped = crop_map[:, ::-1] if geom.flip else crop_map
-  window = unflipped[:ch, :cw]
-  sy, sx = sh / h, sw / w
-  # Full-image pixels whose footprint [Y, Y+1) meets the window, each taking
-  # the window pixel under its centre (clipped at the window's edge).
-  ys, xs = np.arange(h), np.arange(w)
-  ry = (ys + 1 > geom.y0 / sy) & (ys < (geom.y0 + ch) / sy)
-  rx = (xs + 1 > geom.x0 / sx) & (xs < (geom.x0 + cw) / sx)
-  cy = np.clip(np.floor((ys[ry] + 0.5) * sy - geom.y0).astype(int), 0, ch - 1)
-  cx = np.clip(np.floor((xs[rx] + 0.5) * sx - geom.x0).astype(int), 0, cw - 1)
-  out[np.ix_(ry, rx)] = window[np.ix_(cy, cx)]
-  return out
+  out = np.full(tuple(full_hw), fill, dtype=crop_map.dtype)
+  return paste_crop(out, crop_map, geom)
+
+
+def paste_crop(full: np.ndarray, crop_map: np.ndarray, geom: Geometry) -> np.ndarray:
+  """Writes a crop-space map into the part of the full-resolution map `full` that the crop
+  shows (in place, nearest), leaving the rest of `full` as it is; returns `full`.
+
+  What `invert_geometry` does without the full-size fill: an image's SAM label or teacher
+  extension is updated inside one crop window at the cost of that window alone.
+  """
+  where = _inverse_window(crop_map.shape[0], geom, full.shape[:2])
+  if where is not None:
+    rows, cols, cy, cx = where
+    full[rows, cols] = crop_map[np.ix_(cy, cx)]
+  return full

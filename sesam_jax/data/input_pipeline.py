@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import functools
 import pathlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 import grain
 import numpy as np
 
+from sesam_jax import report
 from sesam_jax.data import augment
 from sesam_jax.data.base import IGNORE_INDEX, SkipUnreadable
 
@@ -41,20 +42,29 @@ WeakFn = Callable[[int, dict[str, Any]], np.ndarray]
 
 
 def weak_label_fn(source: Source, weak: str, *, weak_seed: int = 0,
-                  weak_dir: str | pathlib.Path | None = None) -> WeakFn:
+                  weak_dir: str | pathlib.Path | None = None, weak_source: str = "",
+                  weak_options: str | Mapping[str, Any] = "") -> WeakFn:
   """Returns `fn(index, example) -> HxW uint8` giving the example's weak label.
 
   The labels are made (or read) on every call: wrap the function with
   `sesam_jax.data.memo.memoize_weak_fn` to keep them within a byte budget.
+  `weak` names the kind of the labels, `weak_source` where they come from.
 
   Args:
     source: the dataset source (for the class count).
     weak: "fine" (the fine label itself), or "points" | "scribbles" | "coarse",
       generated from the fine label exactly as `sesam weak-labels` does.
     weak_seed: seed of the weak-label protocol (same meaning as `--seed`).
-    weak_dir: read `<id>.png` weak labels from this folder instead of
-      generating them (the user's own labels, or `sesam weak-labels` output).
+    weak_dir: read `<id>.png` weak labels from this folder instead (labels a method made
+      before step 0, e.g. the SAM baseline's).
+    weak_source: the user's own labels, a reader spec of `weak_sources` ("png:DIR",
+      "cityscapes_coarse", "clicks_csv:FILE", ...); "" = generated. The reader (with
+      `check`, see `check_weak_labels`) is returned; its kind must be `weak`.
+    weak_options: the reader's options, "key=value,..." or a dict.
   """
+  if weak_source and weak_dir is None:
+    from sesam_jax.data import weak_sources  # Deferred, as below: the file readers.
+    return weak_sources.training_reader(weak_source, source, weak, weak_options)
   if weak == "fine" and weak_dir is None:
     return lambda index, example: example["label"]
   from sesam_jax.data import (  # Heavy (scikit-image): when needed.
@@ -72,15 +82,47 @@ def weak_label_fn(source: Source, weak: str, *, weak_seed: int = 0,
   return generate
 
 
+def check_weak_labels(weak_fn: WeakFn, source: Source, *, skip_unreadable: bool = False,
+                      what: str = "weak label(s)") -> int:
+  """Reads every weak label of `source` once before training, when they come from files.
+
+  Generated labels need no check; a reader (`weak_label_fn` with `weak_source`) reads the whole
+  split and every bad file (missing, another size, an unknown class, undecodable) is listed, one
+  line each naming the file, in one error; with `skip_unreadable` the list is logged instead and
+  those images are skipped during training.
+
+  Returns:
+    The number of images whose weak label cannot be used (0 when nothing is checked).
+
+  Raises:
+    ValueError: every bad file, unless `skip_unreadable`.
+  """
+  check = getattr(weak_fn, "check", None)
+  if check is None:
+    return 0
+  from sesam_jax.data import weak_sources  # Deferred: only labels read from files are checked.
+  problems = check(source)
+  if not problems:
+    return 0
+  message = weak_sources.format_problems(problems, what)
+  if skip_unreadable:
+    report.log(f"{message}\n  --config.dataset.skip_unreadable: these images are skipped.")
+    return len(problems)
+  raise ValueError(f"{message}\n  Fix or remove these files, leave their images out of the "
+                   "split, or train without them: --config.dataset.skip_unreadable=true.")
+
+
 class _AttachWeak(grain.transforms.Map):
-  """Adds "index" and "weak" to a source example (before shuffling)."""
+  """Adds "index" and "weak" to a source example (before shuffling); None if unreadable."""
 
   def __init__(self, weak_fn: WeakFn):
     self._weak_fn = weak_fn
 
-  def map(self, element: tuple[int, dict[str, Any]]) -> dict[str, Any]:
+  def map(self, element: tuple[int, dict[str, Any]]) -> dict[str, Any] | None:
     index, example = element
     weak = self._weak_fn(index, example)
+    if weak is None:  # Skipped (`base.SkipUnreadable.guard`): grain drops the example.
+      return None
     if weak.shape != example["label"].shape:
       raise ValueError(f"weak label of {example['id']!r} is {weak.shape}, "
                        f"its fine label {example['label'].shape}: regenerate the weak labels.")

@@ -270,15 +270,30 @@ def reader_class(name: str) -> type[WeakLabelReader]:
   return getattr(importlib.import_module(module), cls)
 
 
-def parse_options(pairs: Sequence[str] | None) -> dict[str, str]:
+def parse_options(pairs: Sequence[str] | None, flag: str = "--weak-option") -> dict[str, str]:
   """["key=value", ...] (the command line's --weak-option) -> {key: value}."""
   options = {}
   for pair in pairs or ():
     key, sep, value = pair.partition("=")
     if not sep or not key:
-      raise ValueError(f"--weak-option {pair!r}: write KEY=VALUE, e.g. width=3.")
+      raise ValueError(f"{flag} {pair!r}: write KEY=VALUE, e.g. width=3.")
     options[key.strip()] = value.strip()
   return options
+
+
+def parse_option_string(text: str, flag: str = "--config.weak_options") -> dict[str, str]:
+  """"key=value,key=value" (a training config's `weak_options`) -> {key: value}.
+
+  A part without "=" continues the value before it, so "unlabeled=0,255,width=3" is
+  {"unlabeled": "0,255", "width": "3"}.
+  """
+  pairs: list[str] = []
+  for part in (text or "").split(","):
+    if "=" in part or not pairs:
+      pairs.append(part)
+    else:
+      pairs[-1] += "," + part
+  return parse_options([p for p in pairs if p.strip()], flag=f"{flag}=")
 
 
 def weak_label_reader(spec: str, source: Any, **options: Any) -> WeakLabelReader:
@@ -305,3 +320,38 @@ def weak_label_reader(spec: str, source: Any, **options: Any) -> WeakLabelReader
     raise ValueError(f"weak-label source {name} has no option {unknown[0]!r}; its options: "
                      f"{', '.join(allowed) or 'none'}.")
   return cls(source, location, **options)
+
+
+def training_reader(spec: str, source: Any, weak: str, options: str | dict[str, Any] = ""
+                    ) -> WeakLabelReader:
+  """The reader of a training config's `weak_source` (errors name the training flags).
+
+  Args:
+    spec: `config.weak_source`, e.g. "clicks_csv:/data/clicks.csv".
+    source: the training source.
+    weak: `config.weak`, the kind of the labels; it must match a reader that knows its kind
+      (png labels take it as their kind).
+    options: `config.weak_options` ("key=value,...") or a dict.
+
+  Returns:
+    The reader (a `WeakFn` with `check`).
+  """
+  where = f"--config.weak_source={spec}"
+  options = parse_option_string(options) if isinstance(options, str) else dict(options)
+  if options:
+    where += f" --config.weak_options={','.join(f'{k}={v}' for k, v in options.items())}"
+  try:
+    params = inspect.signature(reader_class(spec.partition(":")[0]).__init__).parameters
+    if "kind" in params and weak != "fine":
+      options.setdefault("kind", weak)  # png: the labels are of the configured kind.
+    reader = weak_label_reader(spec, source, **options)
+  except (ValueError, FileNotFoundError) as e:
+    raise type(e)(f"{where}: {e} (reader options go in --config.weak_options=KEY=VALUE,...)"
+                  ) from None
+  if reader.kind is None:
+    raise ValueError(f"{where}: set --config.weak=points|scribbles|coarse to the kind of "
+                     "these labels (it decides how SAM is prompted).")
+  if reader.kind != weak:
+    raise ValueError(f"{where} holds {reader.kind} labels but --config.weak={weak}: set "
+                     f"--config.weak={reader.kind}.")
+  return reader

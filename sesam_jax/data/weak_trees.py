@@ -50,7 +50,7 @@ class CityscapesCoarseReader(WeakLabelReader):
       raise ValueError("cityscapes_coarse: this source has no image files to find the "
                        "dataset root from; give it as cityscapes_coarse:/path/to/cityscapes.")
     if split is None and first is None:
-      raise ValueError("cityscapes_coarse: give the split, e.g. --weak-option split=train.")
+      raise ValueError("cityscapes_coarse: give the split as the reader option split=train.")
     self.root = pathlib.Path(location) if location else first.parents[3]
     self.split = split or first.parents[1].name
     base.require_dir(self.root / "gtCoarse" / self.split, f"Cityscapes gtCoarse ({self.split})",

@@ -3,8 +3,11 @@
 `SamFeed` extends the loop's `Feed` (sesam_jax.train.feed) with the SAM label bank:
 
   - a batch read from the pipeline (one step ahead of its use) sends its share of
-    SAM requests right away (`SamLabelBank.submit`), so the bridge has a whole step
-    to answer them;
+    SAM requests right away (`SamLabelBank.submit`, carrying the batch's step, which
+    seeds fresh prompts), so the bridge has a whole step to answer them;
+    with sam.sampling=confidence the share goes out instead once the batch's step is
+    done, with the teacher's confidence on its crops (the step's `aux["confidence"]`,
+    uint8), so the answer serves the image's next visit;
   - just before a batch is used, finished results are collected and each example's
     SAM label is brought into its crop (`batch["sam"]`);
   - the teacher's confident labels of step t (the step's `aux["confident"]`) extend
@@ -43,28 +46,31 @@ class SamFeed(Feed):
     super().__init__(iterator, lookahead=1)
     self.bank = bank
     self.prewarm = prewarm
-    self._last: tuple[Mapping[str, np.ndarray], Any] | None = None
+    self._last: tuple[int, Mapping[str, np.ndarray], Mapping[str, Any]] | None = None
 
   def _on_read(self, batch: Batch, step: int) -> None:
-    self.bank.submit(batch, step)  # Requests go out a step before the batch is used.
+    if not self.bank.cfg.confidence:
+      self.bank.submit(batch, step)  # Requests go out a step before the batch is used.
 
   def _join(self, batch: Batch, step: int) -> Batch:
     self.bank.collect()
     return {**batch, "sam": self.bank.batch_labels(batch)}
 
   def _observe(self, step: int, batch: Mapping[str, np.ndarray], aux: Mapping[str, Any]) -> None:
-    # Step t's confident labels are read once step t+1 is dispatched (t is done by then).
-    self._flush_extension()
-    self._last = (batch, aux["confident"])
+    # Step t's outputs are read once step t+1 is dispatched (t is done by then).
+    self._flush_teacher()
+    self._last = (step, batch, aux)
 
-  def _flush_extension(self) -> None:
+  def _flush_teacher(self) -> None:
     if self._last is not None:
-      batch, confident = self._last
+      step, batch, aux = self._last
       self._last = None
-      self.bank.update_extension(batch, local_rows(confident))
+      self.bank.update_extension(batch, local_rows(aux["confident"]))
+      if self.bank.cfg.confidence:  # The batch's refreshes, with the teacher's confidence.
+        self.bank.submit(batch, step, confidence=local_rows(aux["confidence"]))
 
   def checkpoint_items(self) -> dict[str, Any]:
-    self._flush_extension()  # The saved bank includes the last step's extension.
+    self._flush_teacher()  # The saved bank includes the last step's extension.
     return {**super().checkpoint_items(), "sam_bank": self.bank}
 
   def prepare(self) -> dict[str, Any]:
@@ -88,6 +94,7 @@ class SamFeed(Feed):
     return {f"sam/{k}": v for k, v in self.bank.summary().items()}
 
   def close(self) -> None:
+    self.bank.close()
     self.bank.service.close()
 
 
@@ -111,6 +118,7 @@ def make_sam_feed(config: ml_collections.ConfigDict, iterator: Any, source: Any,
   """The SeSAM feed: a bank over `source` (decoded examples kept) with its own service."""
   bank_cfg = SamLabelConfig(
       refresh_every=config.sam.refresh_every, cache_embeddings=config.sam.cache_embeddings,
-      wait_s=config.sam.wait_s, send_fine=config.sam.backend == "oracle")
+      wait_s=config.sam.wait_s, send_fine=config.sam.backend == "oracle",
+      confidence=config.sam.sampling == "confidence")
   bank = SamLabelBank(source, weak_fn, start_service(config, workdir), bank_cfg, crop=config.crop)
   return SamFeed(iterator, bank, prewarm=config.sam.prewarm and config.sam.cache_embeddings)

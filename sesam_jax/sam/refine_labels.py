@@ -162,11 +162,15 @@ def baseline_labels(config: Any, train_source: Any, workdir: str) -> str:
   out = os.path.join(workdir, "sam_baseline_labels")
   done = os.path.join(out, "DONE.json")
   if not os.path.isfile(done):
-    backend = resolver.from_config(config.sam)
-    report.log(f"sam_baseline: prompting {backend.spec} naively with the {config.weak} labels "
-               f"of {len(train_source)} training images -> {out}")
+    backend = resolver.from_config(config.sam, what=f"method={config.method}")
+    weak_fn = None
+    if config.get("weak_source", ""):  # The user's own weak labels prompt SAM.
+      weak_fn = weak_sources.training_reader(config.weak_source, train_source, config.weak,
+                                             config.weak_options)
+    report.log(f"sam_baseline: prompting {backend.description} naively with the {config.weak} "
+               f"labels of {len(train_source)} training images -> {out}")
     result = refine_dataset(train_source, weak_kind=config.weak, out_dir=out, backend=backend,
-                            seed=config.weak_seed, mode="naive", k=config.sam.k,
+                            seed=config.weak_seed, weak_fn=weak_fn, mode="naive", k=config.sam.k,
                             work_long_side=config.sam.work_long_side)
     report.write_json(done, result)
   return out

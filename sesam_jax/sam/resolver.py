@@ -39,6 +39,12 @@ _TORCH_SAM = ("random", "transformers", "segment_anything")
 _JAX_SAM = ("jax", "jax-random")
 _NEEDS_WEIGHTS = ("transformers", "segment_anything", "jax")
 
+# What the runs of backends that are not SAM weights are (run results carry it).
+_WHAT_IT_IS = {"superpixel": " (SAM-free prior: superpixels, no SAM)",
+               "oracle": " (oracle: masks cut from the fine labels, an upper bound, no SAM)",
+               "random": " (random weights: for timing and tests only)",
+               "jax-random": " (random weights: for timing and tests only)"}
+
 # How each command names the settings, for the fix hints of errors.
 TRAIN_FLAGS = {"backend": "--config.sam.backend", "checkpoint": "--config.sam.checkpoint",
                "device": "--config.sam.device", "dtype": "--config.sam.dtype",
@@ -92,6 +98,11 @@ class SamBackend:
   def kind(self) -> str:
     return self.spec.partition(":")[0]
 
+  @property
+  def description(self) -> str:
+    """The spec with what it is where that is not SAM's own weights (for logs and results)."""
+    return self.spec + _WHAT_IT_IS.get(self.kind, "")
+
   def build(self) -> Any:
     """The backend object, in this process (PyTorch backends import torch here)."""
     if self.in_process:
@@ -118,7 +129,8 @@ class SamBackend:
 
 
 def resolve(backend: str, checkpoint: str = "", *, device: str = "cpu", dtype: str = "float32",
-            decoder_dtype: str = "auto", flags: Mapping[str, str] = CLI_FLAGS) -> SamBackend:
+            decoder_dtype: str = "auto", flags: Mapping[str, str] = CLI_FLAGS,
+            what: str = "this run") -> SamBackend:
   """Checks SAM settings and says how to run them.
 
   Args:
@@ -129,6 +141,7 @@ def resolve(backend: str, checkpoint: str = "", *, device: str = "cpu", dtype: s
     dtype: SAM compute dtype (float32 | bfloat16).
     decoder_dtype: prompt-decoder dtype: "auto", "" (= dtype), float32 or bfloat16.
     flags: how the calling command names these settings (for error messages).
+    what: who needs SAM, for the message when `backend` is "" (e.g. "method=sesam").
 
   Returns:
     A SamBackend.
@@ -136,6 +149,13 @@ def resolve(backend: str, checkpoint: str = "", *, device: str = "cpu", dtype: s
   Raises:
     ValueError / FileNotFoundError: one line naming the setting and the fix.
   """
+  if not backend:
+    b, c = flags["backend"], flags["checkpoint"]
+    raise ValueError(
+        f"{what} needs SAM and {b} is not set. Point it at SAM weights: {b}=transformers "
+        f"{c}=/path/to/sam-vit-base (a transformers SAM folder) or {c}=/path/to/"
+        f"sam_vit_b_01ec64.pth (the official weights; also {b}=segment_anything or jax). "
+        f"{b}=superpixel runs a SAM-free prior instead (reported as such).")
   kind, _, arg = backend.partition(":")
   if kind not in KINDS:
     raise ValueError(f"{flags['backend']}={backend!r}: unknown SAM backend; choose one of "
@@ -177,10 +197,10 @@ def _jax_platform() -> str:
   return jax.local_devices()[0].platform
 
 
-def from_config(sam: Any) -> SamBackend:
+def from_config(sam: Any, what: str = "this run") -> SamBackend:
   """`resolve()` for a training config's `sam` group (messages name `--config.sam.*`)."""
   return resolve(sam.backend, sam.checkpoint, device=sam.device, dtype=sam.dtype,
-                 decoder_dtype=sam.decoder_dtype, flags=TRAIN_FLAGS)
+                 decoder_dtype=sam.decoder_dtype, flags=TRAIN_FLAGS, what=what)
 
 
 def refine_config(config: Any, **overrides: Any) -> Any:
@@ -189,6 +209,6 @@ def refine_config(config: Any, **overrides: Any) -> Any:
   weak_kind = "coarse" if config.weak == "fine" else config.weak
   fields = dict(weak_kind=weak_kind, k=s.k, tau1=s.tau1, tau2=s.tau2, sampling=s.sampling,
                 selection=s.selection, prompt=s.prompt, instances=s.instances,
-                work_long_side=s.work_long_side)
+                refined_sampling=s.refined_sampling, work_long_side=s.work_long_side)
   fields.update(overrides)
   return RefineConfig(**fields).validate()

@@ -35,11 +35,11 @@ import numpy as np
 from sesam_jax import report
 from sesam_jax.atomic import write_atomic
 from sesam_jax.data import base, get_source, memo
-from sesam_jax.data.input_pipeline import (make_eval_dataset,
+from sesam_jax.data.input_pipeline import (check_weak_labels, make_eval_dataset,
                                            make_train_dataset, weak_label_fn)
 from sesam_jax.evaluate.inference import evaluate
 from sesam_jax.models import create_model
-from sesam_jax.train import methods, optim, train_state, val_images
+from sesam_jax.train import methods, optim, pretrained, train_state, val_images
 from sesam_jax.train import train_step as step_lib
 from sesam_jax.train.checkpoint import Checkpointer
 from sesam_jax.train.logs import MetricWriter
@@ -215,29 +215,41 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainOutcome:
     train_seconds summed over resumes, the feed's counters) and the steps' timing.
   """
   method = methods.get_method(config.method)
+  sam_backend = None
   if method.uses_sam:
     from sesam_jax.sam import resolver  # Deferred: the bridge's geometry, for SAM methods only.
-    resolver.from_config(config.sam)  # A bad SAM setting stops the run before it writes anything.
+    # A bad (or missing) SAM setting stops the run before it writes anything.
+    sam_backend = resolver.from_config(config.sam, what=f"method={config.method}")
+    report.log(f"SAM: {sam_backend.description}")
   maybe_initialize_distributed(config)
   mesh = step_lib.make_mesh()
   step_lib.check_batch_size(config.batch_size, mesh)
   train_source, val_source = make_sources(config, workdir)
+  skip = bool(config.dataset.skip_unreadable)
+  # The weak labels of `weak` kind, generated or read from `weak_source` (every file checked now).
+  weak_fn = weak_label_fn(train_source, config.weak, weak_seed=config.weak_seed,
+                          weak_source=config.weak_source, weak_options=config.weak_options)
+  bad_weak = check_weak_labels(weak_fn, train_source, skip_unreadable=skip,
+                               what=f"weak label(s) of --config.weak_source={config.weak_source}")
   model = build_model(config, train_source.info.num_classes)
   tx, schedule = optim.make_optimizer(config.optim, train_state.abstract_params(model),
                                       config.num_steps)
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
   _write_config(config, workdir)
 
-  labels_dir = method.make_labels(config, train_source, workdir) if method.make_labels else None
+  if method.make_labels:  # Labels made before step 0 (the SAM baseline's) replace the weak ones.
+    labels_dir = method.make_labels(config, train_source, workdir)
+    weak_fn = weak_label_fn(train_source, config.weak, weak_dir=labels_dir)
+  skipper = None
+  if skip:
+    # One wrapper for the pipeline and the SAM pre-warm: each skip (an unreadable image, label
+    # or weak label) is logged once and counted.
+    skipper = train_source = base.SkipUnreadable(train_source)
+    weak_fn = skipper.guard(weak_fn)
   # One weak-label function (made once per image, within a byte budget) for the pipeline and the
   # SAM bank; decoded examples are kept for the bank's refreshes when the pipeline reads in this
   # process (grain workers would each keep a copy).
-  weak_fn = memo.memoize_weak_fn(
-      weak_label_fn(train_source, config.weak, weak_seed=config.weak_seed, weak_dir=labels_dir),
-      config.dataset.weak_cache_mb << 20)
-  if config.dataset.skip_unreadable:
-    # One wrapper for the pipeline and the SAM pre-warm: each skip is logged once.
-    train_source = base.SkipUnreadable(train_source)
+  weak_fn = memo.memoize_weak_fn(weak_fn, config.dataset.weak_cache_mb << 20)
   examples = memo.MemoSource(train_source, config.dataset.image_cache_mb << 20)
   dataset = make_train_dataset(
       examples if config.num_workers == 0 else train_source, crop=config.crop,
@@ -253,8 +265,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainOutcome:
     if ckpt.latest_step() is not None:
       state = ckpt.restore(train_state.abstract_train_state(model, tx, mesh), items)
       report.log(f"resumed from {ckpt.directory} at step {int(state.step)}")
-    else:
-      state = train_state.create_train_state(model, tx, init_rng, mesh)
+    else:  # A fresh run: `config.init` (converted ImageNet weights) under the EMA copy.
+      state = pretrained.create_state(config, model, tx, init_rng, mesh)
     step_fn = step_lib.jit_step(method.make_step(model, config, schedule), mesh, state)
     info = feed.prepare()  # Work before the first step (SeSAM's pre-warm), timed apart.
     clock.start()
@@ -266,6 +278,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainOutcome:
   info.update(method=config.method, weak=config.weak, train_images=len(train_source),
               **_final_train_metrics(workdir),
               **feed.summary())
+  if config.weak_source:
+    info["weak_source"] = config.weak_source
+  if config.get("init", ""):
+    info["init"] = config.init
+  if sam_backend is not None:
+    info["sam_backend"] = sam_backend.description  # e.g. "superpixel (SAM-free prior: ...)"
+  if skipper is not None:
+    info["skipped_examples"] = len(skipper.skipped)
+    info["bad_weak_labels"] = bad_weak
   info["train_seconds"] = round(clock.seconds(), 2)
   if timing.host:
     info["host_seconds_per_step"] = round(timing.median_host(), 4)

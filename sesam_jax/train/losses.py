@@ -19,9 +19,14 @@ from sesam_jax.data.base import IGNORE_INDEX
 
 
 class LabelSource(NamedTuple):
-  """One supervision signal: labels BxHxW uint8/int (255 = no label here) and its loss weight."""
+  """One supervision signal: labels BxHxW uint8/int (255 = no label here) and its loss weight.
+
+  `pixel_weights` (BxHxW float, optional) weight each pixel's CE inside the source's mean, whose
+  denominator stays the pixel count (e.g. weak and SAM labels merged into one map).
+  """
   labels: jax.Array
   weight: float
+  pixel_weights: jax.Array | None = None
 
 
 def upsample_logits(logits_BhwK: jax.Array, size: tuple[int, int]) -> jax.Array:
@@ -32,13 +37,15 @@ def upsample_logits(logits_BhwK: jax.Array, size: tuple[int, int]) -> jax.Array:
 
 
 def cross_entropy_sum(logits_BHWK: jax.Array, labels_BHW: jax.Array,
-                      ignore_index: int = IGNORE_INDEX) -> tuple[jax.Array, jax.Array]:
+                      ignore_index: int = IGNORE_INDEX, weights_BHW: jax.Array | None = None
+                      ) -> tuple[jax.Array, jax.Array]:
   """Summed CE over labeled pixels and their count.
 
   Args:
     logits_BHWK: float logits at label resolution.
     labels_BHW: integer class ids; `ignore_index` (and any id >= K) contributes nothing.
     ignore_index: the unlabeled value.
+    weights_BHW: optional per-pixel weights of the CE (the count is not weighted).
 
   Returns:
     (sum of per-pixel CE, number of labeled pixels), both float32 scalars.
@@ -49,6 +56,8 @@ def cross_entropy_sum(logits_BHWK: jax.Array, labels_BHW: jax.Array,
   safe = jnp.where(valid, labels, 0)
   logp = jax.nn.log_softmax(logits_BHWK.astype(jnp.float32), axis=-1)
   nll = -jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
+  if weights_BHW is not None:
+    nll = nll * weights_BHW.astype(jnp.float32)
   return jnp.sum(jnp.where(valid, nll, 0.0)), jnp.sum(valid.astype(jnp.float32))
 
 
@@ -72,7 +81,7 @@ def segmentation_loss(logits_BhwK: jax.Array, sources: Mapping[str, LabelSource]
   total = jnp.zeros((), jnp.float32)
   metrics = {}
   for name, source in sources.items():
-    ce_sum, count = cross_entropy_sum(logits, source.labels, ignore_index)
+    ce_sum, count = cross_entropy_sum(logits, source.labels, ignore_index, source.pixel_weights)
     mean = ce_sum / jnp.maximum(count, 1.0)  # a source with no pixels adds 0, never NaN
     total = total + source.weight * mean
     metrics[f"loss_{name}"] = mean

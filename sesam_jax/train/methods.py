@@ -81,7 +81,10 @@ def teacher_student_step(model: Any, config: ml_collections.ConfigDict, schedule
                                       blur_prob=t.blur_prob, cutmix_prob=t.cutmix_prob)
   cfg = sesam_step.SesamStepConfig(
       lr_schedule=schedule, use_sam=use_sam, ema_decay=float(config.ema_decay), theta1=t.theta1,
-      theta2=t.theta2, lambda1=t.lambda1, lambda2=t.lambda2, strong=strong)
+      theta2=t.theta2, lambda1=t.lambda1, lambda2=t.lambda2, strong=strong,
+      # SeSAM's refreshes sample prompts by the teacher's confidence (Table 4a): send it back.
+      confidence_aux=use_sam and config.sam.sampling == "confidence",
+      merge_weak_sam=bool(config.loss.merge_weak_sam))
   return functools.partial(sesam_step.sesam_train_step, model=model, cfg=cfg)
 
 

@@ -7,7 +7,15 @@
 
 The step's `aux` output holds the teacher's *confident* labels (confidence >= theta2,
 else 255) on the weak view, BxCxC uint8: the SAM feed maps them back to full
-resolution to extend each image's weak label for its next SAM refresh.
+resolution to extend each image's weak label for its next SAM refresh. With
+`confidence_aux` (sam.sampling=confidence, Table 4a) it also holds the teacher's
+confidence quantised to uint8 (round(255 p), 0 on padding), which SAM's prompts are
+then sampled by; only then, since it adds a BxCxC transfer to the host every step.
+
+The loss averages each source over its own pixels (weak + lambda1 SAM + lambda2 pseudo).
+`merge_weak_sam` reads the paper's loss the other way: weak and SAM labels as one map
+(weak where it has a label, else SAM) and one average over it, SAM pixels weighted
+lambda1, so a crop with few weak pixels weighs them as little as their area.
 
 FixMatch (`use_sam=False`) learns from weak + pseudo labels; SeSAM adds the batch's
 "sam" labels. (`sesam_jax.train.methods` says which method uses which step.)
@@ -41,6 +49,8 @@ class SesamStepConfig:
   lambda2: float = 0.01                    # weight of the pseudo-label CE
   strong: strong_aug.StrongAugConfig = strong_aug.StrongAugConfig()
   ignore_index: int = IGNORE_INDEX
+  confidence_aux: bool = False             # aux["confidence"]: uint8 teacher confidence
+  merge_weak_sam: bool = False             # one CE average over weak and SAM pixels together
 
 
 def teacher_predictions(state: TrainState, images_BHWC: jax.Array, *, model: nn.Module,
@@ -68,7 +78,8 @@ def sesam_train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax
 
   Returns:
     (new state, scalar metrics, aux): aux["confident"] is BxCxC uint8, the teacher's labels
-    with confidence >= theta2 (255 elsewhere).
+    with confidence >= theta2 (255 elsewhere); with `cfg.confidence_aux`, aux["confidence"]
+    is BxCxC uint8, round(255 * confidence) (0 on padding).
   """
   step_rng = jax.random.fold_in(rng, state.step)
   aug_rng, dropout_rng = jax.random.split(step_rng)
@@ -84,11 +95,23 @@ def sesam_train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax
   x = step_lib.normalize(strong_images * 255.0)
   sources = {"weak": losses.LabelSource(maps["weak"], 1.0),
              "pseudo": losses.LabelSource(maps["pseudo"], cfg.lambda2)}
-  if sam is not None:
+  extra = {}
+  if sam is not None and cfg.merge_weak_sam:
+    has_weak = maps["weak"] != cfg.ignore_index
+    merged = jnp.where(has_weak, maps["weak"], maps["sam"])
+    sources["weak_sam"] = losses.LabelSource(merged, 1.0, jnp.where(has_weak, 1.0, cfg.lambda1))
+    del sources["weak"]
+    extra = {f"coverage_{k}": jnp.mean((maps[k] != cfg.ignore_index).astype(jnp.float32))
+             for k in ("weak", "sam")}
+  elif sam is not None:
     sources["sam"] = losses.LabelSource(maps["sam"], cfg.lambda1)
 
   new_state, metrics = step_lib.update_student(
       state, x, sources, dropout_rng, model=model, ema_decay=cfg.ema_decay,
       lr_schedule=cfg.lr_schedule, ignore_index=cfg.ignore_index)
+  metrics.update(extra)
   metrics["teacher_confident"] = jnp.mean((confident != cfg.ignore_index).astype(jnp.float32))
-  return new_state, metrics, {"confident": confident}
+  aux = {"confident": confident}
+  if cfg.confidence_aux:
+    aux["confidence"] = jnp.round(jnp.clip(conf, 0.0, 1.0) * 255.0).astype(jnp.uint8)
+  return new_state, metrics, aux

@@ -4,7 +4,8 @@ A pixel is supervised by at most one source: the weak label where it has one,
 else the SAM label where it has one, else the teacher's pseudo-label where the
 teacher's confidence is at least theta1. Each source's cross-entropy is then
 averaged over its own pixels only, and the losses are summed with weights
-(1, lambda1, lambda2).
+(1, lambda1, lambda2); `loss.merge_weak_sam` instead averages weak and SAM pixels
+together as one map (see `sesam_step`).
 """
 
 from __future__ import annotations

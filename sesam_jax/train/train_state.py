@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from sesam_jax.models.conversion import merge_pretrained
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -38,8 +40,10 @@ def init_variables(model: nn.Module, rng: jax.Array, image_size: int) -> dict:
 
 
 def _build(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
-           image_size: int) -> TrainState:
+           image_size: int, pretrained: dict | None = None) -> TrainState:
   variables = init_variables(model, rng, image_size)
+  if pretrained is not None:  # Converted weights over the fresh ones, before the EMA copy.
+    variables, _ = merge_pretrained(variables, pretrained)
   params = variables["params"]
   batch_stats = variables.get("batch_stats", {})
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
@@ -67,7 +71,8 @@ def abstract_train_state(model: nn.Module, tx: optax.GradientTransformation, mes
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
-                       mesh: Mesh, image_size: int = 64) -> TrainState:
+                       mesh: Mesh, image_size: int = 64, pretrained: dict | None = None
+                       ) -> TrainState:
   """Initialises the state directly into its replicated sharding on `mesh`.
 
   Args:
@@ -76,10 +81,14 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
     rng: init key.
     mesh: the device mesh with a "data" axis.
     image_size: side of the dummy init image (parameter shapes do not depend on it).
+    pretrained: optional {"params": ..., "batch_stats": ...} subtrees (numpy) laid over the
+      initialised variables before the optimizer state and the EMA copy are made
+      (`sesam_jax.train.pretrained`); ValueError names a leaf the model lacks or shapes apart.
 
   Returns:
     The TrainState at step 0, EMA = student.
   """
-  shapes = jax.eval_shape(lambda r: _build(model, tx, r, image_size), rng)
+  build = lambda r, p: _build(model, tx, r, image_size, p)
+  shapes = jax.eval_shape(build, rng, pretrained)
   shardings = jax.tree.map(lambda _: replicated(mesh), shapes)
-  return jax.jit(lambda r: _build(model, tx, r, image_size), out_shardings=shardings)(rng)
+  return jax.jit(build, out_shardings=shardings)(rng, pretrained)

@@ -113,6 +113,12 @@ def test_invert_geometry_round_trips_inside_the_window():
     again = augment.apply_geometry(back, geom, 48, nearest=True)
     inside = crop != 255
     assert np.mean(again[inside] == crop[inside]) > 0.97
+    # paste_crop writes the same pixels over an existing map and leaves the rest alone.
+    before = rng.integers(0, 9, label.shape).astype(np.uint8)
+    window = augment.invert_geometry(np.zeros_like(crop), geom, label.shape) == 0
+    pasted = augment.paste_crop(before.copy(), crop, geom)
+    np.testing.assert_array_equal(pasted[window], back[window])
+    np.testing.assert_array_equal(pasted[~window], before[~window])
 
 
 def test_read_ahead_is_bounded():

@@ -11,24 +11,10 @@ from PIL import Image
 from sesam_jax import main
 from sesam_jax.data import base, cityscapes, get_source
 from sesam_jax.data.weak_sources import WeakLabelError, format_problems, weak_label_reader
+from tests.data import weak_fixtures
 
-CITY_ID = "frankfurt_000000_000294"
-
-
-def _png(path: pathlib.Path, array: np.ndarray) -> pathlib.Path:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  Image.fromarray(np.asarray(array, np.uint8)).save(path)
-  return path
-
-
-def _cityscapes_root(shared_data, tmp_path) -> pathlib.Path:
-  """The Cityscapes sample's layout in tmp_path (links to the real files), gtFine labelIds only."""
-  sample, root = shared_data / "cityscapes_sample", tmp_path / "cityscapes"
-  for rel in (f"leftImg8bit/val/frankfurt/{CITY_ID}_leftImg8bit.png",
-              f"gtFine/val/frankfurt/{CITY_ID}_gtFine_labelIds.png"):
-    (root / rel).parent.mkdir(parents=True, exist_ok=True)
-    (root / rel).symlink_to((sample / rel).resolve())
-  return root
+CITY_ID = weak_fixtures.CITY_ID
+_png = weak_fixtures.png
 
 
 def test_png_reads_labels_and_reports_every_bad_file(tmp_path):
@@ -73,12 +59,8 @@ def test_spec_and_option_errors_name_the_fix(tmp_path):
 
 
 def test_cityscapes_coarse_label_ids_and_train_ids(shared_data, tmp_path):
-  root = _cityscapes_root(shared_data, tmp_path)
-  source = get_source("cityscapes", data_dir=root, split="val")
-  fine_ids = root / f"gtFine/val/frankfurt/{CITY_ID}_gtFine_labelIds.png"
-  coarse = root / f"gtCoarse/val/frankfurt/{CITY_ID}_gtCoarse_labelIds.png"
-  coarse.parent.mkdir(parents=True)
-  coarse.symlink_to(fine_ids.resolve())  # gtFine stands in for gtCoarse: same layout and ids.
+  fixture = weak_fixtures.cityscapes_coarse_fixture(shared_data, tmp_path)
+  source, coarse = fixture.source(), fixture.files[0]  # gtFine's labelIds as gtCoarse's.
   reader = weak_label_reader("cityscapes_coarse", source)
   fine = source[0]["label"]
   assert reader.kind == "coarse" and reader.split == "val"
@@ -99,15 +81,13 @@ def test_cityscapes_coarse_label_ids_and_train_ids(shared_data, tmp_path):
 
 
 def test_scribble_png_in_the_s4cityscapes_layout(shared_data, tmp_path):
-  root = _cityscapes_root(shared_data, tmp_path)
-  source = get_source("cityscapes", data_dir=root, split="val")
+  fixture = weak_fixtures.scribble_png_fixture(shared_data, tmp_path)
+  source = fixture.source()
+  root = pathlib.Path(fixture.data_dir)
   raw = np.asarray(Image.open(root / f"gtFine/val/frankfurt/{CITY_ID}_gtFine_labelIds.png"))
-  strokes = np.zeros_like(raw)  # 0: Cityscapes' own "unlabeled" id, s4's background.
-  strokes[::9] = raw[::9]
   scribbles = tmp_path / "s4Cityscapes" / "scribbles"
-  # Scribbles for All writes grey 3-channel PNGs named like the dense label they came from.
   name = f"gtFine/val/frankfurt/{CITY_ID}_gtFine_labelIds.png"
-  _png(scribbles / name, np.repeat(strokes[..., None], 3, 2))
+  strokes = np.asarray(Image.open(scribbles / name))[..., 0]
   reader = weak_label_reader(f"scribble_png:{scribbles}", source, ids="raw", unlabeled="0",
                              pattern="gtFine/*/{parent}/{id}_*.png")
   weak = reader(0, source[0])
@@ -130,39 +110,7 @@ def test_scribble_png_in_the_s4cityscapes_layout(shared_data, tmp_path):
     weak_label_reader(f"scribble_png:{scribbles}", source, ids="labelIds")
 
 
-def _voc_root(shared_data, tmp_path, names=("1", "23")) -> pathlib.Path:
-  """Two PASCAL VOC samples in the VOC2012 layout (JPEG images, palette labels)."""
-  root = tmp_path / "VOC2012"
-  (root / "JPEGImages").mkdir(parents=True)
-  for n in names:
-    Image.open(shared_data / f"voc_samples/images/{n}.png").save(root / f"JPEGImages/{n}.jpg")
-    _png(root / f"SegmentationClass/{n}.png",
-         np.asarray(Image.open(shared_data / f"voc_samples/labels/{n}.png")))
-  (root / "ImageSets/Segmentation").mkdir(parents=True)
-  (root / "ImageSets/Segmentation/train.txt").write_text("\n".join(names) + "\n")
-  return root
-
-
-def _scribblesup_xml(image_id, size_wh, polygons) -> str:
-  """One ScribbleSup annotation: polygons = [(tag, [(x, y), ...]), ...]."""
-  body = "".join(
-      f"<polygon><tag>{tag}</tag>" + "".join(f"<point><X>{x}</X><Y>{y}</Y></point>"
-                                              for x, y in points) + "</polygon>"
-      for tag, points in polygons)
-  return (f"<annotation><filename>{image_id}.jpg</filename><size><width>{size_wh[0]}</width>"
-          f"<height>{size_wh[1]}</height></size>{body}</annotation>")
-
-
-def _scribbles_on(label: np.ndarray, class_names) -> list:
-  """A horizontal stroke of up to 40 px per class present, from its middle row's first pixel."""
-  polygons = []
-  for c in np.unique(label[label != 255]):
-    rows, cols = np.nonzero(label == c)
-    row = rows[len(rows) // 2]
-    run = cols[rows == row]
-    polygons.append((class_names[c], [(int(run[0]), int(row)),
-                                      (int(min(run[-1], run[0] + 40)), int(row))]))
-  return polygons
+_voc_root, _scribblesup_xml = weak_fixtures.voc_root, weak_fixtures.scribblesup_xml
 
 
 def test_scribblesup_xml_rasterised_at_the_documented_width(shared_data, tmp_path):
@@ -214,12 +162,8 @@ def test_clicks_csv_ids_names_and_bad_rows(tmp_path):
   problems = reader.check(source)
   assert [p.example_id for p in problems] == [b, c] and "no click for image" in problems[1].message
   # The points protocol's labels written as clicks read back exactly.
-  from sesam_jax.data import weak_labels
-  points = [weak_labels.make_weak_label(source[i]["label"], "points", seed=0, image_id=i_d,
-                                        num_classes=7) for i, i_d in enumerate(source.ids)]
-  path.write_text("image,x,y,class\n" + "".join(
-      f"{i_d},{x},{y},{p[y, x]}\n" for i_d, p in zip(source.ids, points)
-      for y, x in np.argwhere(p != 255)))
+  points = weak_fixtures.points_labels(source)
+  weak_fixtures.clicks_csv(path, source, points)
   reader = weak_label_reader(f"clicks_csv:{path}", source)
   assert all(np.array_equal(reader(i, source[i]), p) for i, p in enumerate(points))
   path.write_text(f"image,x,y,class\n{a},48,3,car\n")  # x 48 is past the last column (47).
@@ -241,14 +185,8 @@ def _run(argv, capsys) -> tuple[int, dict | None, str]:
 
 
 def test_refine_with_weak_source(shared_data, tmp_path, capsys):
-  root = _voc_root(shared_data, tmp_path)
-  source = get_source("voc", data_dir=root, split="train")
-  folder = tmp_path / "pascal_2012"
-  folder.mkdir()
-  for i, image_id in enumerate(source.ids):
-    label = source[i]["label"]
-    polygons = _scribbles_on(label, source.info.class_names)
-    (folder / f"{image_id}.xml").write_text(_scribblesup_xml(image_id, label.shape[::-1], polygons))
+  fixture = weak_fixtures.scribblesup_fixture(shared_data, tmp_path)
+  root, folder = pathlib.Path(fixture.data_dir), tmp_path / "pascal_2012"
   common = ["refine", "--dataset", "voc", "--data-dir", str(root), "--backend", "oracle",
             "--work-long-side", "256"]
   code, result, err = _run(common + ["--weak-source", f"scribblesup_xml:{folder}",

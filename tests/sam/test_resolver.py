@@ -56,3 +56,27 @@ def test_this_machine_and_the_training_config():
   config.weak, config.sam.k = "points", 3
   rc = resolver.refine_config(config)
   assert isinstance(rc, RefineConfig) and rc.weak_kind == "points" and rc.k == 3
+
+
+def test_no_backend_stops_with_how_to_point_at_sam_weights():
+  config = configs_common.base_config()
+  assert config.sam.backend == ""  # Real datasets: SAM must be named (synthetic names superpixel).
+  with pytest.raises(ValueError, match=r"method=sesam needs SAM and --config.sam.backend is not "
+                                       r"set\. Point it at SAM weights: --config.sam.backend="
+                                       r"transformers --config.sam.checkpoint=/path/to/sam"):
+    resolver.from_config(config.sam, what="method=sesam")
+  # What is not SAM says so wherever the run reports its backend.
+  assert resolver.resolve("superpixel").description.startswith("superpixel (SAM-free prior")
+  assert "oracle" in resolver.resolve("oracle").description.split("(")[1]
+  assert resolver.resolve("random:tiny").description == (
+      "random:tiny (random weights: for timing and tests only)")
+
+
+def test_the_ablation_switches_reach_refine():
+  config = configs_common.base_config()
+  config.weak = "coarse"
+  config.sam.update(sampling="confidence", selection="best_score", prompt="box",
+                    instances=False, refined_sampling=False)
+  rc = resolver.refine_config(config)
+  assert (rc.sampling, rc.selection, rc.prompt, rc.instances, rc.refined_sampling) == (
+      "confidence", "best_score", "box", False, False)

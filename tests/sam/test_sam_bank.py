@@ -164,3 +164,91 @@ def test_prewarm_needs_full_resolution_requests():
   bank = _bank(_source(), _InlineService(_oracle), cache_embeddings=False)
   with pytest.raises(ValueError, match="sam.prewarm=False"):
     bank.prewarm(progress=False)
+
+
+def _refining_service():
+  """Runs the real refine() with the oracle backend on each request, in line."""
+  from sam_bridge.backends import create_backend
+  from sam_bridge.refine import RefineConfig, refine
+  backend = create_backend("oracle")
+  return _InlineService(lambda r: refine(backend, r, RefineConfig(work_long_side=64), seed=3))
+
+
+def _prompts(result):
+  return np.concatenate([r.points for r in result.records])
+
+
+def test_each_refresh_of_an_image_sends_fresh_prompts_seeded_by_its_step():
+  source = _source()
+  batch = _batch(source)
+  results = {}
+  for step in (0, 4):  # M = 4: position 0 is refreshed at both steps.
+    bank = _bank(source, _refining_service())
+    assert bank.submit(batch, step=step) == 1
+    request = bank.service.requests[0]
+    results[step] = bank.service.done[request.example_id]
+    assert request.step == step
+  assert not np.array_equal(_prompts(results[0]), _prompts(results[4]))
+  again = _bank(source, _refining_service())
+  again.submit(batch, step=4)
+  np.testing.assert_array_equal(_prompts(results[4]),
+                                _prompts(next(iter(again.service.done.values()))))
+
+
+def test_confidence_rides_with_the_request_at_full_resolution(capsys):
+  source = _source()
+  bank = _bank(source, _InlineService(_oracle), confidence=True)
+  batch = _batch(source)
+  confidence = np.full((4, 24, 24), 200, np.uint8)
+  assert bank.submit(batch, step=0, confidence=confidence) == 1
+  request = bank.service.requests[0]
+  assert request.confidence.shape == (40, 56) and request.confidence.dtype == np.uint8
+  # 200 inside the crop window, 0 where the crop did not look.
+  assert set(np.unique(request.confidence)) <= {0, 200} and (request.confidence == 200).any()
+  assert not hasattr(bank, "confidence")  # Kept only by the request in flight, not per image.
+  # The pre-warm has no teacher: step -1 and the paper's sampling, said in the log.
+  fresh = _bank(_source(n=2), _SmallQueueService(_oracle), confidence=True)
+  fresh.prewarm(progress=False)
+  assert {(r.step, r.sampling, r.confidence) for r in fresh.service.requests} == {
+      (-1, "sesam", None)}
+  assert "no teacher yet" in capsys.readouterr().err
+
+
+def test_an_unreadable_weak_label_is_skipped():
+  source = _source()
+  bank = sam_labels.SamLabelBank(source, lambda i, e: None if i % 2 else e["label"],
+                                 _InlineService(_oracle), sam_labels.SamLabelConfig(send_fine=True),
+                                 crop=24)
+  assert bank.prewarm(progress=False) == 4 and sorted(bank.labels) == [0, 2, 4, 6]
+
+
+def test_labels_are_stored_compressed_and_the_state_round_trips_fast():
+  import time
+  source = _source(8, (256, 512))
+  bank = _bank(source, _InlineService(_oracle))
+  for i in range(8):
+    bank.labels[i] = source[i]["label"]
+    bank.extension[i] = np.where(source[i]["label"] < 10, source[i]["label"], 255).astype(np.uint8)
+  raw = 2 * 8 * 256 * 512
+  assert bank.summary()["bank_bytes"] < raw / 20
+  start = time.perf_counter()
+  restored = _bank(source, _InlineService(_oracle))
+  restored.set_state(bank.get_state())
+  assert time.perf_counter() - start < 1.0
+  for i in range(8):
+    np.testing.assert_array_equal(restored.labels[i], source[i]["label"])
+    np.testing.assert_array_equal(restored.extension[i], bank.extension[i])
+  assert restored.hw[3] == (256, 512)
+
+
+def test_a_bank_saved_by_an_earlier_release_still_restores():
+  import io
+  label = np.arange(40 * 56, dtype=np.uint8).reshape(40, 56) % 7
+  buffer = io.BytesIO()
+  np.savez_compressed(buffer, label_3=label, ext_3=label[::-1].copy(),
+                      stats=np.array(sorted({"sent": 5}.items()), dtype=object))
+  bank = _bank(_source(), _InlineService(_oracle))
+  bank.set_state(buffer.getvalue())
+  np.testing.assert_array_equal(bank.labels[3], label)
+  np.testing.assert_array_equal(bank.extension[3], label[::-1])
+  assert bank.stats["sent"] == 5

@@ -68,3 +68,42 @@ def test_failures_surface_or_fall_back_and_slow_examples_time_out():
     with pytest.raises(TimeoutError):
       svc.submit(_request(4, testing.HANG))
       svc.get(timeout=0.0)
+
+
+class _BatchEncoding(testing.BoxBackend):
+  """Encodes many images per call (as the JAX SAM does); its first decode is slow, so requests
+  submitted meanwhile queue up and reach the service's thread together."""
+  encode_batch = 8
+
+  def __init__(self):
+    super().__init__()
+    self.batches, self.single = [], 0
+
+  def encode_images(self, images):
+    self.batches.append(len(images))
+    return [{"hw": np.asarray(im.shape[:2], np.int64), "marker": np.asarray(int(im[0, 0, 0]),
+                                                                            np.int64)}
+            for im in images]
+
+  def set_image(self, image, *, fine_label=None):
+    self.single += 1
+    super().set_image(image, fine_label=fine_label)
+
+  def predict(self, prompts):
+    if not self.batches and self.single == 1:
+      time.sleep(0.5)
+    return super().predict(prompts)
+
+
+def test_queued_requests_are_encoded_in_one_batch():
+  from sam_bridge.cache import CacheConfig
+  backend = _BatchEncoding()
+  with LocalRefineService(backend, max_pending=8, cache=CacheConfig()) as svc:
+    results = list(svc.map([_request(i) for i in range(6)]))
+  assert [r.example_id for r in results] == [f"img{i}" for i in range(6)]
+  # Every image was encoded once: requests that queued together in batched calls (refine()
+  # then found their states in the cache), a request that came alone by refine() itself.
+  assert backend.single + sum(backend.batches) == 6 and max(backend.batches) > 1
+  for i, r in enumerate(results):
+    keep = _request(i).weak != 255
+    np.testing.assert_array_equal(r.label[keep], _request(i).weak[keep])

@@ -8,7 +8,8 @@ import pytest
 from sam_bridge import geometry, testing
 from sam_bridge.api import PromptSet, RefineRequest
 from sam_bridge.backends import create_backend
-from sam_bridge.refine import RefineConfig, _Candidates, _Timer, refine
+from sam_bridge.candidates import Candidates, Timer
+from sam_bridge.refine import RefineConfig, refine
 
 
 def _scene(h=120, w=160, ring=False):
@@ -38,8 +39,8 @@ def test_lowres_selection_picks_the_same_candidate_on_clear_cases():
   insts = geometry.find_instances(weak)
   prompts = [PromptSet.from_points(np.float32([[(i.bbox[1] + i.bbox[3] - 1) / 2,
                                                 (i.bbox[0] + i.bbox[2] - 1) / 2]])) for i in insts]
-  full = _Candidates(backend, prompts, _Timer(), weak.shape, lowres=False)
-  low = _Candidates(backend, prompts, _Timer(), weak.shape, lowres=True)
+  full = Candidates(backend, prompts, Timer(), weak.shape, lowres=False)
+  low = Candidates(backend, prompts, Timer(), weak.shape, lowres=True)
   assert low.lowres and not full.lowres
   clear = 0
   for i, inst in enumerate(insts):

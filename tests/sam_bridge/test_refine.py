@@ -64,6 +64,59 @@ def test_extension_widens_the_instances():
   assert plain.info["instances"] == 3
 
 
+def test_refined_sampling_off_ignores_the_extension():
+  """Table 3c: prompts from the weak label alone leave the teacher's extension unused."""
+  image, fine = scene()
+  weak = coarse(fine)
+  weak[46:58, 55:75] = 255
+  ext = np.full(fine.shape, 255, np.uint8)
+  ext[46:57, 56:74] = 8
+  request = RefineRequest("e", image, weak, extension=ext, fine=fine, step=3)
+  off = refine(create_backend("oracle"), request, RefineConfig(refined_sampling=False))
+  plain = refine(create_backend("oracle"), RefineRequest("e", image, weak, fine=fine, step=3))
+  assert off.info["instances"] == plain.info["instances"] == 3
+  np.testing.assert_array_equal(off.label, plain.label)
+
+
+def _prompts(result):
+  return np.concatenate([r.points for r in result.records if r.stage == "instances"])
+
+
+def test_each_refresh_step_draws_fresh_prompts_and_a_step_repeats_its_own():
+  image, fine = scene()
+  weak = coarse(fine)
+  backend = create_backend("oracle")
+  at = {step: _prompts(refine(backend, RefineRequest("r", image, weak, fine=fine, step=step),
+                              seed=7)) for step in (-1, 4, 8)}
+  again = _prompts(refine(backend, RefineRequest("r", image, weak, fine=fine, step=4), seed=7))
+  np.testing.assert_array_equal(at[4], again)  # The same run, the same step: the same prompts.
+  assert not np.array_equal(at[4], at[8]) and not np.array_equal(at[-1], at[4])
+  other_seed = _prompts(refine(backend, RefineRequest("r", image, weak, fine=fine, step=4),
+                               seed=8))
+  assert not np.array_equal(at[4], other_seed)
+  with pytest.raises(ValueError, match="step -2 < -1"):
+    refine(backend, RefineRequest("r", image, weak, fine=fine, step=-2))
+
+
+def test_confidence_sampling_reads_the_requests_uint8_confidence():
+  image, fine = scene()
+  weak = coarse(fine)
+  conf = np.zeros(fine.shape, np.uint8)
+  conf[20:24, 20:24] = 255  # The teacher is sure of one small patch of the first object only.
+  cfg = RefineConfig(sampling="confidence", k=3)
+  res = refine(create_backend("oracle"), RefineRequest("c", image, weak, fine=fine,
+                                                       confidence=conf), cfg)
+  first = next(r for r in res.records if r.stage == "instances" and r.bbox[:2] == (11, 11))
+  assert all(20 <= x < 24 and 20 <= y < 24 for x, y in first.points)  # Top-k of confidence.
+  # Without a teacher (the pre-warm) a request names the paper's sampling instead.
+  plain = refine(create_backend("oracle"), RefineRequest("c", image, weak, fine=fine,
+                                                         sampling="sesam"), cfg)
+  first = next(r for r in plain.records if r.stage == "instances" and r.bbox[:2] == (11, 11))
+  assert not all(20 <= x < 24 and 20 <= y < 24 for x, y in first.points)  # Spread (eq. 2).
+  with pytest.raises(ValueError, match="needs a confidence map"):
+    refine(create_backend("oracle"), RefineRequest("c", image, weak, fine=fine), cfg)
+
+
 @pytest.mark.parametrize("cfg", [
     RefineConfig(prompt="box"), RefineConfig(prompt="mask"), RefineConfig(instances=False),
     RefineConfig(sampling="center"), RefineConfig(sampling="boundary"),

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from sesam_jax import config_lib
 from sesam_jax.data import input_pipeline
@@ -54,12 +55,13 @@ sys.exit(code)
 """
 
 
-def _child(workdir, indices, stall_at=None):
+def _child(workdir, indices, stall_at=None, backend="oracle"):
   env = dict(os.environ, PYTHONPATH=REPO, INDICES=str(indices))
   if stall_at is not None:
     env["STALL_AT"] = str(stall_at)
   return subprocess.Popen([sys.executable, "-c", _CHILD.format(repo=REPO), "train",
-                           f"--config={CONFIG}", f"--workdir={workdir}", *OVERRIDES],
+                           f"--config={CONFIG}", f"--workdir={workdir}", *OVERRIDES,
+                           f"--config.sam.backend={backend}"],
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -73,9 +75,12 @@ def _expected_indices(steps):
   return [[int(i) for i in next(it)["index"]] for _ in range(steps)]
 
 
-def test_killed_sesam_run_resumes_state_data_and_bank(tmp_path):
+# The oracle prior in the bridge's worker process, and the Flax SAM (random tiny weights) run by
+# a thread of the training process on its own (4 fake CPU) devices.
+@pytest.mark.parametrize("backend", ["oracle", "jax-random:tiny"])
+def test_killed_sesam_run_resumes_state_data_and_bank(tmp_path, backend):
   workdir, indices = tmp_path / "run", tmp_path / "indices.jsonl"
-  child = _child(workdir, indices, stall_at=2)
+  child = _child(workdir, indices, stall_at=2, backend=backend)
   try:
     line = child.stdout.readline()  # Blocks until step 2 is committed (or the child dies).
     assert line.startswith("CHECKPOINT 2"), child.communicate()[1][-3000:]
@@ -87,13 +92,14 @@ def test_killed_sesam_run_resumes_state_data_and_bank(tmp_path):
   assert {"state", "data", "sam_bank", "clock"} <= set(os.listdir(step_dir))
   assert not (workdir / "checkpoints" / "4").exists()
 
-  resumed = _child(workdir, indices)  # The same command again.
+  resumed = _child(workdir, indices, backend=backend)  # The same command again.
   out, err = resumed.communicate(timeout=600)
   assert resumed.returncode == 0, err[-3000:]
   assert "resumed from" in err and "at step 2" in err
   assert "NO TORCH" in out
   result = json.loads(out.strip().splitlines()[-2])  # Last JSON line, then "NO TORCH".
   assert result["step"] == 4
+  assert ("oracle" in result["sam/backend"]) == (backend == "oracle")
   # The bank came back from step 2: every image had its SAM label, none was pre-warmed again.
   assert result["prewarmed"] == 0 and result["sam/images_with_sam_label"] == 8
   # The data position came back from step 2: steps 2-3 took the batches of an uninterrupted run.

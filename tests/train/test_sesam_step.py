@@ -76,3 +76,27 @@ def test_padding_gets_no_pseudo_label():
   np.testing.assert_allclose(float(metrics["teacher_confident"]), 0.5)
   # Weak rows 0..7 cover 1/4 of the pixels; pseudo-labels fill only the valid rest.
   np.testing.assert_allclose(float(metrics["coverage_pseudo"]), 0.5 - 0.25 / 2, rtol=1e-6)
+
+
+def test_merged_weak_and_sam_labels_average_over_one_map():
+  """loss.merge_weak_sam: one CE over the union, SAM pixels weighted lambda1, one average.
+
+  (The step with the switch on trains in tests/train/test_paper_training.py.)
+  """
+  from sesam_jax.train import losses
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(2, 8, 8, 4)).astype(np.float32)
+  weak = np.full((2, 8, 8), 255)
+  weak[:, :2] = 1
+  sam = np.full((2, 8, 8), 255)
+  sam[:, 2:8] = 3
+  merged = np.where(weak != 255, weak, sam)
+  weights = np.where(weak != 255, 1.0, 0.5)
+  total, metrics = losses.segmentation_loss(
+      logits, {"weak_sam": losses.LabelSource(merged, 1.0, weights)})
+  nll = -jax.nn.log_softmax(logits)[np.arange(2)[:, None, None], np.arange(8)[:, None],
+                                    np.arange(8), merged]
+  np.testing.assert_allclose(float(total), (nll * weights).sum() / merged.size, rtol=1e-5)
+  separate, _ = losses.segmentation_loss(logits, {"weak": losses.LabelSource(weak, 1.0),
+                                                  "sam": losses.LabelSource(sam, 0.5)})
+  assert not np.isclose(float(total), float(separate))

@@ -47,13 +47,16 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 def save_converted(conversion: Conversion, path: str | os.PathLike, *, source: str = "",
-                   fmt: str = "") -> None:
-  """Writes {"meta", "variables"} as msgpack, atomically (temp file, then rename)."""
+                   fmt: str = "", extra_meta: dict | None = None) -> None:
+  """Writes {"meta", "variables"} as msgpack, atomically (temp file, then rename).
+
+  `extra_meta` adds fields to meta (e.g. the SAM converter's "sam_spec").
+  """
   from flax import serialization
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   payload = {"meta": {"model": conversion.model, "scope": conversion.scope,
-                      "source": str(source), "format": fmt},
+                      "source": str(source), "format": fmt, **(extra_meta or {})},
              "variables": conversion.variables}
   write_atomic(path, serialization.msgpack_serialize(payload))
 
