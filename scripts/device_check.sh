@@ -206,7 +206,7 @@ else
   SAM_BACKENDS=jax-random:tiny,random:tiny
   SAM_LIMIT=150
   IT_ARGS=(--dataset synthetic --image-size 96 128 --model segformer_tiny
-           --crop 64 --batch 2 --iterations 1 --warmup 1 --backend jax-random:tiny,random:tiny)
+           --crop 64 --batch 2 --iterations 2 --warmup 1 --backend jax-random:tiny)
   IT_LIMIT=120
 fi
 

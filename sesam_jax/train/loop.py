@@ -181,11 +181,13 @@ class StepTiming:
   """
   first_step: int = 0
   dispatch: list[float] = dataclasses.field(default_factory=list)  # perf_counter at each dispatch
+  end: float | None = None  # perf_counter once the last step's state was ready
   host: list[float] = dataclasses.field(default_factory=list)      # host seconds after each one
 
   def seconds_per_step(self, skip: int = 1) -> float:
-    """Median seconds between consecutive dispatches, after the first `skip` (compilation)."""
-    gaps = np.diff(self.dispatch[skip:])
+    """Median seconds per step after the first `skip` (compilation): between consecutive
+    dispatches, and from the last dispatch to the last step's end."""
+    gaps = np.diff(self.dispatch[skip:] + ([self.end] if self.end is not None else []))
     return float(np.median(gaps)) if len(gaps) else float("nan")
 
   def median_host(self, skip: int = 1) -> float:
@@ -349,6 +351,8 @@ def _run_steps(config: ml_collections.ConfigDict, workdir: str, state: Any, step
       host = time.perf_counter() - host_start - waited
       timing.host.append(host)
       host_since_log.append(host)
+    jax.block_until_ready(state)
+    timing.end = time.perf_counter()
     flush()
   finally:
     writer.close()
