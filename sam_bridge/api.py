@@ -18,6 +18,12 @@ UNLABELED = 255  # Weak/refined label value for "no class".
 NUM_CANDIDATES = 3  # SAM's multimask output: three granularities per prompt set.
 
 
+class SamSetupError(ValueError):
+  """SAM cannot be set up as asked: weights missing, not a SAM checkpoint, the wrong variant, a
+  backend's package missing. Its message is one line naming the file (or setting) and the fix;
+  a service re-raises it in the consumer as it was raised in the worker."""
+
+
 @dataclasses.dataclass
 class PromptSet:
   """One prompt for one object.

@@ -14,8 +14,13 @@ each request. Guarantees:
     label for that example (RefineResult.fallback, counted in `stats`); after a
     crash or timeout the worker is restarted and the other in-flight requests are
     resent, so none is lost or mixed up;
+  - setup errors read as one line: a backend that cannot be built from the user's
+    settings (bad weights, a missing package) raises `SamSetupError` at start with
+    the worker's one-line reason, not the worker's traceback;
   - clean shutdown: `close()` (or the context manager) stops the worker, joining
-    it and terminating it only if it does not exit in time.
+    it and terminating it only if it does not exit in time. The worker ignores
+    SIGINT (a terminal's Ctrl-C reaches the whole process group): the consumer
+    decides when it stops.
 With `cache=CacheConfig(...)` the worker keeps every image's encoder state
 (sam_bridge.cache, keyed by example id, backend and working size) so that a
 later request for the same image runs only the prompt decoder; with a cache
@@ -28,6 +33,7 @@ from __future__ import annotations
 import collections
 import multiprocessing as mp
 import queue
+import signal
 import time
 import traceback
 from typing import Callable
@@ -37,12 +43,15 @@ import numpy as np
 import dataclasses
 import os
 
-from sam_bridge.api import RefineRequest, RefineResult
+from sam_bridge.api import RefineRequest, RefineResult, SamSetupError
 from sam_bridge.cache import CacheConfig
 from sam_bridge.refine import RefineConfig
 
 # How often an idle worker checks that the process that started it is still alive (s).
 _PARENT_CHECK_S = 2.0
+# Errors of building a backend that are the user's to fix (weights, packages): re-raised in the
+# consumer as SamSetupError with their one line, not as a worker traceback.
+_SETUP_ERRORS = (SamSetupError, FileNotFoundError, ImportError)
 
 
 class SamServiceError(RuntimeError):
@@ -63,6 +72,9 @@ def _set_torch_threads(n: int | None) -> None:
 def _worker_main(backend_spec, backend_kwargs, factory, config, seed, cache_config, torch_threads,
                  req_q, res_q, current) -> None:
   """Worker loop: build the backend, then refine requests until the None sentinel."""
+  # Ctrl-C in a terminal reaches the whole process group: the consumer decides when the worker
+  # stops (it checkpoints first, then closes the service), so the worker ignores it.
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
   _set_torch_threads(torch_threads)
   # Deferred: the worker process alone needs the geometry and the backends (torch).
   from sam_bridge import refine as refine_lib
@@ -78,7 +90,10 @@ def _worker_main(backend_spec, backend_kwargs, factory, config, seed, cache_conf
     if cache_config is not None:
       cache = EmbeddingCache.from_config(cache_config)
     res_q.put(("ready", None, backend.name))
-  except BaseException:  # Everything, so the consumer hears about it.
+  except _SETUP_ERRORS as e:  # Bad weights, a missing package: one line for the user.
+    res_q.put(("setup", None, str(e).strip().splitlines()[0] if str(e).strip() else repr(e)))
+    return
+  except BaseException:  # Everything else, so the consumer hears about it.
     res_q.put(("fatal", None, traceback.format_exc()))
     return
   parent = mp.parent_process()
@@ -203,6 +218,8 @@ class RefineService(Consumer):
         self.backend_name = payload
         break
       self._kill()
+      if kind == "setup":
+        raise SamSetupError(payload)
       raise SamServiceError(f"SAM worker could not build backend {self._args[0]!r}:\n{payload}")
     # Resend whatever was in flight in the previous worker, in order.
     for seq in sorted(self._by_seq):

@@ -138,19 +138,21 @@ def refine(args: argparse.Namespace) -> dict:
   if args.weak is None:
     raise ValueError("pass --weak points|scribbles|coarse"
                      f"{f' (the kind of the labels in {spec})' if spec else ''}.")
-  if reader is not None:
-    from sesam_jax.data import weak_sources
-    problems = reader.check(source, limit=args.limit)
-    if problems:  # Every bad file at once, not only the first.
-      raise ValueError(weak_sources.format_problems(problems, f"weak label(s) of {spec}") +
-                       "\n  Fix or remove these files (or leave their images out of the split).")
+  # Every bad file at once (the split's and the weak labels'), before anything is written.
+  from sesam_jax.data import split_check
+  weak_problems = reader.check(source, limit=args.limit) if reader is not None else []
+  split_check.require_clean(
+      [(source, f"examples of {args.dataset} {args.split}")], limit=args.limit,
+      more=[(weak_problems, f"weak label(s) of {spec}")],
+      fix="Fix or remove these files (or leave their images out of the split) and run again; "
+          "nothing was written.")
   refine_kw = dict(weak_kind=args.weak, backend=backend, seed=args.seed, weak_fn=reader,
                    mode=args.mode, sampling=args.sampling, selection=args.selection,
                    prompt=args.prompt, instances=not args.no_instances, k=args.k, tau1=args.tau1,
                    tau2=args.tau2, work_long_side=args.work_long_side)
   result = refine_labels.refine_dataset(source, out_dir=args.out, limit=args.limit,
                                         use_service=args.service, fallback=args.fallback,
-                                        **refine_kw)
+                                        check=False, **refine_kw)
   report.log(f"{result['backend']} on {result['images']} images ({args.weak}): precision "
              f"{result['precision']:.4f} recall {result['recall']:.4f} F1 {result['f1']:.4f} "
              f"mIoU {result['miou']:.4f} (weak {result['weak_miou']:.4f}), "

@@ -88,6 +88,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset.image_size = (0, 0)     # synthetic only: (H, W) pixels of generated scenes
   c.dataset.skip_unreadable = False # train on without corrupt/missing files (logged, counted)
                                     # instead of stopping with the file's path
+  c.dataset.check = True            # check every file of both splits before training (every
+                                    # bad file listed; a clean verdict is cached per file set)
   c.dataset.max_train_images = 0    # train on a subset of this many images, drawn by `seed`
                                     # (ids saved in <workdir>/train_images.json); 0 = all
   c.dataset.image_cache_mb = 512    # decoded examples kept for SAM refreshes (MiB, host RAM)

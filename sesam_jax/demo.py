@@ -153,7 +153,9 @@ def run_demo(out_dir: str | pathlib.Path, *, num_images: int = 16,
   start = time.perf_counter()
   spec = sam_backend or ("superpixel" if sam_checkpoint is None else "transformers")
   checkpoint = sam_checkpoint or ""
-  backend = resolver.resolve(spec, checkpoint)  # Checked before any work.
+  # Checked before any work (the weights' content too); errors name the demo's own flags.
+  backend = resolver.resolve(spec, checkpoint, flags={
+      **resolver.CLI_FLAGS, "backend": "--sam-backend", "checkpoint": "--sam-checkpoint"})
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   val = get_source("synthetic", split="val", num_images=num_images, size=size, seed=seed)

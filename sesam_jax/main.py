@@ -290,10 +290,16 @@ def main(argv: list[str] | None = None) -> int:
     build_parser().parse_args(argv)  # Lets argparse report the unknown flags.
   try:
     result = args.handler(args, rest) if getattr(args, "takes_rest", False) else args.handler(args)
-  except (ValueError, FileNotFoundError) as e:
+  except report.Stopped as e:  # A signal: what a rerun needs is saved.
+    print(f"sesam {args.command}: {e}", file=sys.stderr)
+    return e.exit_code
+  except (ValueError, FileNotFoundError, report.UserError) as e:
     # Errors meant for users: one clear line, no traceback.
     print(f"sesam {args.command}: error: {e}", file=sys.stderr)
     return 2
+  except KeyboardInterrupt:  # Commands that write outputs have removed their partial files.
+    print(f"sesam {args.command}: interrupted", file=sys.stderr)
+    return 130
   report.emit(result)
   return 0
 

@@ -22,6 +22,24 @@ from sesam_jax.atomic import write_atomic
 T = TypeVar("T")
 
 
+class UserError(Exception):
+  """A fault the user can fix outside the code (storage, a busy workdir, a bad checkpoint):
+  `sesam` prints its message (one line naming the path or flag and the fix) and exits with 2."""
+
+
+class Stopped(Exception):
+  """A command stopped on request (SIGTERM, Ctrl-C) after saving what a rerun resumes from.
+
+  Attributes:
+    exit_code: what `sesam` exits with: 128 + the signal's number (143 SIGTERM, 130 SIGINT), so a
+      scheduler sees an interrupted job, not a finished one.
+  """
+
+  def __init__(self, message: str, exit_code: int) -> None:
+    super().__init__(message)
+    self.exit_code = exit_code
+
+
 def progress(iterable: Iterable[T], *, desc: str, total: int | None = None,
              unit: str = "it", disable: bool | None = None) -> Iterator[T]:
   """A tqdm progress bar on stderr (shows rate and ETA).

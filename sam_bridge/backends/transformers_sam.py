@@ -22,7 +22,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from sam_bridge.api import LowResPrediction, Prediction, PromptSet
+from sam_bridge import weights
+from sam_bridge.api import LowResPrediction, Prediction, PromptSet, SamSetupError
 from sam_bridge.backends.sam_convert import convert_official_sam, sam_config_from_official
 
 PIXEL_MEAN = np.array([123.675, 116.28, 103.53], np.float32)
@@ -137,12 +138,19 @@ class TransformersSamBackend:
                               "(config.json + weights) or an official sam_vit_*.pth file")
     if p.is_file():
       from transformers import SamModel
-      sd = torch.load(p, map_location="cpu", weights_only=True)
-      model = SamModel(sam_config_from_official(sd))
+      weights.check_weights(p, "transformers")  # One line for a file that cannot be SAM weights.
+      try:
+        sd = torch.load(p, map_location="cpu", weights_only=True)
+        model = SamModel(sam_config_from_official(sd))
+      except Exception as e:  # torch's unpickler errors are pages long; the check above read it.
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise SamSetupError(f"SAM weights {p} cannot be loaded ({reason}); give an official "
+                            "sam_vit_b/l/h_*.pth") from None
       missing, unexpected = model.load_state_dict(convert_official_sam(sd), strict=False)
       if missing or unexpected:
-        raise ValueError(f"{p}: not an official SAM checkpoint (missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]})")
+        raise SamSetupError(f"SAM weights {p} are not an official SAM checkpoint (missing "
+                            f"{missing[:3]}, unexpected {unexpected[:3]}); give an official "
+                            "sam_vit_b/l/h_*.pth")
       return cls(model, name=f"transformers:{p.name} (official, converted)", **kw)
     import json
     cfg_file = p / "config.json"

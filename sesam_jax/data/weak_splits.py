@@ -14,9 +14,9 @@ import time
 
 import numpy as np
 
-from sesam_jax import report
+from sesam_jax import outputs, report
 from sesam_jax.atomic import write_png_atomic
-from sesam_jax.data import base
+from sesam_jax.data import base, split_check
 from sesam_jax.data.weak_labels import KINDS, make_weak_label
 from sesam_jax.data.weak_sources import WeakLabelDir
 
@@ -93,16 +93,21 @@ class WeakLabelStats:
 
 def generate_weak_labels(source, kind: str, *, seed: int, out_dir: str | os.PathLike,
                          limit: int | None = None, show_progress: bool | None = None,
-                         **kw) -> dict:
+                         check: bool = True, **kw) -> dict:
   """Writes `<out_dir>/<image id>.png` weak labels for a whole split and scores them.
+
+  The split is checked first (`split_check`: every unreadable image, bad label value or size
+  mismatch is reported at once, and nothing is written); the labels appear in `out_dir` only
+  once every image is done (`outputs.staged_folder`), so a run that stops leaves no half set.
 
   Args:
     source: a dataset source.
     kind: "points", "scribbles" or "coarse".
     seed: protocol seed.
-    out_dir: created if missing; files are written atomically (temp name, rename).
+    out_dir: created if missing; files already there are replaced by this run's.
     limit: only the first `limit` images (quick looks).
     show_progress: progress bar (None: tqdm decides).
+    check: check the split first (a clean verdict is cached per set of files).
     **kw: options for make_weak_label.
 
   Returns:
@@ -115,20 +120,23 @@ def generate_weak_labels(source, kind: str, *, seed: int, out_dir: str | os.Path
   if kind not in KINDS:
     raise ValueError(f"unknown weak label kind {kind!r}; choose one of: {', '.join(KINDS)}.")
   out_dir = pathlib.Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
   info = source.info
+  start, making = time.perf_counter(), 0.0
+  if check:
+    split_check.require_clean([(source, f"examples of {info.name}")], limit=limit,
+                              fix="Fix or remove these files and run again; nothing was written.")
   stats = WeakLabelStats(info.num_classes, info.ignore_index)
   count = len(source) if limit is None else min(limit, len(source))
-  start, making = time.perf_counter(), 0.0
-  for i in report.progress(range(count), desc=f"{kind} labels", unit="img",
-                           disable=(not show_progress) if show_progress is not None else None):
-    item = source[i]
-    t = time.perf_counter()
-    weak = make_weak_label(item["label"], kind, seed=seed, image_id=item["id"],
-                           num_classes=info.num_classes, ignore_index=info.ignore_index, **kw)
-    making += time.perf_counter() - t
-    write_png_atomic(out_dir / f"{item['id']}.png", weak, palette=info.colors)
-    stats.add(weak, item["label"])
+  with outputs.staged_folder(out_dir) as stage:
+    for i in report.progress(range(count), desc=f"{kind} labels", unit="img",
+                             disable=(not show_progress) if show_progress is not None else None):
+      item = source[i]
+      t = time.perf_counter()
+      weak = make_weak_label(item["label"], kind, seed=seed, image_id=item["id"],
+                             num_classes=info.num_classes, ignore_index=info.ignore_index, **kw)
+      making += time.perf_counter() - t
+      write_png_atomic(stage / f"{item['id']}.png", weak, palette=info.colors)
+      stats.add(weak, item["label"])
   return {**stats.summary(), "kind": kind, "seed": seed, "out": str(out_dir),
           "seconds": round(time.perf_counter() - start, 3),
           "ms_per_image": round(1000 * making / max(count, 1), 2)}

@@ -7,21 +7,24 @@ import os
 import numpy as np
 
 from sesam_jax import report
-from sesam_jax.data import base, weak_sources
+from sesam_jax.data import base, split_check, weak_sources
 from sesam_jax.evaluate import metrics
 
 
 def score_label_folder(source, labels_dir: str | os.PathLike, *, limit: int | None = None,
-                       show_progress: bool | None = None) -> dict:
+                       show_progress: bool | None = None, check: bool = True) -> dict:
   """Compares `labels_dir/<id>.png` with the fine label of every image of `source`.
 
-  Unlabeled pixels (255) count as misses for the true class (see `metrics`).
+  Unlabeled pixels (255) count as misses for the true class (see `metrics`). With `check`, the
+  split and the folder are checked first and every bad file is reported at once: a missing or
+  undecodable label map, one of another size than its image, a class id outside the dataset.
 
   Args:
     source: a dataset source (`sesam_jax.data.get_source`).
     labels_dir: folder with one PNG per image id (class ids, 255 = unlabeled).
     limit: only the first `limit` images of the split.
     show_progress: progress bar (None: tqdm decides).
+    check: check every file before scoring.
 
   Returns:
     {"images", "miou", "labeled_fraction" (labeled pixels / all pixels),
@@ -31,6 +34,12 @@ def score_label_folder(source, labels_dir: str | os.PathLike, *, limit: int | No
   labels_dir = base.require_dir(labels_dir, "label folder",
                                 "pass --labels pointing at a folder of <image stem>.png maps.")
   count = len(source) if limit is None else min(limit, len(source))
+  if check:
+    maps = weak_sources.PngReader(source, str(labels_dir))
+    split_check.require_clean(
+        [(source, f"examples of {source.info.name}")], limit=limit,
+        more=[(maps.check(source, limit=limit), f"label map(s) in {labels_dir} (--labels)")],
+        fix="Fix, add or remove these files and run again.")
   missing = [i for i in source.ids[:count] if not (labels_dir / f"{i}.png").is_file()]
   if missing:
     raise FileNotFoundError(f"{len(missing)} of {count} images have no label in "

@@ -19,6 +19,7 @@ import dataclasses
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -185,9 +186,11 @@ def run_plans(plans: Sequence[Plan], *, keep_going: bool = False,
     with open(log_path, "a") as log:
       log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {plan.command}\n")
       log.flush()
-      code = subprocess.call([python, "-m", "sesam_jax.main", *plan.argv[1:]], stdout=log,
-                             stderr=subprocess.STDOUT)
+      code = _train(python, plan.argv[1:], log)
     seconds = round(time.time() - start, 1)
+    if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):  # Stopped with a checkpoint.
+      raise report.Stopped(f"stopped in cell {i}/{len(plans)} ({plan.workdir}); run the same "
+                           "command to resume", code)
     if code != 0 or runs_lib.finished_step(plan.workdir, plan.num_steps) is None:
       failures.append(f"{plan.workdir} (exit code {code}; {_last_line(log_path)})")
       report.log(f"[{i}/{len(plans)}] failed after {seconds} s: see {log_path}")
@@ -204,6 +207,27 @@ def run_plans(plans: Sequence[Plan], *, keep_going: bool = False,
                      ". Fix the cause and run the same command again (finished cells are "
                      "skipped, interrupted ones resume).")
   return out
+
+
+def _train(python: str, args: Sequence[str], log: Any) -> int:
+  """One cell's `sesam train` in a child process; its exit code.
+
+  Ctrl-C reaches the child from the terminal too: it checkpoints at its next step boundary and
+  exits 130, which the sweep waits for (SIGTERM is forwarded in case the child did not get the
+  Ctrl-C itself). A second Ctrl-C stops both at once.
+  """
+  child = subprocess.Popen([python, "-m", "sesam_jax.main", *args], stdout=log,
+                           stderr=subprocess.STDOUT)
+  try:
+    return child.wait()
+  except KeyboardInterrupt:
+    child.send_signal(signal.SIGTERM)  # Ignored by a child already stopping.
+    try:
+      return child.wait()
+    except KeyboardInterrupt:
+      child.kill()
+      child.wait()
+      raise
 
 
 def _check_paths(plans: Sequence[Plan], sam_backend: str, sam_checkpoint: str | None,

@@ -3,7 +3,10 @@
 Weak labels are made exactly as `sesam weak-labels` makes them (same kind and
 seed) or read from a folder; each image is refined by the SAM bridge (in this
 process, or in a service with `use_service`); `<image stem>.png` is written
-under `out_dir` with the dataset's palette (temp name, then rename). Scores (paper Table 5): over
+under `out_dir` with the dataset's palette. The split is checked first (every
+bad file reported at once, nothing written), and the labels appear in `out_dir`
+only once every image is refined (`outputs.staged_folder`): a run that stops
+leaves no half set behind. Scores (paper Table 5): over
 pixels unlabeled in the weak label, "added" = labeled in the refined label;
 precision = correct added / added, recall = correct added / (unlabeled in the
 weak label but labeled in the fine label), F1 their harmonic mean. Added pixels
@@ -23,9 +26,9 @@ import numpy as np
 
 from sam_bridge.api import RefineRequest
 from sam_bridge.refine import RefineConfig, refine
-from sesam_jax import report
+from sesam_jax import outputs, report
 from sesam_jax.atomic import write_png_atomic
-from sesam_jax.data import weak_labels, weak_sources
+from sesam_jax.data import split_check, weak_labels, weak_sources
 from sesam_jax.evaluate import metrics
 from sesam_jax.sam import resolver
 
@@ -47,8 +50,8 @@ def weak_label_of(source: Any, index: int, item: dict, *, weak_kind: str, seed: 
 def refine_dataset(source, *, weak_kind: str, out_dir: str | os.PathLike,
                    backend: resolver.SamBackend | str = "oracle", seed: int = 0,
                    weak_dir: str | os.PathLike | None = None, weak_fn=None,
-                   limit: int | None = None,
-                   use_service: bool = False, fallback: bool = False, **config_kw) -> dict:
+                   limit: int | None = None, use_service: bool = False,
+                   fallback: bool = False, check: bool = True, **config_kw) -> dict:
   """Refines every image of `source` and scores the result.
 
   Args:
@@ -65,6 +68,7 @@ def refine_dataset(source, *, weak_kind: str, out_dir: str | os.PathLike,
     use_service: refine in a service: the bridge's worker process (PyTorch backends) or a
       thread (JAX backends).
     fallback: with use_service, fall back to the weak label on a worker failure.
+    check: check the split's files first (`split_check`; a clean verdict is cached).
     **config_kw: sam_bridge.refine.RefineConfig fields (mode, sampling, selection,
       prompt, instances, k, tau1, tau2, ...).
 
@@ -73,13 +77,14 @@ def refine_dataset(source, *, weak_kind: str, out_dir: str | os.PathLike,
     "coarse_*" (stage-1 scores for points/scribbles), "seconds_per_image",
     "fallbacks", "config"}.
   """
-
   if isinstance(backend, str):
     backend = resolver.resolve(backend)
   info = source.info
   cfg = RefineConfig(weak_kind=weak_kind, **config_kw).validate()
   out = pathlib.Path(out_dir)
-  out.mkdir(parents=True, exist_ok=True)
+  if check:
+    split_check.require_clean([(source, f"examples of {info.name}")], limit=limit,
+                              fix="Fix or remove these files and run again; nothing was written.")
   count = len(source) if limit is None else min(limit, len(source))
   c = info.num_classes
   conf = {k: np.zeros((c, c + 1), np.int64) for k in ("refined", "weak", "coarse")}
@@ -115,19 +120,23 @@ def refine_dataset(source, *, weak_kind: str, out_dir: str | os.PathLike,
     results = (refine(bk, r if bk.is_oracle else RefineRequest(r.example_id, r.image, r.weak), cfg,
                       seed=seed) for r in requests())
   try:
-    for res in report.progress(results, desc=f"refine {weak_kind}", total=count, unit="img"):
-      weak, fine = pending.pop(res.example_id)
-      fallbacks += int(res.fallback)
-      if res.info.get("backend"):
-        name = res.info["backend"]
-        is_oracle = bool(res.info.get("oracle", is_oracle))
-      write_png_atomic(out / f"{res.example_id}.png", res.label, palette=info.colors)
-      conf["refined"] += np.asarray(metrics.confusion_matrix(fine, res.label, c, unlabeled_column=True))
-      conf["weak"] += np.asarray(metrics.confusion_matrix(fine, weak, c, unlabeled_column=True))
-      add_counts("refined", weak, res.label, fine)
-      if res.coarse is not None:
-        conf["coarse"] += np.asarray(metrics.confusion_matrix(fine, res.coarse, c, unlabeled_column=True))
-        add_counts("coarse", weak, res.coarse, fine)
+    # The labels move into `out` only once every image is refined.
+    with outputs.staged_folder(out) as stage:
+      for res in report.progress(results, desc=f"refine {weak_kind}", total=count, unit="img"):
+        weak, fine = pending.pop(res.example_id)
+        fallbacks += int(res.fallback)
+        if res.info.get("backend"):
+          name = res.info["backend"]
+          is_oracle = bool(res.info.get("oracle", is_oracle))
+        write_png_atomic(stage / f"{res.example_id}.png", res.label, palette=info.colors)
+        conf["refined"] += np.asarray(metrics.confusion_matrix(fine, res.label, c,
+                                                               unlabeled_column=True))
+        conf["weak"] += np.asarray(metrics.confusion_matrix(fine, weak, c, unlabeled_column=True))
+        add_counts("refined", weak, res.label, fine)
+        if res.coarse is not None:
+          conf["coarse"] += np.asarray(metrics.confusion_matrix(fine, res.coarse, c,
+                                                                unlabeled_column=True))
+          add_counts("coarse", weak, res.coarse, fine)
   finally:
     if service is not None:
       service.close()

@@ -1,7 +1,9 @@
 """One place that turns SAM settings into a running backend: `resolve()`, then `.service()`.
 
 `sesam refine`, `sesam demo` and training all name SAM the same way (a backend spec, a weights
-path, a device, dtypes) and get it checked here, before any work starts:
+path, a device, dtypes) and get it checked here, before any work starts (weights files included:
+`sam_bridge.weights` reads their names and shapes without torch, so a file that is not SAM
+weights stops `sesam train` before it writes anything, and the trainer never imports torch):
 
   oracle | superpixel                         no weights (an oracle is named as one everywhere)
   random:VARIANT                              random PyTorch SamModel (vit_b, vit_l, vit_h, tiny)
@@ -22,13 +24,17 @@ emulates bf16 the decoder runs ~3x slower in bf16 than in fp32.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
 from collections.abc import Mapping
 from typing import Any
 
+from sam_bridge import weights
+from sam_bridge.api import SamSetupError
 from sam_bridge.backends import create_backend
+from sam_bridge.backends.transformers_sam import RANDOM_VARIANTS
 from sam_bridge.local_service import LocalRefineService
 from sam_bridge.refine import RefineConfig
 from sam_bridge.service import RefineService
@@ -93,6 +99,7 @@ class SamBackend:
   kwargs: Mapping[str, Any]
   in_process: bool
   decoder_note: str = ""
+  checkpoint_flag: str = ""  # how the command names the weights, for errors at build time
 
   @property
   def kind(self) -> str:
@@ -105,11 +112,22 @@ class SamBackend:
 
   def build(self) -> Any:
     """The backend object, in this process (PyTorch backends import torch here)."""
-    if self.in_process:
-      # Deferred: the Flax SAM (its model code) only where it is asked for.
-      from sesam_jax.sam import jax_backend
-      return jax_backend.create_jax_backend(self.spec, **self.kwargs)
-    return create_backend(self.spec, **self.kwargs)
+    with self._naming_the_flag():
+      if self.in_process:
+        # Deferred: the Flax SAM (its model code) only where it is asked for.
+        from sesam_jax.sam import jax_backend
+        return jax_backend.create_jax_backend(self.spec, **self.kwargs)
+      return create_backend(self.spec, **self.kwargs)
+
+  @contextlib.contextmanager
+  def _naming_the_flag(self):
+    """Adds the command's weights flag to a `SamSetupError` raised while the backend is built."""
+    try:
+      yield
+    except SamSetupError as e:
+      if not self.checkpoint_flag or self.checkpoint_flag in str(e):
+        raise
+      raise SamSetupError(f"{e} ({self.checkpoint_flag})") from None
 
   def service(self, *, config: Any, seed: int = 0, max_pending: int = 8, timeout_s: float = 300.0,
               fallback: bool = False, cache: Any = None, torch_threads: int | None = 1) -> Any:
@@ -123,9 +141,10 @@ class SamBackend:
     if self.in_process:
       return LocalRefineService(self.build(), config=config, seed=seed, max_pending=max_pending,
                                 timeout_s=timeout_s, fallback=fallback, cache=cache)
-    return RefineService(self.spec, backend_kwargs=dict(self.kwargs), config=config, seed=seed,
-                         max_pending=max_pending, timeout_s=timeout_s, fallback=fallback,
-                         cache=cache, torch_threads=torch_threads)
+    with self._naming_the_flag():  # The worker builds the backend; its SamSetupError lands here.
+      return RefineService(self.spec, backend_kwargs=dict(self.kwargs), config=config, seed=seed,
+                           max_pending=max_pending, timeout_s=timeout_s, fallback=fallback,
+                           cache=cache, torch_threads=torch_threads)
 
 
 def resolve(backend: str, checkpoint: str = "", *, device: str = "cpu", dtype: str = "float32",
@@ -147,7 +166,8 @@ def resolve(backend: str, checkpoint: str = "", *, device: str = "cpu", dtype: s
     A SamBackend.
 
   Raises:
-    ValueError / FileNotFoundError: one line naming the setting and the fix.
+    ValueError / FileNotFoundError: one line naming the setting and the fix; `SamSetupError`
+      (a ValueError) for weights that cannot be SAM weights (`sam_bridge.weights`).
   """
   if not backend:
     b, c = flags["backend"], flags["checkpoint"]
@@ -173,9 +193,15 @@ def resolve(backend: str, checkpoint: str = "", *, device: str = "cpu", dtype: s
       raise FileNotFoundError(f"SAM weights {path} not found ({flags['checkpoint']}); give the "
                               "path of a sam_vit_*.pth, a converted .msgpack or a weights "
                               "directory.")
+    # What the file holds, read without torch (names and shapes only): a file that is not SAM
+    # weights stops every command here, before it writes anything.
+    weights.check_weights(path, kind, flag=flags["checkpoint"])
     spec = f"{kind}:{os.path.abspath(path)}"
   else:
     spec = backend if arg or kind not in ("random", "jax-random") else f"{kind}:vit_b"
+    if kind == "random" and spec.partition(":")[2] not in RANDOM_VARIANTS:
+      raise ValueError(f"{flags['backend']}={backend!r}: unknown random SAM variant; choose "
+                       f"{', '.join(f'random:{v}' for v in RANDOM_VARIANTS)}.")
   kwargs: dict[str, Any] = {}
   note = ""
   if kind in _TORCH_SAM or kind in _JAX_SAM:
@@ -193,7 +219,8 @@ def resolve(backend: str, checkpoint: str = "", *, device: str = "cpu", dtype: s
       note = f"SAM prompt decoder in {decoder_dtype} ({why}; {flags['decoder_dtype']} overrides)"
     if decoder_dtype and kind != "segment_anything":
       kwargs["decoder_dtype"] = decoder_dtype
-  return SamBackend(spec, kwargs, in_process=kind in _JAX_SAM, decoder_note=note)
+  return SamBackend(spec, kwargs, in_process=kind in _JAX_SAM, decoder_note=note,
+                    checkpoint_flag=flags["checkpoint"] if kind in _NEEDS_WEIGHTS else "")
 
 
 def _jax_platform() -> str:

@@ -1,10 +1,11 @@
 """Metric logs: TensorBoard event files (tensorboardX, no TensorFlow) and a JSON-lines file.
 
 `<workdir>/tensorboard/` holds the event files (scalars, and images of a few validation
-predictions at each evaluation: `sesam_jax.train.val_images`); `<workdir>/metrics.jsonl` one
-object per log step (`{"step": n, "loss": ...}`), easy to read back with pandas or `jq`. After a
-resume the steps between the last checkpoint and the kill appear twice in the JSON lines; the
-later line wins. Only process 0 writes.
+predictions at each evaluation: `sesam_jax.train.val_images`; `read_images` reads them back);
+`<workdir>/metrics.jsonl` one object per log step (`{"step": n, "loss": ...}`), easy to read back
+with pandas or `jq`. A resumed run runs the steps after its checkpoint again, so it first drops
+their rows (`drop_rows_after`): every step keeps one row. (TensorBoard keeps both events of such a
+step and shows the later one.) Only process 0 writes.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from typing import Any
 
 import jax
 import numpy as np
+
+from sesam_jax.atomic import write_atomic
+from sesam_jax.train import val_images
 
 
 def _summary_writer_class() -> type:
@@ -46,14 +50,24 @@ _SummaryWriter = _summary_writer_class()
 
 
 class MetricWriter:
-  """Writes scalar metrics (and images) to TensorBoard and scalars to `metrics.jsonl`."""
+  """Writes scalar metrics (and images) to TensorBoard and scalars to `metrics.jsonl`.
 
-  def __init__(self, workdir: str) -> None:
+  Args:
+    workdir: the run directory.
+    resume_step: the step the run (re)starts from: rows of later steps, run again now, are
+      dropped first (`drop_rows_after`); None keeps every row.
+    final_eval: the run had finished at `resume_step` (its final evaluation is redone).
+  """
+
+  def __init__(self, workdir: str, *, resume_step: int | None = None,
+               final_eval: bool = False) -> None:
     self.active = jax.process_index() == 0
     self._tb = None
     self._jsonl = None
     if self.active:
       os.makedirs(workdir, exist_ok=True)
+      if resume_step is not None:
+        drop_rows_after(workdir, resume_step, final_eval=final_eval)
       self._tb = _SummaryWriter(logdir=os.path.join(workdir, "tensorboard"))
       self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
 
@@ -69,6 +83,12 @@ class MetricWriter:
     self._jsonl.write(json.dumps(row) + "\n")
     self._jsonl.flush()
 
+  def write_evaluation(self, step: int, ev: Mapping[str, Any], val_source: Any) -> None:
+    """Records an evaluation (`loop.evaluate_state`): its "*_miou" values as "val/" scalars and
+    the examples it kept as rows of panels in TensorBoard (`val_images`)."""
+    self.write(step, {k: v for k, v in ev.items() if k.endswith("_miou")}, prefix="val/")
+    val_images.write(self, step, ev, val_source)
+
   def write_images(self, step: int, images: Mapping[str, np.ndarray], prefix: str = "") -> None:
     """Records HxWx3 uint8 images at `step` in TensorBoard (names prefixed with `prefix`)."""
     if not self.active:
@@ -81,6 +101,38 @@ class MetricWriter:
     if self.active:
       self._tb.close()
       self._jsonl.close()
+
+
+def drop_rows_after(workdir: str, step: int, *, final_eval: bool = False) -> int:
+  """Removes `metrics.jsonl` rows of steps after `step` (a resume from `step` runs them again).
+
+  Args:
+    workdir: the run directory.
+    step: the restored checkpoint's step.
+    final_eval: the run had finished (`step` is its last): its final evaluation's row at `step`
+      goes too, since the rerun evaluates again.
+
+  Returns:
+    The number of rows removed (the file is rewritten atomically only when there are some).
+  """
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.isfile(path):
+    return 0
+  with open(path) as f:
+    lines = [line for line in f if line.strip()]
+  kept = []
+  for line in lines:
+    try:
+      row = json.loads(line)
+    except ValueError:
+      continue  # A line cut short by a kill.
+    n = int(row.get("step", 0))
+    redone_eval = final_eval and n == step and not any(k.startswith("train/") for k in row)
+    if n <= step and not redone_eval:
+      kept.append(line if line.endswith("\n") else line + "\n")
+  if len(kept) != len(lines):
+    write_atomic(path, "".join(kept))
+  return len(lines) - len(kept)
 
 
 def read_events(logdir: str | os.PathLike) -> list[Any]:

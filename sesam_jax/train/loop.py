@@ -12,8 +12,10 @@ optimizer), the data position, the method's feed items (SeSAM's SAM label bank) 
 clock are restored from that one step, and the same command continues the same data stream;
 per-step keys are `fold_in(seed key, step)`, so a resumed supervised run ends with the same
 parameters as an uninterrupted one. Every run ends by writing `<workdir>/result.json` (the same
-object as the last stdout line). Each evaluation (every `eval_every` steps and the final one) also
-draws the first `eval.tb_images` validation predictions as TensorBoard images (`val_images`).
+object as the last stdout line). Evaluations also draw a few predictions in TensorBoard.
+
+Faults (README "What happens when...") stop a run in one line before its first step
+(`workdir.RunDir`, `data.split_check`), at a step boundary (`preemption`) or within a step.
 """
 
 from __future__ import annotations
@@ -34,15 +36,16 @@ import numpy as np
 
 from sesam_jax import report
 from sesam_jax.atomic import write_atomic
-from sesam_jax.data import base, get_source, memo
+from sesam_jax.data import base, get_source, memo, split_check
 from sesam_jax.data.input_pipeline import (check_weak_labels, make_eval_dataset,
                                            make_train_dataset, weak_label_fn)
 from sesam_jax.evaluate.inference import evaluate
 from sesam_jax.models import create_model
-from sesam_jax.train import methods, optim, pretrained, train_state, val_images
+from sesam_jax.train import methods, optim, preemption, pretrained, train_state
 from sesam_jax.train import train_step as step_lib
 from sesam_jax.train.checkpoint import Checkpointer
 from sesam_jax.train.logs import MetricWriter
+from sesam_jax.train.workdir import RunDir
 
 TRAIN_IMAGES_FILE = "train_images.json"  # ids of a `dataset.max_train_images` subset
 RESULT_FILE = "result.json"
@@ -59,26 +62,34 @@ def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
     maybe_initialize_distributed._done = True
 
 
-def make_sources(config: ml_collections.ConfigDict, workdir: str | None = None
-                 ) -> tuple[Any, Any]:
+def make_sources(config: ml_collections.ConfigDict, workdir: str | None = None, *,
+                 check: bool = False) -> tuple[Any, Any]:
   """(train source, val source) from `config.dataset` via `sesam_jax.data.get_source`.
 
   With `dataset.max_train_images` the train source is a subset drawn by `config.seed`; given a
   `workdir`, its ids are written to `<workdir>/train_images.json` (and checked on a resume).
+  With `check`, every file both sources read is checked first (`split_check`, the verdict cached
+  per set of files) and every bad one is reported at once.
   """
   d = config.dataset
   size = tuple(d.image_size)
-  train = get_source(d.name, data_dir=config.data_dir or None, split=d.train_split,
-                     num_images=d.num_train_images, size=size)
-  val = get_source(d.name, data_dir=config.data_dir or None, split=d.val_split,
-                   num_images=d.num_val_images, size=size)
+  try:
+    train = get_source(d.name, data_dir=config.data_dir or None, split=d.train_split,
+                       num_images=d.num_train_images, size=size)
+    val = get_source(d.name, data_dir=config.data_dir or None, split=d.val_split,
+                     num_images=d.num_val_images, size=size)
+  except (FileNotFoundError, ValueError) as e:  # The readers' hints, with train's own flags.
+    raise type(e)(str(e).replace("--data-dir", "--config.data_dir").replace(
+        "--split", "--config.dataset.train_split / val_split")) from None
   if d.get("max_train_images", 0):
     train = base.SubsetSource(train, base.subset_indices(len(train), d.max_train_images,
                                                          config.seed))
-    if workdir is not None:
-      _record_subset(train, workdir)
   if config.eval.max_images:
     val = base.SubsetSource(val, range(min(config.eval.max_images, len(val))))
+  if check:  # Every file of both splits, before anything is written (cached when clean).
+    split_check.check_training_splits(config.dataset, train, val)
+  if d.get("max_train_images", 0) and workdir is not None:
+    _record_subset(train, workdir)
   return train, val
 
 
@@ -120,15 +131,11 @@ def _check_finite(step: int, metrics: Mapping[str, float]) -> None:
 
 
 def evaluate_state(config: ml_collections.ConfigDict, model: Any, state: train_state.TrainState,
-                   val_source: Any, mesh: Any, log: bool = True,
-                   keep_examples: int = 0) -> dict[str, Any]:
+                   val_source: Any, mesh: Any, log: bool = True) -> dict[str, Any]:
   """Evaluates the student (and the EMA teacher when `config.eval.ema`) on `val_source`.
 
-  Args:
-    keep_examples: also return the first N examples with their predictions ("examples").
-
   Returns:
-    `evaluate`'s dict with names "student" and "ema".
+    `evaluate`'s dict with names "student" and "ema" (and the first `eval.tb_images` examples).
   """
   weights = {"student": {"params": state.params, "batch_stats": state.batch_stats}}
   if config.eval.ema:
@@ -139,7 +146,7 @@ def evaluate_state(config: ml_collections.ConfigDict, model: Any, state: train_s
                   num_classes=info.num_classes, class_names=info.class_names,
                   mode=config.eval.mode, window=config.eval.window, stride=config.eval.stride,
                   image_scale=config.eval.image_scale, total=math.ceil(len(val_source) / bs),
-                  log=log, keep_examples=keep_examples)
+                  log=log, keep_examples=config.eval.tb_images)
 
 
 def _summary(step: int, ev: Mapping[str, Any], class_names: Any) -> dict[str, Any]:
@@ -220,13 +227,22 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainOutcome:
   sam_backend = None
   if method.uses_sam:
     from sesam_jax.sam import resolver  # Deferred: the bridge's geometry, for SAM methods only.
-    # A bad (or missing) SAM setting stops the run before it writes anything.
+    # A bad (or missing) SAM setting, weights included (read without torch), stops the run
+    # before it writes anything; the bridge's worker starts before config.json is written.
     sam_backend = resolver.from_config(config.sam, what=f"method={config.method}")
     report.log(f"SAM: {sam_backend.description}")
   maybe_initialize_distributed(config)
+  with RunDir(workdir, primary=jax.process_index() == 0) as run_dir, \
+       preemption.StopRequest() as stop:
+    return _train(config, workdir, method, sam_backend, run_dir, stop)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, method: methods.Method,
+           sam_backend: Any, run_dir: RunDir, stop: preemption.StopRequest) -> TrainOutcome:
+  """`train` inside its workdir lock and signal handlers."""
   mesh = step_lib.make_mesh()
   step_lib.check_batch_size(config.batch_size, mesh)
-  train_source, val_source = make_sources(config, workdir)
+  train_source, val_source = make_sources(config, workdir, check=config.dataset.get("check", True))
   skip = bool(config.dataset.skip_unreadable)
   # The weak labels of `weak` kind, generated or read from `weak_source` (every file checked now).
   weak_fn = weak_label_fn(train_source, config.weak, weak_seed=config.weak_seed,
@@ -236,8 +252,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainOutcome:
   model = build_model(config, train_source.info.num_classes)
   tx, schedule = optim.make_optimizer(config.optim, train_state.abstract_params(model),
                                       config.num_steps)
+  abstract_state = train_state.abstract_train_state(model, tx, mesh)
+  run_dir.check_space(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract_state)))
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
-  _write_config(config, workdir)
 
   if method.make_labels:  # Labels made before step 0 (the SAM baseline's) replace the weak ones.
     labels_dir = method.make_labels(config, train_source, workdir)
@@ -259,13 +276,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainOutcome:
       scale_range=tuple(config.scale_range), num_workers=config.num_workers,
       shard_index=jax.process_index(), shard_count=jax.process_count(),
       skip_unreadable=config.dataset.skip_unreadable)
-  feed = method.feed(config, iter(dataset), examples, weak_fn, workdir)
-  clock = RunClock()
-  ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
+  feed = method.feed(config, iter(dataset), examples, weak_fn, workdir)  # SAM starts here.
+  clock, ckpt = RunClock(), None
   try:
+    _write_config(config, workdir)  # Once SAM is up: a bad SAM setting writes no config.
+    ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
     items = {**feed.checkpoint_items(), "clock": clock}
     if ckpt.latest_step() is not None:
-      state = ckpt.restore(train_state.abstract_train_state(model, tx, mesh), items)
+      state = ckpt.restore(abstract_state, items, fall_back=True)
       report.log(f"resumed from {ckpt.directory} at step {int(state.step)}")
     else:  # A fresh run: `config.init` (converted ImageNet weights) under the EMA copy.
       state = pretrained.create_state(config, model, tx, init_rng, mesh)
@@ -273,10 +291,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainOutcome:
     info = feed.prepare()  # Work before the first step (SeSAM's pre-warm), timed apart.
     clock.start()
     state, timing = _run_steps(config, workdir, state, step_fn, step_rng, feed, ckpt, clock,
-                               model, val_source, mesh)
+                               model, val_source, mesh, stop)
   finally:
-    ckpt.close()
-    feed.close()
+    try:
+      if ckpt is not None:
+        ckpt.close()  # Waits for the last save (a stop's checkpoint included).
+    finally:
+      feed.close()  # Closes the SAM bridge.
   info.update(method=config.method, weak=config.weak, train_images=len(train_source),
               **_final_train_metrics(workdir),
               **feed.summary())
@@ -297,10 +318,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainOutcome:
 
 def _run_steps(config: ml_collections.ConfigDict, workdir: str, state: Any, step_fn: Any,
                step_rng: Any, feed: Any, ckpt: Checkpointer, clock: RunClock, model: Any,
-               val_source: Any, mesh: Any) -> tuple[Any, StepTiming]:
-  """The steps from `state.step` to `config.num_steps`: dispatch, host work, logs, checkpoints."""
-  writer = MetricWriter(workdir)
+               val_source: Any, mesh: Any, stop: preemption.StopRequest
+               ) -> tuple[Any, StepTiming]:
+  """The steps from `state.step` to `config.num_steps`: dispatch, host work, logs, checkpoints.
+
+  Raises report.Stopped after checkpointing the step in which a stop signal (`stop`) arrived.
+  """
   start, num_steps = int(state.step), int(config.num_steps)
+  writer = MetricWriter(workdir, resume_step=start, final_eval=start >= num_steps)
   timing = StepTiming(first_step=start)
   pending = None  # (step, device metrics, time) of the last log step, read one step later
   last_log = (start, time.time())
@@ -323,6 +348,7 @@ def _run_steps(config: ml_collections.ConfigDict, workdir: str, state: Any, step
     writer.write(n, metrics, prefix="train/")
 
   previous = None  # the last step's outputs, waited for once the next step is dispatched
+  stop.begin_steps()
   try:
     for step in report.progress(range(start, num_steps), desc="train", total=num_steps - start,
                                 unit="step"):
@@ -343,11 +369,15 @@ def _run_steps(config: ml_collections.ConfigDict, workdir: str, state: Any, step
       if n % config.checkpoint_every == 0 or n == num_steps:
         flush()  # never checkpoint a state whose metrics went non-finite
         ckpt.save(n, state, {**feed.checkpoint_items(), "clock": clock})
+      ckpt.poll()  # A save that failed in the background stops the run now, not at the end.
       if config.eval_every and n % config.eval_every == 0 and n < num_steps:
-        ev = evaluate_state(config, model, state, val_source, mesh, log=False,
-                            keep_examples=config.eval.tb_images)
-        writer.write(n, {k: v for k, v in ev.items() if k.endswith("_miou")}, prefix="val/")
-        val_images.write(writer, n, ev, val_source)
+        ev = evaluate_state(config, model, state, val_source, mesh, log=False)
+        writer.write_evaluation(n, ev, val_source)
+      if n < num_steps and stop.should_stop(n):
+        flush()
+        if n % config.checkpoint_every:
+          ckpt.save(n, state, {**feed.checkpoint_items(), "clock": clock})
+        raise stop.stopped(n)
       host = time.perf_counter() - host_start - waited
       timing.host.append(host)
       host_since_log.append(host)
@@ -369,12 +399,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
      (summed over resumes), "eval_seconds", "workdir"}: also the content of result.json.
   """
   outcome = train(config, workdir)
-  ev = evaluate_state(config, outcome.model, outcome.state, outcome.val_source, outcome.mesh,
-                      keep_examples=config.eval.tb_images)
+  ev = evaluate_state(config, outcome.model, outcome.state, outcome.val_source, outcome.mesh)
   writer = MetricWriter(workdir)
-  writer.write(int(config.num_steps), {k: v for k, v in ev.items() if k.endswith("_miou")},
-               prefix="val/")
-  val_images.write(writer, int(config.num_steps), ev, outcome.val_source)
+  writer.write_evaluation(int(config.num_steps), ev, outcome.val_source)
   writer.close()
   result = _summary(int(outcome.state.step), ev, outcome.val_source.info.class_names)
   result.update(outcome.info)

@@ -20,7 +20,6 @@ import numpy as np
 from PIL import Image
 
 from sesam_jax.plots import output
-from sesam_jax.train.logs import MetricWriter
 
 MAX_SIDE = 512  # Longest side of one panel, pixels.
 GAP = 4  # White pixels between panels.
@@ -44,11 +43,11 @@ def rows(examples: Sequence[Mapping[str, Any]], colors: np.ndarray) -> list[np.n
   return out
 
 
-def write(writer: MetricWriter, step: int, ev: Mapping[str, Any], val_source: Any) -> None:
+def write(writer: Any, step: int, ev: Mapping[str, Any], val_source: Any) -> None:
   """Adds the rows of `ev["examples"]` at `step` to the run's TensorBoard file (process 0).
 
   Args:
-    writer: the run's writer (inactive on other processes: nothing happens there).
+    writer: the run's `logs.MetricWriter` (inactive on other processes: nothing happens there).
     step: the training step.
     ev: `evaluate_state`'s result; without "examples" (tb_images 0) nothing is written.
     val_source: the validation source (ids and colours).

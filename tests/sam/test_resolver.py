@@ -7,9 +7,18 @@ from sesam_jax import configs_common
 from sesam_jax.sam import resolver
 
 
+def _official_index(path, width=768, depth=12):
+  """An official-layout SAM state dict of placeholder tensors: what the resolver reads."""
+  torch = pytest.importorskip("torch")
+  from sam_bridge.weights import official_sam_keys
+  sd = {k: torch.zeros(1) for k in official_sam_keys(depth)}
+  sd["image_encoder.patch_embed.proj.weight"] = torch.zeros(width, 3, 1, 1)
+  torch.save(sd, path)
+
+
 def test_specs_resolve_to_a_worker_or_an_in_process_backend(tmp_path):
   weights = tmp_path / "sam_vit_b_01ec64.pth"
-  weights.write_bytes(b"x")
+  _official_index(weights)
   oracle = resolver.resolve("oracle")
   assert oracle.spec == "oracle" and oracle.kwargs == {} and not oracle.in_process
   rnd = resolver.resolve("random", device="cpu", decoder_dtype="float32")
