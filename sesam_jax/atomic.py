@@ -20,6 +20,18 @@ import numpy as np
 from sesam_jax.data.base import IGNORE_INDEX
 
 
+def _umask() -> int:
+  """The process's umask (read once: setting it back and forth is not thread-safe)."""
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
+# mkstemp creates files readable by their owner only; a written file gets the mode `open` would
+# give it (0o666 less the umask), so that labels and results can be shared like any other file.
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def write_atomic(path: str | os.PathLike, content: bytes | str | Callable[[BinaryIO], None]
                  ) -> None:
   """Writes `content` to `path` through a temporary file in the same folder.
@@ -32,6 +44,7 @@ def write_atomic(path: str | os.PathLike, content: bytes | str | Callable[[Binar
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
   try:
     with os.fdopen(fd, "wb") as f:
+      os.fchmod(f.fileno(), _FILE_MODE)
       if callable(content):
         content(f)
       else:

@@ -192,6 +192,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.image_scale = 1.0          # resize images by this before the model; logits go back
   c.eval.max_images = 0             # evaluate only the first N val images (0 = all)
   c.eval.ema = True                 # also evaluate the EMA (teacher) weights
+  c.eval.tb_images = 3              # val images drawn in TensorBoard at each evaluation (0 = off)
 
   c.log_every = 50                  # steps between metric logs (and NaN checks)
   c.checkpoint_every = 1000         # steps between checkpoints (and one at the end)

@@ -11,7 +11,11 @@ the project has, and every stage's figures land in one JSON summary:
      scores it (Table 5's precision / recall / F1, mIoU);
   3. a tiny SegFormer trained twice on the `--train-weak` labels: on the weak
      labels alone ("supervised") and with SeSAM (teacher, SAM labels,
-     pseudo-labels), both evaluated on the validation scenes.
+     pseudo-labels), both evaluated on the validation scenes;
+  4. the figures (when matplotlib is installed): how the `--train-weak` labels
+     of the first two scenes were refined (`sesam refine --visualize 2`), and
+     for the two runs a qualitative grid (`sesam plot qualitative`) and their
+     training curves (`sesam plot curves`), under `--out`/figures.
 
 Re-running with the same `--out` resumes the training runs where they stopped.
 
@@ -21,6 +25,7 @@ inspected or fed to the other commands.
 
 from __future__ import annotations
 
+import importlib.util
 import pathlib
 import time
 
@@ -32,6 +37,10 @@ from sesam_jax.sam.refine_labels import refine_dataset
 from sesam_jax.train import loop
 
 KINDS = ("points", "scribbles", "coarse")
+REFINE_FIGURES = 2  # Scenes drawn by the refinement figure.
+QUALITATIVE_ROWS = 3  # Validation scenes of the runs in the qualitative grid.
+FIGURE_DPI = 80
+EVAL_EVERY = 100  # Steps between the training runs' evaluations (and one at the end).
 
 
 def weak_label_stage(source, out_dir: pathlib.Path, *, seed: int) -> dict:
@@ -72,6 +81,7 @@ def train_config(method: str, weak: str, *, backend: str, checkpoint: str, num_s
                                                 f"tiny,weak={weak},method={method}")
   configs_common.synthetic_schedule(config, runlocal=False)
   config.num_steps = num_steps
+  config.eval_every = EVAL_EVERY  # val mIoU (and TensorBoard images) along the curves
   config.seed = seed
   config.sam.backend = backend
   config.sam.checkpoint = checkpoint
@@ -91,6 +101,34 @@ def training_stage(out_dir: pathlib.Path, *, weak: str, backend: str, checkpoint
     results[method] = r
     report.log(f"{method:>10}: val mIoU {r['val_miou']:.3f} ({r['train_seconds']:.0f} s)")
   return results
+
+
+def figures_stage(out_dir: pathlib.Path, source, *, weak: str, backend, seed: int,
+                  run_dirs: list[pathlib.Path]) -> dict:
+  """The refinement of `weak` labels of the first scenes of `source`; with runs, the
+  qualitative grid and the training curves of `run_dirs`.
+
+  Returns:
+    {"refinement": [PNG paths], "qualitative": PNG path, "curves": PNG path} (the runs' two
+    only with `run_dirs`); each PNG has its data beside it as JSON.
+  """
+  from sesam_jax.plots import curves, qualitative, refinement
+  folder = out_dir / "figures"
+  drawn = refinement.visualize_refinement(
+      source, count=REFINE_FIGURES, out_dir=folder / f"refine_{weak}", weak_kind=weak,
+      backend=backend, seed=seed, weak_dir=out_dir / f"weak_{weak}", dpi=FIGURE_DPI)
+  figures = {"refinement": drawn["figures"]}
+  if run_dirs:
+    figures["qualitative"] = qualitative.plot_qualitative(
+        run_dirs, out=folder / "qualitative.png", images=QUALITATIVE_ROWS,
+        dpi=FIGURE_DPI)["figure"]
+    figures["curves"] = curves.plot_curves(run_dirs, out=folder / "curves.png",
+                                           dpi=FIGURE_DPI)["figure"]
+  report.log("demo: figures (PNG, with the data drawn beside each as JSON):")
+  for name, paths in figures.items():
+    for path in paths if isinstance(paths, list) else [paths]:
+      report.log(f"{name:>12}: {path}")
+  return figures
 
 
 def run_demo(out_dir: str | pathlib.Path, *, num_images: int = 16,
@@ -134,5 +172,13 @@ def run_demo(out_dir: str | pathlib.Path, *, num_images: int = 16,
     result["sesam_miou"] = round(runs["sesam"]["val_miou"], 4)
     result["sesam_final_coverage"] = {k: v for k, v in runs["sesam"].items()
                                       if k.startswith("final_")}
+  if importlib.util.find_spec("matplotlib") is None:
+    report.log("demo: no figures (they need matplotlib: pip install 'sesam-jax[plots]')")
+  else:
+    run_dirs = [out_dir / f"train_{m}" for m in ("supervised", "sesam")] if train else []
+    drawing = time.perf_counter()
+    result["figures"] = figures_stage(out_dir, val, weak=train_weak, backend=backend, seed=seed,
+                                      run_dirs=run_dirs)
+    result["figures_seconds"] = round(time.perf_counter() - drawing, 1)
   result["seconds"] = round(time.perf_counter() - start, 1)
   return result

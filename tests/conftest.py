@@ -45,7 +45,7 @@ class TinyRun(NamedTuple):
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, shared_data, test_model) -> TinyRun:
   """A finished tiny run, trained once per session on first use: TinySeg on CamVid
-  (`fakes.TINY_CONFIG`), 4 steps with checkpoints at 2 and 4, evaluated on 3 val images.
+  (`fakes.TINY_CONFIG`), 4 steps with checkpoints and evaluations at 2 and 4, on 3 val images.
 
   Its workdir holds checkpoints, metrics.jsonl, result.json and config.json; tests must not
   write into it.

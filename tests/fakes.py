@@ -83,11 +83,12 @@ class FakeSource:
 
 
 # The shared tiny run (tests/conftest.py `tiny_run`): TinySeg on CamVid (../shared/data), 4 steps,
-# checkpoints at 2 and 4, evaluated on the first 3 val images. Tests that need a finished workdir
-# use it instead of training again.
+# checkpoints and evaluations (with TensorBoard images) at 2 and 4, on the first 3 val images.
+# Tests that need a finished workdir use it instead of training again.
 TINY_CONFIG = os.path.join(REPO, "configs", "segformer_camvid.py") + ":tiny"
 TINY_OVERRIDES = [
     f"--config.model={TEST_MODEL}", "--config.num_steps=4", "--config.checkpoint_every=2",
     "--config.log_every=2", "--config.crop=32", "--config.batch_size=8",
     "--config.optim.warmup_steps=2", "--config.eval.max_images=3", "--config.eval.batch_size=4",
+    "--config.eval_every=2",
     "--config.data_dir=" + os.path.join(os.path.dirname(REPO), "shared", "data", "camvid")]

@@ -85,21 +85,32 @@ def predict_logits(model: nn.Module, variables: Mapping[str, Any], images_BHWC: 
 
 def _eval_batch(variables: Mapping[str, Any], batch: Mapping[str, jax.Array], *,
                 model: nn.Module, num_classes: int, mode: str, window: int, stride: int,
-                image_scale: float) -> jax.Array:
+                image_scale: float, with_labels: bool) -> Any:
   logits = predict_logits(model, variables, batch["image"], mode=mode, window=window,
                           stride=stride, image_scale=image_scale)
   pred = jnp.argmax(logits, axis=-1).astype(jnp.int32)
   gt = jnp.where(batch["valid"][:, None, None], batch["label"].astype(jnp.int32), IGNORE_INDEX)
-  return metrics.confusion_matrix(gt, pred, num_classes)
+  confusion = metrics.confusion_matrix(gt, pred, num_classes)
+  return (confusion, pred.astype(jnp.uint8)) if with_labels else confusion
 
 
+@functools.lru_cache(maxsize=8)
 def make_eval_fn(model: nn.Module, mesh: Mesh, *, num_classes: int, mode: str = "whole",
-                 window: int = 512, stride: int = 341, image_scale: float = 1.0) -> Callable:
-  """Jitted (variables, batch) -> C x C confusion, batch split over "data", variables replicated."""
+                 window: int = 512, stride: int = 341, image_scale: float = 1.0,
+                 with_labels: bool = False) -> Callable:
+  """Jitted (variables, batch) -> C x C confusion, batch split over "data", variables replicated.
+
+  With `with_labels`, (confusion, B x H x W uint8 predicted class ids split over "data"). Cached:
+  the evaluations of a training run (every `eval_every` steps and the final one) compile once.
+  """
   fn = functools.partial(_eval_batch, model=model, num_classes=num_classes, mode=mode,
-                         window=window, stride=stride, image_scale=image_scale)
+                         window=window, stride=stride, image_scale=image_scale,
+                         with_labels=with_labels)
+  out = NamedSharding(mesh, P())
+  if with_labels:
+    out = (out, NamedSharding(mesh, P("data")))
   return jax.jit(fn, in_shardings=(NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))),
-                 out_shardings=NamedSharding(mesh, P()))
+                 out_shardings=out)
 
 
 def pad_batch(batch: Mapping[str, np.ndarray], multiple: int) -> dict[str, np.ndarray]:
@@ -120,7 +131,7 @@ def evaluate(model: nn.Module, weights: Mapping[str, Mapping[str, Any]],
              batches: Iterable[Mapping[str, np.ndarray]], mesh: Mesh, *, num_classes: int,
              class_names: Sequence[str] | None = None, mode: str = "whole", window: int = 512,
              stride: int = 341, image_scale: float = 1.0, total: int | None = None,
-             log: bool = True) -> dict[str, Any]:
+             log: bool = True, keep_examples: int = 0) -> dict[str, Any]:
   """Evaluates several weight sets (e.g. student and EMA teacher) in one pass over the data.
 
   Args:
@@ -134,28 +145,39 @@ def evaluate(model: nn.Module, weights: Mapping[str, Mapping[str, Any]],
     mode, window, stride, image_scale: see `predict_logits`.
     total: number of batches, for the progress bar.
     log: print the per-class table to stderr.
+    keep_examples: also return the first N examples this process evaluates with each weight
+      set's predicted labels (the same forward pass; e.g. for TensorBoard images).
 
   Returns:
     {"<name>_miou": float, "<name>_per_class_iou": list, "<name>_confusion": CxC int64,
-     "num_images": int, "eval_seconds": float}.
+     "num_images": int, "eval_seconds": float}; with `keep_examples`, "examples": [{"index"
+     (position in the split, when batches carry "index"), "image" HxWx3 uint8, "label" HxW
+     uint8, "labels" {name: HxW uint8 predicted class ids}}], cropped to each image's size.
   """
   start = time.time()
   eval_fn = make_eval_fn(model, mesh, num_classes=num_classes, mode=mode, window=window,
-                         stride=stride, image_scale=image_scale)
+                         stride=stride, image_scale=image_scale, with_labels=keep_examples > 0)
   sums = {name: np.zeros((num_classes, num_classes), np.int64) for name in weights}
   pending: list[tuple[str, jax.Array]] = []
+  kept: list[dict[str, Any]] = []
   num_images = 0
   sharding = NamedSharding(mesh, P("data"))
   for batch in report.progress(batches, desc="eval", total=total, unit="batch"):
     host = pad_batch(batch, mesh.devices.size)
     num_images += int(host["valid"].sum())
+    offset = 0
     if jax.process_count() > 1:
       # Every host reads the same batches; each contributes its slice of the global batch.
       n = len(host["valid"]) // jax.process_count()
-      host = {k: v[jax.process_index() * n:(jax.process_index() + 1) * n] for k, v in host.items()}
+      offset = jax.process_index() * n
+      host = {k: v[offset:offset + n] for k, v in host.items()}
     device = {k: jax.make_array_from_process_local_data(sharding, v) for k, v in host.items()}
     # Dispatch every weight set before reading back the previous batch's counts.
     new = [(name, eval_fn(variables, device)) for name, variables in weights.items()]
+    if keep_examples:
+      if len(kept) < keep_examples:  # Waits for this batch: only the first few batches.
+        _keep(kept, keep_examples, batch, host, offset, {name: out[1] for name, out in new})
+      new = [(name, out[0]) for name, out in new]
     for name, conf in pending:
       sums[name] += np.asarray(jax.device_get(conf), np.int64)
     pending = new
@@ -172,4 +194,37 @@ def evaluate(model: nn.Module, weights: Mapping[str, Mapping[str, Any]],
       report.log(f"{name} weights, {num_images} images:\n{metrics.format_iou_table(conf, names)}")
   result["num_images"] = num_images
   result["eval_seconds"] = time.time() - start
+  if keep_examples:
+    result["examples"] = kept
   return result
+
+
+def _keep(kept: list[dict[str, Any]], limit: int, batch: Mapping[str, np.ndarray],
+          host: Mapping[str, np.ndarray], offset: int, labels: Mapping[str, jax.Array]) -> None:
+  """Appends this process's valid examples of the batch to `kept` (up to `limit` in all), each
+  with every weight set's predicted labels, cropped to the image's true size (`batch["hw"]`).
+
+  Args:
+    kept: the list to extend.
+    limit: how many examples to keep in all.
+    batch: the batch as the dataset yielded it (global rows; "hw" and "index" when present).
+    host: this process's rows of the padded batch; row j is row `offset + j` of `batch`.
+    offset: see `host`.
+    labels: weight-set name -> B x H x W uint8 labels of the global batch (device).
+  """
+  local = {name: _local_rows(array) for name, array in labels.items()}
+  for j in np.flatnonzero(host["valid"])[:limit - len(kept)]:
+    h, w = batch["hw"][offset + j] if "hw" in batch else host["label"][j].shape
+    example = {"image": host["image"][j, :h, :w], "label": host["label"][j, :h, :w],
+               "labels": {name: rows[j, :h, :w] for name, rows in local.items()}}
+    if "index" in batch:
+      example["index"] = int(batch["index"][offset + j])
+    kept.append(example)
+
+
+def _local_rows(array: jax.Array) -> np.ndarray:
+  """This process's rows of a batch split over "data", in order (all of it on one host)."""
+  if array.is_fully_addressable:
+    return np.asarray(array)
+  shards = sorted(array.addressable_shards, key=lambda s: s.index[0].start or 0)
+  return np.concatenate([np.asarray(s.data) for s in shards])

@@ -31,21 +31,27 @@ def sam_settings(configs: Sequence[Any]) -> tuple[str | None, Any]:
 
 
 def _refine_fn(config: Any, backend: str | None, weak_kind: str) -> Any:
-  """refine(request) with the SAM settings of `config.sam` (and `backend` instead, if given)."""
-  from sam_bridge.backends import create_backend
+  """(backend object, refine(request)) with the SAM settings of `config.sam` (and `backend`
+  instead, if given), checked and built as training builds them (`sesam_jax.sam.resolver`: the
+  PyTorch SAM family, the Flax SAM, or the SAM-free priors)."""
   from sam_bridge.refine import RefineConfig, refine
+  from sesam_jax.sam import resolver
   s = config.sam if config is not None else None
-  if backend is None:
-    backend = s.backend if not s.checkpoint else f"{s.backend}:{s.checkpoint}"
-  kw = {}
-  if s is not None and backend.split(":")[0] in ("transformers", "random", "segment_anything"):
-    kw = {"device": s.device, "dtype": s.dtype}
-  bk = create_backend(backend, **kw)
-  fields = {} if s is None else dict(
-      k=s.k, tau1=s.tau1, tau2=s.tau2, sampling=s.sampling if s.sampling != "confidence" else
-      "sesam", selection=s.selection, prompt=s.prompt, instances=s.instances,
-      work_long_side=s.work_long_side)
-  cfg = RefineConfig(weak_kind=weak_kind, **fields).validate()
+  if backend is not None:
+    kw = {} if s is None else dict(device=s.device, dtype=s.dtype, decoder_dtype=s.decoder_dtype)
+    sam = resolver.resolve(backend, **kw)
+  elif s is not None:
+    sam = resolver.from_config(s)
+  else:
+    raise ValueError("--weak given but no run used SAM: name the prior with --backend "
+                     "(e.g. superpixel, oracle or transformers:/path/to/sam).")
+  bk = sam.build()
+  if config is None:
+    cfg = RefineConfig(weak_kind=weak_kind).validate()
+  else:
+    # Validation images have no teacher confidence: "confidence" sampling falls back to SeSAM's.
+    cfg = resolver.refine_config(config, weak_kind=weak_kind,
+                                 sampling="sesam" if s.sampling == "confidence" else s.sampling)
   return bk, lambda request: refine(bk, request, cfg)
 
 

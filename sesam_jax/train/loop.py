@@ -12,7 +12,7 @@ optimizer), the data position, the method's feed items (SeSAM's SAM label bank) 
 clock are restored from that one step, and the same command continues the same data stream;
 per-step keys are `fold_in(seed key, step)`, so a resumed supervised run ends with the same
 parameters as an uninterrupted one. Every run ends by writing `<workdir>/result.json` (the same
-object as the last stdout line).
+object as the last stdout line). Evaluations also draw a few predictions in TensorBoard.
 
 Faults (README "What happens when...") stop a run in one line before its first step
 (`workdir.RunDir`, `data.split_check`), at a step boundary (`preemption`) or within a step.
@@ -128,7 +128,7 @@ def evaluate_state(config: ml_collections.ConfigDict, model: Any, state: train_s
   """Evaluates the student (and the EMA teacher when `config.eval.ema`) on `val_source`.
 
   Returns:
-    `evaluate`'s dict with names "student" and "ema".
+    `evaluate`'s dict with names "student" and "ema" (and the first `eval.tb_images` examples).
   """
   weights = {"student": {"params": state.params, "batch_stats": state.batch_stats}}
   if config.eval.ema:
@@ -139,7 +139,7 @@ def evaluate_state(config: ml_collections.ConfigDict, model: Any, state: train_s
                   num_classes=info.num_classes, class_names=info.class_names,
                   mode=config.eval.mode, window=config.eval.window, stride=config.eval.stride,
                   image_scale=config.eval.image_scale, total=math.ceil(len(val_source) / bs),
-                  log=log)
+                  log=log, keep_examples=config.eval.tb_images)
 
 
 def _summary(step: int, ev: Mapping[str, Any], class_names: Any) -> dict[str, Any]:
@@ -366,7 +366,7 @@ def _run_steps(config: ml_collections.ConfigDict, workdir: str, state: Any, step
       ckpt.poll()  # A save that failed in the background stops the run now, not at the end.
       if config.eval_every and n % config.eval_every == 0 and n < num_steps:
         ev = evaluate_state(config, model, state, val_source, mesh, log=False)
-        writer.write(n, {k: v for k, v in ev.items() if k.endswith("_miou")}, prefix="val/")
+        writer.write_evaluation(n, ev, val_source)
       if n < num_steps and stop.should_stop(n):
         flush()
         if n % config.checkpoint_every:
@@ -395,8 +395,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   outcome = train(config, workdir)
   ev = evaluate_state(config, outcome.model, outcome.state, outcome.val_source, outcome.mesh)
   writer = MetricWriter(workdir)
-  writer.write(int(config.num_steps), {k: v for k, v in ev.items() if k.endswith("_miou")},
-               prefix="val/")
+  writer.write_evaluation(int(config.num_steps), ev, outcome.val_source)
   writer.close()
   result = _summary(int(outcome.state.step), ev, outcome.val_source.info.class_names)
   result.update(outcome.info)

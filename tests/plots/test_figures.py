@@ -182,7 +182,12 @@ def test_curves_hold_the_logged_metrics(tiny_run, tmp_path, capsys):
   logged = [json.loads(line) for line in open(tiny_run.workdir / "metrics.jsonl")]
   assert tiny["series"]["train/loss"] == [[r["step"], r["train/loss"]] for r in logged
                                           if "train/loss" in r]
-  assert tiny["series"]["val/student_miou"] == [[tiny_run.result["step"], tiny_run.result["val_miou"]]]
+  # Evaluated every 2 steps and at the end (step 4, the run's val_miou).
+  assert tiny["series"]["val/student_miou"] == [
+      [r["step"], r["val/student_miou"]] for r in logged if "val/student_miou" in r]
+  assert tiny["series"]["val/student_miou"][-1] == [tiny_run.result["step"],
+                                                     tiny_run.result["val_miou"]]
+  assert [step for step, _ in tiny["series"]["val/student_miou"]] == [2, 4]
   # After a resume the later line of a step wins; every coverage source is drawn.
   assert hand["series"]["train/loss"] == [[10, 2.0], [20, 1.4], [30, 1.2]]
   assert hand["series"]["train/coverage_sam"] == [[10, 0.3], [20, 0.6]]
