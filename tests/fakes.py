@@ -9,6 +9,7 @@ in tests/conftest.py (undone at the end); a child process calls `register_test_m
 
 from __future__ import annotations
 
+import json
 import os
 
 import flax.linen as nn
@@ -92,3 +93,51 @@ TINY_OVERRIDES = [
     "--config.optim.warmup_steps=2", "--config.eval.max_images=3", "--config.eval.batch_size=4",
     "--config.eval_every=2",
     "--config.data_dir=" + os.path.join(os.path.dirname(REPO), "shared", "data", "camvid")]
+
+
+# `sesam train` in a child process, for tests that kill, signal or watch a real run:
+# `python -c CHILD.format(repo=REPO) train FLAGS...` (TinySeg registered). Switches, by
+# environment variable:
+#   INDICES=FILE  append each step's batch indices to FILE, one JSON line [step, [index, ...]];
+#   REPORT_AT=n   print "CHECKPOINT n" once checkpoint n is committed;
+#   STALL=1       then stall there (600 s), for the parent to kill it at a known point.
+# At exit it prints "NO TORCH" if torch was never imported by the training process.
+CHILD = """
+import json, os, sys, time
+sys.path.insert(0, {repo!r})
+from tests import fakes
+fakes.register_test_model()
+from sesam_jax.train import checkpoint, feed
+if os.environ.get("INDICES"):
+  _next = feed.Feed.next
+  def next_(self, step):
+    batch = _next(self, step)
+    with open(os.environ["INDICES"], "a") as f:
+      f.write(json.dumps([step, [int(i) for i in batch["index"]]]) + "\\n")
+    return batch
+  feed.Feed.next = next_
+_save = checkpoint.Checkpointer.save
+def save(self, step, state, items=None):
+  _save(self, step, state, items)
+  if step == int(os.environ.get("REPORT_AT", "-1")):
+    self.manager.wait_until_finished()
+    print("CHECKPOINT", step, flush=True)
+    if os.environ.get("STALL"):
+      time.sleep(600)
+checkpoint.Checkpointer.save = save
+from sesam_jax import main
+code = main.main(sys.argv[1:])
+if "torch" not in sys.modules:
+  print("NO TORCH", flush=True)
+sys.exit(code)
+"""
+
+
+def run_cli(capsys, *argv) -> dict:
+  """`sesam ARGV` in this process; asserts exit 0 and returns the JSON line it printed last."""
+  from sesam_jax import main
+  capsys.readouterr()
+  code = main.main([str(a) for a in argv])
+  captured = capsys.readouterr()
+  assert code == 0, captured.err
+  return json.loads(captured.out.strip().splitlines()[-1])

@@ -15,13 +15,14 @@ occur, so a wrong file is reported instead of silently trained on.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import os
 import pathlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -112,10 +113,21 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
   Returns:
     HxWx3 uint8 RGB (grey and palette images are converted, alpha dropped).
   """
+  with image_errors(path), Image.open(path) as im:
+    im.load()
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+@contextlib.contextmanager
+def image_errors(path: str | os.PathLike) -> Iterator[None]:
+  """Turns PIL's errors on image `path` into one line naming it and the fix.
+
+  Raises:
+    FileNotFoundError: the file is missing.
+    UnreadableFileError: it cannot be decoded (corrupt, truncated, not an image).
+  """
   try:
-    with Image.open(path) as im:
-      im.load()
-      return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    yield
   except FileNotFoundError:
     raise FileNotFoundError(f"image file {path} is missing; restore it or remove it from the "
                             "split.") from None
@@ -335,17 +347,9 @@ class PairedFileSource(IndexedSource):
     """
     index = self._check_index(index)
     path = self.image_paths[index]
-    try:
-      with Image.open(path) as im:
-        width, height = im.size
-        im.verify()
-    except FileNotFoundError:
-      raise FileNotFoundError(f"image file {path} is missing; restore it or remove it from the "
-                              "split.") from None
-    except (OSError, SyntaxError, ValueError) as e:
-      raise UnreadableFileError(f"cannot decode image {path} ({e}); the file is corrupt or "
-                                "truncated: re-extract it from the original archive or remove "
-                                "it.") from None
+    with image_errors(path), Image.open(path) as im:
+      width, height = im.size
+      im.verify()
     label = apply_lut(read_label_values(self.label_paths[index]), self._lut_for(index),
                       self.label_paths[index], self.info.name)
     if label.shape != (height, width):

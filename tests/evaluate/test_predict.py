@@ -12,17 +12,10 @@ from PIL import Image
 
 from sesam_jax import main
 from sesam_jax.data import camvid
+from tests import fakes
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 NUM_IMAGES = 3  # The tiny run evaluates the first 3 val images (eval.max_images).
-
-
-def _run(capsys, *argv):
-  capsys.readouterr()
-  code = main.main([str(a) for a in argv])
-  captured = capsys.readouterr()
-  assert code == 0, captured.err
-  return json.loads(captured.out.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +31,9 @@ def test_predict_folder_writes_labels_and_overlays_with_evals_miou(tiny_run, val
                                                                    tmp_path, capsys):
   run = tiny_run
   out = tmp_path / "pred"
-  result = _run(capsys, "predict", "--workdir", run.workdir, "--input", val_folder, "--out", out,
+  result = fakes.run_cli(capsys, "predict", "--workdir", run.workdir, "--input", val_folder, "--out", out,
                 "--overlay", "--dataset", "camvid")
-  evaluated = _run(capsys, "eval", f"--workdir={run.workdir}", *run.flags)
+  evaluated = fakes.run_cli(capsys, "eval", f"--workdir={run.workdir}", *run.flags)
   assert result["images"] == result["labeled_images"] == evaluated["val_images"] == NUM_IMAGES
   assert result["miou"] == pytest.approx(evaluated["val_miou"], abs=1e-12)
   assert result["mode"] == "whole" and result["image_scale"] == 0.5  # the run's eval settings
@@ -55,14 +48,14 @@ def test_predict_folder_writes_labels_and_overlays_with_evals_miou(tiny_run, val
     overlay = np.asarray(Image.open(out / f"{stem}_overlay.jpg"))
     assert overlay.shape == (360, 480, 3)
   # The EMA teacher's weights score as eval scores the EMA.
-  ema = _run(capsys, "predict", "--workdir", run.workdir, "--input", val_folder, "--out",
+  ema = fakes.run_cli(capsys, "predict", "--workdir", run.workdir, "--input", val_folder, "--out",
              tmp_path / "ema", "--ema", "--dataset", "camvid")
   assert ema["weights"] == "ema"
   assert ema["miou"] == pytest.approx(evaluated["val_miou_ema"], abs=1e-12)
 
   # The export, loaded in a fresh process without training code, predicts the same labels.
   export_dir = tmp_path / "export"
-  exported = _run(capsys, "predict", "--workdir", run.workdir, "--export", export_dir,
+  exported = fakes.run_cli(capsys, "predict", "--workdir", run.workdir, "--export", export_dir,
                   "--input", val_folder, "--export-platforms", "cpu")
   assert exported["input_shape"] == ["b", 360, 480, 3]
   script = (

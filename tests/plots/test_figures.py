@@ -15,14 +15,7 @@ from sam_bridge.refine import RefineConfig, refine
 from sesam_jax import main
 from sesam_jax.data import get_source, weak_labels
 from sesam_jax.plots.output import rle_decode
-
-
-def _run(capsys, *argv):
-  capsys.readouterr()
-  code = main.main([str(a) for a in argv])
-  captured = capsys.readouterr()
-  assert code == 0, captured.err
-  return json.loads(captured.out.strip().splitlines()[-1])
+from tests import fakes
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +39,7 @@ def _copy_run(run, dest, **fields):
 
 def test_refine_visualize_draws_what_refine_wrote(camvid_val, shared_data, tmp_path, capsys):
   out = tmp_path / "sesam"
-  result = _run(capsys, "refine", "--dataset", "camvid", "--data-dir", shared_data / "camvid",
+  result = fakes.run_cli(capsys, "refine", "--dataset", "camvid", "--data-dir", shared_data / "camvid",
                 "--split", "val", "--weak", "coarse", "--backend", "oracle", "--limit", "1",
                 "--visualize", "1", "--out", out)
   [figure], [data_path] = result["visualize"]["figures"], result["visualize"]["data"]
@@ -89,7 +82,7 @@ def test_qualitative_grid_holds_the_labels_and_predictions(tiny_run, camvid_val,
   second = _copy_run(tiny_run, tmp_path / "coarse_sesam", weak="coarse", method="sesam",
                      **{"sam.backend": "oracle"})
   out = tmp_path / "qualitative.png"
-  result = _run(capsys, "plot", "qualitative", "--workdirs", tiny_run.workdir, second,
+  result = fakes.run_cli(capsys, "plot", "qualitative", "--workdirs", tiny_run.workdir, second,
                 "--dataset", "camvid", "--split", "val", "--images", 2, "--out", out)
   data = json.loads(out.with_suffix(".json").read_text())
   titles = [c["title"] for c in data["columns"]]
@@ -98,7 +91,7 @@ def test_qualitative_grid_holds_the_labels_and_predictions(tiny_run, camvid_val,
   assert titles[1:3] == ["weak (coarse)", "SeSAM (oracle)"]  # from the second run's config
   # Both runs hold the same weights: the same predictions, as `sesam predict` writes them.
   pred_dir = tmp_path / "pred"
-  _run(capsys, "predict", "--workdir", tiny_run.workdir, "--dataset", "camvid",
+  fakes.run_cli(capsys, "predict", "--workdir", tiny_run.workdir, "--dataset", "camvid",
        "--limit", 2, "--out", pred_dir)
   for k, row in enumerate(data["rows"]):
     item = camvid_val[k]
@@ -143,7 +136,7 @@ def test_cost_plot_points_follow_the_cost_model(tiny_run, tmp_path, capsys):
   for name in ("config.json", "metrics.jsonl"):
     shutil.copy(tiny_run.workdir / name, no_result / name)
   out = tmp_path / "cost.png"
-  _run(capsys, "plot", "cost", root, no_result, "--out", out)
+  fakes.run_cli(capsys, "plot", "cost", root, no_result, "--out", out)
   data = json.loads(out.with_suffix(".json").read_text())
   lines = {line["label"]: line for line in data["lines"]}
   assert list(lines) == ["points, sesam", "scribbles, sesam", "fine"]
@@ -176,7 +169,7 @@ def test_curves_hold_the_logged_metrics(tiny_run, tmp_path, capsys):
            "train/coverage_pseudo": 0.05}]
   (resumed / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
   out = tmp_path / "curves.png"
-  _run(capsys, "plot", "curves", tiny_run.workdir, resumed, "--out", out)
+  fakes.run_cli(capsys, "plot", "curves", tiny_run.workdir, resumed, "--out", out)
   data = json.loads(out.with_suffix(".json").read_text())
   tiny, hand = data["runs"]
   logged = [json.loads(line) for line in open(tiny_run.workdir / "metrics.jsonl")]

@@ -1,23 +1,18 @@
 """`sesam refine` end to end on generated scenes (oracle backend), in-process and via the service."""
 
-import json
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from sesam_jax import main
-
-
-def _run(capsys, *argv):
-  assert main.main(list(argv)) == 0
-  return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+from tests import fakes
 
 
 @pytest.mark.parametrize("extra", [(), ("--service",)])
 def test_refine_synthetic_oracle(tmp_path, capsys, extra):
   out = tmp_path / "sesam"
-  res = _run(capsys, "refine", "--dataset", "synthetic", "--num-images", "2", "--size", "64", "96",
+  res = fakes.run_cli(capsys, "refine", "--dataset", "synthetic", "--num-images", "2", "--size", "64", "96",
              "--split", "val", "--weak", "coarse", "--backend", "oracle", "--out", str(out), *extra)
   assert res["images"] == 2 and res["oracle"] and res["backend"] == "oracle"
   for key in ("precision", "recall", "f1", "miou", "weak_miou", "seconds_per_image"):
@@ -30,7 +25,7 @@ def test_refine_synthetic_oracle(tmp_path, capsys, extra):
 
 
 def test_refine_points_reports_both_stages(tmp_path, capsys):
-  res = _run(capsys, "refine", "--dataset", "synthetic", "--num-images", "1", "--size", "64", "96",
+  res = fakes.run_cli(capsys, "refine", "--dataset", "synthetic", "--num-images", "1", "--size", "64", "96",
              "--weak", "points", "--backend", "oracle", "--out", str(tmp_path / "p"))
   # Stage 1 (sparse to coarse) and stage 2 (instances) are both scored; with the oracle every
   # pixel either stage adds is right, and each stage only adds to the one before.

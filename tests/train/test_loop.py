@@ -18,27 +18,6 @@ from tests import fakes
 REPO = fakes.REPO
 CONFIG, OVERRIDES = fakes.TINY_CONFIG, fakes.TINY_OVERRIDES  # The session's tiny run's settings.
 
-# Runs `sesam train` in a child process that stalls after committing the step-2 checkpoint, so
-# the parent can SIGKILL it at a known point (the kill itself is real and abrupt).
-_CHILD = """
-import sys, time
-sys.path.insert(0, {repo!r})
-from tests import fakes
-fakes.register_test_model()
-from sesam_jax.train import checkpoint
-_save = checkpoint.Checkpointer.save
-def save(self, step, state, items=None):
-  _save(self, step, state, items)
-  if step == 2:
-    self.manager.wait_until_finished()
-    print("CHECKPOINT 2", flush=True)
-    time.sleep(600)
-checkpoint.Checkpointer.save = save
-from sesam_jax import main
-sys.exit(main.main(sys.argv[1:]))
-"""
-
-
 def _final_params(workdir, step):
   path = os.path.join(workdir, "checkpoints", str(step), "state")
   return ocp.StandardCheckpointer().restore(path)["params"]
@@ -85,9 +64,10 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path, capsys, compile_cac
 
   env = dict(os.environ, PYTHONPATH=REPO, JAX_COMPILATION_CACHE_DIR=str(compile_cache),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+             REPORT_AT="2", STALL="1")  # Stalls after committing step 2, for the SIGKILL.
   child = subprocess.Popen(
-      [sys.executable, "-c", _CHILD.format(repo=REPO), "train", f"--config={CONFIG}",
+      [sys.executable, "-c", fakes.CHILD.format(repo=REPO), "train", f"--config={CONFIG}",
        f"--workdir={work_b}", *OVERRIDES, f"--config.model={model}"], env=env, stdout=subprocess.PIPE, text=True)
   try:
     line = child.stdout.readline()  # blocks until step 2 is committed (or the child dies)

@@ -35,28 +35,6 @@ OVERRIDES = ["--config.num_steps=4", "--config.checkpoint_every=2", "--config.lo
              "--config.eval.batch_size=4", f"--config.model={fakes.TEST_MODEL}"]
 HEARTBEAT_S = 5  # --config.multihost.heartbeat_timeout_s of these runs
 
-# `sesam train` in a child process. With REPORT_AT it prints "CHECKPOINT n" once checkpoint n is
-# written, and with STALL it then stalls there (for the parent to kill it at a known point).
-_CHILD = """
-import os, sys, time
-sys.path.insert(0, {repo!r})
-from tests import fakes
-fakes.register_test_model()
-from sesam_jax.train import checkpoint
-_save = checkpoint.Checkpointer.save
-def save(self, step, state, items=None):
-  _save(self, step, state, items)
-  if step == int(os.environ.get("REPORT_AT", "-1")):
-    self.manager.wait_until_finished()
-    print("CHECKPOINT", step, flush=True)
-    if os.environ.get("STALL"):
-      time.sleep(600)
-checkpoint.Checkpointer.save = save
-from sesam_jax import main
-sys.exit(main.main(sys.argv[1:]))
-"""
-
-
 class Job:
   """Two `sesam train` processes of one JAX job; their stdout/stderr go to files in `logs`."""
 
@@ -76,7 +54,7 @@ class Job:
       out, err = open(logs / f"out{i}.txt", "w"), open(logs / f"err{i}.txt", "w")
       self.files += [out, err]
       self.procs.append(subprocess.Popen(
-          [sys.executable, "-c", _CHILD.format(repo=REPO), "train", *flags],
+          [sys.executable, "-c", fakes.CHILD.format(repo=REPO), "train", *flags],
           env={**base, **((env or {}).get(i, {}))}, stdout=out, stderr=err, text=True))
 
   def wait(self, timeout=300):

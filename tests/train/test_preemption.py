@@ -16,7 +16,8 @@ import pytest
 
 from sesam_jax import report
 from sesam_jax.train import preemption, workdir as workdir_lib
-from .test_sesam_resume import _CHILD, CONFIG, OVERRIDES, REPO, _expected_indices
+from tests import fakes
+from .test_sesam_resume import CONFIG, OVERRIDES, REPO, _expected_indices
 
 # Runs before the harness: step PAUSE_AT's batch waits (up to 60 s) for a stop signal.
 _PAUSE = """
@@ -47,7 +48,7 @@ def _start(workdir, indices, pause_at=None):
   env = dict(os.environ, PYTHONPATH=REPO, INDICES=str(indices))
   if pause_at is not None:
     env["PAUSE_AT"] = str(pause_at)
-  code = _PAUSE.format(repo=REPO) + _CHILD.format(repo=REPO)
+  code = _PAUSE.format(repo=REPO) + fakes.CHILD.format(repo=REPO)
   # A session of its own: the SIGINT test signals the whole group, as a terminal's Ctrl-C does.
   return subprocess.Popen([sys.executable, "-c", code, "train", f"--config={CONFIG}",
                            f"--workdir={workdir}", *OVERRIDES], env=env, stdout=subprocess.PIPE,

@@ -23,43 +23,11 @@ OVERRIDES = ["--config.num_steps=4", "--config.checkpoint_every=2", "--config.lo
              "--config.eval.batch_size=4", f"--config.model={fakes.TEST_MODEL}",
              "--config.sam.backend=oracle", "--config.sam.wait_s=5.0"]
 
-# `sesam train` in a child process: records each step's batch indices, asserts at exit that torch
-# was never imported here, and (with STALL_AT) stalls after committing that checkpoint so the
-# parent can SIGKILL it at a known point.
-_CHILD = """
-import json, os, sys, time
-sys.path.insert(0, {repo!r})
-from tests import fakes
-fakes.register_test_model()
-from sesam_jax.train import checkpoint, feed
-_next = feed.Feed.next
-def next_(self, step):
-  batch = _next(self, step)
-  with open(os.environ["INDICES"], "a") as f:
-    f.write(json.dumps([step, [int(i) for i in batch["index"]]]) + "\\n")
-  return batch
-feed.Feed.next = next_
-_save = checkpoint.Checkpointer.save
-def save(self, step, state, items=None):
-  _save(self, step, state, items)
-  if step == int(os.environ.get("STALL_AT", "-1")):
-    self.manager.wait_until_finished()
-    print("CHECKPOINT", step, flush=True)
-    time.sleep(600)
-checkpoint.Checkpointer.save = save
-from sesam_jax import main
-code = main.main(sys.argv[1:])
-assert "torch" not in sys.modules, "the training process imported torch"
-print("NO TORCH", flush=True)
-sys.exit(code)
-"""
-
-
 def _child(workdir, indices, stall_at=None, backend="oracle"):
   env = dict(os.environ, PYTHONPATH=REPO, INDICES=str(indices))
-  if stall_at is not None:
-    env["STALL_AT"] = str(stall_at)
-  return subprocess.Popen([sys.executable, "-c", _CHILD.format(repo=REPO), "train",
+  if stall_at is not None:  # Stalls after committing that checkpoint, for the parent to kill.
+    env.update(REPORT_AT=str(stall_at), STALL="1")
+  return subprocess.Popen([sys.executable, "-c", fakes.CHILD.format(repo=REPO), "train",
                            f"--config={CONFIG}", f"--workdir={workdir}", *OVERRIDES,
                            f"--config.sam.backend={backend}"],
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -130,7 +98,7 @@ def test_the_bridge_service_never_imports_jax():
 def test_supervised_training_never_imports_torch(tmp_path):
   overrides = [o for o in OVERRIDES if "sam." not in o] + ["--config.num_steps=1"]
   env = dict(os.environ, PYTHONPATH=REPO, INDICES=str(tmp_path / "i.jsonl"))
-  run = subprocess.run([sys.executable, "-c", _CHILD.format(repo=REPO), "train",
+  run = subprocess.run([sys.executable, "-c", fakes.CHILD.format(repo=REPO), "train",
                         f"--config={CONFIG.replace('method=sesam', 'method=supervised')}",
                         f"--workdir={tmp_path / 'sup'}", *overrides],
                        env=env, capture_output=True, text=True, timeout=600)
