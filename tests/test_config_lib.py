@@ -1,6 +1,7 @@
 """Config files through ml_collections' config_flags: `file.py:arg`, typed `--config.x=y`
 overrides, and one-line errors that name the flag or file."""
 
+import functools
 import glob
 import os
 
@@ -83,20 +84,28 @@ def test_sesam_train_errors_are_one_line_with_exit_2(tmp_path, capsys):
   assert not (tmp_path / "w").exists()
 
 
+@functools.cache
+def _student_shapes(name, dtype):
+  """(parameter shapes, output shape) of student `name` on 64x64 inputs, traced once per student
+  (the configs share a few students)."""
+  from sesam_jax.models import create_model
+  model = create_model(name, 19, dtype=jnp.dtype(dtype))
+  variables = jax.eval_shape(lambda: train_state.init_variables(model, jax.random.key(0), 64))
+  out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, 64, 64, 3)), train=False),
+                       variables)
+  return variables["params"], out.shape
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
 def test_every_config_loads_and_builds_its_model(path):
-  from sesam_jax.models import create_model
   for arg in ("", ":weak=coarse,runlocal"):
     config = config_lib.load_config(path + arg)
     assert config.weak in configs_common.WEAK_KINDS
     assert config.batch_size % 4 == 0 or config.batch_size < 4, "fake 4-device mesh"
-    model = create_model(config.model, 19, dtype=jnp.dtype(config.dtype))
-    variables = jax.eval_shape(lambda: train_state.init_variables(model, jax.random.key(0), 64))
+    params, out_shape = _student_shapes(config.model, config.dtype)
     # The optimizer's head/backbone split must find the head of every student.
-    optim.make_optimizer(config.optim, variables["params"], config.num_steps)
-    out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, 64, 64, 3)), train=False),
-                         variables)
-    assert out.shape == (2, 16, 16, 19)
+    optim.make_optimizer(config.optim, params, config.num_steps)
+    assert out_shape == (2, 16, 16, 19)
 
 
 def test_camvid_reads_shared_data_unless_data_dir_is_given():

@@ -12,16 +12,25 @@ from sesam_jax.train import train_step as step_lib
 from tests import fakes
 
 
-def _setup(method, mesh_devices=None, ema_decay=0.5):
-  """The method's teacher-student step as the loop builds it (methods table, jit_step)."""
+@functools.cache
+def _compiled(method, num_devices, ema_decay):
+  """The method's teacher-student step as the loop builds it (methods table, jit_step), compiled
+  once per setting for this module's tests."""
   model = fakes.TinySeg(4)
   tx = optax.adamw(1e-3)
-  mesh = step_lib.make_mesh(mesh_devices)
-  state = train_state.create_train_state(model, tx, jax.random.key(0), mesh, image_size=32)
+  mesh = step_lib.make_mesh(jax.devices()[:num_devices])
   cfg = sesam_step.SesamStepConfig(lr_schedule=lambda s: 1e-3, use_sam=method == "sesam",
                                    ema_decay=ema_decay, theta1=0.0, theta2=0.0)
+  state = train_state.abstract_train_state(model, tx, mesh, image_size=32)
   step = step_lib.jit_step(functools.partial(sesam_step.sesam_train_step, model=model, cfg=cfg),
                            mesh, state)
+  return model, tx, mesh, step
+
+
+def _setup(method, num_devices=4, ema_decay=0.5):
+  """(model, mesh, a fresh train state, the jitted step) on the first `num_devices` devices."""
+  model, tx, mesh, step = _compiled(method, num_devices, ema_decay)
+  state = train_state.create_train_state(model, tx, jax.random.key(0), mesh, image_size=32)
   return model, mesh, state, step
 
 
@@ -32,7 +41,7 @@ def _batch(n=8, size=32, seed=0):
   sam = np.full((n, size, size), 255, np.uint8)
   sam[:, 4:16] = 2  # Overlaps the weak rows 4..7: weak wins there.
   return {"image": rng.integers(0, 256, (n, size, size, 3)).astype(np.uint8), "weak": weak,
-          "sam": sam}
+          "sam": sam, "valid": np.ones((n, size, size), np.uint8)}
 
 
 @pytest.mark.parametrize("method", ["fixmatch", "sesam"])
@@ -56,8 +65,8 @@ def test_step_runs_and_reports_every_source(method):
 
 def test_four_devices_match_one():
   results = []
-  for devices in (jax.devices()[:1], jax.devices()[:4]):
-    model, mesh, state, step = _setup("sesam", devices)
+  for num_devices in (1, 4):
+    model, mesh, state, step = _setup("sesam", num_devices)
     state, metrics, aux = step(state, step_lib.shard_batch(_batch(), mesh), jax.random.key(3))
     results.append((float(metrics["loss"]), np.asarray(aux["confident"])))
   np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-4)
@@ -67,7 +76,6 @@ def test_four_devices_match_one():
 def test_padding_gets_no_pseudo_label():
   model, mesh, state, step = _setup("fixmatch")
   host = _batch()
-  host["valid"] = np.ones((8, 32, 32), np.uint8)
   host["valid"][:, :, 16:] = 0  # The right half of every crop is padding.
   _, metrics, aux = step(state, step_lib.shard_batch(host, mesh), jax.random.key(1))
   confident = aux["confident"]
