@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from sesam_jax.models import conversion, sam
+from sesam_jax.models.conversion import tables
 
 FORMATS = ("official", "transformers")
 # Module names whose `.weight` is an embedding table kept as is (the Flax leaf is the module path).
@@ -101,18 +102,9 @@ def official_to_transformers_names(state_dict: dict[str, Any]) -> dict[str, Any]
 
 def _flax_target(key: str, ndim: int) -> tuple[tuple[str, ...], str]:
   """A transformers key -> (Flax path, layout kind: raw, linear, conv, conv_t, norm, bias)."""
-  parts = key.split(".")
-  joined: list[str] = []
-  i = 0
-  while i < len(parts):
-    if parts[i] in _LISTS and i + 1 < len(parts) and parts[i + 1].isdigit():
-      joined.append(f"{parts[i]}_{parts[i + 1]}")
-      i += 2
-    elif parts[i] == "projection" and joined[-1:] == ["patch_embed"]:
-      i += 1  # patch_embed.projection -> patch_embed (the Flax module is the conv itself).
-    else:
-      joined.append(parts[i])
-      i += 1
+  # patch_embed.projection -> patch_embed (the Flax module is the conv itself).
+  parts = key.replace("patch_embed.projection.", "patch_embed.").split(".")
+  joined = tables.indexed_path(parts, _LISTS)
   *module, leaf = joined
   if leaf == "bias":
     return tuple(module) + ("bias",), "bias"

@@ -9,7 +9,7 @@ the engine (`conversion.engine`) turns it into Flax layout from the target's sha
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable, Collection
 
 import numpy as np
 
@@ -52,7 +52,7 @@ _SEGFORMER_HF_LEGACY = [
 ]
 
 
-def _indexed_path(parts: list[str], listed: set[str]) -> Path:
+def indexed_path(parts: list[str], listed: Collection[str]) -> Path:
   """["stages", "0", "blocks", "1", "mlp"] -> ("stages_0", "blocks_1", "mlp")."""
   out: list[str] = []
   i = 0
@@ -82,7 +82,7 @@ def rename_segformer_hf(key: str, array: np.ndarray) -> list[tuple[Target, np.nd
   key_path = ".".join(parts).replace("mlp.dwconv.dwconv.", "mlp.dwconv.")
   key_path = re.sub(r"linear_projections\.(\d+)\.proj\.", r"linear_projections.\1.", key_path)
   parts = key_path.split(".")
-  module = _indexed_path(parts[:-1], {"stages", "blocks", "linear_projections"})
+  module = indexed_path(parts[:-1], {"stages", "blocks", "linear_projections"})
   target = _leaf_target(root + module, parts[-1])
   return [(target, array)] if target else []
 
@@ -126,7 +126,7 @@ def rename_resnet_hf(key: str, array: np.ndarray) -> list[tuple[Target, np.ndarr
   if parts[:2] == ["embedder", "embedder"]:
     module = ("embedder",) + tuple(parts[2:-1])
   elif parts[:2] == ["encoder", "stages"]:
-    module = _indexed_path(parts[1:-1], {"stages", "layers", "layer"})
+    module = indexed_path(parts[1:-1], {"stages", "layers", "layer"})
   else:
     return []
   target = _leaf_target(module, parts[-1])
