@@ -38,6 +38,8 @@ import time
 
 import numpy as np
 
+from sesam_jax.sam import resolver
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--backends", default="oracle,superpixel,random:vit_b",
@@ -107,7 +109,7 @@ def run(args: argparse.Namespace) -> dict:
   specs = [b.strip() for b in args.backends.split(",") if b.strip()]
   if any(_is_jax(s) for s in specs):
     _single_thread_xla(args.torch_threads)
-  if any(s.split(":")[0] in ("random", "transformers", "segment_anything") for s in specs):
+  if any(s.split(":")[0] in resolver.TORCH_SAM for s in specs):
     import torch
     if args.torch_threads:
       torch.set_num_threads(args.torch_threads)
@@ -197,13 +199,12 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _is_jax(spec: str) -> bool:
-  return spec.split(":")[0] in ("jax", "jax-random")
+  return spec.split(":")[0] in resolver.JAX_SAM
 
 
 def make_backend(spec: str, args: argparse.Namespace):
   """The backend `spec` names, built in this process through the resolver (the torch side or
   the Flax SAM for jax:/jax-random: specs); no --decoder-dtype = the compute dtype."""
-  from sesam_jax.sam import resolver
   return resolver.resolve(spec, device=args.device, dtype=args.dtype,
                           decoder_dtype=args.decoder_dtype or "").build()
 

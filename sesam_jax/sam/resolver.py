@@ -41,8 +41,8 @@ from sam_bridge.service import RefineService
 
 KINDS = ("oracle", "superpixel", "random", "transformers", "segment_anything", "jax",
          "jax-random")
-_TORCH_SAM = ("random", "transformers", "segment_anything")
-_JAX_SAM = ("jax", "jax-random")
+TORCH_SAM = ("random", "transformers", "segment_anything")  # run by torch in the bridge worker
+JAX_SAM = ("jax", "jax-random")  # the Flax SAM, run by a thread of this process
 _NEEDS_WEIGHTS = ("transformers", "segment_anything", "jax")
 
 # What the runs of backends that are not SAM weights are (run results carry it).
@@ -204,22 +204,22 @@ def resolve(backend: str, checkpoint: str = "", *, device: str = "cpu", dtype: s
                        f"{', '.join(f'random:{v}' for v in RANDOM_VARIANTS)}.")
   kwargs: dict[str, Any] = {}
   note = ""
-  if kind in _TORCH_SAM or kind in _JAX_SAM:
-    if kind in _TORCH_SAM:
+  if kind in TORCH_SAM or kind in JAX_SAM:
+    if kind in TORCH_SAM:
       kwargs.update(device=device, dtype=dtype)
     else:
       kwargs.update(dtype=dtype)
-    if decoder_dtype == "auto" and kind in _JAX_SAM and _jax_platform() == "cpu":
+    if decoder_dtype == "auto" and kind in JAX_SAM and _jax_platform() == "cpu":
       # XLA:CPU computes bf16 dots no faster than fp32 (measured: Flax decoder 71 vs 68 ms).
       decoder_dtype, note = "float32", (f"SAM prompt decoder in float32 (XLA on CPU gains nothing "
                                         f"from bf16; {flags['decoder_dtype']} overrides)")
     elif decoder_dtype == "auto":
-      where = device if kind in _TORCH_SAM else _jax_platform()
+      where = device if kind in TORCH_SAM else _jax_platform()
       decoder_dtype, why = auto_decoder_dtype(where)
       note = f"SAM prompt decoder in {decoder_dtype} ({why}; {flags['decoder_dtype']} overrides)"
     if decoder_dtype and kind != "segment_anything":
       kwargs["decoder_dtype"] = decoder_dtype
-  return SamBackend(spec, kwargs, in_process=kind in _JAX_SAM, decoder_note=note,
+  return SamBackend(spec, kwargs, in_process=kind in JAX_SAM, decoder_note=note,
                     checkpoint_flag=flags["checkpoint"] if kind in _NEEDS_WEIGHTS else "")
 
 

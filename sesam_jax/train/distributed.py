@@ -41,7 +41,6 @@ MEM_FRACTION = "XLA_PYTHON_CLIENT_MEM_FRACTION"
 PREALLOCATE = "XLA_PYTHON_CLIENT_PREALLOCATE"
 # Variables by which a user already chose JAX's GPU memory (XLA_CLIENT_MEM_FRACTION: newer name).
 _USER_MEMORY_VARS = (MEM_FRACTION, "XLA_CLIENT_MEM_FRACTION", PREALLOCATE)
-_TORCH_SAM = ("random", "transformers", "segment_anything")  # backends run by torch in a worker
 
 
 class DistributedError(report.UserError):
@@ -134,7 +133,8 @@ def bridge_shares_gpu(config: Any) -> bool:
   sam = config.get("sam")
   if sam is None or not methods.get_method(config.method).uses_sam:
     return False
-  return sam.backend.partition(":")[0] in _TORCH_SAM and str(sam.device).startswith("cuda")
+  from sesam_jax.sam import resolver  # Deferred: the bridge's modules, for SAM methods only.
+  return sam.backend.partition(":")[0] in resolver.TORCH_SAM and str(sam.device).startswith("cuda")
 
 
 def gpu_memory_env(config: Any, environ: MutableMapping[str, str] | None = None
