@@ -69,14 +69,14 @@ def bench(args: argparse.Namespace, rest: list[str]) -> dict:
 
 def train(args: argparse.Namespace, rest: list[str]) -> dict:
   from sesam_jax import config_lib
-  from sesam_jax.train import loop
+  from sesam_jax import loop
   config = config_lib.config_from_flags(args.config, rest)
   return loop.train_and_evaluate(config, args.workdir)
 
 
 def evaluate(args: argparse.Namespace, rest: list[str]) -> dict:
   from sesam_jax import config_lib
-  from sesam_jax.train import loop
+  from sesam_jax import loop
   config = config_lib.config_from_flags(args.config, rest)
   return loop.evaluate_workdir(config, args.workdir)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import ml_collections
 
-from sesam_jax.train.methods import METHODS, WEAK_KINDS, get_method
+from sesam_jax.methods import METHODS, WEAK_KINDS, get_method
 
 # The paper's schedules (section 4.1): crop size, global batch, steps per dataset.
 DATASETS: dict[str, dict[str, Any]] = {
@@ -132,7 +132,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.ema_decay = 0.999               # EMA (teacher) decay per step
   c.method = "supervised"           # supervised | fixmatch | sam_baseline | sesam
-                                    # (sesam_jax.train.methods.METHODS)
+                                    # (sesam_jax.methods.METHODS)
 
   # Teacher-student (fixmatch, sesam): paper section 3.3 / 4.1.
   c.teacher = ml_collections.ConfigDict()

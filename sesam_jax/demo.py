@@ -34,7 +34,7 @@ from sesam_jax.data import get_source, weak_splits
 from sesam_jax.evaluate import label_scoring
 from sesam_jax.sam import resolver
 from sesam_jax.sam.refine_labels import refine_dataset
-from sesam_jax.train import loop
+from sesam_jax import loop
 
 KINDS = ("points", "scribbles", "coarse")
 REFINE_FIGURES = 2  # Scenes drawn by the refinement figure.

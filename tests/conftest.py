@@ -51,7 +51,7 @@ def tiny_run(tmp_path_factory, shared_data, test_model) -> TinyRun:
   write into it.
   """
   from sesam_jax import config_lib
-  from sesam_jax.train import loop
+  from sesam_jax import loop
   from tests import fakes
   config = config_lib.config_from_flags(fakes.TINY_CONFIG, fakes.TINY_OVERRIDES)
   workdir = tmp_path_factory.mktemp("tiny_run") / "run"

@@ -107,7 +107,8 @@ import json, os, sys, time
 sys.path.insert(0, {repo!r})
 from tests import fakes
 fakes.register_test_model()
-from sesam_jax.train import checkpoint, feed
+from sesam_jax.run import checkpoint
+from sesam_jax.data import feed
 if os.environ.get("INDICES"):
   _next = feed.Feed.next
   def next_(self, step):

@@ -1,6 +1,6 @@
 """`sesam bench --what iteration`: seconds per training iteration, FixMatch vs SeSAM, in the loop.
 
-Both methods run through the training loop's own code path (`sesam_jax.train.loop.train`: steps
+Both methods run through the training loop's own code path (`sesam_jax.loop.train`: steps
 dispatched asynchronously, host work for the next step while the device computes, metrics read
 one step late), one after the other in this process, on the same images: SegFormer-B0, batch 8,
 crop 512, CamVid train coarse labels, K = 5, M = 4 and the SAM bridge `random:vit_b` by default.
@@ -25,7 +25,7 @@ import tempfile
 from typing import Any
 
 from sesam_jax import configs_common, report
-from sesam_jax.train import loop
+from sesam_jax import loop
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

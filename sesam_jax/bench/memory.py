@@ -133,7 +133,7 @@ def jit_step(method: str, model: Any, schedule: Any, mesh: Any, state: Any) -> A
   """The jitted training step of `method`, exactly as the training loop builds it (the methods
   table's step on `base_config`'s paper defaults, `train_step.jit_step`)."""
   from sesam_jax import configs_common
-  from sesam_jax.train import methods
+  from sesam_jax import methods
   from sesam_jax.train import train_step as step_lib
   step = methods.get_method(method).make_step(model, configs_common.base_config(), schedule)
   return step_lib.jit_step(step, mesh, state)

@@ -76,6 +76,18 @@ def default_colors(num_classes: int) -> np.ndarray:
   return colors.astype(np.uint8)
 
 
+def palette(colors: np.ndarray) -> np.ndarray:
+  """256x3 uint8: class colours, white for unlabeled (255) and any id past the classes."""
+  full = np.full((256, 3), 255, np.uint8)
+  full[:len(colors)] = np.asarray(colors, np.uint8)
+  return full
+
+
+def colorize(label: np.ndarray, colors: np.ndarray) -> np.ndarray:
+  """HxW class ids -> HxWx3 uint8 (unlabeled white)."""
+  return palette(colors)[label]
+
+
 def identity_lut(num_classes: int, *, void_values: Sequence[int] = (IGNORE_INDEX,)) -> np.ndarray:
   """Lookup table keeping 0..N-1, mapping `void_values` to 255, rejecting the rest."""
   lut = np.full(256, INVALID, np.int16)

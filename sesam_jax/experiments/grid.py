@@ -22,7 +22,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from sesam_jax.train.methods import METHODS, WEAK_KINDS
+from sesam_jax.methods import METHODS, WEAK_KINDS
 
 # Rows of every weak kind; "fine" with `supervised` is the WvF reference (the upper bound).
 FINE = "fine"

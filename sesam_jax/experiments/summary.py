@@ -1,7 +1,7 @@
 """`sesam report`: the paper's tables from the runs' own files.
 
 Every `sesam train` workdir holds `config.json` (the resolved config) and, once the run has
-finished, `result.json` (see `sesam_jax.train.loop.train_and_evaluate`). `report_runs()` reads every
+finished, `result.json` (see `sesam_jax.loop.train_and_evaluate`). `report_runs()` reads every
 workdir under the given paths and prints one markdown table in the paper's layout:
 
   rows     label kind x method (plus the ablation fields that differ from the defaults, and
@@ -50,7 +50,7 @@ from sesam_jax import configs_common, cost, report
 from sesam_jax.atomic import write_atomic
 from sesam_jax.plots import runs as runs_lib
 from sesam_jax.plots.runs import CONFIG_FILE, RESULT_FILE, Run
-from sesam_jax.train.methods import METHODS
+from sesam_jax.methods import METHODS
 
 COST_FILE = "cost_points.json"  # Figure 4's data, written beside runs with budgets
 # Config fields that make an ablation row (Tables 3-4) when they differ from the defaults;

@@ -30,7 +30,7 @@ from sesam_jax import config_lib, report
 from sesam_jax.experiments import grid
 from sesam_jax.plots import runs as runs_lib
 from sesam_jax.sam import resolver
-from sesam_jax.train.methods import get_method
+from sesam_jax.methods import get_method
 
 # What the commands carry until the user says where SAM's weights and the datasets are.
 SAM_CHECKPOINT_PLACEHOLDER = "/path/to/sam_vit_b_01ec64.pth"

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from sesam_jax.atomic import write_atomic
+from sesam_jax.data.base import IGNORE_INDEX, colorize, palette  # noqa: F401 (re-exported for plots)
 
-IGNORE = 255  # Unlabeled pixels: drawn white.
 
 
 def pyplot() -> Any:
@@ -104,23 +104,11 @@ def rle_decode(code: Mapping[str, Any]) -> np.ndarray:
   return np.repeat(values, code["lengths"]).reshape(code["shape"])
 
 
-def palette(colors: np.ndarray) -> np.ndarray:
-  """256x3 uint8: class colours, white for unlabeled (255) and any id past the classes."""
-  full = np.full((256, 3), 255, np.uint8)
-  full[:len(colors)] = np.asarray(colors, np.uint8)
-  return full
-
-
-def colorize(label: np.ndarray, colors: np.ndarray) -> np.ndarray:
-  """HxW class ids -> HxWx3 uint8 (unlabeled white)."""
-  return palette(colors)[label]
-
-
 def thicken(label: np.ndarray, radius: int = 2) -> np.ndarray:
   """For display: every unlabeled pixel within `radius` of a labeled one takes its class, so
   that point labels (single pixels) are visible."""
   import scipy.ndimage as ndi
-  unlabeled = label == IGNORE
+  unlabeled = label == IGNORE_INDEX
   if unlabeled.all() or not unlabeled.any():
     return label
   distance, (iy, ix) = ndi.distance_transform_edt(unlabeled, return_indices=True)

@@ -1,6 +1,6 @@
 """SeSAM's feed: pipeline batches joined with SAM labels, refreshed while the steps run.
 
-`SamFeed` extends the loop's `Feed` (sesam_jax.train.feed) with the SAM label bank:
+`SamFeed` extends the loop's `Feed` (sesam_jax.data.feed) with the SAM label bank:
 
   - a batch read from the pipeline (one step ahead of its use) sends its share of
     SAM requests right away (`SamLabelBank.submit`, carrying the batch's step, which
@@ -30,7 +30,7 @@ from sam_bridge.cache import CacheConfig
 from sesam_jax import report
 from sesam_jax.sam import resolver
 from sesam_jax.sam.bank import SamLabelBank, SamLabelConfig
-from sesam_jax.train.feed import Batch, Feed, local_rows
+from sesam_jax.data.feed import Batch, Feed, local_rows
 
 
 class SamFeed(Feed):

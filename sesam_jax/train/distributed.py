@@ -129,7 +129,7 @@ def initialize(config: Any) -> bool:
 
 def bridge_shares_gpu(config: Any) -> bool:
   """Whether the run starts a PyTorch SAM bridge on a GPU (the one JAX may train on)."""
-  from sesam_jax.train import methods  # Deferred: the method table imports the steps.
+  from sesam_jax import methods  # Deferred: the method table imports the steps.
   sam = config.get("sam")
   if sam is None or not methods.get_method(config.method).uses_sam:
     return False

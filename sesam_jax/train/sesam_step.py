@@ -18,7 +18,7 @@ The loss averages each source over its own pixels (weak + lambda1 SAM + lambda2 
 lambda1, so a crop with few weak pixels weighs them as little as their area.
 
 FixMatch (`use_sam=False`) learns from weak + pseudo labels; SeSAM adds the batch's
-"sam" labels. (`sesam_jax.train.methods` says which method uses which step.)
+"sam" labels. (`sesam_jax.methods` says which method uses which step.)
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The pure training step, jitted once over the data-parallel mesh.
 
-Every step of `sesam_jax.train.methods` has the signature
+Every step of `sesam_jax.methods` has the signature
 `step(state, batch, rng, *, model, cfg) -> (state, metrics, aux)`: `metrics` are replicated
 scalars, `aux` a dict of per-example device arrays (sharded like the batch) that the method's feed
 reads back one step later (the SeSAM step's confident teacher labels; `{}` here). `jit_step`

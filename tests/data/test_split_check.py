@@ -11,7 +11,7 @@ from PIL import Image
 
 from sesam_jax import config_lib, main, outputs
 from sesam_jax.data import base, get_source, split_check, weak_splits
-from sesam_jax.train import loop
+from sesam_jax import loop
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 BAD = ("im1.png", "im3.png", "im5.png", "im6.png")  # truncated, class 7, wrong size, not a PNG

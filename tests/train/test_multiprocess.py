@@ -22,9 +22,10 @@ import portpicker
 import pytest
 
 from sesam_jax import config_lib
-from sesam_jax.train import loop, optim, train_state
+from sesam_jax.train import optim, train_state
+from sesam_jax import loop
 from sesam_jax.train import train_step as step_lib
-from sesam_jax.train.checkpoint import Checkpointer
+from sesam_jax.run.checkpoint import Checkpointer
 from tests import fakes
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))

@@ -5,7 +5,7 @@ import os
 import numpy as np
 
 from sesam_jax import config_lib
-from sesam_jax.train import loop
+from sesam_jax import loop
 from tests import fakes
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))

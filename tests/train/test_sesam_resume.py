@@ -12,7 +12,7 @@ import pytest
 
 from sesam_jax import config_lib
 from sesam_jax.data import input_pipeline
-from sesam_jax.train import loop
+from sesam_jax import loop
 from tests import fakes
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))

@@ -6,7 +6,7 @@ import pytest
 
 from sesam_jax import configs_common
 from sesam_jax.data import base
-from sesam_jax.train import loop
+from sesam_jax import loop
 
 
 def _config(n, seed=0):

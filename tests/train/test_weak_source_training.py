@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sesam_jax import config_lib, main as sesam_main
-from sesam_jax.train import loop
+from sesam_jax import loop
 from tests.data import weak_fixtures
 from tests import fakes
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from sesam_jax.plots import output
+from sesam_jax.data.base import colorize
 
 MAX_SIDE = 512  # Longest side of one panel, pixels.
 GAP = 4  # White pixels between panels.
@@ -38,7 +38,7 @@ def rows(examples: Sequence[Mapping[str, Any]], colors: np.ndarray) -> list[np.n
   for example in examples:
     maps = [*example["labels"].values(), example["label"]]
     panels = [_fit(example["image"], nearest=False)]
-    panels += [_fit(output.colorize(m, colors), nearest=True) for m in maps]
+    panels += [_fit(colorize(m, colors), nearest=True) for m in maps]
     out.append(_row(panels))
   return out
 

@@ -10,8 +10,8 @@ import pytest
 
 from sesam_jax.data import get_source, input_pipeline
 from sesam_jax.evaluate import inference, predict
-from sesam_jax.plots.output import colorize
-from sesam_jax.train import logs, val_images
+from sesam_jax.data.base import colorize
+from sesam_jax.run import logs, val_images
 from sesam_jax.train import train_step as step_lib
 from tests import fakes
 

@@ -1,7 +1,7 @@
 """Metric logs: TensorBoard event files (tensorboardX, no TensorFlow) and a JSON-lines file.
 
 `<workdir>/tensorboard/` holds the event files (scalars, and images of a few validation
-predictions at each evaluation: `sesam_jax.train.val_images`; `read_images` reads them back);
+predictions at each evaluation: `sesam_jax.run.val_images`; `read_images` reads them back);
 `<workdir>/metrics.jsonl` one object per log step (`{"step": n, "loss": ...}`), easy to read back
 with pandas or `jq`. A resumed run runs the steps after its checkpoint again, so it first drops
 their rows (`drop_rows_after`): every step keeps one row. (TensorBoard keeps both events of such a
@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 from sesam_jax.atomic import write_atomic
-from sesam_jax.train import val_images
+from sesam_jax.run import val_images
 
 
 def _summary_writer_class() -> type:
@@ -170,7 +170,7 @@ def read_events(logdir: str | os.PathLike) -> list[Any]:
 
 def read_images(logdir: str | os.PathLike) -> dict[tuple[int, str], np.ndarray]:
   """The image summaries of `logdir` as {(step, tag): HxWx3 uint8} (e.g. the validation rows
-  `sesam_jax.train.val_images` writes), without TensorBoard."""
+  `sesam_jax.run.val_images` writes), without TensorBoard."""
   from PIL import Image  # Deferred: only image readers need PIL.
   images = {}
   for event in read_events(logdir):

@@ -15,7 +15,9 @@ import time
 import pytest
 
 from sesam_jax import config_lib, main, report
-from sesam_jax.train import checkpoint, logs, loop, optim, train_state, workdir
+from sesam_jax.train import optim, train_state
+from sesam_jax.run import checkpoint, logs, workdir
+from sesam_jax import loop
 from sesam_jax.train import train_step as step_lib
 from tests import fakes
 

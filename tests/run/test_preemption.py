@@ -15,15 +15,16 @@ import time
 import pytest
 
 from sesam_jax import report
-from sesam_jax.train import preemption, workdir as workdir_lib
+from sesam_jax.run import preemption, workdir as workdir_lib
 from tests import fakes
-from .test_sesam_resume import CONFIG, OVERRIDES, REPO, _expected_indices
+from tests.train.test_sesam_resume import CONFIG, OVERRIDES, REPO, _expected_indices
 
 # Runs before the harness: step PAUSE_AT's batch waits (up to 60 s) for a stop signal.
 _PAUSE = """
 import os, sys, time
 sys.path.insert(0, {repo!r})
-from sesam_jax.train import feed as _feed, preemption as _preemption
+from sesam_jax.data import feed as _feed
+from sesam_jax.run import preemption as _preemption
 _signals = []
 _paused_handle = _preemption.StopRequest._handle
 def _noting_handle(self, signum, frame):
@@ -173,7 +174,7 @@ index = int(sys.argv[1])
 jax.distributed.initialize(coordinator_address="127.0.0.1:" + sys.argv[2], num_processes=2,
                            process_id=index)
 from sesam_jax import report
-from sesam_jax.train import preemption
+from sesam_jax.run import preemption
 with preemption.StopRequest() as stop:
   assert stop.multiprocess
   try:

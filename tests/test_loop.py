@@ -12,7 +12,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from sesam_jax import config_lib, main as sesam_main
-from sesam_jax.train import loop
+from sesam_jax import loop
 from tests import fakes
 
 REPO = fakes.REPO

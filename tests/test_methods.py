@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 
 from sesam_jax import config_lib, configs_common
-from sesam_jax.train import feed as feed_lib, loop, methods
+from sesam_jax.data import feed as feed_lib
+from sesam_jax import loop, methods
 from sesam_jax.train import train_step as step_lib
 from tests import fakes
 
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+REPO = fakes.REPO
 
 
 def _toy_step(model, config, schedule):

@@ -1,6 +1,6 @@
 """`train_and_evaluate(config, workdir)`: the training loop behind `sesam train`, for every method.
 
-The loop has no method branches: `sesam_jax.train.methods` gives the method's step, its feed and
+The loop has no method branches: `sesam_jax.methods` gives the method's step, its feed and
 its work before step 0. Each iteration dispatches step t first; everything the host does for the
 next steps (reading the next batch, SAM requests and labels, the teacher's outputs of step t-1,
 logging) runs while step t is on the device, after the loop has waited for step t-1 only.
@@ -41,11 +41,13 @@ from sesam_jax.data.input_pipeline import (check_weak_labels, make_eval_dataset,
                                            make_train_dataset, weak_label_fn)
 from sesam_jax.evaluate.inference import evaluate
 from sesam_jax.models import create_model
-from sesam_jax.train import distributed, methods, optim, preemption, pretrained, train_state
+from sesam_jax.train import distributed, optim, pretrained, train_state
+from sesam_jax import methods
+from sesam_jax.run import preemption
 from sesam_jax.train import train_step as step_lib
-from sesam_jax.train.checkpoint import Checkpointer
-from sesam_jax.train.logs import MetricWriter
-from sesam_jax.train.workdir import RunDir
+from sesam_jax.run.checkpoint import Checkpointer
+from sesam_jax.run.logs import MetricWriter
+from sesam_jax.run.workdir import RunDir
 
 TRAIN_IMAGES_FILE = "train_images.json"  # ids of a `dataset.max_train_images` subset
 RESULT_FILE = "result.json"

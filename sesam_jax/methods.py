@@ -1,7 +1,7 @@
 """The training methods in one table: what differs between the paper's rows (Tables 1-2).
 
 A method is its step function, its feed (what the host does around each step) and its work
-before the first step; the loop (`sesam_jax.train.loop`) only looks them up here:
+before the first step; the loop (`sesam_jax.loop`) only looks them up here:
 
   method        step                               feed                   before step 0
   supervised    train_step (weak labels only)      pipeline batches       -
@@ -29,7 +29,7 @@ WEAK_KINDS = ("fine", "points", "scribbles", "coarse")
 
 # (model, config, lr schedule) -> step(state, batch, rng) -> (state, metrics, aux), unjitted.
 StepFactory = Callable[[Any, ml_collections.ConfigDict, Callable], Callable]
-# (config, iterator, train source, weak_fn, workdir) -> a `sesam_jax.train.feed.Feed`.
+# (config, iterator, train source, weak_fn, workdir) -> a `sesam_jax.data.feed.Feed`.
 FeedFactory = Callable[..., Any]
 # (config, train source, workdir) -> folder of `<id>.png` training labels replacing the weak ones.
 LabelFactory = Callable[[ml_collections.ConfigDict, Any, str], str]
@@ -58,7 +58,7 @@ class Method:
            workdir: str) -> Any:
     """The method's feed (plain pipeline batches unless `make_feed` says otherwise)."""
     if self.make_feed is None:
-      from sesam_jax.train.feed import Feed  # Deferred: this table stays free of jax (below).
+      from sesam_jax.data.feed import Feed  # Deferred: this table stays free of jax (below).
       return Feed(iterator)
     return self.make_feed(config, iterator, source, weak_fn, workdir)
 
