@@ -20,7 +20,7 @@
 #      FixMatch/SeSAM training loop).
 # Every step has its own time limit, cut to what is left of the whole budget
 # (DEVICE_CHECK_BUDGET_S, default 460 s), so a hang costs one step, not the slot. OUTDIR gets
-# four files (the device tool returns at most 8): summary.md (rewritten after every step, so
+# four files (few, for runners that return only a handful): summary.md (rewritten after every step, so
 # it exists whatever happens), records.jsonl, log.txt (every step's output) and table.md (the
 # records as `sesam bench --compare` lays them out).
 #
