@@ -158,7 +158,7 @@ class RunClock:
   """Training seconds summed over a run's sessions (a checkpoint item, `get_state`/`set_state`)."""
 
   def __init__(self) -> None:
-    self.before = 0.0                 # seconds of earlier sessions (restored)
+    self.before = 0.0                 # seconds trained before this restart (restored)
     self.started: float | None = None  # when this session's training started
 
   def start(self) -> None:

@@ -3,14 +3,19 @@
 This file is intentionally kept short: it defines each subcommand's flags; the
 function named after the subcommand in `sesam_jax.commands` makes one library call
 with them, and `main` prints its figures as one JSON object on the last line of
-stdout (see `sesam_jax.report`). Library modules are imported inside the commands
-so that `sesam cost` does not pay for jax or torch.
+stdout (see `sesam_jax.report`); a command that fails prints `{"error": "<message>",
+"exit_code": N}` there instead (2 for an error the user can fix, the signal's code when
+stopped, 130 on Ctrl-C, 1 for a bug, with the traceback on stderr). Library modules are
+imported inside the commands so that `sesam cost` does not pay for jax or torch.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import sys
+import traceback
 
 from sesam_jax import commands, report
 
@@ -284,22 +289,54 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+def _failed(message: str, exit_code: int) -> int:
+  """Ends a failed command: `{"error", "exit_code"}` as the last stdout line, as `emit` ends
+  a finished one, so `sesam ... | tail -n 1` always reads one JSON object."""
+  report.emit({"error": message, "exit_code": exit_code})
+  return exit_code
+
+
+def _exit_code(e: SystemExit) -> int:
+  return e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+
+
 def main(argv: list[str] | None = None) -> int:
-  args, rest = build_parser().parse_known_args(argv)
-  if rest and not getattr(args, "takes_rest", False):
-    build_parser().parse_args(argv)  # Lets argparse report the unknown flags.
+  usage = io.StringIO()
+  try:
+    with contextlib.redirect_stderr(usage):  # To read argparse's message back.
+      args, rest = build_parser().parse_known_args(argv)
+      if rest and not getattr(args, "takes_rest", False):
+        build_parser().parse_args(argv)  # Lets argparse report the unknown flags.
+  except SystemExit as e:
+    if not _exit_code(e):  # --help.
+      raise
+    lines = usage.getvalue().strip().splitlines() or ["invalid command line"]
+    return _failed(lines[-1].partition(": error: ")[2] or lines[-1], _exit_code(e))
+  finally:
+    sys.stderr.write(usage.getvalue())  # The usage and its error line, as argparse wrote them.
+  name = f"sesam {args.command}"
   try:
     result = args.handler(args, rest) if getattr(args, "takes_rest", False) else args.handler(args)
   except report.Stopped as e:  # A signal: what a rerun needs is saved.
-    print(f"sesam {args.command}: {e}", file=sys.stderr)
-    return e.exit_code
+    print(f"{name}: {e}", file=sys.stderr)
+    return _failed(str(e), e.exit_code)
   except (ValueError, FileNotFoundError, report.UserError) as e:
     # Errors meant for users: one clear line, no traceback.
-    print(f"sesam {args.command}: error: {e}", file=sys.stderr)
-    return 2
+    print(f"{name}: error: {e}", file=sys.stderr)
+    return _failed(str(e), 2)
   except KeyboardInterrupt:  # Commands that write outputs have removed their partial files.
-    print(f"sesam {args.command}: interrupted", file=sys.stderr)
-    return 130
+    print(f"{name}: interrupted", file=sys.stderr)
+    return _failed("interrupted", 130)
+  except SystemExit as e:  # A command's own flag parser (`sesam bench --what NAME ...`).
+    if not _exit_code(e):
+      raise
+    return _failed(f"invalid flags for {name} (the usage above says which)", _exit_code(e))
+  except Exception as e:  # A bug: the traceback is for its report.
+    traceback.print_exc()
+    message = f"unexpected {type(e).__name__}: {e}"
+    print(f"{name}: error: {message} (a bug: please report it with the traceback above)",
+          file=sys.stderr)
+    return _failed(message, 1)
   report.emit(result)
   return 0
 

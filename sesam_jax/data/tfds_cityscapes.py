@@ -5,22 +5,28 @@ source only reads a dataset the user built with
 `tfds build cityscapes --data_dir DIR --manual_dir DIR/downloads/manual
 --file_format array_record`. Array-record files give random access without
 TensorFlow at read time. Labels are gtFine labelIds, mapped to the 19 train ids.
+tensorflow-datasets is the optional extra `tfds` (`pip install 'sesam-jax[tfds]'`), imported
+only when such a dataset is opened.
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
+from typing import Any
 
 import numpy as np
 
+from sesam_jax import report
 from sesam_jax.data import base, cityscapes
 
+INSTALL = "pip install 'sesam-jax[tfds]'"
 PREPARE = ("download leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip from "
            "https://www.cityscapes-dataset.com (login needed) into DATA_DIR/downloads/manual, "
            "then run `tfds build cityscapes/semantic_segmentation --data_dir DATA_DIR "
-           "--file_format array_record` and pass --data-dir DATA_DIR. Or point the `cityscapes` "
-           "source at the extracted folders, which needs no preparation.")
+           f"--file_format array_record` (the tfds command comes with `{INSTALL}`) and pass "
+           "--data-dir DATA_DIR. Or point the `cityscapes` source at the extracted folders, "
+           "which needs no preparation.")
 SPLITS = {"train": "train", "val": "validation", "validation": "validation", "test": "test"}
 
 
@@ -43,7 +49,7 @@ class TfdsCityscapesSource:
       raise FileNotFoundError(f"no prepared tensorflow-datasets cityscapes/{config} in "
                               f"{data_dir} (looked for {prepared}/<version>/dataset_info.json): "
                               f"{PREPARE}")
-    import tensorflow_datasets as tfds  # Heavy; only once the data is known to exist.
+    tfds = _import_tfds()
     try:
       self._data = tfds.data_source(f"cityscapes/{config}", split=SPLITS[split],
                                     data_dir=str(data_dir))
@@ -65,6 +71,20 @@ class TfdsCityscapesSource:
     label = base.apply_lut(np.asarray(example["segmentation_label"])[..., 0], self._lut,
                            f"tfds cityscapes example {image_id}", "cityscapes")
     return {"id": image_id, "image": np.asarray(example["image_left"], np.uint8), "label": label}
+
+
+def _import_tfds() -> Any:
+  """tensorflow_datasets (heavy and optional: imported once the data is known to exist).
+
+  Raises:
+    report.UserError: it is not installed; the message names the extra that installs it.
+  """
+  try:
+    import tensorflow_datasets as tfds
+  except ImportError as e:
+    raise report.UserError(f"the tfds_cityscapes source needs tensorflow-datasets ({e}); "
+                           f"install it with `{INSTALL}`.") from None
+  return tfds
 
 
 NEEDS_DATA_DIR = False  # The class itself says how to prepare one when it is missing.

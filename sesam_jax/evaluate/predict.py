@@ -30,8 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from PIL import Image
 
-from sesam_jax import report
+from sesam_jax import outputs, report
 from sesam_jax.atomic import write_atomic, write_png_atomic
 from sesam_jax.data import base
 from sesam_jax.evaluate import inference, metrics
@@ -334,18 +335,81 @@ def list_input_images(path: str | os.PathLike) -> list[pathlib.Path]:
   return images
 
 
-def _file_examples(paths: list[pathlib.Path], source: Any | None) -> Iterator[dict]:
-  """Examples read from image files; with `source`, fine labels of the ids it holds."""
+def _label_size_error(path: pathlib.Path, image_hw: tuple[int, int],
+                      label_hw: tuple[int, int]) -> str | None:
+  """The message for an image whose dataset fine label has another size, else None."""
+  if tuple(label_hw) == tuple(image_hw):
+    return None
+  return (f"image {path} is {image_hw[1]}x{image_hw[0]} but the fine label of {path.stem!r} in "
+          f"the dataset is {label_hw[1]}x{label_hw[0]}; pass --dataset only for images of that "
+          "dataset.")
+
+
+def input_errors(paths: list[pathlib.Path], source: Any | None) -> list[str]:
+  """Checks every input image before any work: one message per image that cannot be used.
+
+  Reads each file's header and checks its data (PIL's `verify`: chunk checksums for PNG) without
+  decoding the pixels; with `source`, also compares the image size with the size of the fine
+  label of the same id. A file that passes but still fails to decode is reported by `predict`
+  after the run, with the others.
+
+  Args:
+    paths: the input image files.
+    source: the dataset whose fine labels score the images it holds (matched by file stem), or
+      None.
+
+  Returns:
+    One line per bad image (naming the file and the fix); empty when all can be used.
+  """
+  positions = {i: k for k, i in enumerate(source.ids)} if source is not None else {}
+  errors = []
+  for p in paths:
+    try:
+      with base.image_errors(p), Image.open(p) as im:
+        width, height = im.size
+        im.verify()
+    except (FileNotFoundError, base.UnreadableFileError) as e:
+      errors.append(str(e))
+      continue
+    if p.stem in positions:
+      try:
+        label = source[positions[p.stem]]["label"]
+      except (FileNotFoundError, ValueError) as e:
+        errors.append(f"{p}: {e}")
+        continue
+      message = _label_size_error(p, (height, width), label.shape)
+      if message:
+        errors.append(message)
+  return errors
+
+
+def bad_images_error(errors: list[str], total: int) -> report.UserError:
+  """One error listing every bad image, one line each, and what to do."""
+  return report.UserError(
+      f"{len(errors)} of {total} input images cannot be used; fix or remove each and rerun "
+      "(nothing was written):\n" + "\n".join(f"  {e}" for e in errors))
+
+
+def _file_examples(paths: list[pathlib.Path], source: Any | None,
+                   errors: list[str]) -> Iterator[dict]:
+  """Examples read from image files; with `source`, fine labels of the ids it holds.
+
+  An image that cannot be read, or whose fine label has another size, is skipped and its
+  message appended to `errors`.
+  """
   positions = {i: k for k, i in enumerate(source.ids)} if source is not None else {}
   for p in paths:
-    example = {"id": p.stem, "image": base.read_image(p), "path": str(p)}
+    try:
+      example = {"id": p.stem, "image": base.read_image(p), "path": str(p)}
+    except (FileNotFoundError, base.UnreadableFileError) as e:
+      errors.append(str(e))
+      continue
     if p.stem in positions:
       label = source[positions[p.stem]]["label"]
-      if label.shape != example["image"].shape[:2]:
-        raise ValueError(f"image {p} is {example['image'].shape[1]}x{example['image'].shape[0]} "
-                         f"but the fine label of {p.stem!r} in the dataset is "
-                         f"{label.shape[1]}x{label.shape[0]}; pass --dataset only for images of "
-                         "that dataset.")
+      message = _label_size_error(p, example["image"].shape[:2], label.shape)
+      if message:
+        errors.append(message)
+        continue
       example["label"] = label
     yield example
 
@@ -388,29 +452,36 @@ def predict(workdir: str | os.PathLike, *, out_dir: str | os.PathLike,
     if source.info.num_classes != run.info.num_classes:
       raise ValueError(f"--dataset {source.info.name} has {source.info.num_classes} classes, "
                        f"the run {run.info.num_classes}; score with the run's own dataset.")
+  errors: list[str] = []
   if input_path is not None:
     paths = list_input_images(input_path)[:limit]
-    count, examples = len(paths), _file_examples(paths, source)
+    errors = input_errors(paths, source)
+    if errors:
+      raise bad_images_error(errors, len(paths))
+    count, examples = len(paths), _file_examples(paths, source, errors)
   else:
     count = len(source) if limit is None else min(limit, len(source))
     examples = _source_examples(source, count)
   out = pathlib.Path(out_dir)
-  out.mkdir(parents=True, exist_ok=True)
   mesh = local_mesh()
   num_classes = run.info.num_classes
   confusion = np.zeros((num_classes, num_classes), np.int64)
   labeled = 0
   report.log(f"predict: {run.weights} weights of {run.workdir} (step {run.step}), "
              f"{settings.mode} at scale {settings.image_scale}, {count} images -> {out}")
-  results = predict_examples(run, examples, settings, mesh)
-  for example, label in report.progress(results, desc="predict", total=count, unit="img"):
-    write_png_atomic(out / f"{example['id']}.png", label, palette=run.info.colors)
-    if write_overlay:
-      write_jpeg_atomic(out / f"{example['id']}_overlay.jpg",
-                        overlay(example["image"], label, run.info.colors))
-    if "label" in example:
-      confusion += _confusion(example["label"], label, num_classes)
-      labeled += 1
+  # Files land in `out` only when every image is done: a failed run leaves no folder it made.
+  with outputs.staged_folder(out) as stage:
+    results = predict_examples(run, examples, settings, mesh)
+    for example, label in report.progress(results, desc="predict", total=count, unit="img"):
+      write_png_atomic(stage / f"{example['id']}.png", label, palette=run.info.colors)
+      if write_overlay:
+        write_jpeg_atomic(stage / f"{example['id']}_overlay.jpg",
+                          overlay(example["image"], label, run.info.colors))
+      if "label" in example:
+        confusion += _confusion(example["label"], label, num_classes)
+        labeled += 1
+    if errors:  # Files that passed the check but failed to decode.
+      raise bad_images_error(errors, count)
   seconds = time.perf_counter() - start
   result: dict[str, Any] = {
       "workdir": str(run.workdir), "weights": run.weights, "step": run.step, "images": count,

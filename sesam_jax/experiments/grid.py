@@ -42,13 +42,10 @@ class Variant:
     rows: the paper's row labels this run fills (one run can fill several rows).
     method: `config.method`.
     fields: ((dotted config field, value), ...) set on the command line.
-    requires: further config fields whose presence says the run works in this version (e.g.
-      `sam.sampling=confidence` trains only with the change that adds `sam.refined_sampling`).
   """
   rows: tuple[str, ...]
   method: str
   fields: tuple[tuple[str, Any], ...] = ()
-  requires: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +88,6 @@ class Cell:
     budget: `dataset.max_train_images` (0 = all images).
     seed: `config.seed`.
     rows: the paper's row labels the run fills (ablation tables).
-    requires: config fields the run needs besides `fields` (see `Variant.requires`).
   """
   table: str
   student: str
@@ -102,7 +98,6 @@ class Cell:
   budget: int = ALL_IMAGES
   seed: int = 0
   rows: tuple[str, ...] = ()
-  requires: tuple[str, ...] = ()
 
   def relpath(self, model: str) -> str:
     """The workdir under the sweep's root, e.g. `table2/cityscapes/segformer_b0/points/sesam/seed0`.
@@ -129,9 +124,6 @@ def variant_slug(fields: Sequence[tuple[str, Any]]) -> str:
 
 
 _NO_REFINED = ("sam.refined_sampling", False)  # Table 3c: prompts from the weak label alone.
-# "High confidence" sampling needs the teacher's confidence sent with each SAM request, which
-# comes with the change (issue 12) that also adds `sam.refined_sampling`.
-_CONFIDENCE_WORKS = ("sam.refined_sampling",)
 _SEGFORMER_CITYSCAPES = (("segformer", "cityscapes"),)
 _BASELINES_ONLY = ("prior methods", "not implemented in this project; it trains the paper's "
                    "baselines (Supervised, FixMatch, SAM baseline) and SeSAM")
@@ -170,8 +162,7 @@ TABLES: dict[str, Table] = {t.name: t for t in (
           "selection (b), prompt type (c)",
           columns=_SEGFORMER_CITYSCAPES, weak_kinds=("coarse",), fine_reference=False,
           variants=(
-              Variant(("4a high confidence",), "sesam", (("sam.sampling", "confidence"),),
-                      _CONFIDENCE_WORKS),
+              Variant(("4a high confidence",), "sesam", (("sam.sampling", "confidence"),)),
               Variant(("4a center",), "sesam", (("sam.sampling", "center"),)),
               Variant(("4a boundary",), "sesam", (("sam.sampling", "boundary"),)),
               Variant(("4a random",), "sesam", (("sam.sampling", "random"),)),
@@ -286,7 +277,7 @@ def expand(table_name: str, *, datasets: Sequence[str] | None = None,
       for kind in kinds:
         for row in rows:
           cells += [Cell(table.name, student, dataset, kind, row.method, row.fields, budget, seed,
-                         row.rows, row.requires) for seed in seeds]
+                         row.rows) for seed in seeds]
       if table.fine_reference:
         cells += [Cell(table.name, student, dataset, FINE, REFERENCE_METHOD, (), budget, seed,
                        ("fine",)) for seed in seeds]

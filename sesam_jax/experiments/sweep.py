@@ -3,9 +3,9 @@
 Each cell of `grid.expand()` becomes one command with its own workdir under the sweep's root,
 named from the cell (`ROOT/table2/cityscapes/segformer_b0/scribbles/sesam/seed0`). The command
 is checked by loading its config as `sesam train` would (`config_lib.config_from_flags`), so a
-typo in an extra `--config.*` flag stops here, before any run. A cell whose ablation field this
-version's config lacks (e.g. `sam.refined_sampling` before it lands) is left out with the reason
-and joins once the field exists.
+typo in an extra `--config.*` flag stops here, before any run. A cell whose ablation field the
+config lacks (a config of the user's own, say, without `sam.refined_sampling`) is left out with
+the reason.
 
 `run_plans()` runs the commands one after another, each in its own process (its output appended
 to `<workdir>/reproduce.log`), skipping workdirs whose result.json says they finished; the
@@ -111,15 +111,13 @@ def plan_cells(cells: Sequence[grid.Cell], *, root: str, configs_dir: str = "con
     spec = f"{path}:weak={cell.weak},method={cell.method}" + (f",{config_args}"
                                                                  if config_args else "")
     config = config_lib.load_config(spec)
-    missing = [f for f in dict.fromkeys([f for f, _ in cell.fields] + list(cell.requires))
-               if not _has_field(config, f)]
+    missing = [f for f, _ in cell.fields if not _has_field(config, f)]
     if missing:
       left_out.append({"what": f"{cell.table} {cell.dataset} {cell.weak} {cell.method} "
                                f"{grid.variant_slug(cell.fields)} seed {cell.seed} "
                                f"({'; '.join(cell.rows)})",
-                       "why": f"this version's config has no field {', '.join(missing)}: the "
-                              "run needs issue 12 ('Train as the paper does'), which adds it "
-                              "(and confidence sampling in training); it joins when that lands"})
+                       "why": f"its config {path} has no field {', '.join(missing)}, which this "
+                              "run sets; add the field to the config to run it"})
       continue
     flags = [f"--config.seed={cell.seed}"]
     if cell.budget:

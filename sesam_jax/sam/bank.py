@@ -41,7 +41,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
-import io
 import os
 import queue
 import time
@@ -331,23 +330,20 @@ class SamLabelBank:
                                 {"stats": dict(self.stats)})
 
   def set_state(self, data: bytes) -> None:
-    """Restores `get_state()`; results in flight at the time are simply re-requested later."""
-    if label_store.is_packed_buffer(data):
-      extra = label_store.from_bytes(data, {"label": self.labels, "ext": self.extension})
-      self.hw.update({i: self.labels.shape(i) for i in self.labels})
-      self.stats = collections.Counter({k: int(v) for k, v in extra["stats"].items()})
+    """Restores `get_state()`; results in flight at the time are simply re-requested later.
+
+    A bank written by an older version (a pickled .npz) is not read, since unpickling a
+    checkpoint could run code: the bank starts empty, says so in one line, and fills again as
+    training refreshes its images (and the pre-warm, when it runs, refines them all up front).
+    """
+    if not label_store.is_packed_buffer(data):
+      report.log("this checkpoint's SAM bank was written by an older version of sesam-jax "
+                 "(pickled, so it is not read): resuming with an empty bank, which SAM "
+                 "refreshes fill again")
       return
-    # A checkpoint of an earlier release: one raw array per map, counters as objects.
-    with np.load(io.BytesIO(data), allow_pickle=True) as npz:
-      for key in npz.files:
-        kind, _, index = key.partition("_")
-        if kind == "label":
-          self.labels[int(index)] = npz[key]
-          self.hw[int(index)] = npz[key].shape
-        elif kind == "ext":
-          self.extension[int(index)] = npz[key]
-      if "stats" in npz.files:
-        self.stats = collections.Counter({k: int(v) for k, v in npz["stats"]})
+    extra = label_store.from_bytes(data, {"label": self.labels, "ext": self.extension})
+    self.hw.update({i: self.labels.shape(i) for i in self.labels})
+    self.stats = collections.Counter({k: int(v) for k, v in extra["stats"].items()})
 
   def summary(self) -> dict[str, float]:
     """Counters for logs: sent, received, stale, missing, fallbacks, ..., and the bridge's

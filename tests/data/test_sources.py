@@ -1,12 +1,15 @@
 """Dataset sources read the real samples, and bad input fails early with a clear message."""
 
+import re
 import shutil
+import sys
 import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from sesam_jax import report
 from sesam_jax.data import get_source
 from sesam_jax.data import cityscapes as cityscapes_lib
 from sesam_jax.data import synthetic as synthetic_lib
@@ -192,6 +195,15 @@ def test_synthetic_is_learnable_from_local_colour():
 
 def test_tfds_cityscapes_missing_says_how_to_prepare(tmp_path):
   with pytest.raises(FileNotFoundError, match="tfds build cityscapes"):
+    get_source("tfds_cityscapes", data_dir=tmp_path, split="val")
+
+
+def test_tfds_cityscapes_without_the_package_names_the_extra(tmp_path, monkeypatch):
+  (tmp_path / "cityscapes" / "semantic_segmentation" / "1.0.0").mkdir(parents=True)
+  (tmp_path / "cityscapes" / "semantic_segmentation" / "1.0.0" / "dataset_info.json").write_text(
+      "{}")
+  monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # As if not installed.
+  with pytest.raises(report.UserError, match=re.escape("pip install 'sesam-jax[tfds]'")):
     get_source("tfds_cityscapes", data_dir=tmp_path, split="val")
 
 

@@ -82,9 +82,9 @@ def test_bad_input_is_one_line_and_exit_2(tiny_run, tmp_path, capsys):
   def error(*argv):
     capsys.readouterr()
     assert main.main([str(a) for a in argv]) == 2
-    line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert line.startswith("sesam predict: error: "), line
-    return line
+    err = capsys.readouterr().err
+    assert "sesam predict: error: " in err, err
+    return err[err.index("sesam predict: error: "):]
 
   out = ["--out", tmp_path / "o"]
   empty = tmp_path / "no_checkpoint"
@@ -99,3 +99,62 @@ def test_bad_input_is_one_line_and_exit_2(tiny_run, tmp_path, capsys):
   (images / "broken.png").write_bytes(b"not a png")
   assert str(images / "broken.png") in error("predict", "--workdir", tiny_run.workdir,
                                              "--input", images, *out)
+  assert not (tmp_path / "o").exists()
+
+
+def test_every_bad_image_is_named_in_one_error_and_no_folder_is_left(tiny_run, val_folder,
+                                                                     tmp_path, capsys):
+  images = tmp_path / "images"
+  images.mkdir()
+  good = sorted(val_folder.iterdir())[0]
+  os.symlink(good, images / good.name)
+  (images / "corrupt.png").write_bytes(b"not a png")
+  png = (images / good.name).read_bytes()
+  (images / "truncated.png").write_bytes(png[:len(png) // 2])
+  (images / "empty.jpg").write_bytes(b"")
+  # Named as a CamVid val image, but not its size: its fine label does not fit.
+  other = sorted(val_folder.iterdir())[1]
+  Image.new("RGB", (64, 48)).save(images / other.name)
+  bad = ["corrupt.png", "truncated.png", "empty.jpg", other.name]
+
+  def error(out):
+    capsys.readouterr()
+    code = main.main(["predict", "--workdir", str(tiny_run.workdir), "--input", str(images),
+                      "--out", str(out), "--dataset", "camvid"])
+    assert code == 2
+    err = capsys.readouterr().err
+    lines = err[err.index("sesam predict: error: "):].strip().splitlines()
+    assert lines[0].startswith(f"sesam predict: error: {len(bad)} of 5 input images"), err
+    assert len(lines) == 1 + len(bad), err
+    for name in bad:
+      assert sum(str(images / name) in line for line in lines[1:]) == 1, (name, err)
+    assert "64x48" in err and "--dataset" in err
+    assert good.name not in err
+
+  new = tmp_path / "new" / "pred"
+  error(new)
+  assert not new.parent.exists()
+  kept = tmp_path / "kept"
+  kept.mkdir()
+  (kept / "mine.txt").write_text("keep")
+  error(kept)
+  assert [p.name for p in kept.iterdir()] == ["mine.txt"]
+  assert (kept / "mine.txt").read_text() == "keep"
+
+
+def test_image_that_fails_only_when_decoded_is_named_after_the_run(tiny_run, val_folder,
+                                                                   tmp_path, capsys):
+  images = tmp_path / "images"
+  images.mkdir()
+  good = sorted(val_folder.iterdir())[0]
+  os.symlink(good, images / good.name)
+  Image.open(good).convert("RGB").save(images / "cut.jpg")
+  jpeg = (images / "cut.jpg").read_bytes()
+  (images / "cut.jpg").write_bytes(jpeg[:len(jpeg) // 2])  # The header check passes.
+  out = tmp_path / "pred"
+  capsys.readouterr()
+  assert main.main(["predict", "--workdir", str(tiny_run.workdir), "--input", str(images),
+                    "--out", str(out)]) == 2
+  err = capsys.readouterr().err
+  assert "sesam predict: error: 1 of 2 input images" in err and str(images / "cut.jpg") in err
+  assert not out.exists() and list(tmp_path.glob(".pred*")) == []

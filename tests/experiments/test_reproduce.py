@@ -73,7 +73,7 @@ def test_tables_1_3_4_and_fig4(capsys, monkeypatch):
   # The DeepLabV3+ configs train ResNet-101, the paper's: no note about the model.
   assert not any("deeplabv3plus_r101" in note for note in out["notes"]) and out["notes"]
 
-  # Table 3 without `sam.refined_sampling` in the config: its cells are named as left out ...
+  # A config without `sam.refined_sampling`: table 3's cells that set it are named as left out ...
   base = configs_common.base_config
 
   def without_field():
@@ -85,7 +85,7 @@ def test_tables_1_3_4_and_fig4(capsys, monkeypatch):
   code, commands, out, err = _reproduce(capsys, "--table", "3")
   assert code == 0 and len(commands) == 3
   assert len(out["left_out"]) == 4 and "sam.refined_sampling" in err
-  # ... and join once the field exists (branch `training` adds it).
+  # ... and run with a config that has it.
   def with_field():
     config = without_field()
     config.sam.refined_sampling = True

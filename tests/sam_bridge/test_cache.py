@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from sam_bridge import testing
+from tests import sam_fakes
 from sam_bridge.api import RefineRequest
 from sam_bridge.backends import create_backend
 from sam_bridge.cache import CacheConfig, EmbeddingCache
@@ -117,13 +117,13 @@ def _request(i):
 
 def test_service_cache_hits_and_survives_a_new_worker(tmp_path):
   cfg = CacheConfig(max_bytes=1 << 20, directory=str(tmp_path))
-  with RefineService(backend_factory=testing.make_box_backend, cache=cfg, start_timeout_s=60) as svc:
+  with RefineService(backend_factory=sam_fakes.make_box_backend, cache=cfg, start_timeout_s=60) as svc:
     first = list(svc.map([_request(0), _request(1)]))
     again = list(svc.map([_request(0)]))
   assert [r.info["cache"]["hit"] for r in first] == [False, False]
   assert again[0].info["cache"]["hit"] and again[0].info["cache"]["source"] == "memory"
   np.testing.assert_array_equal(first[0].label, again[0].label)
-  with RefineService(backend_factory=testing.make_box_backend, cache=cfg, start_timeout_s=60) as svc:
+  with RefineService(backend_factory=sam_fakes.make_box_backend, cache=cfg, start_timeout_s=60) as svc:
     (res,) = list(svc.map([_request(1)]))
   assert res.info["cache"]["hit"] and res.info["cache"]["source"] == "disk"
   np.testing.assert_array_equal(res.label, first[1].label)

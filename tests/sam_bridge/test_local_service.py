@@ -6,19 +6,19 @@ import time
 import numpy as np
 import pytest
 
-from sam_bridge import testing
+from tests import sam_fakes
 from sam_bridge.api import RefineRequest
 from sam_bridge.local_service import LocalRefineService
 from sam_bridge.service import SamServiceError
 
 
-class _SlowFaulty(testing.FaultyBackend):
+class _SlowFaulty(sam_fakes.FaultyBackend):
   """Fails as FaultyBackend does, but a "hang" lasts 1 s (a thread cannot be killed)."""
 
   def predict(self, prompts):
-    if self._marker == testing.HANG:
+    if self._marker == sam_fakes.HANG:
       time.sleep(1.0)
-      return testing.BoxBackend.predict(self, prompts)
+      return sam_fakes.BoxBackend.predict(self, prompts)
     return super().predict(prompts)
 
 
@@ -32,7 +32,7 @@ def _request(i, marker=0):
 
 
 def test_results_are_keyed_bounded_and_complete():
-  with LocalRefineService(testing.BoxBackend(), max_pending=3) as svc:
+  with LocalRefineService(sam_fakes.BoxBackend(), max_pending=3) as svc:
     results = list(svc.map([_request(i) for i in range(8)]))
     assert [r.example_id for r in results] == [f"img{i}" for i in range(8)]
     for i, r in enumerate(results):
@@ -50,27 +50,27 @@ def test_results_are_keyed_bounded_and_complete():
 
 def test_failures_surface_or_fall_back_and_slow_examples_time_out():
   with LocalRefineService(_SlowFaulty(), timeout_s=0.3) as svc:
-    svc.submit(_request(0, testing.RAISE))
+    svc.submit(_request(0, sam_fakes.RAISE))
     with pytest.raises(SamServiceError, match="img0.*deliberate failure"):
       svc.get("img0", timeout=10)
-    svc.submit(_request(1, testing.GARBAGE))
+    svc.submit(_request(1, sam_fakes.GARBAGE))
     with pytest.raises(SamServiceError, match="img1"):
       svc.get("img1", timeout=10)
-    svc.submit(_request(2, testing.HANG))
+    svc.submit(_request(2, sam_fakes.HANG))
     with pytest.raises(SamServiceError, match="longer than 0.3 s"):
       svc.get("img2", timeout=10)
   with LocalRefineService(_SlowFaulty(), fallback=True) as svc:
-    svc.submit(_request(3, testing.RAISE))
+    svc.submit(_request(3, sam_fakes.RAISE))
     r = svc.get(timeout=10)
     assert r.fallback and "deliberate" in r.error
-    np.testing.assert_array_equal(r.label, _request(3, testing.RAISE).weak)
+    np.testing.assert_array_equal(r.label, _request(3, sam_fakes.RAISE).weak)
     assert svc.stats["fallbacks"] == 1
     with pytest.raises(TimeoutError):
-      svc.submit(_request(4, testing.HANG))
+      svc.submit(_request(4, sam_fakes.HANG))
       svc.get(timeout=0.0)
 
 
-class _BatchEncoding(testing.BoxBackend):
+class _BatchEncoding(sam_fakes.BoxBackend):
   """Encodes many images per call (as the JAX SAM does); its first decode is slow, so requests
   submitted meanwhile queue up and reach the service's thread together."""
   encode_batch = 8

@@ -19,7 +19,7 @@ from sam_bridge import weights
 from sam_bridge.api import RefineRequest, SamSetupError
 from sam_bridge.refine import RefineConfig
 from sam_bridge.service import RefineService
-from sam_bridge.testing import make_box_backend
+from tests.sam_fakes import make_box_backend
 from sesam_jax import main
 
 torch = pytest.importorskip("torch")

@@ -5,7 +5,7 @@ import queue
 import numpy as np
 import pytest
 
-from sam_bridge import testing
+from tests import sam_fakes
 from sam_bridge.api import RefineRequest, RefineResult
 from sam_bridge.service import RefineService, SamServiceError, check_result
 
@@ -31,7 +31,7 @@ def _check(result: RefineResult, i: int) -> None:
 
 @pytest.fixture(scope="module")
 def faulty_service():
-  with RefineService(backend_factory=testing.make_faulty_backend, max_pending=4, timeout_s=1.5,
+  with RefineService(backend_factory=sam_fakes.make_faulty_backend, max_pending=4, timeout_s=1.5,
                      fallback=True, start_timeout_s=60) as svc:
     yield svc
 
@@ -45,7 +45,7 @@ def test_results_keyed_and_complete(faulty_service):
 
 
 def test_faults_fall_back_without_touching_other_examples(faulty_service):
-  markers = {2: testing.CRASH, 4: testing.GARBAGE, 5: testing.RAISE, 7: testing.HANG}
+  markers = {2: sam_fakes.CRASH, 4: sam_fakes.GARBAGE, 5: sam_fakes.RAISE, 7: sam_fakes.HANG}
   before = dict(faulty_service.stats)
   reqs = [_request(i, markers.get(i, 0)) for i in range(9)]
   results = {r.example_id: r for r in faulty_service.map(reqs, ordered=False)}
@@ -63,9 +63,9 @@ def test_faults_fall_back_without_touching_other_examples(faulty_service):
 
 
 def test_error_surfaces_when_no_fallback():
-  with RefineService(backend_factory=testing.make_faulty_backend, max_pending=2, timeout_s=5,
+  with RefineService(backend_factory=sam_fakes.make_faulty_backend, max_pending=2, timeout_s=5,
                      start_timeout_s=60) as svc:
-    svc.submit(_request(0, testing.RAISE))
+    svc.submit(_request(0, sam_fakes.RAISE))
     svc.submit(_request(1))
     with pytest.raises(SamServiceError, match="(?s)img0.*deliberate failure"):
       svc.get("img0")
@@ -91,7 +91,7 @@ def test_result_checks_catch_mismatches():
 
 def test_worker_torch_threads_are_capped():
   pytest.importorskip("torch")
-  with RefineService(backend_factory=testing.make_thread_probe_backend, torch_threads=1,
+  with RefineService(backend_factory=sam_fakes.make_thread_probe_backend, torch_threads=1,
                      start_timeout_s=120) as svc:
     assert svc.backend_name.endswith("torch_threads=1")
 

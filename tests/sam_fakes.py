@@ -1,10 +1,12 @@
-"""Backends for tests of the bridge itself: fast, deterministic, and faulty on request.
+"""SAM-bridge backends for tests of the bridge: fast, deterministic, and faulty on request.
 
 `BoxBackend` answers every prompt with three squares around the prompt points
 (no model). `FaultyBackend` is a BoxBackend that misbehaves when the image's
 top-left pixel says so (red channel value): 1 = the process dies, 2 = it hangs,
 3 = it returns masks of the wrong shape, 4 = it raises. Module-level factories
-make them buildable in a spawned worker.
+make them buildable in a spawned worker: it imports this module as `tests.sam_fakes`, found
+through the sys.path the worker inherits (multiprocessing's spawn), so tests run from the
+repository root. Only numpy and `sam_bridge` here: the bridge's worker never imports jax.
 """
 
 from __future__ import annotations
