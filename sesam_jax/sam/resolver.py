@@ -31,12 +31,13 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from sam_bridge import refine_config as refine_schema
 from sam_bridge import weights
 from sam_bridge.api import SamSetupError
 from sam_bridge.backends import create_backend
 from sam_bridge.backends.transformers_sam import RANDOM_VARIANTS
 from sam_bridge.local_service import LocalRefineService
-from sam_bridge.refine import RefineConfig
+from sam_bridge.refine_config import RefineConfig
 from sam_bridge.service import RefineService
 
 KINDS = ("oracle", "superpixel", "random", "transformers", "segment_anything", "jax",
@@ -256,12 +257,8 @@ def from_config(sam: Any, what: str = "this run") -> SamBackend:
                  decoder_dtype=sam.decoder_dtype, flags=TRAIN_FLAGS, what=what)
 
 
-def refine_config(config: Any, **overrides: Any) -> Any:
-  """The sam_bridge RefineConfig of a training config (`config.sam`, `config.weak`)."""
-  s = config.sam
+def refine_config(config: Any, **overrides: Any) -> RefineConfig:
+  """The sam_bridge RefineConfig of a training config: its `config.sam` settings (every
+  RefineConfig field the schema keeps there) and `config.weak` as the weak kind."""
   weak_kind = "coarse" if config.weak == "fine" else config.weak
-  fields = dict(weak_kind=weak_kind, k=s.k, tau1=s.tau1, tau2=s.tau2, sampling=s.sampling,
-                selection=s.selection, prompt=s.prompt, instances=s.instances,
-                refined_sampling=s.refined_sampling, work_long_side=s.work_long_side)
-  fields.update(overrides)
-  return RefineConfig(**fields).validate()
+  return refine_schema.from_config(config.sam, **{"weak_kind": weak_kind, **overrides})
