@@ -37,58 +37,14 @@ import numpy as np
 from PIL import Image
 
 from sam_bridge import geometry
-from sam_bridge.api import (UNLABELED, Backend, InstanceRecord, PromptSet, RefineRequest,
+from sam_bridge.api import (Backend, InstanceRecord, PromptSet, RefineRequest,
                             RefineResult, RefineTrace)
 from sam_bridge.cache import EmbeddingCache, cache_key, image_digest
 from sam_bridge.candidates import Candidates, Timer, has_lowres, trace_instance
-
-MODES = ("sesam", "naive")
-WEAK_KINDS = ("coarse", "points", "scribbles")
-PROMPT_TYPES = ("points", "box", "mask")
-
-
-@dataclasses.dataclass(frozen=True)
-class RefineConfig:
-  """Every knob of refinement, with the paper's defaults where it gives one."""
-  mode: str = "sesam"  # "sesam" or "naive" (SAM baseline).
-  weak_kind: str = "coarse"  # "coarse", "points" or "scribbles".
-  k: int = 5  # Points per instance (paper K = 5).
-  sampling: str = "sesam"  # geometry.SAMPLING_STRATEGIES.
-  selection: str = "sesam"  # geometry.SELECTION_STRATEGIES.
-  prompt: str = "points"  # "points", "box" or "mask" (Table 4c).
-  instances: bool = True  # False: one prompt per class (Table 3b, no instance separation).
-  # Table 3c: instances, prompts and selection over the weak label extended by the request's
-  # theta2 extension (True, the paper's refined-mask sampling) or the weak label alone (False;
-  # the extension is then unused).
-  refined_sampling: bool = True
-  tau1: float = 0.3  # Coverage threshold r >= tau1.
-  tau2: float = 0.7  # Compatibility threshold p >= tau2.
-  min_area: int = 16  # Instances smaller than this (working-resolution pixels) are skipped.
-  stroke_k: int = 5  # Points per scribble stroke in the sparse-to-coarse stage.
-  point_extent: int = 7  # A weak blob no wider than this (pixels) is one point.
-  work_long_side: int = 1024  # Working resolution: longest side in pixels.
-  ignore_index: int = UNLABELED  # Unlabeled value.
-  # With a `cache` passed to refine(): keep each image's encoder state under its example id
-  # (ids must name one image: full-resolution images, not augmented crops). A request's
-  # own `cache_key` turns caching on for that request regardless.
-  cache_embeddings: bool = False
-  # Backends with `predict_lowres` (SAM): choose among candidates at the decoder's own low
-  # resolution and upsample only the chosen mask of each prompt set (see sam_bridge.candidates).
-  lowres_selection: bool = True
-  # Return RefineResult.trace: per prompt set the instance mask, sampling field and grid, the
-  # points, all three candidates with r and p, and the choice (for figures; costs memory and,
-  # for SAM, upsampling every candidate). Off: nothing is recorded.
-  trace: bool = False
-
-  def validate(self) -> "RefineConfig":
-    for field, value, choices in (("mode", self.mode, MODES), ("weak_kind", self.weak_kind, WEAK_KINDS),
-                                  ("prompt", self.prompt, PROMPT_TYPES),
-                                  ("sampling", self.sampling, geometry.SAMPLING_STRATEGIES),
-                                  ("selection", self.selection, geometry.SELECTION_STRATEGIES)):
-      if value not in choices:
-        raise ValueError(f"refine {field}={value!r}; choose one of {choices}")
-    return self
-
+# The schema of refine()'s settings lives in its own light module; these names stay importable
+# from here.
+from sam_bridge.refine_config import (MODES, PROMPT_TYPES, WEAK_KINDS,  # noqa: F401
+                                      RefineConfig)
 
 def _resize(a: np.ndarray, hw: tuple[int, int], nearest: bool) -> np.ndarray:
   if a.shape[:2] == hw:

@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 
+from sam_bridge import refine_config
 from sesam_jax import report
 
 
@@ -147,9 +148,8 @@ def refine(args: argparse.Namespace) -> dict:
       fix="Fix or remove these files (or leave their images out of the split) and run again; "
           "nothing was written.")
   refine_kw = dict(weak_kind=args.weak, backend=backend, seed=args.seed, weak_fn=reader,
-                   mode=args.mode, sampling=args.sampling, selection=args.selection,
-                   prompt=args.prompt, instances=not args.no_instances, k=args.k, tau1=args.tau1,
-                   tau2=args.tau2, work_long_side=args.work_long_side)
+                   **{s.name: getattr(args, s.name) for s in refine_config.settings()
+                      if s.flag == refine_config.GENERATED})
   result = refine_labels.refine_dataset(source, out_dir=args.out, limit=args.limit,
                                         use_service=args.service, fallback=args.fallback,
                                         check=False, **refine_kw)

@@ -15,6 +15,7 @@ from typing import Any
 
 import ml_collections
 
+from sam_bridge import refine_config
 from sesam_jax.methods import METHODS, WEAK_KINDS, get_method
 
 # The paper's schedules (section 4.1): crop size, global batch, steps per dataset.
@@ -145,8 +146,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.teacher.grayscale_prob = 0.2    # strong view: probability of grayscale
   c.teacher.blur_prob = 0.5         # strong view: probability of Gaussian blur
 
-  # The SAM bridge (sesam, sam_baseline): sam_bridge.refine.RefineConfig and the service.
-  c.sam = ml_collections.ConfigDict()
+  # The SAM bridge (sesam, sam_baseline). First the refinement's settings (k, tau1, tau2,
+  # sampling, prompt, ...: every field of sam_bridge.refine_config.RefineConfig that training
+  # reads), with the defaults and meanings written there, once; then the bridge's own:
+  c.sam = ml_collections.ConfigDict(refine_config.config_defaults())
   c.sam.backend = ""                # SAM: transformers | segment_anything | jax (with
                                     # sam.checkpoint) ...; "" = not set (sesam/sam_baseline stop
                                     # and say how); superpixel = the SAM-free prior, by name only
@@ -161,7 +164,8 @@ def base_config() -> ml_collections.ConfigDict:
                                     # TPU, AVX512-BF16/AMX CPUs; else fp32) | float32 | bfloat16 |
                                     # "" (= sam.dtype)
   c.sam.refresh_every = 4           # M: each step refreshes 1/M of its batch
-  c.sam.cache_embeddings = True     # encode each image once, decode at full resolution
+  c.sam.cache_embeddings = True     # requests carry the full-resolution image and the bridge
+                                    # keeps each image's encoder state: encode once, decode often
   c.sam.cache_dir = ""              # embedding cache folder ("" = <workdir>/sam_embeddings);
                                     # runs with the same backend and data may share one
   c.sam.prewarm = True              # refine every image from its weak label before step 0
@@ -169,16 +173,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.sam.timeout_s = 300.0           # seconds one example may take in the bridge
   c.sam.fallback = False            # on a bridge failure use the weak label (counted) vs stop
   c.sam.max_pending = 16            # bound of the request queue (backpressure)
-  c.sam.k = 5                       # K: prompt points per instance
-  c.sam.tau1 = 0.3                  # coverage threshold of mask selection
-  c.sam.tau2 = 0.7                  # compatibility threshold of mask selection
-  c.sam.sampling = "sesam"          # sesam | center | boundary | random | confidence
-  c.sam.selection = "sesam"         # sesam | best_score | random
-  c.sam.prompt = "points"           # points | box | mask
-  c.sam.instances = True            # split class masks into connected components
-  c.sam.refined_sampling = True     # prompts from the weak label + teacher extension (Table 3c);
-                                    # False = from the weak label alone
-  c.sam.work_long_side = 1024       # bridge working resolution, longest side (pixels)
+
   c.loss = ml_collections.ConfigDict()
   c.loss.weak_weight = 1.0          # weight of the CE on the training labels (`weak`)
   c.loss.merge_weak_sam = False     # sesam: weak and SAM labels as one map, one CE average

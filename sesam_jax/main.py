@@ -17,6 +17,7 @@ import io
 import sys
 import traceback
 
+from sam_bridge import refine_config
 from sesam_jax import commands, report
 
 
@@ -30,6 +31,19 @@ def _add_dataset_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument("--size", type=int, nargs=2, default=(0, 0), metavar=("H", "W"),
                  help="synthetic only: scene size in pixels (default 256 512)")
   p.add_argument("--data-seed", type=int, default=0, help="synthetic only: dataset seed")
+
+
+def _add_refine_settings(p: argparse.ArgumentParser) -> None:
+  """A flag per RefineConfig setting the schema gives one (type, default, choices, meaning)."""
+  for s in refine_config.settings():
+    if s.flag != refine_config.GENERATED:
+      continue
+    if isinstance(s.default, bool):  # --instances / --no-instances.
+      p.add_argument(s.flag_name, action=argparse.BooleanOptionalAction, default=s.default,
+                     help=f"{s.doc} (default: %(default)s)")
+    else:
+      p.add_argument(s.flag_name, type=type(s.default), default=s.default,
+                     choices=s.choices or None, help=f"{s.doc} (default: %(default)s)")
 
 
 def _bench_epilog() -> str:
@@ -93,20 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--decoder-dtype", default="auto",
                  help="SAM prompt decoder dtype: auto (bf16 only where computed natively), "
                       "float32, bfloat16")
-  p.add_argument("--mode", default="sesam", choices=("sesam", "naive"),
-                 help="naive = the paper's SAM baseline (weak labels as prompts directly)")
-  p.add_argument("--sampling", default="sesam", choices=("sesam", "center", "boundary", "random"),
-                 help="point sampling (Table 4a); 'confidence' needs a teacher, so training only")
-  p.add_argument("--selection", default="sesam", choices=("sesam", "best_score", "random"),
-                 help="mask selection (Table 4b)")
-  p.add_argument("--prompt", default="points", choices=("points", "box", "mask"),
-                 help="prompt type (Table 4c)")
-  p.add_argument("--no-instances", action="store_true",
-                 help="one prompt per class instead of per connected component (Table 3b)")
-  p.add_argument("--k", type=int, default=5, help="points per instance (K)")
-  p.add_argument("--tau1", type=float, default=0.3, help="coverage threshold")
-  p.add_argument("--tau2", type=float, default=0.7, help="compatibility threshold")
-  p.add_argument("--work-long-side", type=int, default=1024, help="working resolution, longest side")
+  _add_refine_settings(p)
   p.add_argument("--service", action="store_true",
                  help="run the backend in a service (PyTorch: the worker process; JAX: a thread)")
   p.add_argument("--fallback", action="store_true",

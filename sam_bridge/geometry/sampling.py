@@ -16,7 +16,7 @@ import math
 import numpy as np
 import scipy.ndimage as ndi
 
-SAMPLING_STRATEGIES = ("sesam", "center", "boundary", "random", "confidence")
+from sam_bridge.refine_config import SAMPLING_STRATEGIES  # The names RefineConfig.sampling takes.
 
 
 def distance_field(mask: np.ndarray, *, max_pixels: int = 1 << 16) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-SELECTION_STRATEGIES = ("sesam", "best_score", "random", "smallest")
+from sam_bridge.refine_config import SELECTION_STRATEGIES  # The names RefineConfig.selection takes.
 
 
 def coverage_compatibility(masks: np.ndarray, weak_crop: np.ndarray,

@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> dict:
   specs = [b.strip() for b in args.backends.split(",") if b.strip()]
   if any(_is_jax(s) for s in specs):
     _single_thread_xla(args.torch_threads)
-  if any(s.split(":")[0] in resolver.TORCH_SAM for s in specs):
+  if any(resolver.runs_on(s) == "torch" for s in specs):
     import torch
     if args.torch_threads:
       torch.set_num_threads(args.torch_threads)
@@ -199,7 +199,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _is_jax(spec: str) -> bool:
-  return spec.split(":")[0] in resolver.JAX_SAM
+  return resolver.runs_on(spec) == "jax"
 
 
 def make_backend(spec: str, args: argparse.Namespace):

@@ -36,9 +36,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from sam_bridge.api import LowResPrediction, Prediction, PromptSet
+from sam_bridge.backends import BackendKind
 from sesam_jax.models import sam
 
-SPEC_KINDS = ("jax", "jax-random")
 MIN_TOKEN_SLOTS = 8  # Token slots per prompt set: 8, 16, 32, ...
 _DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16,
            "bf16": jnp.bfloat16}
@@ -312,3 +312,16 @@ def create_jax_backend(spec: str, *, dtype: str = "float32", decoder_dtype: str 
     raise ValueError(f"unknown JAX SAM backend {spec!r}; choose jax:PATH or jax-random:VARIANT")
   return JaxSamBackend(params, model_spec, name=name, dtype=dtype, decoder_dtype=decoder_dtype,
                        devices=devices, **kw)
+
+
+# The kinds this module adds to sam_bridge's table (`sesam_jax.sam.resolver.BACKENDS` joins them).
+KINDS: dict[str, BackendKind] = {k.name: k for k in (
+    BackendKind("jax", "jax:PATH (a `sesam convert --format sam` .msgpack, a transformers SAM "
+                "folder or .safetensors)", "jax", "checkpoint",
+                lambda path, **kw: create_jax_backend(f"jax:{path}", **kw),
+                options=("dtype", "decoder_dtype")),
+    BackendKind("jax-random", "jax-random:VARIANT", "jax", "random",
+                lambda variant, **kw: create_jax_backend(f"jax-random:{variant}", **kw),
+                variants=tuple(sam.SAM_VARIANTS), options=("dtype", "decoder_dtype"),
+                note="random weights: for timing and tests only"),
+)}

@@ -17,6 +17,7 @@ the refined labels and `weak_miou` of the weak labels are scored like
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 import time
@@ -185,8 +186,9 @@ def baseline_labels(config: Any, train_source: Any, workdir: str) -> str:
                                              config.weak_options)
     report.log(f"sam_baseline: prompting {backend.description} naively with the {config.weak} "
                f"labels of {len(train_source)} training images -> {out}")
+    settings = dataclasses.asdict(resolver.refine_config(config, mode="naive"))
+    settings.pop("weak_kind")
     result = refine_dataset(train_source, weak_kind=config.weak, out_dir=out, backend=backend,
-                            seed=config.weak_seed, weak_fn=weak_fn, mode="naive", k=config.sam.k,
-                            work_long_side=config.sam.work_long_side)
+                            seed=config.weak_seed, weak_fn=weak_fn, **settings)
     report.write_json(done, result)
   return out

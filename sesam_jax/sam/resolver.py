@@ -3,14 +3,13 @@
 `sesam refine`, `sesam demo` and training all name SAM the same way (a backend spec, a weights
 path, a device, dtypes) and get it checked here, before any work starts (weights files included:
 `sam_bridge.weights` reads their names and shapes without torch, so a file that is not SAM
-weights stops `sesam train` before it writes anything, and the trainer never imports torch):
+weights stops `sesam train` before it writes anything, and the trainer never imports torch).
 
-  oracle | superpixel                         no weights (an oracle is named as one everywhere)
-  random:VARIANT                              random PyTorch SamModel (vit_b, vit_l, vit_h, tiny)
-  transformers + checkpoint (dir or .pth)     PyTorch SAM family from local weights
-  segment_anything + checkpoint (.pth)        the official package
-  jax:PATH | jax + checkpoint                 the Flax SAM on this process's own devices
-  jax-random:VARIANT                          the Flax SAM with random weights
+The kinds are the rows of `BACKENDS`: sam_bridge's table (`sam_bridge.backends.KINDS`: oracle,
+superpixel, random, transformers, segment_anything) and the Flax SAM's (`jax_backend.KINDS`:
+jax, jax-random). A kind that needs weights takes them after ':' or from `checkpoint`
+(`transformers` + checkpoint = `transformers:PATH`); a random one takes a variant (default
+its first, vit_b).
 
 PyTorch backends run in the bridge's worker process (`sam_bridge.service.RefineService`, built
 there from the spec, so torch never loads in the trainer); JAX backends are built here and run
@@ -31,25 +30,18 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from sam_bridge import weights
+from sam_bridge import backends, weights
+from sam_bridge import refine_config as refine_schema
 from sam_bridge.api import SamSetupError
-from sam_bridge.backends import create_backend
-from sam_bridge.backends.transformers_sam import RANDOM_VARIANTS
+from sam_bridge.backends import BackendKind
 from sam_bridge.local_service import LocalRefineService
-from sam_bridge.refine import RefineConfig
+from sam_bridge.refine_config import RefineConfig
 from sam_bridge.service import RefineService
+from sesam_jax.sam import jax_backend
 
-KINDS = ("oracle", "superpixel", "random", "transformers", "segment_anything", "jax",
-         "jax-random")
-TORCH_SAM = ("random", "transformers", "segment_anything")  # run by torch in the bridge worker
-JAX_SAM = ("jax", "jax-random")  # the Flax SAM, run by a thread of this process
-_NEEDS_WEIGHTS = ("transformers", "segment_anything", "jax")
-
-# What the runs of backends that are not SAM weights are (run results carry it).
-_WHAT_IT_IS = {"superpixel": " (SAM-free prior: superpixels, no SAM)",
-               "oracle": " (oracle: masks cut from the fine labels, an upper bound, no SAM)",
-               "random": " (random weights: for timing and tests only)",
-               "jax-random": " (random weights: for timing and tests only)"}
+# sesam_jax's table of backend kinds: sam_bridge's (PyTorch SAM, oracle, superpixel) and the
+# Flax SAM's. Where each runs, whether it needs weights, what it is in reports: the rows say.
+BACKENDS: dict[str, BackendKind] = {**backends.KINDS, **jax_backend.KINDS}
 
 # How each command names the settings, for the fix hints of errors.
 TRAIN_FLAGS = {"backend": "--config.sam.backend", "checkpoint": "--config.sam.checkpoint",
@@ -62,7 +54,13 @@ CLI_FLAGS = {"backend": "--backend", "checkpoint": "--checkpoint", "device": "--
 def needs_weights(backend: str) -> bool:
   """Whether the backend spec still needs `checkpoint` (a weights kind without a path after ':')."""
   kind, _, path = backend.partition(":")
-  return kind in _NEEDS_WEIGHTS and not path
+  return kind in BACKENDS and BACKENDS[kind].weights == "checkpoint" and not path
+
+
+def runs_on(backend: str) -> str:
+  """Where the backend spec runs: "torch", "jax" or "numpy" (see BackendKind); "" if unknown."""
+  kind = BACKENDS.get(backend.partition(":")[0])
+  return kind.runs_on if kind else ""
 
 
 @functools.lru_cache(maxsize=None)
@@ -108,16 +106,12 @@ class SamBackend:
   @property
   def description(self) -> str:
     """The spec with what it is where that is not SAM's own weights (for logs and results)."""
-    return self.spec + _WHAT_IT_IS.get(self.kind, "")
+    return BACKENDS[self.kind].describe(self.spec)
 
   def build(self) -> Any:
     """The backend object, in this process (PyTorch backends import torch here)."""
     with self._naming_the_flag():
-      if self.in_process:
-        # Deferred: the Flax SAM (its model code) only where it is asked for.
-        from sesam_jax.sam import jax_backend
-        return jax_backend.create_jax_backend(self.spec, **self.kwargs)
-      return create_backend(self.spec, **self.kwargs)
+      return backends.create_backend(self.spec, kinds=BACKENDS, **self.kwargs)
 
   @contextlib.contextmanager
   def _naming_the_flag(self):
@@ -176,15 +170,13 @@ def resolve(backend: str, checkpoint: str = "", *, device: str = "cpu", dtype: s
         f"{c}=/path/to/sam-vit-base (a transformers SAM folder) or {c}=/path/to/"
         f"sam_vit_b_01ec64.pth (the official weights; also {b}=segment_anything or jax). "
         f"{b}=superpixel runs a SAM-free prior instead (reported as such).")
+  row = backends.lookup(backend, BACKENDS, flag=flags["backend"])
   kind, _, arg = backend.partition(":")
-  if kind not in KINDS:
-    raise ValueError(f"{flags['backend']}={backend!r}: unknown SAM backend; choose one of "
-                     f"{', '.join(KINDS)}.")
   for name, value in (("dtype", dtype), ("decoder_dtype", decoder_dtype)):
     if value not in ("float32", "bfloat16") + (("auto", "") if name == "decoder_dtype" else ()):
       raise ValueError(f"{flags[name]}={value!r}: choose float32 or bfloat16"
                        f"{' (or auto)' if name == 'decoder_dtype' else ''}.")
-  if kind in _NEEDS_WEIGHTS:
+  if row.weights == "checkpoint":
     path = arg or checkpoint
     if not path:
       raise ValueError(f"{flags['backend']}={kind} needs SAM weights: give {flags['checkpoint']}"
@@ -197,30 +189,32 @@ def resolve(backend: str, checkpoint: str = "", *, device: str = "cpu", dtype: s
     # weights stops every command here, before it writes anything.
     weights.check_weights(path, kind, flag=flags["checkpoint"])
     spec = f"{kind}:{os.path.abspath(path)}"
-  else:
-    spec = backend if arg or kind not in ("random", "jax-random") else f"{kind}:vit_b"
-    if kind == "random" and spec.partition(":")[2] not in RANDOM_VARIANTS:
+  elif row.weights == "random":
+    spec = f"{kind}:{arg or row.variants[0]}"
+    if spec.partition(":")[2] not in row.variants:
       raise ValueError(f"{flags['backend']}={backend!r}: unknown random SAM variant; choose "
-                       f"{', '.join(f'random:{v}' for v in RANDOM_VARIANTS)}.")
+                       f"{', '.join(f'{kind}:{v}' for v in row.variants)}.")
+  else:
+    spec = backend
   kwargs: dict[str, Any] = {}
+  if "device" in row.options:
+    kwargs["device"] = device
+  if "dtype" in row.options:
+    kwargs["dtype"] = dtype
   note = ""
-  if kind in TORCH_SAM or kind in JAX_SAM:
-    if kind in TORCH_SAM:
-      kwargs.update(device=device, dtype=dtype)
-    else:
-      kwargs.update(dtype=dtype)
-    if decoder_dtype == "auto" and kind in JAX_SAM and _jax_platform() == "cpu":
+  if "decoder_dtype" in row.options:
+    if decoder_dtype == "auto" and row.runs_on == "jax" and _jax_platform() == "cpu":
       # XLA:CPU computes bf16 dots no faster than fp32 (measured: Flax decoder 71 vs 68 ms).
       decoder_dtype, note = "float32", (f"SAM prompt decoder in float32 (XLA on CPU gains nothing "
                                         f"from bf16; {flags['decoder_dtype']} overrides)")
     elif decoder_dtype == "auto":
-      where = device if kind in TORCH_SAM else _jax_platform()
+      where = device if row.runs_on == "torch" else _jax_platform()
       decoder_dtype, why = auto_decoder_dtype(where)
       note = f"SAM prompt decoder in {decoder_dtype} ({why}; {flags['decoder_dtype']} overrides)"
-    if decoder_dtype and kind != "segment_anything":
+    if decoder_dtype:
       kwargs["decoder_dtype"] = decoder_dtype
-  return SamBackend(spec, kwargs, in_process=kind in JAX_SAM, decoder_note=note,
-                    checkpoint_flag=flags["checkpoint"] if kind in _NEEDS_WEIGHTS else "")
+  return SamBackend(spec, kwargs, in_process=row.runs_on == "jax", decoder_note=note,
+                    checkpoint_flag=flags["checkpoint"] if row.weights == "checkpoint" else "")
 
 
 def _jax_platform() -> str:
@@ -256,12 +250,8 @@ def from_config(sam: Any, what: str = "this run") -> SamBackend:
                  decoder_dtype=sam.decoder_dtype, flags=TRAIN_FLAGS, what=what)
 
 
-def refine_config(config: Any, **overrides: Any) -> Any:
-  """The sam_bridge RefineConfig of a training config (`config.sam`, `config.weak`)."""
-  s = config.sam
+def refine_config(config: Any, **overrides: Any) -> RefineConfig:
+  """The sam_bridge RefineConfig of a training config: its `config.sam` settings (every
+  RefineConfig field the schema keeps there) and `config.weak` as the weak kind."""
   weak_kind = "coarse" if config.weak == "fine" else config.weak
-  fields = dict(weak_kind=weak_kind, k=s.k, tau1=s.tau1, tau2=s.tau2, sampling=s.sampling,
-                selection=s.selection, prompt=s.prompt, instances=s.instances,
-                refined_sampling=s.refined_sampling, work_long_side=s.work_long_side)
-  fields.update(overrides)
-  return RefineConfig(**fields).validate()
+  return refine_schema.from_config(config.sam, **{"weak_kind": weak_kind, **overrides})

@@ -134,7 +134,7 @@ def bridge_shares_gpu(config: Any) -> bool:
   if sam is None or not methods.get_method(config.method).uses_sam:
     return False
   from sesam_jax.sam import resolver  # Deferred: the bridge's modules, for SAM methods only.
-  return sam.backend.partition(":")[0] in resolver.TORCH_SAM and str(sam.device).startswith("cuda")
+  return resolver.runs_on(sam.backend) == "torch" and str(sam.device).startswith("cuda")
 
 
 def gpu_memory_env(config: Any, environ: MutableMapping[str, str] | None = None

@@ -89,3 +89,44 @@ def test_the_ablation_switches_reach_refine():
   rc = resolver.refine_config(config)
   assert (rc.sampling, rc.selection, rc.prompt, rc.instances, rc.refined_sampling) == (
       "confidence", "best_score", "box", False, False)
+
+
+def test_every_kind_of_the_backend_table_resolves(tmp_path):
+  weights = tmp_path / "sam_vit_b_01ec64.pth"
+  _official_index(weights)
+  assert list(resolver.BACKENDS) == ["oracle", "superpixel", "random", "transformers",
+                                     "segment_anything", "jax", "jax-random"]
+  for name, kind in resolver.BACKENDS.items():
+    checkpoint = str(weights) if kind.weights == "checkpoint" else ""
+    b = resolver.resolve(name, checkpoint, decoder_dtype="float32")
+    assert b.kind == name and b.in_process == (kind.runs_on == "jax")
+    assert resolver.runs_on(b.spec) == kind.runs_on
+    assert set(b.kwargs) == set(kind.options), name  # The settings the row says it takes.
+    assert resolver.needs_weights(name) == (kind.weights == "checkpoint")
+    if kind.weights == "random":
+      assert b.spec == f"{name}:{kind.variants[0]}"
+    # What is not SAM with its own weights says so in every report; SAM weights say nothing.
+    assert b.description == (f"{b.spec} ({kind.note})" if kind.note else b.spec)
+    assert bool(kind.note) == (kind.weights != "checkpoint")
+
+
+def test_unknown_kind_is_one_line_naming_the_flag_and_the_kinds():
+  for flags, flag in ((resolver.CLI_FLAGS, "--backend"), (resolver.TRAIN_FLAGS,
+                                                          "--config.sam.backend")):
+    with pytest.raises(ValueError) as e:
+      resolver.resolve("sam9:/w", flags=flags)
+    message = str(e.value)
+    assert "\n" not in message and message.startswith(f"{flag}='sam9:/w': unknown backend")
+    assert all(name in message for name in resolver.BACKENDS)
+  assert resolver.runs_on("sam9") == "" and not resolver.needs_weights("sam9")
+
+
+def test_gpu_sharing_and_benchmarks_read_the_table():
+  from sesam_jax.bench import sam as bench_sam
+  from sesam_jax.train import distributed
+  config = configs_common.base_config()
+  config.method, config.weak, config.sam.device = "sesam", "points", "cuda"
+  for name, kind in resolver.BACKENDS.items():
+    config.sam.backend = name
+    assert distributed.bridge_shares_gpu(config) == (kind.runs_on == "torch"), name
+    assert bench_sam._is_jax(f"{name}:x") == (kind.runs_on == "jax"), name

@@ -152,3 +152,20 @@ def test_segment_anything_backend_explains_missing_torchvision():
     pass
   with pytest.raises(ImportError, match="torchvision.*transformers:"):
     create_backend("segment_anything:/weights/sam_vit_b_01ec64.pth")
+
+
+def test_the_table_of_kinds():
+  from sam_bridge import backends
+  assert list(backends.KINDS) == ["oracle", "superpixel", "random", "transformers",
+                                  "segment_anything"]
+  for name, kind in backends.KINDS.items():
+    assert kind.name == name and kind.runs_on in ("torch", "numpy")  # The JAX kinds: sesam_jax.
+    assert kind.usage.startswith(name)
+  assert backends.KINDS["superpixel"].describe("superpixel") == (
+      "superpixel (SAM-free prior: superpixels, no SAM)")
+  assert backends.lookup("random:tiny").variants[0] == "vit_b"
+  with pytest.raises(ValueError, match=r"^backend='nope': unknown backend; choose one of oracle, "
+                                       r"superpixel, random:VARIANT, transformers:PATH"):
+    create_backend("nope")
+  with pytest.raises(ValueError, match="bad row"):
+    backends.BackendKind("bad row", "x", "tpu", "", create_backend)
