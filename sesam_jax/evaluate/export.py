@@ -31,6 +31,7 @@ import jax
 import numpy as np
 
 from sesam_jax.atomic import write_atomic
+from sesam_jax.run import runs
 
 FORMAT = "sesam-jax predictor 1"
 FUNCTION_FILE = "predict.jaxexport"
@@ -111,7 +112,7 @@ def _default_hw(run: Any, input_path: str | os.PathLike | None) -> tuple[int, in
   if input_path is not None:
     return base.read_image(predict.list_input_images(input_path)[0]).shape[:2]
   try:
-    source = predict.dataset_source(run.config)
+    source = runs.dataset_source(run.config)
     return source[0]["image"].shape[:2]
   except (FileNotFoundError, ValueError) as e:
     raise ValueError(f"--export needs an input size: pass --export-size H W (the run's "
