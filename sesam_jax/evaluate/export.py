@@ -31,7 +31,6 @@ import jax
 import numpy as np
 
 from sesam_jax.atomic import write_atomic
-from sesam_jax.run import runs
 
 FORMAT = "sesam-jax predictor 1"
 FUNCTION_FILE = "predict.jaxexport"
@@ -109,6 +108,7 @@ def _default_hw(run: Any, input_path: str | os.PathLike | None) -> tuple[int, in
   """The size of the first --input image, else of the run's first validation image."""
   from sesam_jax.data import base
   from sesam_jax.evaluate import predict
+  from sesam_jax.run import runs  # Deferred as predict: `load_predictor` loads no orbax.
   if input_path is not None:
     return base.read_image(predict.list_input_images(input_path)[0]).shape[:2]
   try:
