@@ -78,8 +78,14 @@ def train(args: argparse.Namespace, rest: list[str]) -> dict:
 def evaluate(args: argparse.Namespace, rest: list[str]) -> dict:
   from sesam_jax import config_lib
   from sesam_jax import loop
-  config = config_lib.config_from_flags(args.config, rest)
-  return loop.evaluate_workdir(config, args.workdir)
+  if args.config:
+    config = config_lib.config_from_flags(args.config, rest)
+  elif rest:  # The run's own config with the fields given changed.
+    from sesam_jax.run import runs
+    config = config_lib.override(runs.read_config(args.workdir), rest)
+  else:
+    config = None  # The run's config.json.
+  return loop.evaluate_workdir(args.workdir, config)
 
 
 def _source_from_args(args: argparse.Namespace):

@@ -134,3 +134,30 @@ def _lookup(config: ml_collections.ConfigDict, name: str):
   for part in name.split("."):
     value = value[part]
   return value
+
+
+def override(config: ml_collections.ConfigDict, overrides: Sequence[str]
+             ) -> ml_collections.ConfigDict:
+  """`config` (e.g. a run's config.json) with `--config.a.b=value` flags applied.
+
+  Raises:
+    ValueError: one line naming the flag (an unknown field, a value of the wrong type).
+  """
+  for flag in overrides:
+    if flag.startswith("-") and not flag.startswith("--config."):
+      raise ValueError(f"unknown flag {flag!r}; fields are set as --config.a.b=value.")
+  argv = ["sesam", *overrides]
+  values = flags.FlagValues()
+  try:
+    config_flags.DEFINE_config_dict("config", ml_collections.ConfigDict(config),
+                                    flag_values=values, lock_config=False, sys_argv=argv)
+    rest = values(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0].strip("'\"")
+    if isinstance(e, (AttributeError, KeyError)):
+      first = f"no field {first!r}"
+    raise ValueError(f"cannot apply {' '.join(overrides)} to the run's config ({first}); "
+                     "fields are set as --config.a.b=value, named as in its config.json.") from None
+  if len(rest) > 1:
+    raise ValueError(f"unexpected argument {rest[1]!r}; fields are set as --config.a.b=value.")
+  return values.config

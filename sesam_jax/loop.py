@@ -43,14 +43,13 @@ from sesam_jax.evaluate.inference import evaluate
 from sesam_jax.models import create_model
 from sesam_jax.train import distributed, optim, pretrained, train_state
 from sesam_jax import methods
-from sesam_jax.run import preemption
+from sesam_jax.run import logs, preemption, runs
+from sesam_jax.run import result as result_lib
 from sesam_jax.train import train_step as step_lib
 from sesam_jax.run.checkpoint import Checkpointer
+from sesam_jax.run.layout import CLOCK_ITEM, Layout
 from sesam_jax.run.logs import MetricWriter
 from sesam_jax.run.workdir import RunDir
-
-TRAIN_IMAGES_FILE = "train_images.json"  # ids of a `dataset.max_train_images` subset
-RESULT_FILE = "result.json"
 
 
 class NonFiniteError(ValueError):
@@ -90,8 +89,8 @@ def make_sources(config: ml_collections.ConfigDict, workdir: str | None = None, 
 
 def _record_subset(train: base.SubsetSource, workdir: str) -> None:
   """Writes the subset's ids once; a resume whose subset differs stops with the reason."""
-  path = os.path.join(workdir, TRAIN_IMAGES_FILE)
-  if os.path.isfile(path):
+  path = Layout.of(workdir).train_images
+  if path.is_file():
     with open(path) as f:
       saved = json.load(f)["ids"]
     if saved != train.ids:
@@ -113,7 +112,7 @@ def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Saves the resolved config as `<workdir>/config.json` (temp name, then rename)."""
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
-    write_atomic(os.path.join(workdir, "config.json"), config.to_json(indent=2))
+    write_atomic(Layout.of(workdir).config, config.to_json(indent=2))
 
 
 def _check_finite(step: int, metrics: Mapping[str, float]) -> None:
@@ -142,16 +141,6 @@ def evaluate_state(config: ml_collections.ConfigDict, model: Any, state: train_s
                   mode=config.eval.mode, window=config.eval.window, stride=config.eval.stride,
                   image_scale=config.eval.image_scale, total=math.ceil(len(val_source) / bs),
                   log=log, keep_examples=config.eval.tb_images)
-
-
-def _summary(step: int, ev: Mapping[str, Any], class_names: Any) -> dict[str, Any]:
-  out = {"step": step, "val_miou": ev["student_miou"]}
-  if "ema_miou" in ev:
-    out["val_miou_ema"] = ev["ema_miou"]
-  names = list(class_names) if class_names else [str(i) for i in range(len(ev["student_per_class_iou"]))]
-  out["val_per_class_iou"] = dict(zip(names, ev["student_per_class_iou"]))
-  out["val_images"] = ev["num_images"]
-  return out
 
 
 class RunClock:
@@ -212,7 +201,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainOutcome:
 
   Args:
     config: a config from `configs/` (see `configs_common.base_config` for the fields).
-    workdir: run directory: checkpoints/, tensorboard/, metrics.jsonl, config.json.
+    workdir: run directory (`sesam_jax.run.layout`).
 
   Returns:
     The final state with what evaluation needs, the run's summary fields (`info`: method, weak,
@@ -277,7 +266,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, method: methods.Meth
   try:
     _write_config(config, workdir)  # Once SAM is up: a bad SAM setting writes no config.
     ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
-    items = {**feed.checkpoint_items(), "clock": clock}
+    items = {**feed.checkpoint_items(), CLOCK_ITEM: clock}
     if ckpt.latest_step() is not None:
       state = ckpt.restore(abstract_state, items, fall_back=True)
       report.log(f"resumed from {ckpt.directory} at step {int(state.step)}")
@@ -364,7 +353,7 @@ def _run_steps(config: ml_collections.ConfigDict, workdir: str, state: Any, step
         pending = (n, metrics, time.time())
       if n % config.checkpoint_every == 0 or n == num_steps:
         flush()  # never checkpoint a state whose metrics went non-finite
-        ckpt.save(n, state, {**feed.checkpoint_items(), "clock": clock})
+        ckpt.save(n, state, {**feed.checkpoint_items(), CLOCK_ITEM: clock})
       ckpt.poll()  # A save that failed in the background stops the run now, not at the end.
       if config.eval_every and n % config.eval_every == 0 and n < num_steps:
         ev = evaluate_state(config, model, state, val_source, mesh, log=False)
@@ -372,7 +361,7 @@ def _run_steps(config: ml_collections.ConfigDict, workdir: str, state: Any, step
       if n < num_steps and stop.should_stop(n):
         flush()
         if n % config.checkpoint_every:
-          ckpt.save(n, state, {**feed.checkpoint_items(), "clock": clock})
+          ckpt.save(n, state, {**feed.checkpoint_items(), CLOCK_ITEM: clock})
         raise stop.stopped(n)
       host = time.perf_counter() - host_start - waited
       timing.host.append(host)
@@ -389,56 +378,53 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Trains (resuming from `workdir`), evaluates, and writes `<workdir>/result.json`.
 
   Returns:
-    {"step", "val_miou" (student), "val_miou_ema", "val_per_class_iou" ({class: IoU}),
-     "val_images", "method", "weak", "train_images" (what the labels cost: `sesam report`),
-     "final_coverage_*", the feed's counters, "train_seconds"
-     (summed over resumes), "eval_seconds", "workdir"}: also the content of result.json.
+    The run's summary, also the content of result.json: its keys, types and units are
+    `sesam_jax.run.result.FIELDS` (a key missing there stops the run before it is written).
   """
   outcome = train(config, workdir)
   ev = evaluate_state(config, outcome.model, outcome.state, outcome.val_source, outcome.mesh)
   writer = MetricWriter(workdir)
   writer.write_evaluation(int(config.num_steps), ev, outcome.val_source)
   writer.close()
-  result = _summary(int(outcome.state.step), ev, outcome.val_source.info.class_names)
-  result.update(outcome.info)
-  result.update(eval_seconds=round(ev["eval_seconds"], 2), workdir=os.path.abspath(workdir))
+  result = result_lib.make_result(int(outcome.state.step), ev,
+                                  outcome.val_source.info.class_names, **outcome.info,
+                                  workdir=str(Layout.of(workdir).root))
   if jax.process_index() == 0:
-    report.write_json(os.path.join(workdir, RESULT_FILE), report.jsonable(result))
+    result_lib.write(workdir, result)
   return result
 
 
 def _final_train_metrics(workdir: str) -> dict[str, float]:
   """Label-source coverage at the last logged step (from metrics.jsonl), for the summary."""
-  path = os.path.join(workdir, "metrics.jsonl")
   last: dict[str, Any] = {}
-  if os.path.isfile(path):
-    with open(path) as f:
-      for line in f:
-        record = json.loads(line)
-        if any(k.startswith("train/coverage_") for k in record):
-          last = record
+  if Layout.of(workdir).metrics.is_file():
+    for row in logs.read_metrics(workdir):
+      if any(k.startswith("train/coverage_") for k in row):
+        last = row
   return {k.replace("train/", "final_"): round(v, 5) for k, v in last.items()
           if k.startswith("train/coverage_") or k == "train/teacher_confident"}
 
 
-def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def evaluate_workdir(workdir: str, config: ml_collections.ConfigDict | None = None
+                     ) -> dict[str, Any]:
   """Restores the latest checkpoint of `workdir` and evaluates student and EMA (`sesam eval`).
 
+  Args:
+    workdir: a run directory of `sesam train`.
+    config: the config to evaluate with; default the run's own (its config.json).
+
   Returns:
-    {"step", "val_miou", "val_miou_ema", "val_per_class_iou", "val_images", "eval_seconds"}.
+    `sesam_jax.run.result.EVAL_KEYS`: {"step", "val_miou", "val_miou_ema", "val_per_class_iou",
+    "val_images", "eval_seconds"}.
   """
+  run = runs.open_run(workdir, config)
+  config = run.config
   distributed.initialize(config)
   mesh = step_lib.make_mesh()
   _, val_source = make_sources(config)
   model = build_model(config, val_source.info.num_classes)
   tx, _ = optim.make_optimizer(config.optim, train_state.abstract_params(model),
                                config.num_steps)
-  ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
-  try:
-    state = ckpt.restore(train_state.abstract_train_state(model, tx, mesh))
-  finally:
-    ckpt.close()
+  state = run.restore_state(train_state.abstract_train_state(model, tx, mesh))
   ev = evaluate_state(config, model, state, val_source, mesh)
-  result = _summary(int(state.step), ev, val_source.info.class_names)
-  result["eval_seconds"] = round(ev["eval_seconds"], 2)
-  return result
+  return result_lib.evaluation_fields(int(state.step), ev, val_source.info.class_names)

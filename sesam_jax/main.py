@@ -283,8 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
       ("eval", commands.evaluate, "evaluate the latest checkpoint in --workdir (student and EMA)")):
     p = sub.add_parser(name, help=text, epilog="Any config field can be overridden with "
                        "--config.FIELD=VALUE (e.g. --config.optim.lr=6e-5 --config.num_steps=100).")
-    p.add_argument("--config", required=True, metavar="FILE.py[:ARGS]",
-                   help="config file and its arguments, e.g. configs/segformer_camvid.py:weak=points")
+    p.add_argument("--config", required=name == "train", metavar="FILE.py[:ARGS]",
+                   help="config file and its arguments, e.g. configs/segformer_camvid.py:weak=points"
+                        + ("" if name == "train" else " (default: the run's own config.json)"))
     p.add_argument("--workdir", required=True, help="run directory (checkpoints, logs)")
     p.set_defaults(handler=handler, takes_rest=True)
   return parser

@@ -19,13 +19,13 @@ files needed, e.g. on a GPU host).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 from typing import Any
 
 from sesam_jax import configs_common, report
 from sesam_jax import loop
+from sesam_jax.run import logs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,8 +79,7 @@ def _config(args: argparse.Namespace, method: str, cache_dir: str):
 
 def _timed_totals(workdir: str, warmup: int) -> dict[str, float]:
   """The SAM feed's counters summed over the timed steps (differences in metrics.jsonl)."""
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    rows = [r for r in map(json.loads, f) if "train/sam/sent" in r]
+  rows = [r for r in logs.read_metrics(workdir) if "train/sam/sent" in r]
   first = next((r for r in rows if r["step"] == warmup), {})
   last = rows[-1] if rows else {}
   names = ("received", "stale", "missing", "bridge_decode", "bridge_geometry")

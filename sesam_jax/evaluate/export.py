@@ -108,10 +108,11 @@ def _default_hw(run: Any, input_path: str | os.PathLike | None) -> tuple[int, in
   """The size of the first --input image, else of the run's first validation image."""
   from sesam_jax.data import base
   from sesam_jax.evaluate import predict
+  from sesam_jax.run import runs  # Deferred as predict: `load_predictor` loads no orbax.
   if input_path is not None:
     return base.read_image(predict.list_input_images(input_path)[0]).shape[:2]
   try:
-    source = predict.dataset_source(run.config)
+    source = runs.dataset_source(run.config)
     return source[0]["image"].shape[:2]
   except (FileNotFoundError, ValueError) as e:
     raise ValueError(f"--export needs an input size: pass --export-size H W (the run's "

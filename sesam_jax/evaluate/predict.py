@@ -1,9 +1,10 @@
 """`sesam predict`: a trained run's student (or EMA teacher) on new images.
 
-A run's workdir holds everything needed: `config.json` (the model, the dataset whose classes and
-colours the labels use, and the evaluation settings) and `checkpoints/` (orbax). Only the
-weights are restored (`params` and `batch_stats`, or their EMA copies), read straight from the
-checkpoint's tree metadata: no optimizer, no data iterator, no training code.
+A run's workdir holds everything needed: its config (the model, the dataset whose classes and
+colours the labels use, and the evaluation settings) and its checkpoints, opened with
+`sesam_jax.run.runs.open_run`. Only the weights are restored (`params` and `batch_stats`, or their
+EMA copies, `Run.restore_weights`), read straight from the checkpoint's tree metadata: no
+optimizer, no data iterator, no training code.
 
 Inference is `inference.predict_logits` (the function `sesam eval` uses) with the run's own
 settings (whole image or sliding window, `image_scale`), jitted once per image size and batched
@@ -19,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
-import json
 import os
 import pathlib
 import time
@@ -36,8 +36,9 @@ from sesam_jax import outputs, report
 from sesam_jax.atomic import write_atomic, write_png_atomic
 from sesam_jax.data import base
 from sesam_jax.evaluate import inference, metrics
+from sesam_jax.run import runs
+from sesam_jax.run.layout import CONFIG, Layout
 
-CONFIG_FILE = "config.json"
 OVERLAY_ALPHA = 0.5  # Weight of the label colours in the overlay JPEG.
 
 
@@ -82,53 +83,6 @@ class Settings:
     return self
 
 
-def read_config(workdir: str | os.PathLike) -> Any:
-  """The run's `config.json` as a ConfigDict (lists stay lists).
-
-  Raises:
-    FileNotFoundError: no config.json (not a training workdir).
-  """
-  import ml_collections
-  path = pathlib.Path(workdir) / CONFIG_FILE
-  if not path.is_file():
-    raise FileNotFoundError(f"{path} not found: --workdir must be a run directory written by "
-                            "`sesam train` (it holds config.json and checkpoints/).")
-  try:
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{path} is not valid JSON ({e}); restore it from the run.") from None
-
-
-def dataset_source(config: Any, *, dataset: str | None = None, data_dir: str | None = None,
-                   split: str | None = None) -> Any:
-  """A split of `dataset` (default: the run's), read as the run read it when it is the run's.
-
-  Args:
-    config: the run's config.
-    dataset: dataset name; default `config.dataset.name`.
-    data_dir: dataset root; default the run's `data_dir` when `dataset` is the run's.
-    split: split name; default the run's validation split.
-
-  Returns:
-    A random-access source (`sesam_jax.data.get_source`).
-  """
-  from sesam_jax.data import get_source
-  d = config.dataset
-  dataset = dataset or d.name
-  split = split or d.val_split
-  kw: dict[str, Any] = {}
-  if dataset == d.name:
-    data_dir = data_dir or config.get("data_dir") or None
-    if dataset == "synthetic":
-      # The generated scenes depend on these settings: the run's, so that ids mean the same.
-      if tuple(d.image_size) != (0, 0):
-        kw["size"] = tuple(d.image_size)
-      count = d.num_train_images if split == d.train_split else d.num_val_images
-      if count:
-        kw["num_images"] = count
-  return get_source(dataset, data_dir=data_dir, split=split, **kw)
-
-
 def dataset_info(config: Any) -> base.DatasetInfo:
   """Class names and colours of the run's dataset (from its module; the files if it has none)."""
   from sesam_jax import data
@@ -139,48 +93,7 @@ def dataset_info(config: Any) -> base.DatasetInfo:
   module = importlib.import_module(data.SOURCES[name])
   if hasattr(module, "info"):
     return module.info()
-  return dataset_source(config).info  # custom: the class list lives with the data.
-
-
-def latest_step(workdir: str | os.PathLike) -> int:
-  """The last committed checkpoint step of a run, or FileNotFoundError naming the folder."""
-  import orbax.checkpoint as ocp
-  directory = pathlib.Path(workdir) / "checkpoints"
-  steps = ocp.utils.checkpoint_steps(directory) if directory.is_dir() else []
-  if not steps:
-    raise FileNotFoundError(f"no checkpoint in {directory}; train first with "
-                            "`sesam train --config=... --workdir=...`.")
-  return max(steps)
-
-
-def restore_variables(workdir: str | os.PathLike, *, ema: bool = False,
-                      step: int | None = None) -> tuple[dict[str, Any], int]:
-  """Reads only the weights from a run's checkpoint, as numpy arrays.
-
-  Args:
-    workdir: the run directory.
-    ema: the EMA teacher's weights instead of the student's.
-    step: which checkpoint; default the latest.
-
-  Returns:
-    ({"params", "batch_stats"}, step).
-  """
-  import orbax.checkpoint as ocp
-  from etils import epath
-  step = latest_step(workdir) if step is None else step
-  path = epath.Path(pathlib.Path(workdir).absolute() / "checkpoints" / str(step) / "state")
-  handler = ocp.PyTreeCheckpointHandler()  # The state item of the run's CheckpointManager.
-  tree = handler.metadata(path).tree
-  names = ("ema_params", "ema_batch_stats") if ema else ("params", "batch_stats")
-  missing = [n for n in names if n not in tree]
-  if missing:
-    raise ValueError(f"checkpoint {path} has no {missing}; it was not written by `sesam train`.")
-  wanted = {n: tree[n] for n in names}
-  target = jax.tree.map(lambda m: np.zeros((0,), m.dtype), wanted)
-  restore_args = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
-  restored = handler.restore(path, args=ocp.args.PyTreeRestore(
-      item=target, restore_args=restore_args, partial_restore=True))
-  return {"params": restored[names[0]], "batch_stats": restored[names[1]] or {}}, step
+  return runs.dataset_source(config).info  # custom: the class list lives with the data.
 
 
 def load_run(workdir: str | os.PathLike, *, ema: bool = False) -> LoadedRun:
@@ -191,16 +104,16 @@ def load_run(workdir: str | os.PathLike, *, ema: bool = False) -> LoadedRun:
     ValueError: the checkpoint does not fit the model the config names.
   """
   from sesam_jax.models import create_model
-  workdir = pathlib.Path(workdir)
-  config = read_config(workdir)
-  info = dataset_info(config)
-  variables, step = restore_variables(workdir, ema=ema)
-  model = create_model(config.model, info.num_classes, dtype=jnp.dtype(config.dtype))
-  _check_fits(model, variables, workdir)
-  return LoadedRun(workdir, config, info, model, variables, step, "ema" if ema else "student")
+  run = runs.open_run(workdir)
+  info = dataset_info(run.config)
+  variables, step = run.restore_weights(ema=ema)
+  model = create_model(run.config.model, info.num_classes, dtype=jnp.dtype(run.config.dtype))
+  _check_fits(model, variables, run.layout)
+  return LoadedRun(run.workdir, run.config, info, model, variables, step,
+                   "ema" if ema else "student")
 
 
-def _check_fits(model: Any, variables: Mapping[str, Any], workdir: pathlib.Path) -> None:
+def _check_fits(model: Any, variables: Mapping[str, Any], layout: Layout) -> None:
   """Fails with the first mismatching weight when the checkpoint is not of this model."""
   x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
   want = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
@@ -210,9 +123,9 @@ def _check_fits(model: Any, variables: Mapping[str, Any], workdir: pathlib.Path)
     have = got_leaves.get(path)
     if have is None or tuple(have.shape) != tuple(leaf.shape):
       name = jax.tree_util.keystr(path)
-      raise ValueError(f"checkpoint in {workdir / 'checkpoints'} does not fit the model of its "
-                       f"config.json at {name} (expected {tuple(leaf.shape)}, found "
-                       f"{None if have is None else tuple(have.shape)}); was config.json edited?")
+      raise ValueError(f"checkpoint in {layout.checkpoints} does not fit the model of its "
+                       f"{CONFIG} at {name} (expected {tuple(leaf.shape)}, found "
+                       f"{None if have is None else tuple(have.shape)}); was {CONFIG} edited?")
 
 
 def settings_from_config(config: Any, **overrides: Any) -> Settings:
@@ -448,7 +361,7 @@ def predict(workdir: str | os.PathLike, *, out_dir: str | os.PathLike,
   settings = settings_from_config(run.config, **overrides)
   source = None
   if dataset is not None or input_path is None:
-    source = dataset_source(run.config, dataset=dataset, data_dir=data_dir, split=split)
+    source = runs.dataset_source(run.config, dataset=dataset, data_dir=data_dir, split=split)
     if source.info.num_classes != run.info.num_classes:
       raise ValueError(f"--dataset {source.info.name} has {source.info.num_classes} classes, "
                        f"the run {run.info.num_classes}; score with the run's own dataset.")

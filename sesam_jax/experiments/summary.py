@@ -1,7 +1,7 @@
 """`sesam report`: the paper's tables from the runs' own files.
 
 Every `sesam train` workdir holds `config.json` (the resolved config) and, once the run has
-finished, `result.json` (see `sesam_jax.loop.train_and_evaluate`). `report_runs()` reads every
+finished, `result.json` (its keys: `sesam_jax.run.result.FIELDS`). `report_runs()` reads every
 workdir under the given paths and prints one markdown table in the paper's layout:
 
   rows     label kind x method (plus the ablation fields that differ from the defaults, and
@@ -13,7 +13,7 @@ workdir under the given paths and prints one markdown table in the paper's layou
            images); label-source coverage at the last logged step (weak / SAM / pseudo-label
            pixels, % of the batch); wall time (train + SAM pre-warm + eval seconds, mean)
 
-Runs are read by `sesam_jax.plots.runs`: a run is finished when its result.json holds a step >=
+Runs are opened by `sesam_jax.run.runs.open_run`: a run is finished when its result.json holds a step >=
 its config's num_steps; any other run (no result.json: killed or still running; a lower step) is
 listed as unfinished with the last step it reached, never left out.
 
@@ -48,8 +48,9 @@ from typing import Any
 
 from sesam_jax import configs_common, cost, report
 from sesam_jax.atomic import write_atomic
-from sesam_jax.plots import runs as runs_lib
-from sesam_jax.plots.runs import CONFIG_FILE, RESULT_FILE, Run
+from sesam_jax.run import runs as runs_lib
+from sesam_jax.run.layout import RESULT, Layout
+from sesam_jax.run.runs import Run
 from sesam_jax.methods import METHODS
 
 COST_FILE = "cost_points.json"  # Figure 4's data, written beside runs with budgets
@@ -80,11 +81,11 @@ _counted: dict[str, int | None] = {}
 
 
 def train_images(run: Run) -> int | None:
-  """`runs_lib.train_images`, or None (said once) when the run's split cannot be read."""
+  """`Run.train_images`, or None (said once) when the run's split cannot be read."""
   key = str(run.workdir)
   if key not in _counted:
     try:
-      _counted[key] = runs_lib.train_images(run)
+      _counted[key] = run.train_images()
     except ValueError as e:
       report.log(f"report: {e}; its annotation hours are left blank")
       _counted[key] = None
@@ -123,11 +124,11 @@ class Group:
 
   @property
   def finished(self) -> list[Run]:
-    return [r for r in self.runs if runs_lib.is_finished(r)]
+    return [r for r in self.runs if r.finished]
 
   @property
   def unfinished(self) -> list[Run]:
-    return [r for r in self.runs if not runs_lib.is_finished(r)]
+    return [r for r in self.runs if not r.finished]
 
   @property
   def miou_mean(self) -> float | None:
@@ -170,10 +171,10 @@ def group_runs(runs: Sequence[Run], *, ema: bool = False) -> list[Group]:
            int(c["dataset"].get("max_train_images", 0) or 0))
     group = groups.setdefault((column, row), Group(column, row))
     group.runs.append(run)
-    if runs_lib.is_finished(run):
+    if run.finished:
       value = run.result.get(key_name)
       if value is None:
-        raise ValueError(f"{run.workdir / RESULT_FILE} has no {key_name}"
+        raise ValueError(f"{run.layout.result} has no {key_name}"
                          f"{' (the run had config.eval.ema off)' if ema else ''}; "
                          f"{'drop --ema or ' if ema else ''}re-evaluate it with `sesam eval`.")
       group.miou.append(float(value))
@@ -287,7 +288,7 @@ def unfinished_lines(groups: Sequence[Group]) -> list[str]:
       weak, method, variant, budget = g.row
       what = " ".join(p for p in (g.column[0], g.column[1], weak, method, _variant_text(variant),
                                   f"budget {budget}" if budget else "") if p)
-      step = runs_lib.last_step(run)
+      step = run.last_step()
       where = "no step logged yet" if step is None else f"step {step} of {run.config.num_steps}"
       out.append(f"- unfinished: {what} seed {run.config.get('seed', 0)} ({where}): {run.workdir}")
   return out
@@ -342,7 +343,7 @@ def cost_points(groups: Sequence[Group], *, ema: bool = False,
         "hours": round(hours, 4), "val_miou": g.miou_mean, "val_miou_std": g.miou_std,
         "seeds": len(g.miou), "train_images": g.train_images(),
         "workdir": str(g.finished[0].workdir), "workdirs": [str(r.workdir) for r in g.finished],
-        "val_miou_from": RESULT_FILE})
+        "val_miou_from": RESULT})
   for line in lines.values():
     line["points"].sort(key=lambda p: p["hours"])
   if len({key[0] for key in lines}) > 1:  # Several datasets/students: say which in the label.
@@ -371,18 +372,18 @@ def report_runs(paths: Sequence[str], *, ema: bool = False, csv_path: str | None
     {"runs", "finished", "unfinished": [workdir, ...], "cells": the CSV records, and "csv" /
     "cost_json" when written}.
   """
-  runs = runs_lib.read_runs(paths)
+  runs = runs_lib.open_runs(paths)
   groups = group_runs(runs, ema=ema)
-  if cost_json is None and any(g.row[3] for g in groups) and not os.path.isfile(
-      os.path.join(paths[0], CONFIG_FILE)):
+  if cost_json is None and any(g.row[3] for g in groups) and not Layout.of(
+      paths[0]).is_run():
     cost_json = os.path.join(paths[0], COST_FILE)  # Budgets: Figure 4's data goes beside them.
   text = markdown(groups, ema=ema, minutes_per_image=minutes_per_image)
   extra = unfinished_lines(groups)
   print(text + ("\n\n" + "\n".join(extra) if extra else ""), file=sys.stdout, flush=True)
   records = csv_rows(groups, ema=ema, minutes_per_image=minutes_per_image)
-  out: dict[str, Any] = {"runs": len(runs), "finished": sum(map(runs_lib.is_finished, runs)),
+  out: dict[str, Any] = {"runs": len(runs), "finished": sum(r.finished for r in runs),
                          "unfinished": [str(r.workdir) for r in runs
-                                        if not runs_lib.is_finished(r)],
+                                        if not r.finished],
                          "cells": records}
   if csv_path:
     buffer = io.StringIO()

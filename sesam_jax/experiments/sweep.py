@@ -16,7 +16,6 @@ with the same command.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shlex
 import signal
@@ -28,14 +27,14 @@ from typing import Any
 
 from sesam_jax import config_lib, report
 from sesam_jax.experiments import grid
-from sesam_jax.plots import runs as runs_lib
+from sesam_jax.run import result as result_lib, runs as runs_lib
+from sesam_jax.run.layout import Layout
 from sesam_jax.sam import resolver
 from sesam_jax.methods import get_method
 
 # What the commands carry until the user says where SAM's weights and the datasets are.
 SAM_CHECKPOINT_PLACEHOLDER = "/path/to/sam_vit_b_01ec64.pth"
 DATA_DIR_PLACEHOLDER = "/path/to/{dataset}"
-LOG_FILE = "reproduce.log"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,7 +177,7 @@ def run_plans(plans: Sequence[Plan], *, keep_going: bool = False,
       out.append({"workdir": plan.workdir, "status": "not run"})
       continue
     os.makedirs(plan.workdir, exist_ok=True)
-    log_path = os.path.join(plan.workdir, LOG_FILE)
+    log_path = str(Layout.of(plan.workdir).reproduce_log)
     report.log(f"[{i}/{len(plans)}] running (output in {log_path}): {plan.command}")
     start = time.time()
     with open(log_path, "a") as log:
@@ -194,8 +193,7 @@ def run_plans(plans: Sequence[Plan], *, keep_going: bool = False,
       report.log(f"[{i}/{len(plans)}] failed after {seconds} s: see {log_path}")
       out.append({"workdir": plan.workdir, "status": "failed", "seconds": seconds})
       continue
-    with open(os.path.join(plan.workdir, runs_lib.RESULT_FILE)) as f:
-      result = json.load(f)
+    result = result_lib.read(plan.workdir)
     report.log(f"[{i}/{len(plans)}] finished in {seconds} s: val mIoU "
                f"{result.get('val_miou', float('nan')):.4f}")
     out.append({"workdir": plan.workdir, "status": "ran", "seconds": seconds,

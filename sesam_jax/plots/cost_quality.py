@@ -11,14 +11,37 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
-from sesam_jax import report
-from sesam_jax.plots import output, runs as runs_lib
+from sesam_jax import cost, report
+from sesam_jax.plots import output
+from sesam_jax.run import runs as runs_lib
 
 KIND_ORDER = ("points", "scribbles", "coarse", "fine")
 
 
+def cost_points(runs: Sequence[runs_lib.Run],
+                minutes_per_image: Mapping[str, float] | None = None) -> list[dict]:
+  """Per run: annotation hours of its training labels and its val mIoU.
+
+  Returns:
+    [{"workdir", "kind", "weak", "method", "train_images", "hours", "val_miou",
+      "val_miou_from"}], in the order of `runs`.
+  """
+  out = []
+  for run in runs:
+    n = run.train_images()
+    hours = cost.annotation_hours(n, minutes_per_image)
+    if run.weak not in hours:
+      raise ValueError(f"run {run.workdir}: no annotation cost for labels {run.weak!r}; give "
+                       f"its minutes per image with --minutes {run.weak}=MIN.")
+    miou, where = run.final_val_miou()
+    out.append({"workdir": str(run.workdir), "kind": run.kind, "weak": run.weak,
+                "method": run.method, "train_images": n, "hours": round(hours[run.weak], 4),
+                "val_miou": miou, "val_miou_from": where})
+  return out
+
+
 def cost_lines(points: Sequence[dict]) -> list[dict]:
-  """`runs.cost_points` grouped into lines: one per (label kind, method), sorted by hours."""
+  """`cost_points` grouped into lines: one per (label kind, method), sorted by hours."""
   lines: dict[str, dict] = {}
   for p in points:
     line = lines.setdefault(p["kind"], {"label": p["kind"], "weak": p["weak"],
@@ -46,11 +69,10 @@ def plot_cost(paths: Sequence[str | os.PathLike], *, out: str | os.PathLike,
   Returns:
     {"figure", "data", "runs", "lines": [{"label", "points"}]}.
   """
-  from sesam_jax import cost
   plt = output.pyplot()
-  runs = runs_lib.read_runs(paths)
+  runs = runs_lib.open_runs(paths)
   minutes = dict(minutes_per_image or cost.MINUTES_PER_IMAGE)
-  lines = cost_lines(runs_lib.cost_points(runs, minutes))
+  lines = cost_lines(cost_points(runs, minutes))
   fig, ax = plt.subplots(figsize=(6.4, 4.2))
   cycle = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"])
   for line in lines:

@@ -12,7 +12,8 @@ import os
 from collections.abc import Sequence
 
 from sesam_jax import report
-from sesam_jax.plots import output, runs as runs_lib
+from sesam_jax.plots import output
+from sesam_jax.run import logs, runs as runs_lib
 
 # (panel title, y label, which metrics: exact names or a prefix ending in "_").
 PANELS = (
@@ -51,12 +52,12 @@ def plot_curves(paths: Sequence[str | os.PathLike], *, out: str | os.PathLike,
   workdirs = runs_lib.find_workdirs(paths)
   data_runs = []
   for workdir in workdirs:
-    rows = runs_lib.read_metrics(workdir)
-    kind = runs_lib.read_run(workdir).kind
+    rows = logs.read_metrics(workdir)
+    kind = runs_lib.open_run(workdir).kind
     entry = {"workdir": str(workdir), "label": f"{workdir.name} ({kind})", "series": {}}
     for _, _, wanted in PANELS:
       for key in _keys(rows, wanted):
-        entry["series"][key] = runs_lib.series(rows, key)
+        entry["series"][key] = logs.series(rows, key)
     data_runs.append(entry)
   fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.6), squeeze=False)
   colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]

@@ -17,6 +17,7 @@ import numpy as np
 
 from sesam_jax import report
 from sesam_jax.plots import output
+from sesam_jax.run import runs as runs_lib
 
 
 def sam_settings(configs: Sequence[Any]) -> tuple[str | None, Any]:
@@ -83,7 +84,8 @@ def plot_qualitative(workdirs: Sequence[str | os.PathLike], *, out: str | os.Pat
   if not workdirs:
     raise ValueError("sesam plot qualitative needs at least one --workdirs run.")
   runs = [predict.load_run(w, ema=ema) for w in workdirs]
-  source = predict.dataset_source(runs[0].config, dataset=dataset, data_dir=data_dir, split=split)
+  source = runs_lib.dataset_source(runs[0].config, dataset=dataset, data_dir=data_dir,
+                                   split=split)
   info = source.info
   for run in runs:
     if run.info.num_classes != info.num_classes:

@@ -20,6 +20,10 @@ Faults speak in one line naming the folder (`CheckpointError`, exit code 2), and
   - when a training resumes, a latest checkpoint that cannot be read (truncated, corrupt) is
     reported and the one before is restored (single process); the unreadable one moves to
     `<workdir>/unreadable_checkpoints/`. Evaluation names it instead.
+
+This is the one module that calls orbax on a workdir: evaluation and prediction restore the state
+(`restore`) or only some of its arrays (`read_arrays`, e.g. the weights) through it, usually via
+`sesam_jax.run.runs.open_run`.
 """
 
 from __future__ import annotations
@@ -31,17 +35,17 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+import numpy as np
 from etils import epath
 
 from sesam_jax import report
-
-UNREADABLE = "unreadable_checkpoints"  # beside checkpoints/: checkpoints that failed to restore
+from sesam_jax.run import layout as layout_lib
 
 
 class CheckpointError(report.UserError):
@@ -117,11 +121,13 @@ class BytesRestore(ocp.args.CheckpointArgs):
 
 
 def _save_args(name: str, item: Any) -> ocp.args.CheckpointArgs:
-  return grain.checkpoint.CheckpointSave(item) if name == "data" else BytesSave(item)
+  return (grain.checkpoint.CheckpointSave(item) if name == layout_lib.DATA_ITEM
+          else BytesSave(item))
 
 
 def _restore_args(name: str, item: Any) -> ocp.args.CheckpointArgs:
-  return grain.checkpoint.CheckpointRestore(item) if name == "data" else BytesRestore(item)
+  return (grain.checkpoint.CheckpointRestore(item) if name == layout_lib.DATA_ITEM
+          else BytesRestore(item))
 
 
 class _FirstLineOfOrbaxErrors(logging.Filter):
@@ -142,20 +148,39 @@ _ORBAX_FILTER = _FirstLineOfOrbaxErrors()
 class Checkpointer:
   """Saves and restores (state, data position, extra items) under `<workdir>/checkpoints/<step>`."""
 
-  def __init__(self, workdir: str, *, keep: int = 2) -> None:
-    """Args: workdir: the run directory (created); keep: how many checkpoints to keep."""
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  def __init__(self, workdir: str | os.PathLike, *, keep: int = 2, create: bool = True) -> None:
+    """Args:
+      workdir: the run directory.
+      keep: how many checkpoints to keep.
+      create: create `<workdir>/checkpoints` (a training); without, the folder must exist
+        (FileNotFoundError naming it otherwise): evaluation and prediction only read.
+    """
+    self.layout = layout_lib.Layout.of(workdir)
+    self.directory = str(self.layout.checkpoints)
+    if not create and not os.path.isdir(self.directory):
+      raise FileNotFoundError(f"no checkpoint in {self.directory}; train first with "
+                              "`sesam train --config=... --workdir=...`.")
     self.manager = ocp.CheckpointManager(
         self.directory, options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True,
+            max_to_keep=keep, create=create,
             async_options=ocp.AsyncOptions(create_directories_asynchronously=False)))
     self._pending: int | None = None  # the step of a save that may still be running
     self._failed = False
     logging.getLogger("absl").addFilter(_ORBAX_FILTER)  # orbax logs through absl's logger
 
+  def __enter__(self) -> "Checkpointer":
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    self.close()
+
   def latest_step(self) -> int | None:
     """The last committed step, or None for a fresh workdir."""
     return self.manager.latest_step()
+
+  def steps(self) -> list[int]:
+    """Every committed step, oldest first."""
+    return sorted(self.manager.all_steps())
 
   def save(self, step: int, state: Any, items: Mapping[str, Any] | None = None) -> None:
     """Starts an asynchronous save of `state` and `items` (name -> get_state object) at `step`.
@@ -166,7 +191,7 @@ class Checkpointer:
     self._finish_pending()  # The previous save's error is that save's, named as such.
     if not os.path.isdir(self.directory):
       self._raise_write(step, FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT)))
-    args = {"state": ocp.args.StandardSave(state)}
+    args = {layout_lib.STATE_ITEM: ocp.args.StandardSave(state)}
     args.update({name: _save_args(name, item) for name, item in (items or {}).items()})
     try:
       self.manager.save(step, args=ocp.args.Composite(**args), force=True)
@@ -234,13 +259,14 @@ class Checkpointer:
     if not steps or steps[0] is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}; train first with "
                               "`sesam train --config=... --workdir=...`.")
-    args = {"state": ocp.args.StandardRestore(abstract_state)}
+    args = {layout_lib.STATE_ITEM: ocp.args.StandardRestore(abstract_state)}
     args.update({name: _restore_args(name, item) for name, item in (items or {}).items()})
     fallback = fall_back and step is None and jax.process_count() == 1
     unreadable: list[tuple[int, str]] = []
     for s in steps:
       try:
-        restored = self.manager.restore(s, args=ocp.args.Composite(**args)).state
+        restored = self.manager.restore(s, args=ocp.args.Composite(**args))[
+            layout_lib.STATE_ITEM]
       except Exception as e:  # A truncated file fails in orbax, tensorstore, numpy, json...
         unreadable.append((s, _why(e)))
         if not fallback:
@@ -264,9 +290,54 @@ class Checkpointer:
         "since it was written, train with the old config or a new --workdir; otherwise move "
         f"{os.path.join(self.directory, str(s))} away to resume from the one before.")
 
+  def read_arrays(self, names: Sequence[str], step: int | None = None
+                  ) -> tuple[dict[str, Any], int]:
+    """Some top-level fields of a checkpoint's state as numpy arrays, nothing else read.
+
+    No model, optimizer or sharding is needed: the arrays' shapes come from the checkpoint's own
+    tree metadata (what `sesam predict` and `export` restore the weights with).
+
+    Args:
+      names: fields of the train state, e.g. ("params", "batch_stats").
+      step: which checkpoint; default the latest.
+
+    Returns:
+      ({name: pytree of numpy arrays ({} for an empty field)}, step).
+
+    Raises:
+      FileNotFoundError: no checkpoint.
+      ValueError: the state lacks one of `names` (not written by `sesam train`).
+      CheckpointError: the checkpoint cannot be read.
+    """
+    step = self.latest_step() if step is None else int(step)
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}; train first with "
+                              "`sesam train --config=... --workdir=...`.")
+    path = epath.Path(self.layout.checkpoint(step, layout_lib.STATE_ITEM))
+    handler = ocp.PyTreeCheckpointHandler()  # Reads the state item StandardSave wrote.
+    try:
+      tree = handler.metadata(path).tree
+    except Exception as e:  # Missing or damaged metadata: orbax, tensorstore, json...
+      raise CheckpointError(f"checkpoint {step} in {self.directory} cannot be read ({_why(e)})"
+                            "; give another step or train again.") from None
+    missing = [n for n in names if n not in tree]
+    if missing:
+      raise ValueError(f"checkpoint {path} has no {missing}; it was not written by `sesam "
+                       "train`.")
+    wanted = {n: tree[n] for n in names}
+    target = jax.tree.map(lambda m: np.zeros((0,), m.dtype), wanted)
+    restore_args = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
+    try:
+      restored = handler.restore(path, args=ocp.args.PyTreeRestore(
+          item=target, restore_args=restore_args, partial_restore=True))
+    except Exception as e:
+      raise CheckpointError(f"checkpoint {step} in {self.directory} cannot be read ({_why(e)})"
+                            "; give another step or train again.") from None
+    return {n: {} if restored[n] is None else restored[n] for n in names}, step
+
   def _move_aside(self, steps: list[int]) -> str:
     """Moves step folders to `<workdir>/unreadable_checkpoints/` (kept for a look, not used)."""
-    target = os.path.join(os.path.dirname(self.directory), UNREADABLE)
+    target = str(self.layout.unreadable_checkpoints)
     os.makedirs(target, exist_ok=True)
     for s in steps:
       dest = os.path.join(target, str(s))

@@ -3,7 +3,7 @@
 `<workdir>/tensorboard/` holds the event files (scalars, and images of a few validation
 predictions at each evaluation: `sesam_jax.run.val_images`; `read_images` reads them back);
 `<workdir>/metrics.jsonl` one object per log step (`{"step": n, "loss": ...}`), easy to read back
-with pandas or `jq`. A resumed run runs the steps after its checkpoint again, so it first drops
+with pandas or `jq`, or with `read_metrics` (one merged dict per step). A resumed run runs the steps after its checkpoint again, so it first drops
 their rows (`drop_rows_after`): every step keeps one row. (TensorBoard keeps both events of such a
 step and shows the later one.) Only process 0 writes.
 """
@@ -17,7 +17,7 @@ import os
 import pathlib
 import struct
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -25,6 +25,7 @@ import numpy as np
 
 from sesam_jax.atomic import write_atomic
 from sesam_jax.run import val_images
+from sesam_jax.run.layout import Layout
 
 
 def _summary_writer_class() -> type:
@@ -68,8 +69,9 @@ class MetricWriter:
       os.makedirs(workdir, exist_ok=True)
       if resume_step is not None:
         drop_rows_after(workdir, resume_step, final_eval=final_eval)
-      self._tb = _SummaryWriter(logdir=os.path.join(workdir, "tensorboard"))
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      layout = Layout.of(workdir)
+      self._tb = _SummaryWriter(logdir=str(layout.tensorboard))
+      self._jsonl = open(layout.metrics, "a")
 
   def write(self, step: int, metrics: Mapping[str, float], prefix: str = "") -> None:
     """Records scalars at `step` (names prefixed with `prefix`, e.g. "train/")."""
@@ -115,8 +117,8 @@ def drop_rows_after(workdir: str, step: int, *, final_eval: bool = False) -> int
   Returns:
     The number of rows removed (the file is rewritten atomically only when there are some).
   """
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.isfile(path):
+  path = Layout.of(workdir).metrics
+  if not path.is_file():
     return 0
   with open(path) as f:
     lines = [line for line in f if line.strip()]
@@ -133,6 +135,52 @@ def drop_rows_after(workdir: str, step: int, *, final_eval: bool = False) -> int
   if len(kept) != len(lines):
     write_atomic(path, "".join(kept))
   return len(lines) - len(kept)
+
+
+def read_metric_rows(workdir: str | os.PathLike) -> list[dict[str, Any]]:
+  """`<workdir>/metrics.jsonl` as written: one dict per line, in file order.
+
+  A last line cut short (a run killed while writing it) is left out.
+
+  Raises:
+    FileNotFoundError: the run has logged no metrics (no file).
+    ValueError: a damaged line before the last (names the file and line).
+  """
+  path = Layout.of(workdir).metrics
+  if not path.is_file():
+    raise FileNotFoundError(f"{path} not found; the run has logged no metrics yet.")
+  lines = path.read_text().splitlines()
+  rows = []
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+      int(row["step"])
+    except (ValueError, KeyError, TypeError):
+      if number == len(lines):
+        break  # Cut by the kill that stopped the run.
+      raise ValueError(f"{path}:{number} is not a JSON object with a step; the file is "
+                       "damaged.") from None
+    rows.append(row)
+  return rows
+
+
+def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
+  """`<workdir>/metrics.jsonl` as one dict per step, sorted by step.
+
+  Rows of one step are merged (training and validation metrics are separate lines); a step
+  logged twice (a final evaluation redone) keeps the later values. Raises as `read_metric_rows`.
+  """
+  merged: dict[int, dict[str, Any]] = {}
+  for row in read_metric_rows(workdir):
+    merged.setdefault(int(row["step"]), {}).update(row)
+  return [merged[s] for s in sorted(merged)]
+
+
+def series(rows: Sequence[Mapping[str, Any]], key: str) -> list[list[float]]:
+  """[[step, value], ...] of `key` over metrics rows (rows without it or with null skipped)."""
+  return [[row["step"], row[key]] for row in rows if row.get(key) is not None]
 
 
 def read_events(logdir: str | os.PathLike) -> list[Any]:

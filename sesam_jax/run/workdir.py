@@ -30,9 +30,7 @@ import time
 from typing import Any
 
 from sesam_jax import report
-
-LOCK_FILE = "train.lock"
-CHECKPOINTS = "checkpoints"
+from sesam_jax.run.layout import Layout
 
 
 class StorageError(report.UserError):
@@ -82,7 +80,8 @@ class RunDir:
   """
 
   def __init__(self, workdir: str | os.PathLike, *, primary: bool = True) -> None:
-    self.path = pathlib.Path(os.path.abspath(workdir))
+    self.layout = Layout.of(workdir)
+    self.path = self.layout.root
     self.primary = primary
     self.existed = self.path.is_dir()
     self.before: set[str] = set(os.listdir(self.path)) if self.existed else set()
@@ -90,7 +89,7 @@ class RunDir:
 
   @property
   def checkpoints(self) -> pathlib.Path:
-    return self.path / CHECKPOINTS
+    return self.layout.checkpoints
 
   # --- lifecycle -------------------------------------------------------------
 
@@ -124,7 +123,7 @@ class RunDir:
   # --- the lock --------------------------------------------------------------
 
   def _lock(self) -> None:
-    path = self.path / LOCK_FILE
+    path = self.layout.lock
     for _ in range(5):
       try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -167,13 +166,13 @@ class RunDir:
            if holder else "another process")
     return (f"another training ({who}) is running in {self.path}; wait for it to finish or stop "
             f"it, or give another --workdir (if no training runs there, delete "
-            f"{self.path / LOCK_FILE}).")
+            f"{self.layout.lock}).")
 
   def _unlock(self) -> None:
     if self._lock_fd is None:
       return
     try:
-      os.unlink(self.path / LOCK_FILE)  # While still held: a waiting process re-checks the inode.
+      os.unlink(self.layout.lock)  # While still held: a waiting process re-checks the inode.
     except OSError:
       pass
     os.close(self._lock_fd)
@@ -234,7 +233,7 @@ class RunDir:
   def trained(self) -> bool:
     """Whether anything of value was written: a checkpoint or metrics."""
     steps = self.checkpoints.is_dir() and any(p.name.isdigit() for p in self.checkpoints.iterdir())
-    metrics = self.path / "metrics.jsonl"
+    metrics = self.layout.metrics
     return steps or (metrics.is_file() and metrics.stat().st_size > 0)
 
   def _clean_up(self) -> None:

@@ -18,7 +18,6 @@ All of this runs in `Feed.after_dispatch`, while the device computes.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -28,6 +27,7 @@ import numpy as np
 
 from sam_bridge.cache import CacheConfig
 from sesam_jax import report
+from sesam_jax.run.layout import SAM_BANK_ITEM, Layout
 from sesam_jax.sam import resolver
 from sesam_jax.sam.bank import SamLabelBank, SamLabelConfig
 from sesam_jax.data.feed import Batch, Feed, local_rows
@@ -71,7 +71,7 @@ class SamFeed(Feed):
 
   def checkpoint_items(self) -> dict[str, Any]:
     self._flush_teacher()  # The saved bank includes the last step's extension.
-    return {**super().checkpoint_items(), "sam_bank": self.bank}
+    return {**super().checkpoint_items(), SAM_BANK_ITEM: self.bank}
 
   def prepare(self) -> dict[str, Any]:
     """With `prewarm`: every image without a SAM label is refined before step 0 (timed).
@@ -91,6 +91,8 @@ class SamFeed(Feed):
     return {**info, "prewarm_seconds": round(time.time() - start, 2), "prewarmed": n}
 
   def summary(self) -> dict[str, Any]:
+    """The bank's counters as "sam/<name>" (logged, and in result.json: every key is in
+    `sesam_jax.run.result.FIELDS` / `PATTERNS`)."""
     return {f"sam/{k}": v for k, v in self.bank.summary().items()}
 
   def close(self) -> None:
@@ -107,7 +109,7 @@ def start_service(config: ml_collections.ConfigDict, workdir: str,
     report.log(backend.decoder_note)
   cache = None
   if s.cache_embeddings:
-    cache = CacheConfig(directory=s.cache_dir or os.path.join(workdir, "sam_embeddings"))
+    cache = CacheConfig(directory=s.cache_dir or str(Layout.of(workdir).sam_embeddings))
   return backend.service(config=resolver.refine_config(config), seed=config.seed,
                          max_pending=s.max_pending, timeout_s=s.timeout_s, fallback=s.fallback,
                          cache=cache)

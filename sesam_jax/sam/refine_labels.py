@@ -32,6 +32,7 @@ from sesam_jax import outputs, report
 from sesam_jax.atomic import write_png_atomic
 from sesam_jax.data import split_check, weak_labels, weak_sources
 from sesam_jax.evaluate import metrics
+from sesam_jax.run.layout import Layout
 from sesam_jax.sam import resolver
 
 
@@ -171,7 +172,7 @@ def baseline_labels(config: Any, train_source: Any, workdir: str) -> str:
     `DONE.json` is present; an interrupted generation is redone from the start. In a multi-host
     run process 0 makes them and the others wait for `DONE.json`.
   """
-  out = os.path.join(workdir, "sam_baseline_labels")
+  out = str(Layout.of(workdir).sam_baseline_labels)
   done = os.path.join(out, "DONE.json")
   # The processes of a multi-host run share the workdir: process 0 makes the labels.
   if not os.path.isfile(done) and jax.process_index() > 0:

@@ -14,7 +14,7 @@ import pytest
 
 from sesam_jax import config_lib, configs_common, main
 from sesam_jax.experiments import grid, sweep
-from sesam_jax.plots import runs as runs_lib
+from sesam_jax.run import runs as runs_lib
 from tests import fakes
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]

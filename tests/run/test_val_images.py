@@ -11,7 +11,7 @@ import pytest
 from sesam_jax.data import get_source, input_pipeline
 from sesam_jax.evaluate import inference, predict
 from sesam_jax.data.base import colorize
-from sesam_jax.run import logs, val_images
+from sesam_jax.run import logs, runs, val_images
 from sesam_jax.train import train_step as step_lib
 from tests import fakes
 
@@ -33,7 +33,7 @@ def test_event_file_holds_the_predictions_at_each_evaluation(tiny_run, shared_da
     # `sesam predict` on the checkpoint of that step gives the labels the images show.
     labels = {}
     for ema in (False, True):
-      variables, _ = predict.restore_variables(tiny_run.workdir, ema=ema, step=step)
+      variables, _ = runs.open_run(tiny_run.workdir).restore_weights(ema=ema, step=step)
       labels[ema] = [label for _, label in predict.predict_examples(
           dataclasses.replace(run, variables=variables), items, settings)]
     for k, (item, tag) in enumerate(zip(items, tags)):

@@ -16,7 +16,7 @@ import pytest
 
 from sesam_jax import config_lib, main, report
 from sesam_jax.train import optim, train_state
-from sesam_jax.run import checkpoint, logs, workdir
+from sesam_jax.run import checkpoint, layout, logs, workdir
 from sesam_jax import loop
 from sesam_jax.train import train_step as step_lib
 from tests import fakes
@@ -99,12 +99,12 @@ def test_a_second_training_in_the_same_workdir_is_stopped(tmp_path, capsys):
   # A lock left by a process that died is taken over.
   dead = subprocess.Popen([sys.executable, "-c", "pass"])
   dead.wait()
-  (run_dir / workdir.LOCK_FILE).write_text(json.dumps({"pid": dead.pid, "host": "x"}))
+  (run_dir / layout.LOCK).write_text(json.dumps({"pid": dead.pid, "host": "x"}))
   with workdir.RunDir(run_dir):
-    holder = json.loads((run_dir / workdir.LOCK_FILE).read_text())
+    holder = json.loads((run_dir / layout.LOCK).read_text())
     assert holder["pid"] == os.getpid()
   assert f"from pid {dead.pid}, which is no longer running" in capsys.readouterr().err
-  assert not (run_dir / workdir.LOCK_FILE).exists()
+  assert not (run_dir / layout.LOCK).exists()
 
 
 def _abstract_state(config):
@@ -143,7 +143,7 @@ def test_a_failed_save_stops_the_run_within_seconds_and_keeps_the_last_checkpoin
     assert int(ckpt.restore(_abstract_state(config)).step) == 2
   finally:
     ckpt.close()
-  assert not (run_dir / workdir.LOCK_FILE).exists()
+  assert not (run_dir / layout.LOCK).exists()
 
 
 def _truncate_state(step_dir):
@@ -172,7 +172,7 @@ def test_an_unreadable_latest_checkpoint_is_reported_and_the_one_before_restored
   err = capsys.readouterr().err
   assert f"checkpoint 4 in {run_dir / 'checkpoints'} cannot be read (" in err
   assert "resumed from checkpoint 2" in err
-  assert os.listdir(run_dir / checkpoint.UNREADABLE) == ["4"]  # Kept aside for a look.
+  assert os.listdir(run_dir / layout.UNREADABLE_CHECKPOINTS) == ["4"]  # Kept aside for a look.
 
   # Evaluation does not fall back: it names the checkpoint it cannot read.
   shutil.rmtree(run_dir)

@@ -126,7 +126,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
 
   # The two processes counted each of the 5 validation images once (each evaluated its slice
   # of every padded batch): their result is that of one process evaluating the same checkpoint.
-  single = loop.evaluate_workdir(config, str(workdir))
+  single = loop.evaluate_workdir(str(workdir), config)
   assert results[0]["val_images"] == single["val_images"] == 5
   assert results[0]["val_per_class_iou"] == single["val_per_class_iou"]
   assert results[0]["val_miou"] == pytest.approx(single["val_miou"], abs=1e-12)

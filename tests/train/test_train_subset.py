@@ -7,6 +7,7 @@ import pytest
 from sesam_jax import configs_common
 from sesam_jax.data import base
 from sesam_jax import loop
+from sesam_jax.run import layout
 
 
 def _config(n, seed=0):
@@ -23,7 +24,7 @@ def test_subset_is_drawn_by_seed_and_recorded(tmp_path):
   other, _ = loop.make_sources(_config(5, seed=1))
   assert len(train) == 5 and train.ids == again.ids and train.ids != other.ids
   assert train[2]["id"] == train.ids[2]
-  saved = json.loads((tmp_path / loop.TRAIN_IMAGES_FILE).read_text())
+  saved = json.loads((tmp_path / layout.TRAIN_IMAGES).read_text())
   assert saved == {"count": 5, "of": 20, "ids": train.ids}
   with pytest.raises(ValueError, match="other training images.*new --workdir"):
     loop.make_sources(_config(6), str(tmp_path))
