@@ -41,9 +41,9 @@ from sesam_jax.data.input_pipeline import (check_weak_labels, make_eval_dataset,
                                            make_train_dataset, weak_label_fn)
 from sesam_jax.evaluate.inference import evaluate
 from sesam_jax.models import create_model
-from sesam_jax.train import distributed, optim, pretrained, train_state
+from sesam_jax.train import optim, train_state
 from sesam_jax import methods
-from sesam_jax.run import preemption
+from sesam_jax.run import distributed, preemption, pretrained
 from sesam_jax.train import train_step as step_lib
 from sesam_jax.run.checkpoint import Checkpointer
 from sesam_jax.run.logs import MetricWriter

@@ -38,6 +38,7 @@ import time
 
 import numpy as np
 
+from sesam_jax.bench.sam_backends import make_backend
 from sesam_jax.sam import resolver
 
 
@@ -125,7 +126,7 @@ def run(args: argparse.Namespace) -> dict:
   if any(_is_jax(s) for s in specs):
     out["side_by_side"] = side_by_side(args, specs)
   if "camvid" in scene_names:
-    from sesam_jax.bench import sam_camvid  # Deferred: it imports make_backend from here.
+    from sesam_jax.bench import sam_camvid
     out["camvid"] = sam_camvid.camvid_refresh(args, cfg)
   if "synthetic" not in scene_names:
     if args.parity:
@@ -200,13 +201,6 @@ def run(args: argparse.Namespace) -> dict:
 
 def _is_jax(spec: str) -> bool:
   return spec.split(":")[0] in resolver.JAX_SAM
-
-
-def make_backend(spec: str, args: argparse.Namespace):
-  """The backend `spec` names, built in this process through the resolver (the torch side or
-  the Flax SAM for jax:/jax-random: specs); no --decoder-dtype = the compute dtype."""
-  return resolver.resolve(spec, device=args.device, dtype=args.dtype,
-                          decoder_dtype=args.decoder_dtype or "").build()
 
 
 def _single_thread_xla(threads: int) -> None:

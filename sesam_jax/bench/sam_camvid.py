@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from sesam_jax.bench.sam import make_backend
+from sesam_jax.bench.sam_backends import make_backend
 
 
 def _encode_with_subnormals(backend, request, cfg, spec: str, args: argparse.Namespace):
@@ -49,20 +49,13 @@ def camvid_refresh(args: argparse.Namespace, cfg) -> dict:
                                      num_classes=source.info.num_classes)
   request = RefineRequest(example["id"], example["image"], weak, fine=example["label"])
   out: dict = {"image": example["id"], "hw": list(weak.shape)}
-  try:
-    from sam_bridge.cache import EmbeddingCache
-  except ImportError:  # A bridge without the embedding cache: the refresh re-encodes.
-    EmbeddingCache = None
+  from sam_bridge.cache import EmbeddingCache
   for spec in (b.strip() for b in args.backends.split(",") if b.strip()):
     backend = CpuTimed(make_backend(spec, args))
     subnormals = _encode_with_subnormals(backend, request, cfg, spec, args)
     backend.cpu = {"encode": 0.0, "decode": 0.0}  # The cold refinement's own seconds only.
-    cache_kw = {}
-    if EmbeddingCache is not None:
-      cache_kw = {"cache": EmbeddingCache()}
-      cfg_run = dataclasses_replace(cfg, cache_embeddings=True)
-    else:
-      cfg_run = cfg
+    cache_kw = {"cache": EmbeddingCache()}
+    cfg_run = dataclasses_replace(cfg, cache_embeddings=True)
     cold = refine(backend, request, cfg_run, **cache_kw)
     cold_cpu = dict(backend.cpu)
     refreshes, decodes, decodes_cpu = [], [], []
