@@ -13,6 +13,7 @@ import argparse
 import sys
 
 from sesam_jax import commands, report
+from sesam_jax.bench import describe_targets
 
 
 def _add_dataset_flags(p: argparse.ArgumentParser) -> None:
@@ -28,7 +29,6 @@ def _add_dataset_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _bench_epilog() -> str:
-  from sesam_jax.bench import describe_targets
   return describe_targets() + (
       "\n\nsesam bench --what NAME --help lists a benchmark's own flags. Compare machines: run "
       "with\n--record runs.jsonl on each, then: sesam bench --compare a.jsonl b.jsonl")

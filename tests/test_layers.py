@@ -33,6 +33,9 @@ LAYERS: dict[str, int] = {
     "sesam_jax.run": 3,
     "sesam_jax.sam": 3,
     "sesam_jax.train": 3,
+    # Pure confusion-matrix maths (jax and numpy only): sam/refine_labels scores SAM labels with
+    # it, so it sits below the rest of evaluate/.
+    "sesam_jax.evaluate.metrics": 3,
     # 4: the method table; evaluation and prediction.
     "sesam_jax.methods": 4,
     "sesam_jax.evaluate": 4,

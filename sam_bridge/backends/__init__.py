@@ -13,6 +13,10 @@ Heavy imports (torch, transformers) happen only when such a backend is created.
 from __future__ import annotations
 
 from sam_bridge.api import Backend
+from sam_bridge.backends.official import OfficialSamBackend
+from sam_bridge.backends.oracle import OracleBackend
+from sam_bridge.backends.superpixel import SuperpixelBackend
+from sam_bridge.backends.transformers_sam import TransformersSamBackend
 
 BACKEND_KINDS = ("oracle", "superpixel", "transformers", "random", "segment_anything")
 
@@ -29,25 +33,19 @@ def create_backend(spec: str, **kw) -> Backend:
     A Backend; its `name` says what it is (oracle and random included).
   """
   kind, _, arg = spec.partition(":")
-  # Each backend's module is imported when it is built: torch and transformers load only for
-  # the SAM backends, scikit-image only for the ones that use it.
+  # torch and transformers load only when a SAM backend is built (inside its module).
   if kind == "oracle":
-    from sam_bridge.backends.oracle import OracleBackend
     return OracleBackend(**kw)
   if kind == "superpixel":
-    from sam_bridge.backends.superpixel import SuperpixelBackend
     return SuperpixelBackend(**kw)
   if kind == "transformers":
     if not arg:
       raise ValueError("backend 'transformers' needs a path: transformers:/path/to/weights_dir "
                        "or transformers:/path/sam_vit_b_01ec64.pth")
-    from sam_bridge.backends.transformers_sam import TransformersSamBackend
     return TransformersSamBackend.from_path(arg, **kw)
   if kind == "random":
-    from sam_bridge.backends.transformers_sam import TransformersSamBackend
     return TransformersSamBackend.random(arg or "vit_b", **kw)
   if kind == "segment_anything":
-    from sam_bridge.backends.official import OfficialSamBackend
     return OfficialSamBackend(arg, **kw)
   raise ValueError(f"unknown backend {spec!r}; choose one of {', '.join(BACKEND_KINDS)} "
                    "(with ':PATH' or ':VARIANT' where needed)")

@@ -29,8 +29,13 @@ from typing import Any
 
 import jax
 import numpy as np
+from flax import serialization
+from PIL import Image
 
+from sesam_jax import report
 from sesam_jax.atomic import write_atomic
+from sesam_jax.data import base
+from sesam_jax.evaluate import predict
 
 FORMAT = "sesam-jax predictor 1"
 FUNCTION_FILE = "predict.jaxexport"
@@ -56,9 +61,6 @@ def export_run(workdir: str | os.PathLike, out_dir: str | os.PathLike, *, ema: b
   Returns:
     {"export", "files", "input_shape", "platforms", "weights", "step", "bytes", settings...}.
   """
-  from flax import serialization
-  from sesam_jax import report
-  from sesam_jax.evaluate import predict
   run = predict.load_run(workdir, ema=ema)
   settings = predict.settings_from_config(run.config, **overrides)
   if image_hw is None:
@@ -106,8 +108,6 @@ def export_run(workdir: str | os.PathLike, out_dir: str | os.PathLike, *, ema: b
 
 def _default_hw(run: Any, input_path: str | os.PathLike | None) -> tuple[int, int]:
   """The size of the first --input image, else of the run's first validation image."""
-  from sesam_jax.data import base
-  from sesam_jax.evaluate import predict
   if input_path is not None:
     return base.read_image(predict.list_input_images(input_path)[0]).shape[:2]
   try:
@@ -160,7 +160,6 @@ class Predictor:
 
 
 def _resize(array: np.ndarray, hw: tuple[int, int], *, nearest: bool) -> np.ndarray:
-  from PIL import Image
   method = Image.NEAREST if nearest else Image.BILINEAR
   return np.asarray(Image.fromarray(array).resize((hw[1], hw[0]), method))
 
@@ -171,7 +170,6 @@ def load_predictor(path: str | os.PathLike) -> Predictor:
   Raises:
     FileNotFoundError: `path` holds no complete export.
   """
-  from flax import serialization
   folder = pathlib.Path(path)
   meta_path = folder / META_FILE
   if not meta_path.is_file():

@@ -28,13 +28,18 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from PIL import Image
 
-from sesam_jax import report
+from sesam_jax import data, report
 from sesam_jax.atomic import write_atomic, write_png_atomic
-from sesam_jax.data import base
+from sesam_jax.data import base, get_source
 from sesam_jax.evaluate import inference, metrics
+from sesam_jax.models import create_model
 
 CONFIG_FILE = "config.json"
 OVERLAY_ALPHA = 0.5  # Weight of the label colours in the overlay JPEG.
@@ -87,7 +92,6 @@ def read_config(workdir: str | os.PathLike) -> Any:
   Raises:
     FileNotFoundError: no config.json (not a training workdir).
   """
-  import ml_collections
   path = pathlib.Path(workdir) / CONFIG_FILE
   if not path.is_file():
     raise FileNotFoundError(f"{path} not found: --workdir must be a run directory written by "
@@ -111,7 +115,6 @@ def dataset_source(config: Any, *, dataset: str | None = None, data_dir: str | N
   Returns:
     A random-access source (`sesam_jax.data.get_source`).
   """
-  from sesam_jax.data import get_source
   d = config.dataset
   dataset = dataset or d.name
   split = split or d.val_split
@@ -130,7 +133,6 @@ def dataset_source(config: Any, *, dataset: str | None = None, data_dir: str | N
 
 def dataset_info(config: Any) -> base.DatasetInfo:
   """Class names and colours of the run's dataset (from its module; the files if it has none)."""
-  from sesam_jax import data
   name = config.dataset.name
   if name not in data.SOURCES:
     raise ValueError(f"the run's dataset {name!r} is unknown here; choose one of "
@@ -143,7 +145,6 @@ def dataset_info(config: Any) -> base.DatasetInfo:
 
 def latest_step(workdir: str | os.PathLike) -> int:
   """The last committed checkpoint step of a run, or FileNotFoundError naming the folder."""
-  import orbax.checkpoint as ocp
   directory = pathlib.Path(workdir) / "checkpoints"
   steps = ocp.utils.checkpoint_steps(directory) if directory.is_dir() else []
   if not steps:
@@ -164,8 +165,6 @@ def restore_variables(workdir: str | os.PathLike, *, ema: bool = False,
   Returns:
     ({"params", "batch_stats"}, step).
   """
-  import orbax.checkpoint as ocp
-  from etils import epath
   step = latest_step(workdir) if step is None else step
   path = epath.Path(pathlib.Path(workdir).absolute() / "checkpoints" / str(step) / "state")
   handler = ocp.PyTreeCheckpointHandler()  # The state item of the run's CheckpointManager.
@@ -189,7 +188,6 @@ def load_run(workdir: str | os.PathLike, *, ema: bool = False) -> LoadedRun:
     FileNotFoundError: no config.json or no checkpoint in `workdir`.
     ValueError: the checkpoint does not fit the model the config names.
   """
-  from sesam_jax.models import create_model
   workdir = pathlib.Path(workdir)
   config = read_config(workdir)
   info = dataset_info(config)
@@ -309,7 +307,6 @@ def overlay(image: np.ndarray, label: np.ndarray, colors: np.ndarray,
 
 def write_jpeg_atomic(path: pathlib.Path, image: np.ndarray, quality: int = 90) -> None:
   """Writes HxWx3 uint8 as JPEG (temporary name, then rename: `sesam_jax.atomic`)."""
-  from PIL import Image
   write_atomic(path, lambda f: Image.fromarray(image).save(f, format="JPEG", quality=quality))
 
 

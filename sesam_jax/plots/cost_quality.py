@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
-from sesam_jax import report
+from sesam_jax import cost, report
 from sesam_jax.plots import output, runs as runs_lib
 
 KIND_ORDER = ("points", "scribbles", "coarse", "fine")
@@ -46,7 +46,6 @@ def plot_cost(paths: Sequence[str | os.PathLike], *, out: str | os.PathLike,
   Returns:
     {"figure", "data", "runs", "lines": [{"label", "points"}]}.
   """
-  from sesam_jax import cost
   plt = output.pyplot()
   runs = runs_lib.read_runs(paths)
   minutes = dict(minutes_per_image or cost.MINUTES_PER_IMAGE)

@@ -18,6 +18,11 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import ml_collections
+
+from sesam_jax import cost
+from sesam_jax.evaluate import predict
+
 CONFIG_FILE = "config.json"
 RESULT_FILE = "result.json"
 METRICS_FILE = "metrics.jsonl"
@@ -72,7 +77,6 @@ def find_workdirs(paths: Sequence[str | os.PathLike]) -> list[pathlib.Path]:
 
 def read_run(workdir: str | os.PathLike) -> Run:
   """A workdir's config.json and result.json (None when the run wrote none)."""
-  import ml_collections
   workdir = pathlib.Path(workdir)
   config = ml_collections.ConfigDict(_read_json(workdir / CONFIG_FILE))
   result_path = workdir / RESULT_FILE
@@ -170,7 +174,6 @@ def train_images(run: Run) -> int:
   if subset > 0:
     return subset
   try:
-    from sesam_jax.evaluate import predict
     return len(predict.dataset_source(run.config, split=d.train_split))
   except (FileNotFoundError, ValueError) as e:
     raise ValueError(f"run {run.workdir}: cannot count its training images ({e}); write "
@@ -185,7 +188,6 @@ def cost_points(runs: Sequence[Run],
     [{"workdir", "kind", "weak", "method", "train_images", "hours", "val_miou",
       "val_miou_from"}], in the order of `runs`.
   """
-  from sesam_jax import cost
   out = []
   for run in runs:
     n = train_images(run)

@@ -31,6 +31,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import jax
+
 from sam_bridge import weights
 from sam_bridge.api import SamSetupError
 from sam_bridge.backends import create_backend
@@ -38,6 +40,7 @@ from sam_bridge.backends.transformers_sam import RANDOM_VARIANTS
 from sam_bridge.local_service import LocalRefineService
 from sam_bridge.refine import RefineConfig
 from sam_bridge.service import RefineService
+from sesam_jax.sam import jax_backend
 
 KINDS = ("oracle", "superpixel", "random", "transformers", "segment_anything", "jax",
          "jax-random")
@@ -114,8 +117,6 @@ class SamBackend:
     """The backend object, in this process (PyTorch backends import torch here)."""
     with self._naming_the_flag():
       if self.in_process:
-        # Deferred: the Flax SAM (its model code) only where it is asked for.
-        from sesam_jax.sam import jax_backend
         return jax_backend.create_jax_backend(self.spec, **self.kwargs)
       return create_backend(self.spec, **self.kwargs)
 
@@ -224,7 +225,6 @@ def resolve(backend: str, checkpoint: str = "", *, device: str = "cpu", dtype: s
 
 
 def _jax_platform() -> str:
-  import jax
   return jax.local_devices()[0].platform
 
 
@@ -243,7 +243,6 @@ def local_gpu(device: str, local_devices: Any = None) -> str:
   if device != "cuda":
     return device
   if local_devices is None:
-    import jax  # Deferred: only a bridge on "cuda" asks where JAX runs.
     local_devices = jax.local_devices()
   gpus = [d for d in local_devices if d.platform == "gpu"]
   return f"cuda:{gpus[0].local_hardware_id}" if gpus else device
