@@ -192,3 +192,17 @@ def test_configs_common_imports_only_names():
                   and imp.target not in allowed))]
   assert not bad, ("sesam_jax.configs_common imports only sesam_jax.names of the package:\n  "
                    + "\n  ".join(bad))
+
+
+def test_the_ignore_value_is_defined_once_per_package():
+  # sesam_jax.names.IGNORE_INDEX (re-exported as sesam_jax.data.base.IGNORE_INDEX) and
+  # sam_bridge.api.UNLABELED; every other module imports one of them.
+  found = []
+  for module, path in import_graph.module_files().items():
+    for node in ast.parse(path.read_text()).body:
+      targets = (node.targets if isinstance(node, ast.Assign)
+                 else [node.target] if isinstance(node, ast.AnnAssign) else [])
+      value = getattr(node, "value", None)
+      if isinstance(value, ast.Constant) and value.value == 255:
+        found += [f"{module}.{t.id}" for t in targets if isinstance(t, ast.Name)]
+  assert sorted(found) == ["sam_bridge.api.UNLABELED", "sesam_jax.names.IGNORE_INDEX"], found
