@@ -27,6 +27,7 @@ import hashlib
 import os
 import pathlib
 import re
+import sys
 import tempfile
 import time
 
@@ -126,7 +127,6 @@ class EmbeddingCache:
         with np.load(path, allow_pickle=False) as npz:
           state = {k: npz[k] for k in npz.files}
       except (OSError, ValueError, EOFError) as e:  # Truncated/corrupt: encode again, rewrite it.
-        import sys
         print(f"sam_bridge cache: ignoring unreadable {path} ({e}); it will be rewritten",
               file=sys.stderr)
         state = None

@@ -31,6 +31,7 @@ chosen mask of each prompt set is upsampled to full size (`lowres_selection`).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 
 import numpy as np
@@ -246,7 +247,6 @@ def sampling_seed(seed: int, request: RefineRequest) -> list[int]:
 
 def hash_id(example_id: str) -> int:
   """A process-independent 63-bit hash of an example id (Python's hash() is salted)."""
-  import hashlib
   return int.from_bytes(hashlib.blake2b(example_id.encode(), digest_size=8).digest(), "little") >> 1
 
 

@@ -31,20 +31,22 @@ bounds torch's CPU threads in the worker: it shares the host with the trainer.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import multiprocessing as mp
+import os
 import queue
 import signal
+import sys
 import time
 import traceback
 from typing import Callable
 
 import numpy as np
 
-import dataclasses
-import os
-
+from sam_bridge import refine as refine_lib
 from sam_bridge.api import RefineRequest, RefineResult, SamSetupError
-from sam_bridge.cache import CacheConfig
+from sam_bridge.backends import create_backend
+from sam_bridge.cache import CacheConfig, EmbeddingCache
 from sam_bridge.refine import RefineConfig
 
 # How often an idle worker checks that the process that started it is still alive (s).
@@ -64,7 +66,6 @@ def _set_torch_threads(n: int | None) -> None:
     return
   os.environ["OMP_NUM_THREADS"] = str(n)
   os.environ["MKL_NUM_THREADS"] = str(n)
-  import sys
   if "torch" in sys.modules:
     sys.modules["torch"].set_num_threads(n)
 
@@ -76,15 +77,11 @@ def _worker_main(backend_spec, backend_kwargs, factory, config, seed, cache_conf
   # stops (it checkpoints first, then closes the service), so the worker ignores it.
   signal.signal(signal.SIGINT, signal.SIG_IGN)
   _set_torch_threads(torch_threads)
-  # Deferred: the worker process alone needs the geometry and the backends (torch).
-  from sam_bridge import refine as refine_lib
-  from sam_bridge.cache import EmbeddingCache
   cache = None
   try:
     if factory is not None:
       backend = factory(**backend_kwargs)
     else:
-      from sam_bridge.backends import create_backend
       backend = create_backend(backend_spec, **backend_kwargs)
     _set_torch_threads(torch_threads)  # torch may have been imported by the backend just now.
     if cache_config is not None:

@@ -16,8 +16,9 @@ from collections.abc import Callable
 from typing import BinaryIO
 
 import numpy as np
+from PIL import Image
 
-from sesam_jax.data.base import IGNORE_INDEX
+from sesam_jax.names import IGNORE_INDEX
 
 
 def _umask() -> int:
@@ -64,8 +65,6 @@ def write_png_atomic(path: str | os.PathLike, array: np.ndarray,
     array: HxW uint8 (written as 'L', or 'P' with `palette`) or HxWx3 uint8.
     palette: optional Nx3 uint8 colours for the values 0..N-1 of an HxW array.
   """
-  from PIL import Image  # Only the label writers need PIL.
-
   image = Image.fromarray(np.ascontiguousarray(array, np.uint8))
   if palette is not None and image.mode == "L":
     full = np.zeros((256, 3), np.uint8)

@@ -13,13 +13,14 @@ import os
 import sys
 
 from sam_bridge import refine_config
+from sesam_jax import bench as bench_lib
+from sesam_jax import cost as cost_lib
 from sesam_jax import report
 
 
 def cost(args: argparse.Namespace) -> dict:
-  from sesam_jax import cost
-  minutes = cost.parse_minutes(args.minutes)
-  result = cost.cost_report(args.images, budget_hours=args.budget_hours,
+  minutes = cost_lib.parse_minutes(args.minutes)
+  result = cost_lib.cost_report(args.images, budget_hours=args.budget_hours,
                             minutes_per_image=minutes)
   for kind, hours in result["hours"].items():
     report.log(f"{kind:>10}: {hours:9.2f} h for {args.images} images")
@@ -41,7 +42,6 @@ def convert(args: argparse.Namespace) -> dict:
 
 
 def bench(args: argparse.Namespace, rest: list[str]) -> dict:
-  from sesam_jax import bench
   if args.compare:
     if args.what or rest:
       raise ValueError("--compare FILE... takes no --what and no benchmark flags.")
@@ -54,7 +54,7 @@ def bench(args: argparse.Namespace, rest: list[str]) -> dict:
       args.print_help()
       sys.exit(0)
     raise ValueError("give --what NAME (or --compare FILE...); `sesam bench --help` lists them.")
-  target = bench.load_target(args.what)
+  target = bench_lib.load_target(args.what)
   target_parser = argparse.ArgumentParser(prog=f"sesam bench --what {args.what}")
   target.add_arguments(target_parser)
   target_args = target_parser.parse_args(rest + (["--help"] if args.help else []))
@@ -195,10 +195,9 @@ def plot(args: argparse.Namespace) -> dict:
         split=args.split, images=args.images, weak=args.weak, backend=args.backend,
         ema=args.ema, dpi=args.dpi)
   if args.figure == "cost":
-    from sesam_jax import cost
     from sesam_jax.plots import cost_quality
     return cost_quality.plot_cost(args.runs, out=args.out,
-                                  minutes_per_image=cost.parse_minutes(args.minutes),
+                                  minutes_per_image=cost_lib.parse_minutes(args.minutes),
                                   dpi=args.dpi)
   from sesam_jax.plots import curves
   return curves.plot_curves(args.runs, out=args.out, dpi=args.dpi)
@@ -233,7 +232,6 @@ def reproduce(args: argparse.Namespace, rest: list[str]) -> dict:
 
 
 def report_runs(args: argparse.Namespace) -> dict:
-  from sesam_jax import cost
   from sesam_jax.experiments import summary
   return summary.report_runs(args.runs, ema=args.ema, csv_path=args.csv, cost_json=args.cost_json,
-                             minutes_per_image=cost.parse_minutes(args.minutes))
+                             minutes_per_image=cost_lib.parse_minutes(args.minutes))

@@ -16,7 +16,7 @@ from typing import Any
 import ml_collections
 
 from sam_bridge import refine_config
-from sesam_jax.methods import METHODS, WEAK_KINDS, get_method
+from sesam_jax.names import METHOD_NAMES, SAM_METHODS, WEAK_KINDS
 
 # The paper's schedules (section 4.1): crop size, global batch, steps per dataset.
 DATASETS: dict[str, dict[str, Any]] = {
@@ -133,7 +133,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.ema_decay = 0.999               # EMA (teacher) decay per step
   c.method = "supervised"           # supervised | fixmatch | sam_baseline | sesam
-                                    # (sesam_jax.methods.METHODS)
+                                    # (sesam_jax.names.METHOD_NAMES)
 
   # Teacher-student (fixmatch, sesam): paper section 3.3 / 4.1.
   c.teacher = ml_collections.ConfigDict()
@@ -294,9 +294,9 @@ def student_dataset_config(student: str, dataset: str, arg: str | None, **extra_
     raise ValueError(f"backbone={args.backbone!r}: choose one of {', '.join(DEEPLAB_BACKBONES)}.")
   if args.weak not in WEAK_KINDS:
     raise ValueError(f"weak={args.weak!r}: choose one of {', '.join(WEAK_KINDS)}.")
-  if args.method not in METHODS:
-    raise ValueError(f"method={args.method!r}: choose one of {', '.join(METHODS)}.")
-  if get_method(args.method).uses_sam and args.weak == "fine":
+  if args.method not in METHOD_NAMES:
+    raise ValueError(f"method={args.method!r}: choose one of {', '.join(METHOD_NAMES)}.")
+  if args.method in SAM_METHODS and args.weak == "fine":
     raise ValueError(f"method={args.method} refines weak labels; pick weak=points|scribbles|"
                      "coarse (weak=fine with method=supervised is the upper bound).")
   config = base_config()

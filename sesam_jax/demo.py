@@ -32,6 +32,7 @@ import time
 from sesam_jax import configs_common, report
 from sesam_jax.data import get_source, weak_splits
 from sesam_jax.evaluate import label_scoring
+from sesam_jax.plots import curves, qualitative, refinement
 from sesam_jax.sam import resolver
 from sesam_jax.sam.refine_labels import refine_dataset
 from sesam_jax import loop
@@ -112,7 +113,6 @@ def figures_stage(out_dir: pathlib.Path, source, *, weak: str, backend, seed: in
     {"refinement": [PNG paths], "qualitative": PNG path, "curves": PNG path} (the runs' two
     only with `run_dirs`); each PNG has its data beside it as JSON.
   """
-  from sesam_jax.plots import curves, qualitative, refinement
   folder = out_dir / "figures"
   drawn = refinement.visualize_refinement(
       source, count=REFINE_FIGURES, out_dir=folder / f"refine_{weak}", weak_kind=weak,

@@ -41,9 +41,10 @@ from sesam_jax.data.input_pipeline import (check_weak_labels, make_eval_dataset,
                                            make_train_dataset, weak_label_fn)
 from sesam_jax.evaluate.inference import evaluate
 from sesam_jax.models import create_model
-from sesam_jax.train import distributed, optim, pretrained, train_state
+from sesam_jax.sam import resolver
+from sesam_jax.train import optim, train_state
 from sesam_jax import methods
-from sesam_jax.run import logs, preemption, runs
+from sesam_jax.run import distributed, logs, preemption, pretrained, runs
 from sesam_jax.run import result as result_lib
 from sesam_jax.train import train_step as step_lib
 from sesam_jax.run.checkpoint import Checkpointer
@@ -212,7 +213,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainOutcome:
   distributed.initialize(config)        # start them).
   sam_backend = None
   if method.uses_sam:
-    from sesam_jax.sam import resolver  # Deferred: the bridge's geometry, for SAM methods only.
     # A bad (or missing) SAM setting, weights included (read without torch), stops the run
     # before it writes anything; the bridge's worker starts before config.json is written.
     sam_backend = resolver.from_config(config.sam, what=f"method={config.method}")

@@ -19,6 +19,7 @@ import traceback
 
 from sam_bridge import refine_config
 from sesam_jax import commands, report
+from sesam_jax.bench import describe_targets
 
 
 def _add_dataset_flags(p: argparse.ArgumentParser) -> None:
@@ -47,7 +48,6 @@ def _add_refine_settings(p: argparse.ArgumentParser) -> None:
 
 
 def _bench_epilog() -> str:
-  from sesam_jax.bench import describe_targets
   return describe_targets() + (
       "\n\nsesam bench --what NAME --help lists a benchmark's own flags. Compare machines: run "
       "with\n--record runs.jsonl on each, then: sesam bench --compare a.jsonl b.jsonl")

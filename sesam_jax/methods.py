@@ -23,9 +23,11 @@ from typing import Any
 
 import ml_collections
 
-# Label kinds a run trains on: "fine" (dense labels, the upper bound) or a weak kind made by
-# `sesam_jax.data.weak_labels` (or read from the user's files).
-WEAK_KINDS = ("fine", "points", "scribbles", "coarse")
+from sesam_jax.data.feed import Feed
+from sesam_jax.names import METHOD_NAMES, SAM_METHODS, WEAK_KINDS  # noqa: F401 (WEAK_KINDS)
+from sesam_jax.sam.feed import make_sam_feed
+from sesam_jax.sam.refine_labels import baseline_labels
+from sesam_jax.train import sesam_step, strong_aug, train_step
 
 # (model, config, lr schedule) -> step(state, batch, rng) -> (state, metrics, aux), unjitted.
 StepFactory = Callable[[Any, ml_collections.ConfigDict, Callable], Callable]
@@ -58,15 +60,12 @@ class Method:
            workdir: str) -> Any:
     """The method's feed (plain pipeline batches unless `make_feed` says otherwise)."""
     if self.make_feed is None:
-      from sesam_jax.data.feed import Feed  # Deferred: this table stays free of jax (below).
       return Feed(iterator)
     return self.make_feed(config, iterator, source, weak_fn, workdir)
 
 
 def supervised_step(model: Any, config: ml_collections.ConfigDict, schedule: Callable) -> Callable:
   """The supervised step on the batch's training labels."""
-  # Deferred: configs import this table for its names; the steps import jax, flax, optax.
-  from sesam_jax.train import train_step
   cfg = train_step.StepConfig(lr_schedule=schedule, ema_decay=float(config.ema_decay),
                               weak_weight=float(config.loss.weak_weight))
   return functools.partial(train_step.train_step, model=model, cfg=cfg)
@@ -75,7 +74,6 @@ def supervised_step(model: Any, config: ml_collections.ConfigDict, schedule: Cal
 def teacher_student_step(model: Any, config: ml_collections.ConfigDict, schedule: Callable, *,
                          use_sam: bool) -> Callable:
   """The FixMatch (use_sam=False) or SeSAM (use_sam=True) step."""
-  from sesam_jax.train import sesam_step, strong_aug  # Deferred: jax (see supervised_step).
   t = config.teacher
   strong = strong_aug.StrongAugConfig(jitter_prob=t.jitter_prob, grayscale_prob=t.grayscale_prob,
                                       blur_prob=t.blur_prob, cutmix_prob=t.cutmix_prob)
@@ -86,16 +84,6 @@ def teacher_student_step(model: Any, config: ml_collections.ConfigDict, schedule
       confidence_aux=use_sam and config.sam.sampling == "confidence",
       merge_weak_sam=bool(config.loss.merge_weak_sam))
   return functools.partial(sesam_step.sesam_train_step, model=model, cfg=cfg)
-
-
-def _sam_feed(*args: Any) -> Any:
-  from sesam_jax.sam.feed import make_sam_feed  # The SAM host side, only for methods using it.
-  return make_sam_feed(*args)
-
-
-def _sam_baseline_labels(config: ml_collections.ConfigDict, source: Any, workdir: str) -> str:
-  from sesam_jax.sam.refine_labels import baseline_labels  # Deferred: for this method only.
-  return baseline_labels(config, source, workdir)
 
 
 METHODS: dict[str, Method] = {}
@@ -111,10 +99,18 @@ register(Method("supervised", supervised_step,
                 description="cross-entropy on the training labels alone"))
 register(Method("fixmatch", functools.partial(teacher_student_step, use_sam=False),
                 description="EMA teacher pseudo-labels on a strong view (FixMatch)"))
-register(Method("sam_baseline", supervised_step, make_labels=_sam_baseline_labels, uses_sam=True,
+register(Method("sam_baseline", supervised_step, make_labels=baseline_labels, uses_sam=True,
                 description="supervised on labels from SAM prompted naively with the weak labels"))
-register(Method("sesam", functools.partial(teacher_student_step, use_sam=True), make_feed=_sam_feed,
-                uses_sam=True, description="FixMatch plus SAM labels refreshed during training"))
+register(Method("sesam", functools.partial(teacher_student_step, use_sam=True),
+                make_feed=make_sam_feed, uses_sam=True,
+                description="FixMatch plus SAM labels refreshed during training"))
+
+# The built-in rows are the names the configs offer (`sesam_jax.names`, which they import instead
+# of this table): the two lists stay one.
+if (tuple(METHODS) != METHOD_NAMES
+    or tuple(m.name for m in METHODS.values() if m.uses_sam) != SAM_METHODS):
+  raise ImportError("sesam_jax.methods.METHODS and sesam_jax.names.METHOD_NAMES / SAM_METHODS "
+                    "disagree: add a new built-in method to both")
 
 
 def get_method(name: str) -> Method:

@@ -16,6 +16,7 @@ import time
 from typing import Sequence
 
 import numpy as np
+import scipy.ndimage as ndi
 
 from sam_bridge.api import LowResPrediction, Prediction, PromptSet
 
@@ -107,7 +108,6 @@ class LowResBoxBackend(BoxBackend):
     return out
 
   def upsample(self, logits: np.ndarray) -> np.ndarray:
-    import scipy.ndimage as ndi
     f = self.factor
     h, w = self._hw
     out = np.zeros((len(logits), h, w), bool)

@@ -8,7 +8,7 @@ import pytest
 
 from sesam_jax import config_lib, configs_common
 from sesam_jax.data import feed as feed_lib
-from sesam_jax import loop, methods
+from sesam_jax import loop, methods, names
 from sesam_jax.train import train_step as step_lib
 from tests import fakes
 
@@ -64,8 +64,9 @@ def test_a_registered_method_trains_without_loop_changes(tmp_path, toy_method):
 def test_unknown_method_lists_the_table():
   with pytest.raises(ValueError, match="supervised, fixmatch, sam_baseline, sesam"):
     methods.get_method("nope")
-  assert configs_common.METHODS is methods.METHODS
-  assert configs_common.WEAK_KINDS is methods.WEAK_KINDS
+  # The configs offer the table's names without importing it (sesam_jax.names, layer 1).
+  assert configs_common.METHOD_NAMES == tuple(methods.METHODS) == names.METHOD_NAMES
+  assert configs_common.WEAK_KINDS is methods.WEAK_KINDS is names.WEAK_KINDS
 
 
 def test_the_loop_has_no_method_branches():

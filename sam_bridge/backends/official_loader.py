@@ -10,6 +10,7 @@ torchvision.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import pathlib
 import sys
@@ -72,7 +73,6 @@ def build_official_sam(variant: str = "vit_b", *, img_size: int = 1024, patch_si
   Returns:
     `Sam` (torch.nn.Module) in eval mode.
   """
-  import functools
 
   import torch
   m = load_modeling()

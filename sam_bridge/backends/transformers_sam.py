@@ -16,6 +16,7 @@ for every prompt batch.
 from __future__ import annotations
 
 import itertools
+import json
 import pathlib
 from typing import Sequence
 
@@ -152,7 +153,6 @@ class TransformersSamBackend:
                             f"{missing[:3]}, unexpected {unexpected[:3]}); give an official "
                             "sam_vit_b/l/h_*.pth")
       return cls(model, name=f"transformers:{p.name} (official, converted)", **kw)
-    import json
     cfg_file = p / "config.json"
     if not cfg_file.exists():
       raise FileNotFoundError(f"{cfg_file} missing: save the model with save_pretrained()")

@@ -23,6 +23,8 @@ import os
 import tempfile
 from typing import Any
 
+import jax
+
 from sesam_jax import configs_common, report
 from sesam_jax import loop
 from sesam_jax.run import logs
@@ -106,7 +108,6 @@ def _sesam_figures(outcome: Any, workdir: str, fixmatch: float, args: argparse.N
 
 
 def run(args: argparse.Namespace) -> dict:
-  import jax
   cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="sesam_bench_iteration_cache_")
   root = tempfile.mkdtemp(prefix="sesam_bench_iteration_")
   specs = [b.strip() for b in args.backend.split(",") if b.strip()]

@@ -39,8 +39,14 @@ import tempfile
 import time
 from typing import Any
 
-from sesam_jax import report
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sesam_jax import configs_common, methods, report
 from sesam_jax.bench import memory_peak
+from sesam_jax.models import MODELS, create_model
+from sesam_jax.train import optim, train_state, train_step as step_lib
 
 GIB = 2 ** 30
 DEFAULT_CASES = "deeplabv3plus_r101:4,segformer_b0:8"
@@ -108,8 +114,6 @@ def parse_cases(text: str) -> list[tuple[str, int]]:
 
 
 def _bytes(tree: Any) -> int:
-  import jax
-  import numpy as np
   return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
 
 
@@ -120,8 +124,6 @@ def abstract_batch(batch: int, crop: int, sharding: Any) -> dict[str, Any]:
   "valid" BxCxC uint8, "index" B int32, "aug" Bx4 float32 (input_pipeline.make_train_dataset
   plus the feed's "sam").
   """
-  import jax
-  import jax.numpy as jnp
   spec = {"image": ((batch, crop, crop, 3), jnp.uint8), "label": ((batch, crop, crop), jnp.uint8),
           "weak": ((batch, crop, crop), jnp.uint8), "sam": ((batch, crop, crop), jnp.uint8),
           "valid": ((batch, crop, crop), jnp.uint8), "index": ((batch,), jnp.int32),
@@ -133,16 +135,12 @@ def abstract_batch(batch: int, crop: int, sharding: Any) -> dict[str, Any]:
 def jit_step(method: str, model: Any, schedule: Any, mesh: Any, state: Any) -> Any:
   """The jitted training step of `method`, exactly as the training loop builds it (the methods
   table's step on `base_config`'s paper defaults, `train_step.jit_step`)."""
-  from sesam_jax import configs_common
-  from sesam_jax import methods
-  from sesam_jax.train import train_step as step_lib
   step = methods.get_method(method).make_step(model, configs_common.base_config(), schedule)
   return step_lib.jit_step(step, mesh, state)
 
 
 def _devices_for(n: int) -> tuple[list, bool]:
   """n devices of the default backend, else of the host platform (an estimate)."""
-  import jax
   devices = jax.devices()
   if len(devices) >= n:
     return devices[:n], False
@@ -182,13 +180,7 @@ def measure(model_name: str, batch: int, crop: int, dtype: str, n_devices: int, 
     ({JAX operation: GiB} live at XLA's simulated peak, largest first) and `peak_by_scope`
     (the same summed by the first three parts of the operation's name).
   """
-  import jax
-  import jax.numpy as jnp
 
-  from sesam_jax import configs_common
-  from sesam_jax.models import create_model
-  from sesam_jax.train import optim, train_state
-  from sesam_jax.train import train_step as step_lib
   if batch % n_devices:
     raise ValueError(f"global batch {batch} does not split over {n_devices} devices.")
   devices, fallback = _devices_for(n_devices)
@@ -255,11 +247,7 @@ def _run_and_peak(compiled: Any, model: Any, tx: Any, mesh: Any, batch: int, cro
   autotuning scratch, the state and the batch) is reported beside the one after the steps:
   when they are equal, the step itself needed no more than that.
   """
-  import jax
-  import numpy as np
 
-  from sesam_jax.train import train_state
-  from sesam_jax.train import train_step as step_lib
   rng = np.random.default_rng(0)
   host = {"image": rng.integers(0, 256, (batch, crop, crop, 3), dtype=np.uint8),
           "label": rng.integers(0, 19, (batch, crop, crop), dtype=np.uint8),
@@ -358,7 +346,6 @@ def run(args: argparse.Namespace) -> dict:
   counts = sorted({int(n) for n in args.devices.split(",") if n.strip()})
   if not counts or counts[0] < 1:
     raise ValueError(f"--devices {args.devices!r}: positive device counts, e.g. 1,8.")
-  from sesam_jax.models import MODELS
   unknown = [m for m, _ in cases if m not in MODELS]
   if unknown:
     raise ValueError(f"--cases: unknown students {unknown}; choose from {', '.join(MODELS)}.")
@@ -407,7 +394,6 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _have_devices(n: int) -> bool:
-  import jax
   return len(jax.devices()) >= n or len(jax.devices("cpu")) >= n
 
 
@@ -415,7 +401,6 @@ def measure_spec(spec: dict[str, Any]) -> dict[str, Any]:
   """`measure(**spec)`, deciding `run_step=None` (auto) by where the step compiles."""
   spec = dict(spec)
   if spec.get("run_step") is None:
-    import jax
     spec["run_step"] = jax.default_backend() != "cpu" and len(jax.devices()) >= spec["n_devices"]
   return measure(**spec)
 

@@ -21,6 +21,8 @@ import argparse
 import time
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from sesam_jax import report
@@ -85,8 +87,6 @@ def segformer_parity(variant: str = "B0", *, num_classes: int = 19,
     {"segformer_fp32_max_abs_diff", "segformer_bf16_max_abs_err" (if bf16),
      "segformer_logits_max_abs"} over all sizes.
   """
-  import jax
-  import jax.numpy as jnp
   import torch
   import transformers
 
@@ -133,8 +133,6 @@ def resnet_parity(variant: str = "50", *, size: tuple[int, int] = (128, 160), se
     {"resnet_fp32_max_abs_diff", "resnet_bf16_max_abs_err" (if bf16),
      "resnet_features_max_abs"}.
   """
-  import jax
-  import jax.numpy as jnp
   import torch
   import transformers
 

@@ -25,6 +25,10 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import jax
+
+from sesam_jax.report import jsonable
+
 # Packages whose versions go into every fingerprint (None when not installed).
 VERSIONED_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "torch",
                       "transformers", "numpy")
@@ -89,7 +93,6 @@ def jax_devices() -> dict[str, Any] | None:
   """
   if "jax" not in sys.modules:
     return None
-  import jax
   devices = jax.devices()
   return {"platform": devices[0].platform, "device_kind": devices[0].device_kind,
           "local_count": jax.local_device_count(), "count": len(devices),
@@ -166,7 +169,6 @@ def fingerprint(command: Sequence[str], settings: Mapping[str, Any] | None = Non
 def make_record(bench: str, settings: Mapping[str, Any], result: Mapping[str, Any],
                 command: Sequence[str]) -> dict[str, Any]:
   """One record: the benchmark's name, flags, fingerprint and figures (plain JSON values)."""
-  from sesam_jax.report import jsonable  # the `sesam` command's own JSON cleaner
   settings = jsonable(dict(settings))
   return {"bench": bench, "settings": settings,
           "fingerprint": fingerprint(command, settings), "result": jsonable(dict(result))}

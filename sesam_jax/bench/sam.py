@@ -33,11 +33,26 @@ in the bridge service, which shares the CPU with the trainer).
 from __future__ import annotations
 
 import argparse
+import os
+import pathlib
 import statistics
+import sys
 import time
 
 import numpy as np
+import scipy.ndimage as ndi
+from jax._src import xla_bridge
+from PIL import Image
 
+from sam_bridge.api import PromptSet, RefineRequest
+from sam_bridge.backends.official_loader import build_official_sam
+from sam_bridge.backends.sam_convert import convert_official_sam, sam_config_from_official
+from sam_bridge.backends.transformers_sam import TransformersSamBackend, resize_longest
+from sam_bridge.refine import RefineConfig, refine
+from sesam_jax import data, report
+from sesam_jax.bench import sam_camvid
+from sesam_jax.bench.sam_backends import make_backend
+from sesam_jax.bench.sam_parity import sam_parity
 from sesam_jax.sam import resolver
 
 
@@ -80,7 +95,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def synthetic_scene(h: int, w: int, objects: int, seed: int = 0):
   """(image HxWx3 uint8, fine HxW uint8, coarse HxW uint8) with `objects` blobs on bands."""
-  import scipy.ndimage as ndi
   rng = np.random.default_rng(seed)
   fine = np.zeros((h, w), np.uint8)  # Road.
   fine[: h // 3] = 10  # Sky.
@@ -102,9 +116,6 @@ def synthetic_scene(h: int, w: int, objects: int, seed: int = 0):
 
 
 def run(args: argparse.Namespace) -> dict:
-  from sam_bridge.api import PromptSet, RefineRequest
-  from sam_bridge.refine import RefineConfig, refine
-  from sesam_jax import report
 
   specs = [b.strip() for b in args.backends.split(",") if b.strip()]
   if any(_is_jax(s) for s in specs):
@@ -125,7 +136,6 @@ def run(args: argparse.Namespace) -> dict:
   if any(_is_jax(s) for s in specs):
     out["side_by_side"] = side_by_side(args, specs)
   if "camvid" in scene_names:
-    from sesam_jax.bench import sam_camvid  # Deferred: it imports make_backend from here.
     out["camvid"] = sam_camvid.camvid_refresh(args, cfg)
   if "synthetic" not in scene_names:
     if args.parity:
@@ -154,7 +164,6 @@ def run(args: argparse.Namespace) -> dict:
     # Backends: encoder once per image, decoder per prompt set, at the working resolution.
     scale = min(1.0, args.work_long_side / max(image.shape[:2]))
     hw = (round(image.shape[0] * scale), round(image.shape[1] * scale))
-    from PIL import Image
     img_w = np.asarray(Image.fromarray(image).resize(hw[::-1], Image.BILINEAR))
     fine_w = np.asarray(Image.fromarray(fine).resize(hw[::-1], Image.NEAREST))
     rng = np.random.default_rng(0)
@@ -202,18 +211,8 @@ def _is_jax(spec: str) -> bool:
   return resolver.runs_on(spec) == "jax"
 
 
-def make_backend(spec: str, args: argparse.Namespace):
-  """The backend `spec` names, built in this process through the resolver (the torch side or
-  the Flax SAM for jax:/jax-random: specs); no --decoder-dtype = the compute dtype."""
-  return resolver.resolve(spec, device=args.device, dtype=args.dtype,
-                          decoder_dtype=args.decoder_dtype or "").build()
-
-
 def _single_thread_xla(threads: int) -> None:
   """With 1 torch thread, makes XLA:CPU single-threaded too (before jax's backend starts)."""
-  import os
-  import sys
-  from sesam_jax import report
   if threads != 1:
     report.log(f"torch runs {threads} threads; XLA:CPU uses its default thread pool")
     return
@@ -221,7 +220,6 @@ def _single_thread_xla(threads: int) -> None:
   if "xla_cpu_multi_thread_eigen" in os.environ.get("XLA_FLAGS", ""):
     return
   if "jax" in sys.modules:
-    from jax._src import xla_bridge
     if getattr(xla_bridge, "_backends", None):
       report.log("jax already started: XLA:CPU keeps its thread pool (thread counts may differ)")
       return
@@ -239,10 +237,7 @@ def _sync(backend) -> None:
 
 def _bench_image(args: argparse.Namespace) -> tuple[np.ndarray, str]:
   """The CamVid image (`--data-dir`, `--image-index`) at the working resolution, or a scene."""
-  import pathlib
-  from PIL import Image
   if pathlib.Path(args.data_dir).is_dir():
-    from sesam_jax import data
     example = data.get_source("camvid", data_dir=args.data_dir, split=args.split)[args.image_index]
     image, name = example["image"], f"camvid {example['id']}"
   else:
@@ -262,8 +257,6 @@ def side_by_side(args: argparse.Namespace, specs: list[str]) -> dict:
     "decode_s_per_prompt_set", "decode_cpu_s_per_prompt_set", ...}, "ratios": {"<jax spec> /
     <torch spec>": {"encode", "decode", "encode_cpu", "decode_cpu"}}}.
   """
-  from sam_bridge.api import PromptSet
-  from sesam_jax import report
   image, name = _bench_image(args)
   h, w = image.shape[:2]
   rng = np.random.default_rng(0)
@@ -352,8 +345,6 @@ def _encode_throughput(backend, image: np.ndarray, batch: int, rounds: int) -> d
 
 def _parity() -> dict:
   """Both ViT-B parity checks (official vs converted torch; Flax vs transformers)."""
-  from sesam_jax import report
-  from sesam_jax.bench.sam_parity import sam_parity
   out = {"parity_vit_b": vit_b_parity()}
   flax = sam_parity("vit_b", image_hw=(360, 480), bf16=True, query_rows=4)  # As on CPU.
   report.log(f"Flax vs transformers ViT-B (fp32): embeddings {flax['embedding_max_abs_diff']:.2e}, "
@@ -370,10 +361,6 @@ def vit_b_parity() -> dict:
   """Full-size random ViT-B: official modeling code vs the converted transformers model."""
   import torch
   from transformers import SamModel
-  from sam_bridge.api import PromptSet
-  from sam_bridge.backends.official_loader import build_official_sam
-  from sam_bridge.backends.sam_convert import convert_official_sam, sam_config_from_official
-  from sam_bridge.backends.transformers_sam import TransformersSamBackend, resize_longest
   torch.manual_seed(0)
   official = build_official_sam("vit_b")
   sd = official.state_dict()

@@ -9,12 +9,19 @@ with subnormal floats kept, the x86 trap the bridge avoids with `torch.set_flush
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 
 import numpy as np
+from PIL import Image
 
-from sesam_jax.bench.sam import make_backend
+from sam_bridge.api import RefineRequest
+from sam_bridge.cache import EmbeddingCache
+from sam_bridge.refine import refine
+from sesam_jax import data, report
+from sesam_jax.bench.sam_backends import make_backend
+from sesam_jax.data import weak_labels
 
 
 def _encode_with_subnormals(backend, request, cfg, spec: str, args: argparse.Namespace):
@@ -24,7 +31,6 @@ def _encode_with_subnormals(backend, request, cfg, spec: str, args: argparse.Nam
   if not str(args.device).startswith("cpu"):
     return None
   import torch
-  from PIL import Image
   scale = min(1.0, cfg.work_long_side / max(request.image.shape[:2]))
   hw = (round(request.image.shape[0] * scale), round(request.image.shape[1] * scale))
   image = np.asarray(Image.fromarray(request.image).resize(hw[::-1], Image.BILINEAR))
@@ -39,30 +45,18 @@ def _encode_with_subnormals(backend, request, cfg, spec: str, args: argparse.Nam
 
 def camvid_refresh(args: argparse.Namespace, cfg) -> dict:
   """Cold refinement and cached refresh of one CamVid image (coarse weak label) per backend."""
-  from sam_bridge.api import RefineRequest
-  from sam_bridge.refine import refine
-  from sesam_jax import data, report
-  from sesam_jax.data import weak_labels
   source = data.get_source("camvid", data_dir=args.data_dir, split=args.split)
   example = source[args.image_index]
   weak = weak_labels.make_weak_label(example["label"], "coarse", seed=0, image_id=example["id"],
                                      num_classes=source.info.num_classes)
   request = RefineRequest(example["id"], example["image"], weak, fine=example["label"])
   out: dict = {"image": example["id"], "hw": list(weak.shape)}
-  try:
-    from sam_bridge.cache import EmbeddingCache
-  except ImportError:  # A bridge without the embedding cache: the refresh re-encodes.
-    EmbeddingCache = None
   for spec in (b.strip() for b in args.backends.split(",") if b.strip()):
     backend = CpuTimed(make_backend(spec, args))
     subnormals = _encode_with_subnormals(backend, request, cfg, spec, args)
     backend.cpu = {"encode": 0.0, "decode": 0.0}  # The cold refinement's own seconds only.
-    cache_kw = {}
-    if EmbeddingCache is not None:
-      cache_kw = {"cache": EmbeddingCache()}
-      cfg_run = dataclasses_replace(cfg, cache_embeddings=True)
-    else:
-      cfg_run = cfg
+    cache_kw = {"cache": EmbeddingCache()}
+    cfg_run = dataclasses_replace(cfg, cache_embeddings=True)
     cold = refine(backend, request, cfg_run, **cache_kw)
     cold_cpu = dict(backend.cpu)
     refreshes, decodes, decodes_cpu = [], [], []
@@ -151,5 +145,4 @@ class CpuTimed:
 
 
 def dataclasses_replace(cfg, **kw):
-  import dataclasses
   return dataclasses.replace(cfg, **kw)

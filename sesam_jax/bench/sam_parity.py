@@ -28,7 +28,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+
+from sam_bridge.backends.transformers_sam import RANDOM_VARIANTS
+from sesam_jax.models import sam, sam_convert
 
 
 def random_transformers_sam(variant: str, *, seed: int = 0, **vision_overrides: Any):
@@ -36,7 +41,6 @@ def random_transformers_sam(variant: str, *, seed: int = 0, **vision_overrides: 
   import torch
   from transformers import SamConfig, SamModel
 
-  from sam_bridge.backends.transformers_sam import RANDOM_VARIANTS
   v = {**RANDOM_VARIANTS[variant], **vision_overrides}
   size = v.get("image_size", 1024)
   torch.manual_seed(seed)
@@ -127,11 +131,8 @@ def sam_parity(variant: str = "tiny", *, seed: int = 0, num_sets: int = 4, bf16:
     cases), per-case "<case>_logits_max_abs_diff", "mask_agreement" (|logit| > 0.5),
     "logits_max_abs", and "*_bf16_err" with bf16}.
   """
-  import jax
-  import jax.numpy as jnp
   import torch
 
-  from sesam_jax.models import sam, sam_convert
   ref = random_transformers_sam(variant, seed=seed, **vision_overrides)
   params, spec, _ = sam_convert.convert_sam(state_dict_numpy(ref))
   size = spec.image_size

@@ -29,7 +29,10 @@ import statistics
 import time
 from typing import Any, Callable
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 
 from sesam_jax import report
 from sesam_jax.data.base import IGNORE_INDEX
@@ -61,9 +64,6 @@ def make_jax_step(name: str, num_classes: int, crop: int, batch: int, dtype: Any
     (run_one_step, info): run_one_step() performs one step and blocks until
     it is done; info holds parameter count and XLA's memory estimate.
   """
-  import jax
-  import jax.numpy as jnp
-  import optax
 
   overrides = {"dwconv_impl": dwconv_impl} if dwconv_impl and name.startswith("segformer") else {}
   model = create_model(name, num_classes, dtype=dtype, **overrides)
@@ -150,7 +150,6 @@ def _torch_device(requested: str | None) -> str:
   """--torch-device, or cuda when jax runs on a GPU and torch sees one, else cpu."""
   if requested:
     return requested
-  import jax
   if jax.default_backend() != "gpu":
     return "cpu"
   import torch
@@ -179,8 +178,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-  import jax
-  import jax.numpy as jnp
   models = [m.strip() for m in args.models.split(",") if m.strip()]
   unknown = [m for m in models if m not in JAX_MODELS]
   if unknown:

@@ -28,8 +28,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from sesam_jax.names import IGNORE_INDEX  # noqa: F401 (the package's one ignore value)
 
-IGNORE_INDEX = 255
+
 # Lookup-table entry for a stored label value outside the dataset's class set.
 INVALID = -1
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")

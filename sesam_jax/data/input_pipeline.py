@@ -32,9 +32,10 @@ from typing import Any, Protocol
 
 import grain
 import numpy as np
+from absl import flags
 
 from sesam_jax import report
-from sesam_jax.data import augment
+from sesam_jax.data import augment, weak_labels, weak_sources
 from sesam_jax.data.base import IGNORE_INDEX, SkipUnreadable
 
 
@@ -72,12 +73,9 @@ def weak_label_fn(source: Source, weak: str, *, weak_seed: int = 0,
     weak_options: the reader's options, "key=value,..." or a dict.
   """
   if weak_source and weak_dir is None:
-    from sesam_jax.data import weak_sources  # Deferred, as below: the file readers.
     return weak_sources.training_reader(weak_source, source, weak, weak_options)
   if weak == "fine" and weak_dir is None:
     return lambda index, example: example["label"]
-  from sesam_jax.data import (  # Heavy (scikit-image): when needed.
-      weak_labels, weak_sources)
   if weak_dir is not None:
     reader = weak_sources.WeakLabelDir(weak_dir, num_classes=source.info.num_classes)
     return lambda index, example: reader.read(example["id"], example["label"].shape)
@@ -109,7 +107,6 @@ def check_weak_labels(weak_fn: WeakFn, source: Source, *, skip_unreadable: bool 
   check = getattr(weak_fn, "check", None)
   if check is None:
     return 0
-  from sesam_jax.data import weak_sources  # Deferred: only labels read from files are checked.
   problems = check(source)
   if not problems:
     return 0
@@ -234,7 +231,6 @@ def make_train_dataset(source: Source, *, crop: int, batch_size: int, seed: int,
                                                prefetch_buffer_size=prefetch_batches))
   if num_workers > 0:
     # grain's worker pool reads absl flags; outside an absl app they are unparsed.
-    from absl import flags
     if not flags.FLAGS.is_parsed():
       flags.FLAGS.mark_as_parsed()
     ids = ids.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))

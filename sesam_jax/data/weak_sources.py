@@ -20,6 +20,7 @@ reads a whole split and returns every problem instead of stopping at the first.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 import os
 import pathlib
@@ -262,7 +263,6 @@ READERS = {
 
 def reader_class(name: str) -> type[WeakLabelReader]:
   """The reader class of spec name `name` (a key of READERS)."""
-  import importlib
   if name not in READERS:
     specs = (n if n == "cityscapes_coarse" else f"{n}:PATH" for n in READERS)
     raise ValueError(f"unknown weak-label source {name!r}; choose one of: {', '.join(specs)}.")

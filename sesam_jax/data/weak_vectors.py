@@ -18,6 +18,7 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 import numpy as np
+from skimage import draw
 
 from sesam_jax.data import base
 from sesam_jax.data.base import IGNORE_INDEX
@@ -60,7 +61,6 @@ def draw_stroke(label: np.ndarray, points_xy: np.ndarray, class_id: int, width: 
     class_id: value painted.
     width: stroke width in pixels (disk diameter; even widths round up to odd).
   """
-  from skimage import draw
   xy = np.rint(np.asarray(points_xy, np.float64)).astype(np.int64)
   rows, cols = [xy[:1, 1]], [xy[:1, 0]]
   for (x0, y0), (x1, y1) in zip(xy[:-1], xy[1:]):

@@ -32,10 +32,11 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from PIL import Image
 
-from sesam_jax import outputs, report
+from sesam_jax import data, outputs, report
 from sesam_jax.atomic import write_atomic, write_png_atomic
 from sesam_jax.data import base
 from sesam_jax.evaluate import inference, metrics
+from sesam_jax.models import create_model
 from sesam_jax.run import runs
 from sesam_jax.run.layout import CONFIG, Layout
 
@@ -85,7 +86,6 @@ class Settings:
 
 def dataset_info(config: Any) -> base.DatasetInfo:
   """Class names and colours of the run's dataset (from its module; the files if it has none)."""
-  from sesam_jax import data
   name = config.dataset.name
   if name not in data.SOURCES:
     raise ValueError(f"the run's dataset {name!r} is unknown here; choose one of "
@@ -103,7 +103,6 @@ def load_run(workdir: str | os.PathLike, *, ema: bool = False) -> LoadedRun:
     FileNotFoundError: no config.json or no checkpoint in `workdir`.
     ValueError: the checkpoint does not fit the model the config names.
   """
-  from sesam_jax.models import create_model
   run = runs.open_run(workdir)
   info = dataset_info(run.config)
   variables, step = run.restore_weights(ema=ema)
@@ -223,7 +222,6 @@ def overlay(image: np.ndarray, label: np.ndarray, colors: np.ndarray,
 
 def write_jpeg_atomic(path: pathlib.Path, image: np.ndarray, quality: int = 90) -> None:
   """Writes HxWx3 uint8 as JPEG (temporary name, then rename: `sesam_jax.atomic`)."""
-  from PIL import Image
   write_atomic(path, lambda f: Image.fromarray(image).save(f, format="JPEG", quality=quality))
 
 

@@ -38,9 +38,12 @@ import math
 from typing import Any
 
 import flax.linen as nn
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.sparse
+from PIL import Image
 
 from sesam_jax.models.sam_common import (LABEL_NOT_A_POINT, LABEL_PAD, PIXEL_MEAN, PIXEL_STD,
                                          SAM_VARIANTS, Dtype, SamSpec, sam_spec)
@@ -124,7 +127,6 @@ def init_params(spec: SamSpec, seed: int = 0) -> dict:
   and tables, unit Fourier matrix, zero biases and position tables, unit norm scales):
   `Sam.init` would trace and compile the whole encoder first (~30 s for ViT-B on CPU).
   """
-  import flax.traverse_util
   rng = np.random.default_rng(seed)
   flat = {}
   for path, leaf in sorted(flax.traverse_util.flatten_dict(param_shapes(spec)["params"]).items()):
@@ -160,7 +162,6 @@ def resized_size(hw: tuple[int, int], size: int) -> tuple[int, int]:
 
 def preprocess(image_HW3: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int, int]]:
   """HxWx3 uint8 -> (S x S x 3 float32 normalised, zero-padded pixels; (h, w) inside them)."""
-  from PIL import Image
   if image_HW3.ndim != 3 or image_HW3.shape[2] != 3 or image_HW3.dtype != np.uint8:
     raise ValueError(f"image must be HxWx3 uint8, got {image_HW3.shape} {image_HW3.dtype}")
   h, w = resized_size(image_HW3.shape[:2], size)
@@ -173,7 +174,6 @@ def preprocess(image_HW3: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int,
 def mask_prompt(mask_HW: np.ndarray, resized_hw: tuple[int, int], size: int,
                 mask_logit: float = 8.0) -> np.ndarray:
   """HxW bool region -> (S/4) x (S/4) float32 logits in the padded frame (SAM's mask input)."""
-  from PIL import Image
   h, w = resized_hw
   m = np.asarray(Image.fromarray(mask_HW.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)) > 0
   padded = np.zeros((size, size), np.float32)
@@ -203,7 +203,6 @@ def upsample_matrices(lowres: int, size: int, resized_hw: tuple[int, int],
   bilinear) is linear per axis; each composed row mixes at most three low-res rows, and
   the matrices read only the low-res rows and columns the image covers.
   """
-  import scipy.sparse
   out = []
   for resized, full in zip(resized_hw, image_hw):
     to_padded = bilinear_matrix(size, lowres)[:resized]  # resized x lowres

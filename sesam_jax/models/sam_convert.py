@@ -28,6 +28,7 @@ import pathlib
 import re
 from typing import Any
 
+import flax.traverse_util
 import numpy as np
 
 from sesam_jax.models import conversion, sam
@@ -197,7 +198,6 @@ def convert_sam(state_dict: dict[str, Any], *, spec: sam.SamSpec | None = None,
       raise ValueError(f"{_PE_TIED} differs from {_PE}; SAM shares one Gaussian matrix")
     sd.setdefault(_PE, tied)
   spec = spec or infer_spec(sd, decoder_heads=decoder_heads)
-  import flax.traverse_util
   expected = flax.traverse_util.flatten_dict(sam.param_shapes(spec)["params"])
   flat: dict[tuple[str, ...], np.ndarray] = {}
   source_of: dict[tuple[str, ...], str] = {}
@@ -318,7 +318,6 @@ def load_sam(src: str | os.PathLike) -> tuple[dict, sam.SamSpec, str]:
     spec = sam.SamSpec.from_dict(meta["sam_spec"])
     params = {"params": variables["params"]}
     # Check the tree before the first jit call would fail with a less readable error.
-    import flax.traverse_util
     expected = flax.traverse_util.flatten_dict(sam.param_shapes(spec)["params"])
     got = flax.traverse_util.flatten_dict(params["params"])
     for p, v in expected.items():

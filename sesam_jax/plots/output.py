@@ -8,6 +8,7 @@ into the JSON run-length coded (`rle_encode`: row-major runs of equal values), w
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pathlib
@@ -15,9 +16,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import scipy.ndimage as ndi
+from PIL import Image
 
 from sesam_jax.atomic import write_atomic
 from sesam_jax.data.base import IGNORE_INDEX, colorize, palette  # noqa: F401 (re-exported for plots)
+from sesam_jax.evaluate import metrics
 
 
 
@@ -77,8 +81,6 @@ def save(fig: Any, path: str | os.PathLike, data: Mapping[str, Any], *, dpi: int
 def _save_png(fig: Any, file: Any, dpi: int) -> None:
   """The figure as a 256-colour palette PNG: a third of the size of matplotlib's RGBA PNG (the
   photos in the panels are the bulk) and no visible difference at figure scale."""
-  import io
-  from PIL import Image
   buffer = io.BytesIO()
   fig.savefig(buffer, format="png", dpi=dpi, facecolor="white")
   buffer.seek(0)
@@ -107,7 +109,6 @@ def rle_decode(code: Mapping[str, Any]) -> np.ndarray:
 def thicken(label: np.ndarray, radius: int = 2) -> np.ndarray:
   """For display: every unlabeled pixel within `radius` of a labeled one takes its class, so
   that point labels (single pixels) are visible."""
-  import scipy.ndimage as ndi
   unlabeled = label == IGNORE_INDEX
   if unlabeled.all() or not unlabeled.any():
     return label
@@ -117,7 +118,6 @@ def thicken(label: np.ndarray, radius: int = 2) -> np.ndarray:
 
 def per_image_miou(label: np.ndarray, fine: np.ndarray, num_classes: int) -> float | None:
   """mIoU of one label map against the fine label (255 in `label` is a miss), None if empty."""
-  from sesam_jax.evaluate import metrics
   keep = fine < num_classes
   pred = np.where(label < num_classes, label, num_classes).astype(np.int64)[keep]
   index = fine[keep].astype(np.int64) * (num_classes + 1) + pred

@@ -15,9 +15,14 @@ from typing import Any
 
 import numpy as np
 
+from sam_bridge.api import RefineRequest
+from sam_bridge.refine import RefineConfig, refine
 from sesam_jax import report
+from sesam_jax.data import weak_labels
+from sesam_jax.evaluate import metrics, predict
 from sesam_jax.plots import output
 from sesam_jax.run import runs as runs_lib
+from sesam_jax.sam import resolver
 
 
 def sam_settings(configs: Sequence[Any]) -> tuple[str | None, Any]:
@@ -35,8 +40,6 @@ def _refine_fn(config: Any, backend: str | None, weak_kind: str) -> Any:
   """(backend object, refine(request)) with the SAM settings of `config.sam` (and `backend`
   instead, if given), checked and built as training builds them (`sesam_jax.sam.resolver`: the
   PyTorch SAM family, the Flax SAM, or the SAM-free priors)."""
-  from sam_bridge.refine import RefineConfig, refine
-  from sesam_jax.sam import resolver
   s = config.sam if config is not None else None
   if backend is not None:
     kw = {} if s is None else dict(device=s.device, dtype=s.dtype, decoder_dtype=s.decoder_dtype)
@@ -78,9 +81,6 @@ def plot_qualitative(workdirs: Sequence[str | os.PathLike], *, out: str | os.Pat
   Returns:
     {"figure", "data", "images", "runs": [{"workdir", "label", "miou"}], "columns"}.
   """
-  from sam_bridge.api import RefineRequest
-  from sesam_jax.data import weak_labels
-  from sesam_jax.evaluate import predict
   if not workdirs:
     raise ValueError("sesam plot qualitative needs at least one --workdirs run.")
   runs = [predict.load_run(w, ema=ema) for w in workdirs]
@@ -157,7 +157,6 @@ def _confusion(pred: np.ndarray, fine: np.ndarray, num_classes: int) -> np.ndarr
 
 
 def _miou(confusion: np.ndarray) -> float | None:
-  from sesam_jax.evaluate import metrics
   value = metrics.miou(confusion)
   return None if np.isnan(value) else round(value, 4)
 

@@ -18,8 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from sam_bridge.api import RefineRequest
+from sam_bridge.refine import RefineConfig, refine
 from sesam_jax import report
 from sesam_jax.plots import output
+from sesam_jax.sam import refine_labels, resolver
 
 CHOSEN_COLOR = "#1a9850"  # Frame of the chosen candidate.
 MARGIN = 0.5  # Instance panels show the box grown by this fraction of its size on each side.
@@ -213,9 +216,6 @@ def visualize_refinement(source: Any, *, count: int, out_dir: str | os.PathLike,
   Returns:
     {"figures": [PNG paths], "data": [JSON paths]}.
   """
-  from sam_bridge.api import RefineRequest
-  from sam_bridge.refine import RefineConfig, refine
-  from sesam_jax.sam import refine_labels, resolver
   cfg = RefineConfig(weak_kind=weak_kind, trace=True, **config_kw).validate()
   bk = (resolver.resolve(backend) if isinstance(backend, str) else backend).build()
   out = pathlib.Path(out_dir)

@@ -22,6 +22,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from PIL import Image
 
 from sesam_jax.atomic import write_atomic
 from sesam_jax.run import val_images
@@ -219,7 +220,6 @@ def read_events(logdir: str | os.PathLike) -> list[Any]:
 def read_images(logdir: str | os.PathLike) -> dict[tuple[int, str], np.ndarray]:
   """The image summaries of `logdir` as {(step, tag): HxWx3 uint8} (e.g. the validation rows
   `sesam_jax.run.val_images` writes), without TensorBoard."""
-  from PIL import Image  # Deferred: only image readers need PIL.
   images = {}
   for event in read_events(logdir):
     for value in event.summary.value:

@@ -27,6 +27,7 @@ import threading
 from typing import Any
 
 import jax
+from jax._src import distributed as jax_distributed  # Holds jax.distributed's state.
 from jax.experimental import multihost_utils
 
 from sesam_jax import report
@@ -41,9 +42,8 @@ def _preemption_service() -> bool:
   if jax.process_count() == 1:
     return False
   try:
-    from jax._src import distributed  # Where jax.distributed.initialize keeps its state.
-    return distributed.global_state.preemption_sync_manager is not None
-  except (ImportError, AttributeError):
+    return jax_distributed.global_state.preemption_sync_manager is not None
+  except AttributeError:
     return False
 
 

@@ -37,7 +37,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from sam_bridge.api import LowResPrediction, Prediction, PromptSet
 from sam_bridge.backends import BackendKind
-from sesam_jax.models import sam
+from sesam_jax.models import sam, sam_convert
 
 MIN_TOKEN_SLOTS = 8  # Token slots per prompt set: 8, 16, 32, ...
 _DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16,
@@ -305,7 +305,6 @@ def create_jax_backend(spec: str, *, dtype: str = "float32", decoder_dtype: str 
     if not arg:
       raise ValueError("backend 'jax' needs weights: jax:/path/sam_vit_b.msgpack (made by `sesam "
                        "convert sam_vit_b_01ec64.pth sam_vit_b.msgpack --format sam`)")
-    from sesam_jax.models import sam_convert
     params, model_spec, source = sam_convert.load_sam(arg)
     name = f"jax:{source}"
   else:

@@ -30,6 +30,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import jax
+
 from sam_bridge import backends, weights
 from sam_bridge import refine_config as refine_schema
 from sam_bridge.api import SamSetupError
@@ -218,7 +220,6 @@ def resolve(backend: str, checkpoint: str = "", *, device: str = "cpu", dtype: s
 
 
 def _jax_platform() -> str:
-  import jax
   return jax.local_devices()[0].platform
 
 
@@ -237,7 +238,6 @@ def local_gpu(device: str, local_devices: Any = None) -> str:
   if device != "cuda":
     return device
   if local_devices is None:
-    import jax  # Deferred: only a bridge on "cuda" asks where JAX runs.
     local_devices = jax.local_devices()
   gpus = [d for d in local_devices if d.platform == "gpu"]
   return f"cuda:{gpus[0].local_hardware_id}" if gpus else device

@@ -17,13 +17,15 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-# RGB <-> YIQ: hue is a rotation of the (I, Q) chroma plane.
-_RGB_TO_YIQ = jnp.array([[0.299, 0.587, 0.114],
-                         [0.596, -0.274, -0.322],
-                         [0.211, -0.523, 0.312]], jnp.float32)
-_YIQ_TO_RGB = jnp.linalg.inv(_RGB_TO_YIQ)
-_LUMA = jnp.array([0.299, 0.587, 0.114], jnp.float32)
+# RGB <-> YIQ: hue is a rotation of the (I, Q) chroma plane. numpy constants: a jnp array made
+# at import would start JAX's backend before a run sets its GPU memory share (run/distributed).
+_RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114],
+                        [0.596, -0.274, -0.322],
+                        [0.211, -0.523, 0.312]], np.float32)
+_YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ).astype(np.float32)
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
 @dataclasses.dataclass(frozen=True)

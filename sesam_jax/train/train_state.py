@@ -83,7 +83,7 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
     image_size: side of the dummy init image (parameter shapes do not depend on it).
     pretrained: optional {"params": ..., "batch_stats": ...} subtrees (numpy) laid over the
       initialised variables before the optimizer state and the EMA copy are made
-      (`sesam_jax.train.pretrained`); ValueError names a leaf the model lacks or shapes apart.
+      (`sesam_jax.run.pretrained`); ValueError names a leaf the model lacks or shapes apart.
 
   Returns:
     The TrainState at step 0, EMA = student.

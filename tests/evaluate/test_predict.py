@@ -61,7 +61,7 @@ def test_predict_folder_writes_labels_and_overlays_with_evals_miou(tiny_run, val
   script = (
       "import sys, json, numpy as np\n"
       "from PIL import Image\n"
-      "from sesam_jax.evaluate.export import load_predictor\n"
+      "from sesam_jax.evaluate.predictor import load_predictor\n"
       "predictor = load_predictor(sys.argv[1])\n"
       "images = np.stack([np.asarray(Image.open(p).convert('RGB')) for p in sys.argv[3:]])\n"
       "np.save(sys.argv[2], predictor(images))\n"

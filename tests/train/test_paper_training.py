@@ -9,7 +9,8 @@ import pytest
 
 from sesam_jax import config_lib, configs_common, main as sesam_main
 from sesam_jax.models import conversion, create_model
-from sesam_jax.train import pretrained, train_state
+from sesam_jax.run import pretrained
+from sesam_jax.train import train_state
 from sesam_jax import loop
 from tests.data import weak_fixtures
 from tests import fakes

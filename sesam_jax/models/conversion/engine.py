@@ -14,6 +14,8 @@ import dataclasses
 import re
 from typing import Any, Callable, Iterator
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from sesam_jax.models import create_model, mit, resnet
@@ -221,8 +223,6 @@ def convert_checkpoint(state_dict: dict[str, np.ndarray], fmt: str, *,
   Raises:
     ValueError: unknown format, format/model mismatch, missing or misshapen keys.
   """
-  import jax
-  import jax.numpy as jnp
 
   if fmt not in FORMATS:
     raise ValueError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}.")

@@ -12,7 +12,9 @@ import os
 import pathlib
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
+from flax import serialization
 
 from sesam_jax.atomic import write_atomic
 from sesam_jax.models.conversion.engine import (Conversion, convert_checkpoint, tree_get,
@@ -52,7 +54,6 @@ def save_converted(conversion: Conversion, path: str | os.PathLike, *, source: s
 
   `extra_meta` adds fields to meta (e.g. the SAM converter's "sam_spec").
   """
-  from flax import serialization
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   payload = {"meta": {"model": conversion.model, "scope": conversion.scope,
@@ -63,7 +64,6 @@ def save_converted(conversion: Conversion, path: str | os.PathLike, *, source: s
 
 def load_converted(path: str | os.PathLike) -> tuple[dict, dict]:
   """Reads a file written by `save_converted` -> (variables, meta)."""
-  from flax import serialization
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"{path}: no such converted checkpoint (make one with `sesam convert`).")
@@ -93,7 +93,6 @@ def merge_pretrained(variables: Any, pretrained: dict, *,
     ValueError: naming a pretrained path missing from the model, or of another
       shape (unless skip_mismatched).
   """
-  import jax.numpy as jnp
   out = _to_dicts(variables)
   skipped = []
   for collection, subtree in pretrained.items():

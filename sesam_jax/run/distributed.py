@@ -34,8 +34,11 @@ from collections.abc import MutableMapping
 from typing import Any
 
 import jax
+from jax._src import xla_bridge  # Where jax keeps its backends.
 
 from sesam_jax import report
+from sesam_jax.names import SAM_METHODS
+from sesam_jax.sam import resolver
 
 MEM_FRACTION = "XLA_PYTHON_CLIENT_MEM_FRACTION"
 PREALLOCATE = "XLA_PYTHON_CLIENT_PREALLOCATE"
@@ -129,11 +132,10 @@ def initialize(config: Any) -> bool:
 
 def bridge_shares_gpu(config: Any) -> bool:
   """Whether the run starts a PyTorch SAM bridge on a GPU (the one JAX may train on)."""
-  from sesam_jax import methods  # Deferred: the method table imports the steps.
   sam = config.get("sam")
-  if sam is None or not methods.get_method(config.method).uses_sam:
+  # The method table (`sesam_jax.methods`, a layer above) keeps its SAM rows equal to these.
+  if sam is None or config.method not in SAM_METHODS:
     return False
-  from sesam_jax.sam import resolver  # Deferred: the bridge's modules, for SAM methods only.
   return resolver.runs_on(sam.backend) == "torch" and str(sam.device).startswith("cuda")
 
 
@@ -176,7 +178,6 @@ def gpu_memory_share(config: Any, environ: MutableMapping[str, str] | None = Non
   env = gpu_memory_env(config, environ)
   if not env:
     return env
-  from jax._src import xla_bridge  # Where jax keeps its backends.
   if xla_bridge.backends_are_initialized():
     report.log(f"note: JAX's devices are already up, so {env} cannot take effect in this "
                "process; set it in the environment before starting it")

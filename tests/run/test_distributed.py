@@ -13,7 +13,7 @@ import pytest
 from sesam_jax import configs_common
 from sesam_jax.sam import feed as sam_feed
 from sesam_jax.sam import resolver
-from sesam_jax.train import distributed
+from sesam_jax.run import distributed
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
@@ -82,7 +82,7 @@ _ORDER = """
 import os, sys
 sys.path.insert(0, {repo!r})
 from jax._src import xla_bridge
-from sesam_jax.train import distributed
+from sesam_jax.run import distributed
 def stop(config):
   print("ENV", os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION"),
         "STARTED", xla_bridge.backends_are_initialized(), flush=True)
