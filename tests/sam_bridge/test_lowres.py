@@ -5,11 +5,12 @@ import dataclasses
 import numpy as np
 import pytest
 
-from sam_bridge import geometry, testing
+from sam_bridge import geometry
 from sam_bridge.api import PromptSet, RefineRequest
 from sam_bridge.backends import create_backend
 from sam_bridge.candidates import Candidates, Timer
 from sam_bridge.refine import RefineConfig, refine
+from tests import sam_fakes
 
 
 def _scene(h=120, w=160, ring=False):
@@ -34,7 +35,7 @@ def _scene(h=120, w=160, ring=False):
 
 def test_lowres_selection_picks_the_same_candidate_on_clear_cases():
   image, weak = _scene()
-  backend = testing.LowResBoxBackend()
+  backend = sam_fakes.LowResBoxBackend()
   backend.set_image(image)
   insts = geometry.find_instances(weak)
   prompts = [PromptSet.from_points(np.float32([[(i.bbox[1] + i.bbox[3] - 1) / 2,
@@ -65,7 +66,7 @@ def _clear(r, p, tau1=0.3, tau2=0.7, margin=0.05):
 
 def test_lowres_labels_agree_with_full_resolution():
   image, weak = _scene(ring=True)
-  backend = testing.LowResBoxBackend()
+  backend = sam_fakes.LowResBoxBackend()
   cfg = RefineConfig(sampling="center")  # Points near the centre: the squares sit on the weak ones.
   lo = refine(backend, RefineRequest("s", image, weak), cfg)
   hi = refine(backend, RefineRequest("s", image, weak), dataclasses.replace(cfg, lowres_selection=False))

@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 
-from sam_bridge import geometry, testing
+from sam_bridge import geometry
 from sam_bridge.api import RefineRequest
 from sam_bridge.backends import create_backend
 from sam_bridge.refine import RefineConfig, refine
+from tests import sam_fakes
 
 
 def _scene(h=60, w=80):
@@ -79,7 +80,7 @@ def test_trace_of_points_has_both_stages_and_lowres_flag():
   assert stages.count("sparse") == 3 and stages.count("instances") == res.info["instances"]
   np.testing.assert_array_equal(res.trace.region, np.asarray(res.coarse))
   # A low-resolution backend: r and p come from its logits, close to the upsampled masks'.
-  backend = testing.LowResBoxBackend()
+  backend = sam_fakes.LowResBoxBackend()
   res = refine(backend, RefineRequest("b", image, weak), RefineConfig(trace=True))
   for t in res.trace.instances:
     assert t.lowres
