@@ -17,6 +17,7 @@ the refined labels and `weak_miou` of the weak labels are scored like
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import pathlib
@@ -25,12 +26,13 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from sam_bridge.api import RefineRequest
 from sam_bridge.refine import RefineConfig, refine
 from sesam_jax import outputs, report
 from sesam_jax.atomic import write_png_atomic
-from sesam_jax.data import split_check, weak_labels, weak_sources
+from sesam_jax.data import base, split_check, weak_labels, weak_sources
 from sesam_jax.evaluate import metrics
 from sesam_jax.run.layout import Layout
 from sesam_jax.sam import resolver
@@ -54,7 +56,8 @@ def refine_dataset(source, *, weak_kind: str, out_dir: str | os.PathLike,
                    backend: resolver.SamBackend | str = "oracle", seed: int = 0,
                    weak_dir: str | os.PathLike | None = None, weak_fn=None,
                    limit: int | None = None, use_service: bool = False,
-                   fallback: bool = False, check: bool = True, **config_kw) -> dict:
+                   fallback: bool = False, check: bool = True, staged: bool = True,
+                   **config_kw) -> dict:
   """Refines every image of `source` and scores the result.
 
   Args:
@@ -72,6 +75,8 @@ def refine_dataset(source, *, weak_kind: str, out_dir: str | os.PathLike,
       thread (JAX backends).
     fallback: with use_service, fall back to the weak label on a worker failure.
     check: check the split's files first (`split_check`; a clean verdict is cached).
+    staged: move the labels into `out_dir` only once every image is refined; False writes each
+      one there (atomically) as soon as it is made, so a run that stops keeps those.
     **config_kw: sam_bridge.refine.RefineConfig fields (mode, sampling, selection,
       prompt, instances, k, tau1, tau2, ...).
 
@@ -123,8 +128,10 @@ def refine_dataset(source, *, weak_kind: str, out_dir: str | os.PathLike,
     results = (refine(bk, r if bk.is_oracle else RefineRequest(r.example_id, r.image, r.weak), cfg,
                       seed=seed) for r in requests())
   try:
-    # The labels move into `out` only once every image is refined.
-    with outputs.staged_folder(out) as stage:
+    # Staged, the labels move into `out` only once every image is refined.
+    if not staged:
+      out.mkdir(parents=True, exist_ok=True)
+    with outputs.staged_folder(out) if staged else contextlib.nullcontext(out) as stage:
       for res in report.progress(results, desc=f"refine {weak_kind}", total=count, unit="img"):
         weak, fine = pending.pop(res.example_id)
         fallbacks += int(res.fallback)
@@ -164,32 +171,98 @@ def refine_dataset(source, *, weak_kind: str, out_dir: str | os.PathLike,
   return result
 
 
-def baseline_labels(config: Any, train_source: Any, workdir: str) -> str:
+BARRIER = "sesam_jax.sam_baseline_labels"  # The name all processes meet under.
+
+
+def shard_indices(count: int, process_index: int, process_count: int) -> list[int]:
+  """The positions of the training images that process `process_index` makes labels for.
+
+  Every `process_count`-th image from `process_index` on: the shards cover the split once, and
+  each holds (within one) as many images as the others.
+  """
+  return list(range(process_index, count, process_count))
+
+
+def meet(name: str) -> None:
+  """Waits until every process of the run calls `meet(name)`; returns at once in a single one.
+
+  A JAX barrier (`multihost_utils.sync_global_devices`): a collective over every device. A
+  process that dies before it arrives is declared dead by JAX's distributed service after
+  `config.multihost.heartbeat_timeout_s`, which then ends the others: they never wait forever.
+  """
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def baseline_labels(config: Any, train_source: Any, workdir: str, *,
+                    process_index: int | None = None, process_count: int | None = None) -> str:
   """The SAM baseline's training labels, made once per workdir (weak labels as naive prompts).
 
+  Each process of the run makes its shard (`shard_indices`) of the labels that are not in the
+  folder yet, writing each atomically as soon as it is made; then all processes meet at a JAX
+  barrier (`meet`) and check that the folder holds a label for every training image. A run
+  that stops keeps the labels made so far and a resume makes only the others. A process whose
+  shard fails still comes to the barrier, so that every process stops with an error rather than
+  one of them waiting for it.
+
+  Args:
+    config: the training config (`sam`, `weak`, `weak_seed`, `weak_source`, `weak_options`).
+    train_source: the training source.
+    workdir: the run directory, shared by every process.
+    process_index: this process (default `jax.process_index()`).
+    process_count: how many processes make the labels (default `jax.process_count()`).
+
   Returns:
-    The folder of `<id>.png` labels (`<workdir>/sam_baseline_labels`), complete when
-    `DONE.json` is present; an interrupted generation is redone from the start. In a multi-host
-    run process 0 makes them and the others wait for `DONE.json`.
+    The folder of `<id>.png` labels (`<workdir>/sam_baseline_labels`), complete.
+
+  Raises:
+    FileNotFoundError: after the barrier a training image has no label (its process failed:
+      the message names the image and the process).
   """
-  out = str(Layout.of(workdir).sam_baseline_labels)
-  done = os.path.join(out, "DONE.json")
-  # The processes of a multi-host run share the workdir: process 0 makes the labels.
-  if not os.path.isfile(done) and jax.process_index() > 0:
-    report.log(f"sam_baseline: waiting for process 0 to write the labels to {out}")
-    while not os.path.isfile(done):  # If process 0 dies, JAX's runtime ends this one too.
-      time.sleep(1.0)
-  if not os.path.isfile(done):
-    backend = resolver.from_config(config.sam, what=f"method={config.method}")
-    weak_fn = None
-    if config.get("weak_source", ""):  # The user's own weak labels prompt SAM.
-      weak_fn = weak_sources.training_reader(config.weak_source, train_source, config.weak,
-                                             config.weak_options)
-    report.log(f"sam_baseline: prompting {backend.description} naively with the {config.weak} "
-               f"labels of {len(train_source)} training images -> {out}")
-    settings = dataclasses.asdict(resolver.refine_config(config, mode="naive"))
-    settings.pop("weak_kind")
-    result = refine_dataset(train_source, weak_kind=config.weak, out_dir=out, backend=backend,
-                            seed=config.weak_seed, weak_fn=weak_fn, **settings)
-    report.write_json(done, result)
-  return out
+  index = jax.process_index() if process_index is None else process_index
+  count = jax.process_count() if process_count is None else process_count
+  out = Layout.of(workdir).sam_baseline_labels
+  shard = shard_indices(len(train_source), index, count)
+  todo = [i for i in shard if not (out / f"{train_source.ids[i]}.png").is_file()]
+  who = f"process {index} of {count}" if count > 1 else "this process"
+  report.log(f"sam_baseline: {who} makes {len(todo)} of the {len(shard)} labels of its shard "
+             f"({len(shard) - len(todo)} already in {out})")
+  failure = None
+  if todo:
+    try:
+      _make_baseline_labels(config, base.SubsetSource(train_source, todo), out)
+    except Exception as e:  # pylint: disable=broad-except
+      failure = e  # Raised after the barrier: the other processes must not wait for this one.
+      report.log(f"sam_baseline: {who} failed to make its labels ({type(e).__name__}: {e}); "
+                 "meeting the others before stopping")
+  meet(BARRIER)
+  if failure is not None:
+    raise failure
+  missing = [i for i, name in enumerate(train_source.ids) if not (out / f"{name}.png").is_file()]
+  if missing:
+    first = train_source.ids[missing[0]]
+    raise FileNotFoundError(
+        f"sam_baseline: {len(missing)} of {len(train_source)} labels are missing in {out}, e.g. "
+        f"{out / (first + '.png')} (image {first!r}, made by process {missing[0] % count} of "
+        f"{count}: see its log); run the same command again to make them.")
+  return str(out)
+
+
+def _make_baseline_labels(config: Any, source: base.SubsetSource, out: pathlib.Path) -> None:
+  """Refines `source` (training images) naively into `out`, writing each label when made."""
+  backend = resolver.from_config(config.sam, what=f"method={config.method}")
+  weak_fn = None
+  if config.get("weak_source", ""):  # The user's own weak labels prompt SAM.
+    reader = weak_sources.training_reader(config.weak_source, source.source, config.weak,
+                                          config.weak_options)
+
+    def weak_fn(i: int, item: dict) -> np.ndarray:
+      return reader(source.indices[i], item)  # The reader counts in the whole split.
+
+  report.log(f"sam_baseline: prompting {backend.description} naively with the {config.weak} "
+             f"labels of {len(source)} training images -> {out}")
+  settings = dataclasses.asdict(resolver.refine_config(config, mode="naive"))
+  settings.pop("weak_kind")
+  # The loop checked the training split's files already (`dataset.check`).
+  refine_dataset(source, weak_kind=config.weak, out_dir=out, backend=backend,
+                 seed=config.weak_seed, weak_fn=weak_fn, check=False, staged=False, **settings)
