@@ -20,12 +20,14 @@ import jax
 import numpy as np
 import portpicker
 import pytest
+from PIL import Image
 
 from sesam_jax import config_lib
 from sesam_jax.train import optim, train_state
 from sesam_jax import loop
 from sesam_jax.train import train_step as step_lib
 from sesam_jax.run.checkpoint import Checkpointer
+from sesam_jax.sam import refine_labels
 from tests import fakes
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -198,15 +200,26 @@ def test_killing_one_process_stops_the_other_and_both_resume(tmp_path, killed):
 
 @pytest.mark.slow
 def test_two_processes_share_one_set_of_sam_baseline_labels(tmp_path):
+  config_arg = f"{SYNTHETIC}:weak=coarse,method=sam_baseline"
+  extra = ["--config.sam.backend=oracle"]
   workdir = tmp_path / "baseline"
-  job = Job(tmp_path, workdir, f"{SYNTHETIC}:weak=coarse,method=sam_baseline",
-            ["--config.sam.backend=oracle"])
+  job = Job(tmp_path, workdir, config_arg, extra)
   try:
     assert job.wait() == [0, 0], job.err(0)[-3000:] + job.err(1)[-3000:]
   finally:
     job.close()
-  assert "waiting for process 0 to write the labels" in job.err(1)
-  labels = os.listdir(workdir / "sam_baseline_labels")
-  assert "DONE.json" in labels and len([n for n in labels if n.endswith(".png")]) == 8
+  # Each process made its half of the 8 labels, then both met at the barrier and read all.
+  for i in range(2):
+    assert f"sam_baseline: process {i} of 2 makes 4 of the 4 labels of its shard" in job.err(i)
+  config = config_lib.config_from_flags(config_arg, OVERRIDES + extra)
+  train, _ = loop.make_sources(config)
+  folder = workdir / "sam_baseline_labels"
+  assert sorted(os.listdir(folder)) == sorted(f"{i}.png" for i in train.ids)
   assert not [n for n in os.listdir(workdir) if ".partial-" in n]
   assert job.result(0)["step"] == job.result(1)["step"] == 4
+
+  # They are the labels of one process making them all.
+  one = refine_labels.baseline_labels(config, train, str(tmp_path / "one"))
+  for name in os.listdir(folder):
+    np.testing.assert_array_equal(np.asarray(Image.open(folder / name)),
+                                  np.asarray(Image.open(os.path.join(one, name))))
