@@ -254,6 +254,19 @@ def build_parser() -> argparse.ArgumentParser:
                       "which --run refuses)")
   p.add_argument("--data-dir", action="append", default=None, metavar="DATASET=DIR",
                  help="dataset root of a dataset (repeatable; DIR alone with one --dataset)")
+  p.add_argument("--weights", default=None, metavar="DIR",
+                 help="the students' ImageNet weights as downloaded (nvidia/mit-b0's folder, "
+                      "torchvision's resnet101 .pth, ...; recognised by content, converted once "
+                      "into WORKDIR_ROOT/pretrained); each cell gets its student's config.init")
+  p.add_argument("--random-init", action="store_true",
+                 help="random students at the paper's schedules (--run otherwise needs --weights)")
+  p.add_argument("--weak-labels", default="auto", choices=("auto", "paper", "generated"),
+                 help="auto: the paper's labels where given (gtCoarse under the Cityscapes "
+                      "data dir, --scribbles), else made from the fine labels; paper: missing "
+                      "ones are an error; generated: always made (points always are)")
+  p.add_argument("--scribbles", action="append", default=None, metavar="[DATASET=]DIR",
+                 help="published scribbles (ScribbleSup XML for voc, Scribbles4All PNGs for "
+                      "cityscapes/ade20k; repeatable)")
   mode = p.add_mutually_exclusive_group()
   mode.add_argument("--dry-run", dest="run", action="store_false",
                     help="print the commands (the default)")
