@@ -230,6 +230,8 @@ def reproduce(args: argparse.Namespace, rest: list[str]) -> dict:
       data_dirs=sweep.parse_data_dirs(args.data_dir, datasets), extra=rest, run=args.run,
       keep_going=args.keep_going, weights=args.weights, random_init=args.random_init,
       weak_labels=args.weak_labels,
+      sam_checkpoints={k: v for k, v in (("sam2", args.sam2_checkpoint),
+                                         ("sam3", args.sam3_checkpoint)) if v},
       scribbles=label_sources.parse_scribbles(args.scribbles, datasets or grid.PAPER_DATASETS))
 
 

@@ -60,7 +60,7 @@ def _scribble_spec(folder: str) -> str:
 
 
 def choose(dataset: str, kind: str, *, mode: str = "auto", data_dir: str | None = None,
-           scribbles: str | None = None) -> Choice:
+           scribbles: str | None = None, split: str = "train") -> Choice:
   """The weak labels of `kind` on `dataset`.
 
   Args:
@@ -69,6 +69,7 @@ def choose(dataset: str, kind: str, *, mode: str = "auto", data_dir: str | None 
     mode: one of MODES.
     data_dir: the dataset's root folder, or None when not known yet (a placeholder).
     scribbles: the scribble folder given for this dataset, or None.
+    split: the split whose labels are read (gtCoarse has train and val folders).
   """
   if mode not in MODES:
     raise ValueError(f"--weak-labels {mode}: choose one of {', '.join(MODES)}.")
@@ -81,7 +82,7 @@ def choose(dataset: str, kind: str, *, mode: str = "auto", data_dir: str | None 
     if dataset != "cityscapes":
       return Choice("", f"coarse on {dataset}: made from the fine labels (only Cityscapes "
                         "publishes coarse labels)")
-    folder = os.path.join(data_dir, "gtCoarse", "train") if data_dir else None
+    folder = os.path.join(data_dir, "gtCoarse", split) if data_dir else None
     if folder is None:
       return Choice("cityscapes_coarse", "coarse: Cityscapes gtCoarse, expected under the data "
                                          "dir once --data-dir cityscapes=DIR is given")
@@ -122,7 +123,8 @@ def parse_scribbles(items: Sequence[str] | None, datasets: Sequence[str]) -> dic
 
 
 def choices(pairs: Sequence[tuple[str, str]], *, mode: str, data_dirs: Mapping[str, str],
-            scribbles: Mapping[str, str]) -> dict[tuple[str, str], Choice]:
+            scribbles: Mapping[str, str], split: str = "train"
+            ) -> dict[tuple[str, str], Choice]:
   """`choose` for every (dataset, weak kind) of a selection."""
-  return {(d, k): choose(d, k, mode=mode, data_dir=data_dirs.get(d), scribbles=scribbles.get(d))
-          for d, k in dict.fromkeys(pairs)}
+  return {(d, k): choose(d, k, mode=mode, data_dir=data_dirs.get(d), scribbles=scribbles.get(d),
+                         split=split) for d, k in dict.fromkeys(pairs)}

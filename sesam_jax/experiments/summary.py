@@ -53,7 +53,7 @@ from typing import Any
 
 from sesam_jax import configs_common, cost, report
 from sesam_jax.atomic import write_atomic
-from sesam_jax.experiments import label_sources, paper_figures
+from sesam_jax.experiments import label_grid, label_sources, paper_figures
 from sesam_jax.run import runs as runs_lib
 from sesam_jax.run.layout import RESULT, Layout
 from sesam_jax.run.runs import Run
@@ -409,7 +409,13 @@ def report_runs(paths: Sequence[str], *, ema: bool = False, csv_path: str | None
     {"runs", "finished", "unfinished": [workdir, ...], "cells": the CSV records, and "csv" /
     "cost_json" when written}.
   """
-  runs = runs_lib.open_runs(paths)
+  try:
+    runs = runs_lib.open_runs(paths)
+  except FileNotFoundError:
+    label_cells = label_grid.find_results(paths)  # Table 5: `sesam refine` cells, no runs.
+    if label_cells:
+      return label_grid.report_labels(label_cells)
+    raise
   groups = group_runs(runs, ema=ema)
   if cost_json is None and any(g.row[3] for g in groups) and not Layout.of(
       paths[0]).is_run():

@@ -26,16 +26,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sesam_jax import config_lib, report
-from sesam_jax.experiments import grid, label_sources, weights as weights_lib
+from sesam_jax.experiments import grid, label_grid, label_sources, weights as weights_lib
+from sesam_jax.experiments.preflight import (DATA_DIR_PLACEHOLDER, INIT_PLACEHOLDER,
+                                             SAM_CHECKPOINT_PLACEHOLDER, missing_inputs)
 from sesam_jax.run import result as result_lib, runs as runs_lib
 from sesam_jax.run.layout import Layout
 from sesam_jax.sam import resolver
 from sesam_jax.methods import get_method
 
-# What the commands carry until the user says where SAM's weights and the datasets are.
-SAM_CHECKPOINT_PLACEHOLDER = "/path/to/sam_vit_b_01ec64.pth"
-DATA_DIR_PLACEHOLDER = "/path/to/{dataset}"
-INIT_PLACEHOLDER = "/path/to/converted/{model}.msgpack"
 # Datasets whose grids train from random students (no paper figure to reach).
 NO_WEIGHTS_DATASETS = ("synthetic", "camvid")
 
@@ -273,40 +271,6 @@ def _train(python: str, args: Sequence[str], log: Any) -> int:
       raise
 
 
-def missing_inputs(plans: Sequence[Plan], *, sam_backend: str, sam_checkpoint: str | None,
-                   data_dirs: Mapping[str, str], weights_dir: str | None,
-                   labels: Mapping[tuple[str, str], label_sources.Choice]) -> list[str]:
-  """Every input the plans need and lack, one item each (checked before the first cell)."""
-  missing = []
-  for plan in plans:
-    for value in plan.placeholders:
-      if value.startswith(INIT_PLACEHOLDER.partition("{")[0]):
-        where = (f"no {plan.model} weights in {weights_dir}" if weights_dir else
-                 "give --weights DIR")
-        item = (f"student weights for {plan.model} "
-                f"({weights_lib.SOURCES.get(plan.cell.student, 'ImageNet weights')}: {where}; "
-                "or --random-init)")
-      elif value == SAM_CHECKPOINT_PLACEHOLDER:
-        item = "SAM checkpoint (give --sam-checkpoint FILE, e.g. sam_vit_b_01ec64.pth)"
-      else:
-        item = f"data folder of {plan.cell.dataset} (give --data-dir {plan.cell.dataset}=DIR)"
-      missing.append(item)
-  if sam_checkpoint and any(get_method(p.cell.method).uses_sam for p in plans):
-    try:
-      resolver.resolve(sam_backend, sam_checkpoint,
-                       flags={**resolver.CLI_FLAGS, "backend": "--sam-backend",
-                              "checkpoint": "--sam-checkpoint"})
-    except (ValueError, FileNotFoundError, report.UserError) as e:
-      missing.append(f"SAM checkpoint ({e})")
-  for dataset, path in data_dirs.items():
-    if not os.path.isdir(path):
-      missing.append(f"data folder of {dataset} ({path}: no such folder; --data-dir "
-                     f"{dataset}=DIR)")
-  used = {(p.cell.dataset, p.cell.weak) for p in plans}
-  missing += [c.missing for key, c in labels.items() if c.missing and key in used]
-  return list(dict.fromkeys(missing))
-
-
 def _last_line(path: str) -> str:
   """The last non-empty line of a log (a failed `sesam train` ends with its error line)."""
   with open(path, errors="replace") as f:
@@ -323,14 +287,16 @@ def reproduce(table: str, *, datasets: Sequence[str] | None = None,
               data_dirs: Mapping[str, str] | None = None, extra: Sequence[str] = (),
               run: bool = False, keep_going: bool = False, weights: str | None = None,
               random_init: bool = False, weak_labels: str = "auto",
-              scribbles: Mapping[str, str] | None = None) -> dict[str, Any]:
+              scribbles: Mapping[str, str] | None = None,
+              sam_checkpoints: Mapping[str, str] | None = None) -> dict[str, Any]:
   """`sesam reproduce`: prints (or runs) the command of every cell of a table.
 
   Args: as `grid.expand` and `plan_cells`; `run` runs the commands (`run_plans`) instead of
   printing them on stdout, after checking every input; `weights` the folder of the students'
   ImageNet weights (`weights.scan`), converted once into `ROOT/pretrained/` when run;
   `random_init` lets the paper's schedules start from random students; `weak_labels` and
-  `scribbles` choose the weak labels (`label_sources`).
+  `scribbles` choose the weak labels (`label_sources`); `sam_checkpoints` the weights of the
+  other SAM versions of a label-level table ({"sam2": ..., "sam3": ...}; `label_grid`).
 
   Returns:
     {"table", "commands": [...], "workdirs": [...], "cells": [{"workdir", "init",
@@ -350,12 +316,21 @@ def reproduce(table: str, *, datasets: Sequence[str] | None = None,
   flags = {a for a in config_args.split(",") if a}
   require_init = (table in grid.PAPER_TABLES and not random_init and
                   not flags & {"runlocal", "tiny"})
-  labels = label_sources.choices([(c.dataset, c.weak) for c in cells], mode=weak_labels,
-                                 data_dirs=data_dirs, scribbles=scribbles or {})
+  labels = label_sources.choices(
+      [(c.dataset, c.weak) for c in cells], mode=weak_labels, data_dirs=data_dirs,
+      scribbles=scribbles or {},
+      split=label_grid.SPLIT if grid.TABLES[table].kind == "labels" else "train")
   paper_missing = [c.missing for c in labels.values() if c.missing and weak_labels == "paper"]
   if paper_missing:
     raise ValueError("--weak-labels paper: missing " + "; ".join(paper_missing) +
                      " (or --weak-labels auto to make the missing ones from the fine labels)")
+  if grid.TABLES[table].kind == "labels":  # Table 5: `sesam refine` cells, scored as labels.
+    return label_grid.reproduce(
+        cells, grid.TABLES[table], root=root, data_dirs=data_dirs, extra=extra, run=run,
+        checkpoints={**({"sam": sam_checkpoint} if sam_checkpoint else {}),
+                     **(sam_checkpoints or {})},
+        weak_sources={k: c.spec for k, c in labels.items()}, keep_going=keep_going,
+        notes=[c.note for c in labels.values()])
   plans, missing = plan_cells(cells, root=root, configs_dir=configs_dir, config_args=config_args,
                               sam_backend=sam_backend, sam_checkpoint=sam_checkpoint,
                               data_dirs=data_dirs, extra=extra, inits=inits,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from sesam_jax import main
-from sesam_jax.experiments import label_sources, sweep, weights
+from sesam_jax.experiments import grid, label_grid, label_sources, sweep, weights
 from sesam_jax.models import conversion
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -166,3 +166,40 @@ def test_scribble_reader_follows_the_folders_content(tmp_path):
   with pytest.raises(ValueError, match="--weak-labels"):
     label_sources.choose("voc", "points", mode="published")
   assert sweep.INIT_PLACEHOLDER.format(model="m").endswith("m.msgpack")
+
+
+def test_table5_refines_with_each_sam_version_and_reports_precision_recall(capsys, monkeypatch,
+                                                                         tmp_path):
+  monkeypatch.chdir(REPO_ROOT)
+  data = tmp_path / "cityscapes"
+  (data / "gtCoarse" / "val").mkdir(parents=True)
+  sam = tmp_path / "sam_vit_b_01ec64.pth"
+  sam.write_bytes(b"")
+  (tmp_path / "sam2").mkdir()
+  root = tmp_path / "runs"
+  base = ["--table", "5", "--data-dir", f"cityscapes={data}", "--workdir-root", str(root),
+          "--sam-checkpoint", str(sam), "--sam2-checkpoint", str(tmp_path / "sam2")]
+  code, commands, out, _ = _reproduce(capsys, *base)
+  assert code == 0 and len(commands) == 3 and all(c.startswith("sesam refine ") for c in commands)
+  assert all("--split val --weak coarse" in c and "--weak-source cityscapes_coarse" in c
+             for c in commands)
+  assert out["missing"] == ["SAM 3 checkpoint (the transformers folder of facebook/sam3: give "
+                            "--sam3-checkpoint PATH)"]
+  code, _, out, _ = _reproduce(capsys, *base, "--run")
+  assert code == 2 and "--sam3-checkpoint" in out["error"]
+  # A stand-in `sesam refine` (the interpreter the sweep starts) prints its JSON result.
+  (tmp_path / "sam3").mkdir()
+  fake = tmp_path / "python"
+  fake.write_text('#!/bin/sh\necho \'{"precision": 0.9, "recall": 0.6, "f1": 0.72, '
+                  '"images": 3, "weak_source": "cityscapes_coarse"}\'\n')
+  fake.chmod(0o755)
+  cells, _ = grid.expand("table5")
+  plans = label_grid.plan_cells(cells, root=str(root), checkpoints={}, data_dirs={},
+                                weak_sources={})
+  assert [r["status"] for r in label_grid.run_plans(plans[:2], python=str(fake))] == ["ran"] * 2
+  assert [r["status"] for r in label_grid.run_plans(plans, python=str(fake))] == [
+      "skipped", "skipped", "ran"]
+  code = main.main(["report", str(root / "table5")])
+  text = capsys.readouterr().out
+  assert code == 0 and "| | SAM ViT-B | SAM 2.1 Hiera-B+ | SAM 3 |" in text
+  assert "| Precision | 90.0 (paper 92.2, -2.2) | 90.0 (paper 92.8, -2.8) |" in text
