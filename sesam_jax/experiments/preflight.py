@@ -40,13 +40,14 @@ def missing_inputs(plans: Sequence[Any], *, sam_backend: str, sam_checkpoint: st
       else:
         item = f"data folder of {plan.cell.dataset} (give --data-dir {plan.cell.dataset}=DIR)"
       missing.append(item)
-  if sam_checkpoint and any(get_method(p.cell.method).uses_sam for p in plans):
-    try:
-      resolver.resolve(sam_backend, sam_checkpoint,
+  if any(get_method(p.cell.method).uses_sam for p in plans) and not any(
+      SAM_CHECKPOINT_PLACEHOLDER in p.placeholders for p in plans):
+    try:  # The backend's name and weights, without loading them.
+      resolver.resolve(sam_backend, sam_checkpoint or "",
                        flags={**resolver.CLI_FLAGS, "backend": "--sam-backend",
                               "checkpoint": "--sam-checkpoint"})
     except (ValueError, FileNotFoundError, report.UserError) as e:
-      missing.append(f"SAM checkpoint ({e})")
+      missing.append(f"SAM backend {sam_backend} ({e})")
   for dataset, path in data_dirs.items():
     if not os.path.isdir(path):
       missing.append(f"data folder of {dataset} ({path}: no such folder; --data-dir "
