@@ -216,7 +216,7 @@ def _comma_list(text: str | None) -> list[str] | None:
 
 
 def reproduce(args: argparse.Namespace, rest: list[str]) -> dict:
-  from sesam_jax.experiments import grid, sweep
+  from sesam_jax.experiments import grid, label_sources, sweep
   datasets = _comma_list(args.dataset)
   return sweep.reproduce(
       args.table if args.table.startswith("fig") else f"table{args.table}", datasets=datasets,
@@ -228,7 +228,11 @@ def reproduce(args: argparse.Namespace, rest: list[str]) -> dict:
                                        "tiny" if args.tiny else "") if a),
       sam_backend=args.sam_backend, sam_checkpoint=args.sam_checkpoint,
       data_dirs=sweep.parse_data_dirs(args.data_dir, datasets), extra=rest, run=args.run,
-      keep_going=args.keep_going)
+      keep_going=args.keep_going, weights=args.weights, random_init=args.random_init,
+      weak_labels=args.weak_labels,
+      sam_checkpoints={k: v for k, v in (("sam2", args.sam2_checkpoint),
+                                         ("sam3", args.sam3_checkpoint)) if v},
+      scribbles=label_sources.parse_scribbles(args.scribbles, datasets or grid.PAPER_DATASETS))
 
 
 def report_runs(args: argparse.Namespace) -> dict:

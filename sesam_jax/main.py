@@ -224,9 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "(printed, or run with --run)",
                      epilog="Further --config.FIELD=VALUE flags are added to every command "
                      "(e.g. --config.num_steps=1000).")
-  p.add_argument("--table", required=True, choices=("1", "2", "3", "4", "fig4"),
-                 help="Table 1 (VOC), 2 (main results), 3 (components), 4 (design choices) or "
-                      "Figure 4 (annotation cost vs mIoU)")
+  p.add_argument("--table", required=True, choices=("1", "2", "3", "4", "5", "fig4"),
+                 help="Table 1 (VOC), 2 (main results), 3 (components), 4 (design choices), "
+                      "5 (SAM versions, label level: sesam refine) or Figure 4 (annotation "
+                      "cost vs mIoU)")
   p.add_argument("--dataset", default=None, metavar="D[,D]",
                  help="dataset columns (default: the paper's); any dataset with configs/ files")
   p.add_argument("--student", default=None, metavar="S[,S]|all",
@@ -252,8 +253,25 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--sam-checkpoint", default=None,
                  help="SAM weights (default: the placeholder /path/to/sam_vit_b_01ec64.pth, "
                       "which --run refuses)")
+  p.add_argument("--sam2-checkpoint", default=None, metavar="DIR",
+                 help="Table 5: SAM 2.1 Hiera-B+ (transformers Sam2Model folder)")
+  p.add_argument("--sam3-checkpoint", default=None, metavar="DIR",
+                 help="Table 5: SAM 3 (transformers Sam3TrackerModel folder)")
   p.add_argument("--data-dir", action="append", default=None, metavar="DATASET=DIR",
                  help="dataset root of a dataset (repeatable; DIR alone with one --dataset)")
+  p.add_argument("--weights", default=None, metavar="DIR",
+                 help="the students' ImageNet weights as downloaded (nvidia/mit-b0's folder, "
+                      "torchvision's resnet101 .pth, ...; recognised by content, converted once "
+                      "into WORKDIR_ROOT/pretrained); each cell gets its student's config.init")
+  p.add_argument("--random-init", action="store_true",
+                 help="random students at the paper's schedules (--run otherwise needs --weights)")
+  p.add_argument("--weak-labels", default="auto", choices=("auto", "paper", "generated"),
+                 help="auto: the paper's labels where given (gtCoarse under the Cityscapes "
+                      "data dir, --scribbles), else made from the fine labels; paper: missing "
+                      "ones are an error; generated: always made (points always are)")
+  p.add_argument("--scribbles", action="append", default=None, metavar="[DATASET=]DIR",
+                 help="published scribbles (ScribbleSup XML for voc, Scribbles4All PNGs for "
+                      "cityscapes/ade20k; repeatable)")
   mode = p.add_mutually_exclusive_group()
   mode.add_argument("--dry-run", dest="run", action="store_false",
                     help="print the commands (the default)")

@@ -41,6 +41,7 @@ CLI_DEFERRALS: dict[str, frozenset[str]] = {
         "sesam_jax.evaluate.label_scoring",
         "sesam_jax.evaluate.predict",
         "sesam_jax.experiments.grid",
+        "sesam_jax.experiments.label_sources",
         "sesam_jax.experiments.summary",
         "sesam_jax.experiments.sweep",
         "sesam_jax.loop",

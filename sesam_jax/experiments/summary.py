@@ -5,9 +5,14 @@ finished, `result.json` (its keys: `sesam_jax.run.result.FIELDS`). `report_runs(
 workdir under the given paths and prints one markdown table in the paper's layout:
 
   rows     label kind x method (plus the ablation fields that differ from the defaults, and
-           the training-set budget `dataset.max_train_images` where one is set)
+           the training-set budget `dataset.max_train_images` where one is set) x the student's
+           init (pretrained: `config.init` set, or random) x where the weak labels came from
+           (`config.weak_source`: generated, or the reader of the user's labels); runs that
+           differ in any of these are never averaged together
   columns  dataset x student, each with: val mIoU in % (student, or EMA teacher with `ema`),
-           mean ± std over seeds (sample std); WvF in %: mIoU over that of the weak=fine
+           mean ± std over seeds (sample std); where the paper reports the cell
+           (`paper_figures`; the table from the workdir's `tableN` folder), its figure and the
+           difference; WvF in %: mIoU over that of the weak=fine
            supervised run of the same dataset, student and budget; annotation hours of the
            training labels (`sesam_jax.cost`: minutes per image of the label kind x training
            images); label-source coverage at the last logged step (weak / SAM / pseudo-label
@@ -48,6 +53,7 @@ from typing import Any
 
 from sesam_jax import configs_common, cost, report
 from sesam_jax.atomic import write_atomic
+from sesam_jax.experiments import label_grid, label_sources, paper_figures
 from sesam_jax.run import runs as runs_lib
 from sesam_jax.run.layout import RESULT, Layout
 from sesam_jax.run.runs import Run
@@ -113,11 +119,11 @@ class Group:
 
   Attributes:
     column: (dataset, model).
-    row: (weak, method, variant, budget).
+    row: (weak, method, variant, budget, init "pretrained" | "random", weak-label source).
     runs: every run of the cell, finished or not.
   """
   column: tuple[str, str]
-  row: tuple[str, str, tuple, int]
+  row: tuple[str, str, tuple, int, str, str]
   runs: list[Run] = dataclasses.field(default_factory=list)
   miou: list[float] = dataclasses.field(default_factory=list)
   wvf: float | None = None
@@ -137,6 +143,17 @@ class Group:
   @property
   def miou_std(self) -> float | None:
     return statistics.stdev(self.miou) if len(self.miou) > 1 else None
+
+  def paper(self) -> float | None:
+    """The paper's mIoU (%) of this cell, or None."""
+    weak, method, variant, budget, *_ = self.row
+    return paper_figures.paper_miou(paper_figures.table_of(self.runs[0].workdir), *self.column,
+                                    weak, method, variant, budget)
+
+  def paper_diff(self) -> float | None:
+    """This cell's mIoU minus the paper's, in points of %."""
+    paper = self.paper()
+    return None if paper is None or self.miou_mean is None else 100 * self.miou_mean - paper
 
   def mean(self, key: str) -> float | None:
     """Mean of a result.json field over the finished runs that have it."""
@@ -168,7 +185,9 @@ def group_runs(runs: Sequence[Run], *, ema: bool = False) -> list[Group]:
     c = run.config.to_dict()
     column = (c["dataset"]["name"], c["model"])
     row = (c["weak"], c["method"], variant_of(c, defaults),
-           int(c["dataset"].get("max_train_images", 0) or 0))
+           int(c["dataset"].get("max_train_images", 0) or 0),
+           "pretrained" if c.get("init") else "random",
+           label_sources.source_name(c.get("weak_source", "")))
     group = groups.setdefault((column, row), Group(column, row))
     group.runs.append(run)
     if run.finished:
@@ -179,17 +198,18 @@ def group_runs(runs: Sequence[Run], *, ema: bool = False) -> list[Group]:
                          f"{'drop --ema or ' if ema else ''}re-evaluate it with `sesam eval`.")
       group.miou.append(float(value))
   for group in groups.values():
-    weak, method, variant, budget = group.row
-    reference = groups.get((group.column, ("fine", "supervised", (), budget)))
+    weak, method, variant, budget, init, _ = group.row
+    reference = groups.get((group.column, ("fine", "supervised", (), budget, init,
+                                           label_sources.GENERATED)))
     if reference and reference.miou_mean and group.miou_mean is not None:
       group.wvf = 100.0 * group.miou_mean / reference.miou_mean
   methods = {m: i for i, m in enumerate(METHODS)}
 
   def order(g: Group) -> tuple:
-    weak, method, variant, budget = g.row
+    weak, method, variant, budget, init, source = g.row
     return (g.column[0], g.column[1], budget or math.inf,
             WEAK_ORDER.index(weak) if weak in WEAK_ORDER else len(WEAK_ORDER),
-            methods.get(method, len(methods)), method, len(variant), str(variant))
+            methods.get(method, len(methods)), method, len(variant), str(variant), init, source)
   return sorted(groups.values(), key=order)
 
 
@@ -238,9 +258,13 @@ def _coverage_text(g: Group) -> str:
 
 
 def _row_fields(g: Group) -> dict[str, str]:
-  weak, method, variant, budget = g.row
+  weak, method, variant, budget, init, source = g.row
   return {"labels": weak, "method": method, "variant": _variant_text(variant),
-          "budget": str(budget) if budget else "all"}
+          "budget": str(budget) if budget else "all", "init": init, "labels from": source}
+
+
+def _signed(value: float | None) -> str:
+  return "-" if value is None else f"{value:+.1f}"
 
 
 def markdown(groups: Sequence[Group], *, ema: bool = False,
@@ -255,9 +279,12 @@ def markdown(groups: Sequence[Group], *, ema: bool = False,
     row_heads.append("variant")
   if any(r[3] for r in rows):
     row_heads.append("budget")
+  row_heads += ["init", "labels from"]
+  with_paper = any(g.paper() is not None for g in groups)
   heads = list(row_heads)
   for dataset, model in columns:
-    heads += [f"{model} {dataset}: mIoU", "WvF", "hours", "coverage w/s/p %", "wall"]
+    heads += [f"{model} {dataset}: mIoU"] + (["paper", "Δ"] if with_paper else []) + [
+        "WvF", "hours", "coverage w/s/p %", "wall"]
   lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
   for row in rows:
     first = next(g for g in groups if g.row == row)
@@ -265,9 +292,11 @@ def markdown(groups: Sequence[Group], *, ema: bool = False,
     for column in columns:
       g = by_key.get((column, row))
       if g is None:
-        cells += ["", "", "", "", ""]
+        cells += [""] * (7 if with_paper else 5)
         continue
-      cells += [_miou_text(g), "-" if g.wvf is None else f"{g.wvf:.1f}",
+      paper = [("-" if g.paper() is None else f"{g.paper():.1f}"), _signed(g.paper_diff())]
+      cells += [_miou_text(g)] + (paper if with_paper else []) + [
+                "-" if g.wvf is None else f"{g.wvf:.1f}",
                 _hours(g.hours(minutes_per_image)),
                 _coverage_text(g), _duration(g.wall_seconds())]
     lines.append("| " + " | ".join(cells) + " |")
@@ -276,7 +305,11 @@ def markdown(groups: Sequence[Group], *, ema: bool = False,
   lines.append(f"val mIoU ({who}) in %, mean ± std over seeds; WvF: % of the weak=fine "
                "supervised run of the same dataset, student and budget; hours: annotation "
                "hours of the training labels (sesam_jax/cost.py); coverage: weak/SAM/pseudo-"
-               "label pixels at the last logged step; wall: train + SAM pre-warm + eval.")
+               "label pixels at the last logged step; wall: train + SAM pre-warm + eval; init: "
+               "the student's start (pretrained: config.init); labels from: generated from the "
+               "fine labels, or the reader of published ones" +
+               ("; paper: the paper's mIoU of the cell, Δ: ours minus the paper's" if with_paper
+                else "") + ".")
   return "\n".join(lines)
 
 
@@ -285,7 +318,7 @@ def unfinished_lines(groups: Sequence[Group]) -> list[str]:
   out = []
   for g in groups:
     for run in g.unfinished:
-      weak, method, variant, budget = g.row
+      weak, method, variant, budget, *_ = g.row
       what = " ".join(p for p in (g.column[0], g.column[1], weak, method, _variant_text(variant),
                                   f"budget {budget}" if budget else "") if p)
       step = run.last_step()
@@ -303,7 +336,8 @@ def csv_rows(groups: Sequence[Group], *, ema: bool = False,
     coverage = {f"coverage_{k}_pct": _scaled(g.mean(f"final_coverage_{k}")) for k in COVERAGE}
     out.append({"dataset": g.column[0], "model": g.column[1], **fields,
                 "miou_pct": _scaled(g.miou_mean), "miou_std_pct": _scaled(g.miou_std),
-                "miou_of": "ema" if ema else "student", "wvf_pct": _round(g.wvf),
+                "miou_of": "ema" if ema else "student", "paper_miou_pct": g.paper(),
+                "miou_diff_pct": _round(g.paper_diff()), "wvf_pct": _round(g.wvf),
                 "train_images": g.train_images(), "hours": _round(g.hours(minutes_per_image)),
                 **coverage, "wall_seconds": _round(g.wall_seconds()), "runs": len(g.runs),
                 "finished": len(g.finished),
@@ -327,16 +361,19 @@ def cost_points(groups: Sequence[Group], *, ema: bool = False,
   """The data of the cost-vs-mIoU plot (Figure 4), in the format of the module docstring."""
   minutes = dict(minutes_per_image or cost.MINUTES_PER_IMAGE)
   lines: dict[tuple, dict] = {}
+  mixed = len({g.row[4:] for g in groups}) > 1  # Several inits or label sources: name them.
   for g in groups:
     hours = g.hours(minutes)
     if not g.miou or hours is None:
       continue
-    weak, method, variant, _ = g.row
+    weak, method, variant, _, init, source = g.row
     reference = weak == "fine" and method == "supervised" and not variant
     label = "fine" if reference else f"{weak}, {method}"
     if variant:
       label += f" ({_variant_text(variant)})"
-    line = lines.setdefault((g.column, weak, method, variant), {
+    if mixed:
+      label += f" [{init}, {source}]"
+    line = lines.setdefault((g.column, weak, method, variant, init, source), {
         "label": label, "weak": weak, "method": method, "variant": _variant_text(variant),
         "dataset": g.column[0], "model": g.column[1], "reference": reference, "points": []})
     line["points"].append({
@@ -372,7 +409,13 @@ def report_runs(paths: Sequence[str], *, ema: bool = False, csv_path: str | None
     {"runs", "finished", "unfinished": [workdir, ...], "cells": the CSV records, and "csv" /
     "cost_json" when written}.
   """
-  runs = runs_lib.open_runs(paths)
+  try:
+    runs = runs_lib.open_runs(paths)
+  except FileNotFoundError:
+    label_cells = label_grid.find_results(paths)  # Table 5: `sesam refine` cells, no runs.
+    if label_cells:
+      return label_grid.report_labels(label_cells)
+    raise
   groups = group_runs(runs, ema=ema)
   if cost_json is None and any(g.row[3] for g in groups) and not Layout.of(
       paths[0]).is_run():

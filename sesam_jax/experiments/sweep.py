@@ -26,15 +26,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sesam_jax import config_lib, report
-from sesam_jax.experiments import grid
+from sesam_jax.experiments import grid, label_grid, label_sources, weights as weights_lib
+from sesam_jax.experiments.preflight import (DATA_DIR_PLACEHOLDER, INIT_PLACEHOLDER,
+                                             SAM_CHECKPOINT_PLACEHOLDER, missing_inputs)
 from sesam_jax.run import result as result_lib, runs as runs_lib
 from sesam_jax.run.layout import Layout
 from sesam_jax.sam import resolver
 from sesam_jax.methods import get_method
 
-# What the commands carry until the user says where SAM's weights and the datasets are.
-SAM_CHECKPOINT_PLACEHOLDER = "/path/to/sam_vit_b_01ec64.pth"
-DATA_DIR_PLACEHOLDER = "/path/to/{dataset}"
+# Datasets whose grids train from random students (no paper figure to reach).
+NO_WEIGHTS_DATASETS = ("synthetic", "camvid")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +49,8 @@ class Plan:
     num_steps: the config's num_steps (a result.json at this step means finished).
     model: the student the config trains.
     placeholders: the placeholder values the command still holds.
+    init: "pretrained" (`config.init` set) or "random".
+    weak_source: `config.weak_source` ("" = made from the fine labels).
   """
   cell: grid.Cell
   argv: tuple[str, ...]
@@ -55,10 +58,18 @@ class Plan:
   num_steps: int
   model: str
   placeholders: tuple[str, ...] = ()
+  init: str = "random"
+  weak_source: str = ""
 
   @property
   def command(self) -> str:
     return shlex.join(self.argv)
+
+  @property
+  def init_text(self) -> str:
+    """"pretrained (FILE)" or "random", as the dry run prints it."""
+    paths = [a.partition("=")[2] for a in self.argv if a.startswith("--config.init=")]
+    return f"pretrained ({paths[-1]})" if paths and paths[-1] else "random"
 
 
 def _flag_value(value: Any) -> str:
@@ -79,7 +90,10 @@ def _has_field(config: Any, dotted: str) -> bool:
 def plan_cells(cells: Sequence[grid.Cell], *, root: str, configs_dir: str = "configs",
                config_args: str = "", sam_backend: str = "transformers",
                sam_checkpoint: str | None = None, data_dirs: Mapping[str, str] | None = None,
-               extra: Sequence[str] = ()) -> tuple[list[Plan], list[dict[str, str]]]:
+               extra: Sequence[str] = (), inits: Mapping[str, str] | None = None,
+               require_init: bool = False,
+               weak_sources: Mapping[tuple[str, str], str] | None = None
+               ) -> tuple[list[Plan], list[dict[str, str]]]:
   """The command of every cell, and the cells left out because the config lacks a field.
 
   Args:
@@ -91,6 +105,10 @@ def plan_cells(cells: Sequence[grid.Cell], *, root: str, configs_dir: str = "con
       a backend that needs weights and no checkpoint gets SAM_CHECKPOINT_PLACEHOLDER.
     data_dirs: dataset -> data_dir; a dataset whose config has none gets DATA_DIR_PLACEHOLDER.
     extra: `--config.a.b=value` flags added to every command (checked here).
+    inits: student (`config.model`) -> converted ImageNet weights, its cells' `config.init`.
+    require_init: a student without weights gets INIT_PLACEHOLDER (the paper's schedules),
+      except on NO_WEIGHTS_DATASETS; otherwise it starts from random weights.
+    weak_sources: (dataset, weak kind) -> `config.weak_source` ("" or absent: generated).
 
   Returns:
     (plans, left_out: [{"what", "why"}]).
@@ -130,6 +148,14 @@ def plan_cells(cells: Sequence[grid.Cell], *, root: str, configs_dir: str = "con
       elif resolver.needs_weights(sam_backend):
         flags.append(f"--config.sam.checkpoint={SAM_CHECKPOINT_PLACEHOLDER}")
         placeholders.append(SAM_CHECKPOINT_PLACEHOLDER)
+    source = (weak_sources or {}).get((cell.dataset, cell.weak), "")
+    if source:
+      flags.append(f"--config.weak_source={source}")
+    init = _init_flag(cell, _model_of(config, extra), inits or {}, require_init, extra)
+    if init:
+      flags.append(f"--config.init={init}")
+      if init.startswith(INIT_PLACEHOLDER.partition("{")[0]):
+        placeholders.append(init)
     if cell.dataset in (data_dirs or {}):
       flags.append(f"--config.data_dir={data_dirs[cell.dataset]}")
     elif not config.data_dir and cell.dataset != "synthetic" and not any(
@@ -144,8 +170,27 @@ def plan_cells(cells: Sequence[grid.Cell], *, root: str, configs_dir: str = "con
     seen.add(workdir)
     argv = ("sesam", "train", f"--config={spec}", f"--workdir={workdir}", *flags)
     plans.append(Plan(cell, argv, workdir, int(config.num_steps), str(config.model),
-                      tuple(placeholders)))
+                      tuple(placeholders), "pretrained" if config.init else "random",
+                      str(config.weak_source)))
   return plans, left_out
+
+
+def _model_of(config: Any, extra: Sequence[str]) -> str:
+  """The student a command trains: `--config.model=` of `extra`, else the config's."""
+  given = [f.partition("=")[2] for f in extra if f.startswith("--config.model=")]
+  return given[-1] if given else str(config.model)
+
+
+def _init_flag(cell: grid.Cell, model: str, inits: Mapping[str, str], require: bool,
+               extra: Sequence[str]) -> str:
+  """The cell's `config.init`: its student's weights, a placeholder, or "" (random)."""
+  if any(f.startswith("--config.init=") for f in extra):
+    return ""  # The user's own flag, added after ours.
+  if model in inits:
+    return inits[model]
+  if require and cell.dataset not in NO_WEIGHTS_DATASETS:
+    return INIT_PLACEHOLDER.format(model=model)
+  return ""
 
 
 def run_plans(plans: Sequence[Plan], *, keep_going: bool = False,
@@ -226,20 +271,6 @@ def _train(python: str, args: Sequence[str], log: Any) -> int:
       raise
 
 
-def _check_paths(plans: Sequence[Plan], sam_backend: str, sam_checkpoint: str | None,
-                 data_dirs: Mapping[str, str]) -> None:
-  """SAM weights and dataset folders exist: checked before the first cell, not hours into it."""
-  if any(get_method(p.cell.method).uses_sam for p in plans) and not any(
-      SAM_CHECKPOINT_PLACEHOLDER in p.placeholders for p in plans):
-    resolver.resolve(sam_backend, sam_checkpoint or "",
-                     flags={**resolver.CLI_FLAGS, "backend": "--sam-backend",
-                            "checkpoint": "--sam-checkpoint"})
-  for dataset, path in data_dirs.items():
-    if not os.path.isdir(path):
-      raise FileNotFoundError(f"--data-dir {dataset}={path}: no such folder; give the dataset's "
-                              "root folder.")
-
-
 def _last_line(path: str) -> str:
   """The last non-empty line of a log (a failed `sesam train` ends with its error line)."""
   with open(path, errors="replace") as f:
@@ -254,25 +285,57 @@ def reproduce(table: str, *, datasets: Sequence[str] | None = None,
               configs_dir: str = "configs", config_args: str = "",
               sam_backend: str = "transformers", sam_checkpoint: str | None = None,
               data_dirs: Mapping[str, str] | None = None, extra: Sequence[str] = (),
-              run: bool = False, keep_going: bool = False) -> dict[str, Any]:
+              run: bool = False, keep_going: bool = False, weights: str | None = None,
+              random_init: bool = False, weak_labels: str = "auto",
+              scribbles: Mapping[str, str] | None = None,
+              sam_checkpoints: Mapping[str, str] | None = None) -> dict[str, Any]:
   """`sesam reproduce`: prints (or runs) the command of every cell of a table.
 
   Args: as `grid.expand` and `plan_cells`; `run` runs the commands (`run_plans`) instead of
-  printing them on stdout.
+  printing them on stdout, after checking every input; `weights` the folder of the students'
+  ImageNet weights (`weights.scan`), converted once into `ROOT/pretrained/` when run;
+  `random_init` lets the paper's schedules start from random students; `weak_labels` and
+  `scribbles` choose the weak labels (`label_sources`); `sam_checkpoints` the weights of the
+  other SAM versions of a label-level table ({"sam2": ..., "sam3": ...}; `label_grid`).
 
   Returns:
-    {"table", "commands": [...], "workdirs": [...], "left_out": [{"what", "why"}],
-     "not_selected": the paper's columns not chosen, "placeholders", "report": the command
-     that makes the table, and with `run` "runs": `run_plans`' records}.
+    {"table", "commands": [...], "workdirs": [...], "cells": [{"workdir", "init",
+     "weak_source"}], "left_out": [{"what", "why"}], "not_selected": the paper's columns not
+     chosen, "notes", "placeholders", "missing": inputs --run needs, "report": the command that
+     makes the table, and with `run` "runs": `run_plans`' records}.
   """
   cells, others = grid.expand(table, datasets=datasets, students=students, weak=weak,
                               methods=methods, seeds=seeds, budgets=budgets)
   if not cells:
     raise ValueError(f"--table {table} with --weak {','.join(weak or [])} selects no cell; "
                      f"its weak kinds are {', '.join(grid.TABLES[table].weak_kinds)}.")
+  data_dirs = dict(data_dirs or {})
+  found, notes = weights_lib.scan(weights) if weights and not random_init else ({}, [])
+  cache_dir = os.path.join(root, "pretrained")
+  inits = {m: weights_lib.cache_path(w, cache_dir) for m, w in found.items()}
+  flags = {a for a in config_args.split(",") if a}
+  require_init = (table in grid.PAPER_TABLES and not random_init and
+                  not flags & {"runlocal", "tiny"})
+  labels = label_sources.choices(
+      [(c.dataset, c.weak) for c in cells], mode=weak_labels, data_dirs=data_dirs,
+      scribbles=scribbles or {},
+      split=label_grid.SPLIT if grid.TABLES[table].kind == "labels" else "train")
+  paper_missing = [c.missing for c in labels.values() if c.missing and weak_labels == "paper"]
+  if paper_missing:
+    raise ValueError("--weak-labels paper: missing " + "; ".join(paper_missing) +
+                     " (or --weak-labels auto to make the missing ones from the fine labels)")
+  if grid.TABLES[table].kind == "labels":  # Table 5: `sesam refine` cells, scored as labels.
+    return label_grid.reproduce(
+        cells, grid.TABLES[table], root=root, data_dirs=data_dirs, extra=extra, run=run,
+        checkpoints={**({"sam": sam_checkpoint} if sam_checkpoint else {}),
+                     **(sam_checkpoints or {})},
+        weak_sources={k: c.spec for k, c in labels.items()}, keep_going=keep_going,
+        notes=[c.note for c in labels.values()])
   plans, missing = plan_cells(cells, root=root, configs_dir=configs_dir, config_args=config_args,
                               sam_backend=sam_backend, sam_checkpoint=sam_checkpoint,
-                              data_dirs=data_dirs, extra=extra)
+                              data_dirs=data_dirs, extra=extra, inits=inits,
+                              require_init=require_init,
+                              weak_sources={k: c.spec for k, c in labels.items()})
   spec = grid.TABLES[table]
   left_out = [{"what": what, "why": why} for what, why in spec.left_out] + missing
   table_root = os.path.join(root, table)
@@ -283,41 +346,53 @@ def reproduce(table: str, *, datasets: Sequence[str] | None = None,
     report.log(f"left out: {item['what']}: {item['why']}")
   if others:
     report.log(f"not selected: the paper's columns {', '.join(others)} (--student / --dataset)")
-  notes = _notes(plans)
+  notes += _notes(plans, spec) + [c.note for (d, k), c in labels.items() if k != grid.FINE]
   for note in notes:
     report.log(f"note: {note}")
+  for plan in plans:
+    report.log(f"cell {plan.workdir}: init {plan.init_text}, "
+               f"labels {label_sources.source_name(plan.weak_source)}")
   placeholders = sorted({p for plan in plans for p in plan.placeholders})
-  if placeholders:
-    report.log(f"placeholders to fill before running: {', '.join(placeholders)} (give "
-               "--sam-checkpoint FILE and --data-dir DATASET=DIR; --run refuses them)")
+  lacking = missing_inputs(plans, sam_backend=sam_backend, sam_checkpoint=sam_checkpoint,
+                           data_dirs=data_dirs, weights_dir=weights, labels=labels)
   out: dict[str, Any] = {"table": table, "commands": [p.command for p in plans],
-                         "workdirs": [p.workdir for p in plans], "left_out": left_out,
-                         "not_selected": others, "notes": notes, "placeholders": placeholders,
-                         "report": report_cmd}
+                         "workdirs": [p.workdir for p in plans],
+                         "cells": [{"workdir": p.workdir, "init": p.init,
+                                    "weak_source": label_sources.source_name(p.weak_source)}
+                                   for p in plans],
+                         "left_out": left_out, "not_selected": others, "notes": notes,
+                         "placeholders": placeholders, "missing": lacking, "report": report_cmd}
   if run:
-    _check_paths(plans, sam_backend, sam_checkpoint, data_dirs or {})
+    if lacking:
+      raise ValueError(f"nothing was run; missing {len(lacking)} input(s): " +
+                       "; ".join(lacking))
+    weights_lib.prepare(found, {p.model for p in plans if p.init == "pretrained" and
+                                p.model in found}, cache_dir)
     out["runs"] = run_plans(plans, keep_going=keep_going)
     report.log(f"all {len(plans)} cells finished; the table: {report_cmd}")
   else:
+    if lacking:
+      report.log(f"before --run: missing {'; '.join(lacking)} (--run refuses placeholders)")
     for plan in plans:
       print(plan.command, flush=True)
     report.log(f"dry run: nothing was run (--run runs them); the table afterwards: {report_cmd}")
   return out
 
 
-def _notes(plans: Sequence[Plan]) -> list[str]:
+def _notes(plans: Sequence[Plan], table: grid.Table) -> list[str]:
   """Where the runs differ from the paper's set-up although they fill its cells."""
-  notes = []
+  notes = list(table.notes)
   for student, model in sorted({(p.cell.student, p.model) for p in plans
                                 if p.cell.dataset in grid.PAPER_DATASETS}):
     paper = grid.PAPER_MODELS.get(student)
     if paper and model != paper:
       notes.append(f"the {student} configs train {model}; the paper's is {paper} "
                    f"(add --config.model={paper})")
-  if any(p.cell.dataset in grid.PAPER_DATASETS and p.cell.weak != grid.FINE for p in plans):
-    notes.append("weak labels are made from the fine labels by this project's protocols "
-                 "(sesam weak-labels); the paper used Cityscapes' gtCoarse and published "
-                 "scribbles (README: 'Your own weak labels')")
+  randoms = sorted({p.model for p in plans if p.init == "random" and
+                    p.cell.dataset in grid.PAPER_DATASETS})
+  if randoms:
+    notes.append(f"{', '.join(randoms)} start from random weights; the paper's students start "
+                 "from ImageNet weights (--weights DIR), so figures stay far below its")
   return notes
 
 

@@ -66,12 +66,26 @@ def test_tables_1_3_4_and_fig4(capsys, monkeypatch):
   monkeypatch.chdir(REPO_ROOT)
   code, commands, out, _ = _reproduce(capsys, "--table", "1", "--sam-checkpoint", "/w/sam.pth",
                                       "--data-dir", "voc=/data/voc")
-  assert code == 0 and len(commands) == 9 and not out["placeholders"]
+  # Without --weights, each command holds its student's placeholder init, which --run refuses.
+  init = sweep.INIT_PLACEHOLDER.format(model="deeplabv3plus_r101")
+  assert code == 0 and len(commands) == 9 and out["placeholders"] == [init]
+  assert all(f"--config.init={init}" in c for c in commands)
+  # --run would also refuse the made-up SAM and data paths: every missing input is listed.
+  assert len(out["missing"]) == 3 and "/w/sam.pth not found" in out["missing"][1]
+  assert out["missing"][::2] == ["student weights for deeplabv3plus_r101 (torchvision's resnet101 "
+                            "ImageNet file (resnet101-*.pth) or microsoft/resnet-101: give "
+                            "--weights DIR; or --random-init)", "data folder of voc (/data/voc: "
+                            "no such folder; --data-dir voc=DIR)"]
+  code, commands, out, _ = _reproduce(capsys, "--table", "1", "--sam-checkpoint", "/w/sam.pth",
+                                      "--data-dir", "voc=/data/voc", "--random-init")
+  assert code == 0 and not out["placeholders"] and "--config.init" not in " ".join(commands)
+  assert {c["init"] for c in out["cells"]} == {"random"}
   assert any("DeepLabV2" in x["what"] for x in out["left_out"])
   assert any("AGMM" in x["what"] for x in out["left_out"])
   assert all("--config.data_dir=/data/voc" in c for c in commands)
   # The DeepLabV3+ configs train ResNet-101, the paper's: no note about the model.
-  assert not any("deeplabv3plus_r101" in note for note in out["notes"]) and out["notes"]
+  assert not any("configs train" in note for note in out["notes"]) and out["notes"]
+  assert any("start from random weights" in note for note in out["notes"])
 
   # A config without `sam.refined_sampling`: table 3's cells that set it are named as left out ...
   base = configs_common.base_config
@@ -83,8 +97,8 @@ def test_tables_1_3_4_and_fig4(capsys, monkeypatch):
     return config
   monkeypatch.setattr(configs_common, "base_config", without_field)
   code, commands, out, err = _reproduce(capsys, "--table", "3")
-  assert code == 0 and len(commands) == 3
-  assert len(out["left_out"]) == 4 and "sam.refined_sampling" in err
+  assert code == 0 and len(commands) == 4  # 3 coarse and 1 points run (3c).
+  assert len(out["left_out"]) == 5 and "sam.refined_sampling" in err
   # ... and run with a config that has it.
   def with_field():
     config = without_field()
@@ -92,10 +106,14 @@ def test_tables_1_3_4_and_fig4(capsys, monkeypatch):
     return config
   monkeypatch.setattr(configs_common, "base_config", with_field)
   code, commands, out, _ = _reproduce(capsys, "--table", "3")
-  assert code == 0 and len(commands) == 7 and not out["left_out"]
+  assert code == 0 and len(commands) == 9 and not out["left_out"]
   no_refined = [c for c in commands if "--config.sam.refined_sampling=false" in c]
-  assert len(no_refined) == 4 and any(w.endswith("/sesam/refined_sampling-off/seed0")
+  assert len(no_refined) == 5 and any(w.endswith("/sesam/refined_sampling-off/seed0")
                                       for w in out["workdirs"])
+  # 3c has a points column: with and without refined sampling, and no other points row.
+  points = [w for w in out["workdirs"] if "/points/" in w]
+  assert sorted(w.split("/points/")[1] for w in points) == [
+      "sesam/refined_sampling-off/seed0", "sesam/seed0"]
   code, commands, out, _ = _reproduce(capsys, "--table", "4")
   assert code == 0 and len(commands) == 9  # 4a: 5, 4b: 2 more, 4c: 2 more ("ours" is one run).
   assert sum("--config.sam.sampling=confidence" in c for c in commands) == 1
@@ -111,7 +129,9 @@ def test_user_errors_stop_before_anything_runs(capsys, monkeypatch, tmp_path):
   monkeypatch.chdir(REPO_ROOT)
   code, _, _, err = _reproduce(capsys, "--table", "2", "--dataset", "cityscapes", "--run",
                                "--workdir-root", str(tmp_path))
-  assert code == 2 and "placeholders" in err and "--sam-checkpoint" in err
+  assert code == 2 and "nothing was run; missing 3 input(s)" in err
+  assert all(flag in err.strip().splitlines()[-1] for flag in (
+      "--weights DIR", "--sam-checkpoint FILE", "--data-dir cityscapes=DIR"))
   code, _, _, err = _reproduce(capsys, "--table", "2", "--dataset", "synthetic", "--run",
                                "--sam-checkpoint", str(tmp_path / "sam.pth"), "--workdir-root",
                                str(tmp_path))
@@ -236,12 +256,14 @@ def test_report_of_the_sweep_has_wvf_and_lists_an_unfinished_run(sweep_root, cap
   assert miou[CELLS[2]] == FINE_MIOU
   wvf = 100 * miou[CELLS[0]] / FINE_MIOU
   lines = text.splitlines()
-  assert lines[0].startswith(f"| labels | method | {fakes.TEST_MODEL} synthetic: mIoU | WvF |")
+  assert lines[0].startswith(f"| labels | method | init | labels from | {fakes.TEST_MODEL} "
+                             "synthetic: mIoU | WvF |")
   row = next(l for l in lines if l.startswith("| points | supervised |")).split(" | ")
-  assert row[2] == f"{100 * miou[CELLS[0]]:.1f} (1 of 2 runs finished)" and row[3] == f"{wvf:.1f}"
-  assert row[4] == f"{4 * 0.75 / 60:.3g}"  # 4 training images with points: 0.05 h
+  assert row[2:4] == ["random", "generated"]  # Synthetic grids need no student weights.
+  assert row[4] == f"{100 * miou[CELLS[0]]:.1f} (1 of 2 runs finished)" and row[5] == f"{wvf:.1f}"
+  assert row[6] == f"{4 * 0.75 / 60:.3g}"  # 4 training images with points: 0.05 h
   fine = next(l for l in lines if l.startswith("| fine | supervised |")).split(" | ")
-  assert fine[3] == "100.0" and fine[4] == "6"  # 4 images x 90 min
+  assert fine[5] == "100.0" and fine[6] == "6"  # 4 images x 90 min
   assert any(l.startswith("| points | sam_baseline |") for l in lines)
   assert f"seed 1 (step 1 of 2): {killed}" in text
   payload = json.loads(lines[-1])

@@ -1,0 +1,57 @@
+"""What `sesam reproduce --run` checks before its first cell: every input, missing ones listed
+together (student weights, SAM checkpoint, data folders, weak-label folders asked for).
+
+The commands of a dry run carry placeholders (below) where the user has not yet said where an
+input is; `--run` refuses them, naming the flag that provides each.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sesam_jax import report
+from sesam_jax.experiments import label_sources, weights as weights_lib
+from sesam_jax.methods import get_method
+from sesam_jax.sam import resolver
+
+# What the commands carry until the user says where SAM's weights and the datasets are.
+SAM_CHECKPOINT_PLACEHOLDER = "/path/to/sam_vit_b_01ec64.pth"
+DATA_DIR_PLACEHOLDER = "/path/to/{dataset}"
+INIT_PLACEHOLDER = "/path/to/converted/{model}.msgpack"
+
+
+def missing_inputs(plans: Sequence[Any], *, sam_backend: str, sam_checkpoint: str | None,
+                   data_dirs: Mapping[str, str], weights_dir: str | None,
+                   labels: Mapping[tuple[str, str], label_sources.Choice]) -> list[str]:
+  """Every input the plans need and lack, one item each (checked before the first cell)."""
+  missing = []
+  for plan in plans:
+    for value in plan.placeholders:
+      if value.startswith(INIT_PLACEHOLDER.partition("{")[0]):
+        where = (f"no {plan.model} weights in {weights_dir}" if weights_dir else
+                 "give --weights DIR")
+        item = (f"student weights for {plan.model} "
+                f"({weights_lib.SOURCES.get(plan.cell.student, 'ImageNet weights')}: {where}; "
+                "or --random-init)")
+      elif value == SAM_CHECKPOINT_PLACEHOLDER:
+        item = "SAM checkpoint (give --sam-checkpoint FILE, e.g. sam_vit_b_01ec64.pth)"
+      else:
+        item = f"data folder of {plan.cell.dataset} (give --data-dir {plan.cell.dataset}=DIR)"
+      missing.append(item)
+  if any(get_method(p.cell.method).uses_sam for p in plans) and not any(
+      SAM_CHECKPOINT_PLACEHOLDER in p.placeholders for p in plans):
+    try:  # The backend's name and weights, without loading them.
+      resolver.resolve(sam_backend, sam_checkpoint or "",
+                       flags={**resolver.CLI_FLAGS, "backend": "--sam-backend",
+                              "checkpoint": "--sam-checkpoint"})
+    except (ValueError, FileNotFoundError, report.UserError) as e:
+      missing.append(f"SAM backend {sam_backend} ({e})")
+  for dataset, path in data_dirs.items():
+    if not os.path.isdir(path):
+      missing.append(f"data folder of {dataset} ({path}: no such folder; --data-dir "
+                     f"{dataset}=DIR)")
+  used = {(p.cell.dataset, p.cell.weak) for p in plans}
+  missing += [c.missing for key, c in labels.items() if c.missing and key in used]
+  return list(dict.fromkeys(missing))
