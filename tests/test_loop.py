@@ -48,7 +48,7 @@ def compile_cache(tmp_path):
 
 @pytest.mark.parametrize("model", MODELS)
 def test_killed_run_resumes_to_the_same_parameters(tmp_path, capsys, compile_cache, model,
-                                                   request):
+                                                   request, shared_data):
   work_b = str(tmp_path / "b")
   if model == fakes.TEST_MODEL:
     run = request.getfixturevalue("tiny_run")  # Run A: the session's tiny run.
