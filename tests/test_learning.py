@@ -21,9 +21,9 @@ Measured (jax 0.10.2, CPU, accuracy every 5 / 10 steps with the schedules of `ST
   supervised  0.899 at step 20, 0.911 at 25 and rising from there; 0.947 at step 60.
   sesam       first >= 0.9 at step 90 (0.915); the strong view makes it wobble until step
               140 (0.895 at 130); from 140 on 0.906-0.928; 0.928 at step 240.
+Both tests: 39 s of CPU time for the pytest process (imports and compiles included), 58 s of
+wall time on the shared 2-core machine under a load of ~7.
 """
-
-import functools
 
 import jax
 import jax.numpy as jnp
