@@ -240,6 +240,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, method: methods.Meth
   abstract_state = train_state.abstract_train_state(model, tx, mesh)
   run_dir.check_space(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract_state)))
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
+  # Placed once where the step reads it (replicated over every host's devices), not moved
+  # implicitly at every step. (A jit, not device_put: the sharding spans other hosts' devices.)
+  replicated = train_state.replicated(mesh)
+  step_rng = jax.jit(lambda key: key, in_shardings=replicated, out_shardings=replicated)(step_rng)
 
   if method.make_labels:  # Labels made before step 0 (the SAM baseline's) replace the weak ones.
     labels_dir = method.make_labels(config, train_source, workdir)

@@ -1,5 +1,5 @@
-"""Shared test set-up: 4 fake CPU devices so sharding is exercised, and the
-location of the real data samples in ../shared/data (never copied here)."""
+"""Shared test set-up: 4 fake CPU devices so sharding is exercised, the real data samples in
+../shared/data (never copied here; tests that need them skip without them), and the tiny run."""
 
 import os
 import pathlib
@@ -11,18 +11,13 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pytest  # noqa: E402
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
-
 
 @pytest.fixture(scope="session")
 def shared_data() -> pathlib.Path:
-  """../shared/data beside the checkout; CI always has it, so missing is an error."""
-  if not SHARED_DATA.is_dir():
-    raise FileNotFoundError(
-        f"{SHARED_DATA} not found: clone the repository next to the project's shared/ "
-        "folder (tests read the real CamVid/Cityscapes/VOC samples from there).")
-  return SHARED_DATA
+  """../shared/data beside the checkout; without it the test skips (fails under
+  SESAM_REQUIRE_TEST_DATA=1, as in CI): `fakes.require_shared_data`."""
+  from tests import fakes
+  return fakes.require_shared_data()
 
 
 @pytest.fixture(scope="session", autouse=True)

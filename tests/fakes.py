@@ -1,5 +1,5 @@
-"""What tests share: a fast stand-in student, a fake source whose pixels are checkable, and the
-tiny run's settings.
+"""What tests share: a fast stand-in student, a fake source whose pixels are checkable, the
+tiny run's settings, and the one gate in front of the real data in ../shared/data.
 
 `TinySeg` is a two-conv network with the students' interface (stride-4 logits, batch stats,
 dropout): loop, resume and evaluation tests are about the machinery, not the network, and it
@@ -11,13 +11,35 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 TEST_MODEL = "test_tiny"  # The name TinySeg is registered under in sesam_jax.models.MODELS.
+
+# The real CamVid/Cityscapes/VOC/ADE20K samples, beside the checkout (never copied into it).
+SHARED_DATA = pathlib.Path(REPO).parent / "shared" / "data"
+REQUIRE_DATA_ENV = "SESAM_REQUIRE_TEST_DATA"  # "1": a missing SHARED_DATA fails (CI), not skips.
+
+
+def require_shared_data() -> pathlib.Path:
+  """SHARED_DATA, or the calling test skips (fails where REQUIRE_DATA_ENV=1) saying why.
+
+  Every test that reads the real samples comes through here (tests/conftest.py's `shared_data`
+  fixture calls it), so a clone without ../shared/data skips them with one reason, and CI, which
+  has the folder, can refuse such skips.
+  """
+  if SHARED_DATA.is_dir():
+    return SHARED_DATA
+  message = (f"{SHARED_DATA} not found: the real-image tests need the project's shared/data "
+             "folder beside the clone")
+  if os.environ.get(REQUIRE_DATA_ENV) == "1":
+    pytest.fail(f"{message} ({REQUIRE_DATA_ENV}=1)", pytrace=False)
+  pytest.skip(message)
 
 
 class TinySeg(nn.Module):
@@ -92,7 +114,7 @@ TINY_OVERRIDES = [
     "--config.log_every=2", "--config.crop=32", "--config.batch_size=8",
     "--config.optim.warmup_steps=2", "--config.eval.max_images=3", "--config.eval.batch_size=4",
     "--config.eval_every=2",
-    "--config.data_dir=" + os.path.join(os.path.dirname(REPO), "shared", "data", "camvid")]
+    f"--config.data_dir={SHARED_DATA / 'camvid'}"]
 
 
 # `sesam train` in a child process, for tests that kill, signal or watch a real run:

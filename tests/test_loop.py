@@ -48,7 +48,7 @@ def compile_cache(tmp_path):
 
 @pytest.mark.parametrize("model", MODELS)
 def test_killed_run_resumes_to_the_same_parameters(tmp_path, capsys, compile_cache, model,
-                                                   request):
+                                                   request, shared_data):
   work_b = str(tmp_path / "b")
   if model == fakes.TEST_MODEL:
     run = request.getfixturevalue("tiny_run")  # Run A: the session's tiny run.
@@ -106,5 +106,8 @@ def test_non_finite_metrics_stop_with_the_step():
 
 
 def test_eval_without_checkpoint_is_a_clear_error(tmp_path, capsys):
-  code = sesam_main.main(["eval", f"--config={CONFIG}", f"--workdir={tmp_path}", *OVERRIDES])
+  # Generated scenes, not CamVid: this test needs no data folder.
+  synthetic = os.path.join(REPO, "configs", "segformer_synthetic.py")
+  code = sesam_main.main(["eval", f"--config={synthetic}", f"--workdir={tmp_path}",
+                          f"--config.model={fakes.TEST_MODEL}"])
   assert code == 2 and "no checkpoint" in capsys.readouterr().err

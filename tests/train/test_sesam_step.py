@@ -34,6 +34,15 @@ def _setup(method, num_devices=4, ema_decay=0.5):
   return model, mesh, state, step
 
 
+def _step(step, state, host, mesh, seed):
+  """One step on the host batch `host`: batch and key placed first, the call itself under
+  `jax.transfer_guard("disallow")` (no implicit transfer inside the step)."""
+  batch = step_lib.shard_batch(host, mesh)
+  rng = jax.device_put(jax.random.key(seed), train_state.replicated(mesh))
+  with jax.transfer_guard("disallow"):
+    return step(state, batch, rng)
+
+
 def _batch(n=8, size=32, seed=0):
   rng = np.random.default_rng(seed)
   weak = np.full((n, size, size), 255, np.uint8)
@@ -47,8 +56,7 @@ def _batch(n=8, size=32, seed=0):
 @pytest.mark.parametrize("method", ["fixmatch", "sesam"])
 def test_step_runs_and_reports_every_source(method):
   model, mesh, state, step = _setup(method)
-  batch = step_lib.shard_batch(_batch(), mesh)
-  state, metrics, aux = step(state, batch, jax.random.key(1))
+  state, metrics, aux = _step(step, state, _batch(), mesh, 1)
   confident = aux["confident"]
   assert int(state.step) == 1 and np.isfinite(float(metrics["loss"]))
   assert confident.shape == (8, 32, 32) and confident.dtype == np.uint8
@@ -67,7 +75,7 @@ def test_four_devices_match_one():
   results = []
   for num_devices in (1, 4):
     model, mesh, state, step = _setup("sesam", num_devices)
-    state, metrics, aux = step(state, step_lib.shard_batch(_batch(), mesh), jax.random.key(3))
+    state, metrics, aux = _step(step, state, _batch(), mesh, 3)
     results.append((float(metrics["loss"]), np.asarray(aux["confident"])))
   np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-4)
   np.testing.assert_array_equal(results[0][1], results[1][1])
@@ -77,7 +85,7 @@ def test_padding_gets_no_pseudo_label():
   model, mesh, state, step = _setup("fixmatch")
   host = _batch()
   host["valid"][:, :, 16:] = 0  # The right half of every crop is padding.
-  _, metrics, aux = step(state, step_lib.shard_batch(host, mesh), jax.random.key(1))
+  _, metrics, aux = _step(step, state, host, mesh, 1)
   confident = aux["confident"]
   assert np.all(np.asarray(confident)[:, :, 16:] == 255)
   assert np.all(np.asarray(confident)[:, :, :16] != 255)

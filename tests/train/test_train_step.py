@@ -101,9 +101,12 @@ def _run(mesh, steps=3, ema_decay=0.9):
   cfg = step_lib.StepConfig(lr_schedule=schedule, ema_decay=ema_decay)
   step = step_lib.jit_step(functools.partial(step_lib.train_step, model=model, cfg=cfg), mesh,
                            state)
+  rng = jax.device_put(jax.random.key(1), train_state.replicated(mesh))
   history = []
   for i in range(steps):
-    state, metrics, aux = step(state, step_lib.shard_batch(_batch(seed=i), mesh), jax.random.key(1))
+    batch = step_lib.shard_batch(_batch(seed=i), mesh)
+    with jax.transfer_guard("disallow"):  # Everything the step reads is on the devices.
+      state, metrics, aux = step(state, batch, rng)
     assert aux == {}  # The supervised step has no outputs for the host.
     history.append(jax.device_get(metrics))
   return jax.device_get(state), history
@@ -133,7 +136,10 @@ def test_ema_follows_params_and_state_is_donated():
   cfg = step_lib.StepConfig(schedule, ema_decay=0.75)
   step = step_lib.jit_step(functools.partial(step_lib.train_step, model=model, cfg=cfg), mesh,
                            state0)
-  state1, _, _ = step(state0, step_lib.shard_batch(_batch(), mesh), jax.random.key(1))
+  batch = step_lib.shard_batch(_batch(), mesh)
+  rng = jax.device_put(jax.random.key(1), train_state.replicated(mesh))
+  with jax.transfer_guard("disallow"):
+    state1, _, _ = step(state0, batch, rng)
   # (Not params: on CPU, device_get above made numpy views of them, which blocks donation.)
   assert jax.tree.leaves(state0.opt_state)[0].is_deleted(), "state buffers are donated"
   p1, e1 = jax.device_get(state1.params), jax.device_get(state1.ema_params)
