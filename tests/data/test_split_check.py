@@ -2,6 +2,7 @@
 `refine`, `eval-labels` and `train`; a clean verdict cached per set of files; a command that stops
 midway leaves no half-written output folder."""
 
+import json
 import os
 import pathlib
 
@@ -97,10 +98,11 @@ def test_weak_labels_stop_before_writing_and_never_leave_half_a_folder(tmp_path,
     return make(*args, **kwargs)
 
   monkeypatch.setattr(weak_splits, "make_weak_label", failing)
-  with pytest.raises(RuntimeError, match="boom"):
-    main.main(["weak-labels", "--dataset", "custom", "--data-dir", str(clean), "--kind",
-               "points", "--out", str(out)])
-  assert "nothing was written to" in capsys.readouterr().err
+  code, out_text, err = _run(capsys, "weak-labels", "--dataset", "custom", "--data-dir", clean,
+                             "--kind", "points", "--out", out)
+  assert code == 1 and "nothing was written to" in err and "RuntimeError: boom" in err
+  assert json.loads(out_text.splitlines()[-1]) == {"error": "unexpected RuntimeError: boom",
+                                                   "exit_code": 1}
   assert not out.exists() and not list(tmp_path.glob(".weak.partial-*"))
   monkeypatch.setattr(weak_splits, "make_weak_label", make)
   code, out_text, _ = _run(capsys, "weak-labels", "--dataset", "custom", "--data-dir", clean,
