@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sesam_jax import report
-from sesam_jax.experiments import grid, paper_figures
+from sesam_jax.experiments import grid, paper_figures, preflight
 
 RESULT = "refine.json"
 LABELS = "labels"
@@ -239,15 +239,5 @@ def reproduce(cells: Sequence[grid.Cell], table: grid.Table, *, root: str,
       "left_out": [{"what": w, "why": y} for w, y in table.left_out], "not_selected": [],
       "notes": notes, "placeholders": sorted({v for p in plans for v in p.placeholders}),
       "missing": lacking, "report": report_cmd}
-  if run:
-    if lacking:
-      raise ValueError(f"nothing was run; missing {len(lacking)} input(s): " + "; ".join(lacking))
-    out["runs"] = run_plans(plans, keep_going=keep_going)
-    report.log(f"all {len(plans)} cells finished; the table: {report_cmd}")
-  else:
-    if lacking:
-      report.log(f"before --run: missing {'; '.join(lacking)}")
-    for plan in plans:
-      print(plan.command, flush=True)
-    report.log(f"dry run: nothing was run (--run runs them); the table afterwards: {report_cmd}")
-  return out
+  return preflight.run_or_print(plans, out, lacking, run=run, report_cmd=report_cmd,
+                                run_plans=lambda: run_plans(plans, keep_going=keep_going))

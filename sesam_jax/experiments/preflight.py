@@ -8,7 +8,7 @@ input is; `--run` refuses them, naming the flag that provides each.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sesam_jax import report
@@ -55,3 +55,37 @@ def missing_inputs(plans: Sequence[Any], *, sam_backend: str, sam_checkpoint: st
   used = {(p.cell.dataset, p.cell.weak) for p in plans}
   missing += [c.missing for key, c in labels.items() if c.missing and key in used]
   return list(dict.fromkeys(missing))
+
+
+def run_or_print(plans: Sequence[Any], out: dict[str, Any], lacking: Sequence[str], *, run: bool,
+                 run_plans: Callable[[], list[dict[str, Any]]], report_cmd: str,
+                 prepare: Callable[[], None] | None = None, dry_note: str = "") -> dict[str, Any]:
+  """Runs the plans (`--run`: nothing when an input is missing) or prints their commands.
+
+  Args:
+    plans: the cells, each with a `command`.
+    out: the command's JSON result so far; `runs` is added after a run.
+    lacking: `missing_inputs`' items.
+    run: run the cells rather than print them.
+    run_plans: runs every cell (skipping finished ones) and returns their results.
+    report_cmd: the `sesam report` command that prints the table afterwards.
+    prepare: work before the first cell (e.g. converting student weights).
+    dry_note: appended to the dry run's line about missing inputs.
+
+  Returns:
+    `out`.
+  """
+  if run:
+    if lacking:
+      raise ValueError(f"nothing was run; missing {len(lacking)} input(s): " + "; ".join(lacking))
+    if prepare is not None:
+      prepare()
+    out["runs"] = run_plans()
+    report.log(f"all {len(plans)} cells finished; the table: {report_cmd}")
+  else:
+    if lacking:
+      report.log(f"before --run: missing {'; '.join(lacking)}{dry_note}")
+    for plan in plans:
+      print(plan.command, flush=True)
+    report.log(f"dry run: nothing was run (--run runs them); the table afterwards: {report_cmd}")
+  return out

@@ -26,7 +26,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sesam_jax import config_lib, report
-from sesam_jax.experiments import grid, label_grid, label_sources, weights as weights_lib
+from sesam_jax.experiments import grid, label_grid, label_sources, preflight
+from sesam_jax.experiments import weights as weights_lib
 from sesam_jax.experiments.preflight import (DATA_DIR_PLACEHOLDER, INIT_PLACEHOLDER,
                                              SAM_CHECKPOINT_PLACEHOLDER, missing_inputs)
 from sesam_jax.run import result as result_lib, runs as runs_lib
@@ -362,21 +363,12 @@ def reproduce(table: str, *, datasets: Sequence[str] | None = None,
                                    for p in plans],
                          "left_out": left_out, "not_selected": others, "notes": notes,
                          "placeholders": placeholders, "missing": lacking, "report": report_cmd}
-  if run:
-    if lacking:
-      raise ValueError(f"nothing was run; missing {len(lacking)} input(s): " +
-                       "; ".join(lacking))
-    weights_lib.prepare(found, {p.model for p in plans if p.init == "pretrained" and
-                                p.model in found}, cache_dir)
-    out["runs"] = run_plans(plans, keep_going=keep_going)
-    report.log(f"all {len(plans)} cells finished; the table: {report_cmd}")
-  else:
-    if lacking:
-      report.log(f"before --run: missing {'; '.join(lacking)} (--run refuses placeholders)")
-    for plan in plans:
-      print(plan.command, flush=True)
-    report.log(f"dry run: nothing was run (--run runs them); the table afterwards: {report_cmd}")
-  return out
+  return preflight.run_or_print(
+      plans, out, lacking, run=run, report_cmd=report_cmd,
+      run_plans=lambda: run_plans(plans, keep_going=keep_going),
+      prepare=lambda: weights_lib.prepare(found, {p.model for p in plans if p.init == "pretrained"
+                                                  and p.model in found}, cache_dir),
+      dry_note=" (--run refuses placeholders)")
 
 
 def _notes(plans: Sequence[Plan], table: grid.Table) -> list[str]:
