@@ -8,6 +8,7 @@ before the first step; the loop (`sesam_jax.loop`) only looks them up here:
   fixmatch      teacher-student, no SAM labels     pipeline batches       -
   sam_baseline  train_step on pre-made SAM labels  pipeline batches       naive SAM labels, once
   sesam         teacher-student with SAM labels    + SAM labels (bank)    SAM pre-warm (feed)
+  agmm          CE + AGMM's GMM losses (agmm.py)   pipeline batches       -
 
 Every step is `step(state, batch, rng) -> (state, metrics, aux)` once its `make_step` has bound
 the model and the static config (see `sesam_jax.train.train_step`). New methods are added with
@@ -22,6 +23,8 @@ from collections.abc import Callable
 from typing import Any
 
 import ml_collections
+
+from sesam_jax.train import agmm
 
 # Label kinds a run trains on: "fine" (dense labels, the upper bound) or a weak kind made by
 # `sesam_jax.data.weak_labels` (or read from the user's files).
@@ -88,6 +91,18 @@ def teacher_student_step(model: Any, config: ml_collections.ConfigDict, schedule
   return functools.partial(sesam_step.sesam_train_step, model=model, cfg=cfg)
 
 
+def agmm_step(model: Any, config: ml_collections.ConfigDict, schedule: Callable) -> Callable:
+  """AGMM's step: partial CE + GMM + prototype separation + class absence (`config.agmm`)."""
+  a = config.agmm
+  cfg = agmm.AgmmStepConfig(
+      lr_schedule=schedule, ema_decay=float(config.ema_decay),
+      weak_weight=float(config.loss.weak_weight),
+      agmm=agmm.AgmmConfig(gmm_weight=float(a.gmm_weight), proto_weight=float(a.proto_weight),
+                           absence_weight=float(a.absence_weight),
+                           class_chunk=int(a.class_chunk)))
+  return functools.partial(agmm.agmm_train_step, model=model, cfg=cfg)
+
+
 def _sam_feed(*args: Any) -> Any:
   from sesam_jax.sam.feed import make_sam_feed  # The SAM host side, only for methods using it.
   return make_sam_feed(*args)
@@ -115,6 +130,8 @@ register(Method("sam_baseline", supervised_step, make_labels=_sam_baseline_label
                 description="supervised on labels from SAM prompted naively with the weak labels"))
 register(Method("sesam", functools.partial(teacher_student_step, use_sam=True), make_feed=_sam_feed,
                 uses_sam=True, description="FixMatch plus SAM labels refreshed during training"))
+register(Method("agmm", agmm_step,
+                description="AGMM (Wu et al. 2023): partial CE + adaptive Gaussian mixture losses"))
 
 
 def get_method(name: str) -> Method:
