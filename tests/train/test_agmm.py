@@ -190,3 +190,12 @@ def test_tiny_agmm_run_logs_its_losses_and_resumes(tmp_path, compile_cache):
     for name in ("gmm_loss", "proto_loss", "absence_loss"):
       assert np.isfinite(r[f"train/agmm/{name}"]) and r[f"train/agmm/{name}"] >= 0
     assert r["train/loss"] > r["train/loss_weak"]  # the AGMM terms are added to the CE
+
+
+def test_agmm_config_parses_with_the_paper_weights():
+  config = config_lib.config_from_flags(
+      os.path.join(fakes.REPO, "configs", "segformer_synthetic.py") + ":weak=points,method=agmm,"
+      "runlocal", ["--config.agmm.absence_weight=0.5"])
+  assert config.method == "agmm" and config.num_steps == 40
+  assert (config.agmm.gmm_weight, config.agmm.proto_weight, config.agmm.absence_weight) == (
+      1.0, 1.0, 0.5)
