@@ -68,7 +68,7 @@ def label_counts(labels_BHW: jax.Array, num_classes: int, cell: int) -> jax.Arra
   A scatter-add per example (vmapped, so a batch split over devices stays split); pixels with
   no class (255, or any id >= K) count nowhere.
   """
-  b, height, width = labels_BHW.shape
+  height, width = labels_BHW.shape[1:]
   h, w = height // cell, width // cell
   labels = labels_BHW.astype(jnp.int32)
   rows = jnp.arange(height)[:, None] // cell
@@ -81,7 +81,6 @@ def label_counts(labels_BHW: jax.Array, num_classes: int, cell: int) -> jax.Arra
     counts = jnp.zeros((size,), jnp.float32).at[index.reshape(-1)].add(1.0, mode="drop")
     return counts.reshape(h, w, num_classes)
 
-  del b
   return jax.vmap(one)(labels)
 
 
@@ -155,7 +154,7 @@ def agmm_losses(logits_BhwK: jax.Array, features_BhwC: jax.Array, labels_BHW: ja
   Returns:
     float32 scalars "gmm_term1", "gmm_term2", "gmm" (their sum), "proto", "absence".
   """
-  b, h, w, num_classes = logits_BhwK.shape
+  _, h, w, num_classes = logits_BhwK.shape
   height, width = labels_BHW.shape[1:]
   cell = height // h
   if height != cell * h or width != cell * w:
@@ -189,7 +188,6 @@ def agmm_losses(logits_BhwK: jax.Array, features_BhwC: jax.Array, labels_BHW: ja
                             jnp.zeros((3,), jnp.float32), ids)
   n_valid = jnp.maximum(valid.sum(), 1.0)
   term1, term2 = total[0] / n_valid, total[1] / jnp.maximum(labelled.sum(), 1.0)
-  del b
   return {"gmm_term1": term1, "gmm_term2": term2, "gmm": term1 + term2,
           "proto": prototype_separation(proto, cls), "absence": total[2] / n_valid}
 
