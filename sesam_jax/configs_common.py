@@ -132,7 +132,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.grad_clip = 0.0           # global-norm clip; 0 = off
 
   c.ema_decay = 0.999               # EMA (teacher) decay per step
-  c.method = "supervised"           # supervised | fixmatch | sam_baseline | sesam
+  c.method = "supervised"           # supervised | fixmatch | sam_baseline | sesam | agmm
                                     # (sesam_jax.names.METHOD_NAMES)
 
   # Teacher-student (fixmatch, sesam): paper section 3.3 / 4.1.
@@ -178,6 +178,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.weak_weight = 1.0          # weight of the CE on the training labels (`weak`)
   c.loss.merge_weak_sam = False     # sesam: weak and SAM labels as one map, one CE average
                                     # (SAM pixels weighted lambda1) instead of one per source
+
+  # AGMM (method=agmm): sesam_jax.train.agmm; weights as its public code (all 1).
+  c.agmm = ml_collections.ConfigDict()
+  c.agmm.gmm_weight = 1.0           # weight of the Gaussian-mixture loss (its two BCE terms)
+  c.agmm.proto_weight = 1.0         # weight of the prototype separation loss
+  c.agmm.absence_weight = 1.0       # weight of the class-absence loss
+  c.agmm.class_chunk = 4            # classes per checkpointed step of the response (memory:
+                                    # B x chunk x C x H/4 x W/4); 0 = all at once (naive)
 
   c.eval = ml_collections.ConfigDict()
   c.eval.mode = "whole"             # whole | slide (sliding-window inference)

@@ -224,9 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "(printed, or run with --run)",
                      epilog="Further --config.FIELD=VALUE flags are added to every command "
                      "(e.g. --config.num_steps=1000).")
-  p.add_argument("--table", required=True, choices=("1", "2", "3", "4", "5", "fig4"),
+  p.add_argument("--table", required=True, choices=("1", "2", "3", "4", "5", "6", "fig4"),
                  help="Table 1 (VOC), 2 (main results), 3 (components), 4 (design choices), "
-                      "5 (SAM versions, label level: sesam refine) or Figure 4 (annotation "
+                      "5 (SAM versions, label level: sesam refine), 6 (runtime and memory: "
+                      "FixMatch, AGMM, SeSAM) or Figure 4 (annotation "
                       "cost vs mIoU)")
   p.add_argument("--dataset", default=None, metavar="D[,D]",
                  help="dataset columns (default: the paper's); any dataset with configs/ files")
@@ -236,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
                  help="weak kinds of the rows (points, scribbles, coarse); the weak=fine "
                       "reference stays (WvF needs it); 'fine' alone selects only it")
   p.add_argument("--methods", default=None, metavar="M[,M]",
-                 help="methods of the rows (supervised, fixmatch, sam_baseline, sesam; "
+                 help="methods of the rows (supervised, fixmatch, sam_baseline, sesam, agmm; "
                       "default: the table's)")
   p.add_argument("--seeds", default="0", metavar="0,1,2", help="one run per seed (default 0)")
   p.add_argument("--budgets", default=None, metavar="N,N,all",

@@ -8,6 +8,7 @@ before the first step; the loop (`sesam_jax.loop`) only looks them up here:
   fixmatch      teacher-student, no SAM labels     pipeline batches       -
   sam_baseline  train_step on pre-made SAM labels  pipeline batches       naive SAM labels, once
   sesam         teacher-student with SAM labels    + SAM labels (bank)    SAM pre-warm (feed)
+  agmm          CE + AGMM's GMM losses (agmm.py)   pipeline batches       -
 
 Every step is `step(state, batch, rng) -> (state, metrics, aux)` once its `make_step` has bound
 the model and the static config (see `sesam_jax.train.train_step`). New methods are added with
@@ -27,7 +28,7 @@ from sesam_jax.data.feed import Feed
 from sesam_jax.names import METHOD_NAMES, SAM_METHODS, WEAK_KINDS  # noqa: F401 (WEAK_KINDS)
 from sesam_jax.sam.feed import make_sam_feed
 from sesam_jax.sam.refine_labels import baseline_labels
-from sesam_jax.train import sesam_step, strong_aug, train_step
+from sesam_jax.train import agmm, sesam_step, strong_aug, train_step
 
 # (model, config, lr schedule) -> step(state, batch, rng) -> (state, metrics, aux), unjitted.
 StepFactory = Callable[[Any, ml_collections.ConfigDict, Callable], Callable]
@@ -86,6 +87,18 @@ def teacher_student_step(model: Any, config: ml_collections.ConfigDict, schedule
   return functools.partial(sesam_step.sesam_train_step, model=model, cfg=cfg)
 
 
+def agmm_step(model: Any, config: ml_collections.ConfigDict, schedule: Callable) -> Callable:
+  """AGMM's step: partial CE + GMM + prototype separation + class absence (`config.agmm`)."""
+  a = config.agmm
+  cfg = agmm.AgmmStepConfig(
+      lr_schedule=schedule, ema_decay=float(config.ema_decay),
+      weak_weight=float(config.loss.weak_weight),
+      agmm=agmm.AgmmConfig(gmm_weight=float(a.gmm_weight), proto_weight=float(a.proto_weight),
+                           absence_weight=float(a.absence_weight),
+                           class_chunk=int(a.class_chunk)))
+  return functools.partial(agmm.agmm_train_step, model=model, cfg=cfg)
+
+
 METHODS: dict[str, Method] = {}
 
 
@@ -104,6 +117,8 @@ register(Method("sam_baseline", supervised_step, make_labels=baseline_labels, us
 register(Method("sesam", functools.partial(teacher_student_step, use_sam=True),
                 make_feed=make_sam_feed, uses_sam=True,
                 description="FixMatch plus SAM labels refreshed during training"))
+register(Method("agmm", agmm_step,
+                description="AGMM (Wu et al. 2023): partial CE + adaptive Gaussian mixture losses"))
 
 # The built-in rows are the names the configs offer (`sesam_jax.names`, which they import instead
 # of this table): the two lists stay one.

@@ -14,6 +14,6 @@ IGNORE_INDEX = 255
 WEAK_KINDS = ("fine", "points", "scribbles", "coarse")
 
 # The methods of `sesam_jax.methods.METHODS` (the paper's rows), in table order.
-METHOD_NAMES = ("supervised", "fixmatch", "sam_baseline", "sesam")
+METHOD_NAMES = ("supervised", "fixmatch", "sam_baseline", "sesam", "agmm")
 # Those of them that read `config.sam` (they refine weak labels, so never train on "fine").
 SAM_METHODS = ("sam_baseline", "sesam")

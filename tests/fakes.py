@@ -48,12 +48,13 @@ class TinySeg(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, train=False):
+  def __call__(self, x, train=False, return_features=False):
     x = nn.Conv(8, (3, 3), strides=(2, 2), use_bias=False, dtype=self.dtype, name="backbone_conv1")(x)
     x = nn.relu(nn.BatchNorm(use_running_average=not train, name="backbone_bn")(x))
     x = nn.Conv(16, (3, 3), strides=(2, 2), dtype=self.dtype, name="backbone_conv2")(x)
     x = nn.Dropout(0.1, deterministic=not train)(nn.relu(x))
-    return nn.Conv(self.num_classes, (1, 1), name="decode_head")(x).astype(jnp.float32)
+    logits = nn.Conv(self.num_classes, (1, 1), name="decode_head")(x).astype(jnp.float32)
+    return (logits, x) if return_features else logits  # features: AGMM's (train/agmm.py)
 
 
 def _tiny_seg(num_classes, dtype, **kw):

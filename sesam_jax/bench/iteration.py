@@ -1,4 +1,4 @@
-"""`sesam bench --what iteration`: seconds per training iteration, FixMatch vs SeSAM, in the loop.
+"""`sesam bench --what iteration`: seconds per training iteration, FixMatch vs SeSAM (and AGMM).
 
 Both methods run through the training loop's own code path (`sesam_jax.loop.train`: steps
 dispatched asynchronously, host work for the next step while the device computes, metrics read
@@ -14,6 +14,12 @@ Reported: `fixmatch_seconds` and `sesam_seconds` (median seconds between two dis
 step), the SAM labels received / stale / missing over the timed steps, and the bridge's decoder
 and geometry seconds per step (worker side). `--dataset synthetic` runs on generated scenes (no
 files needed, e.g. on a GPU host).
+
+`--methods fixmatch,agmm,sesam` times each method in the same run (FixMatch always, first) and
+reports each one's seconds and ratio to FixMatch side by side (`methods`). `--setting table6` is
+Table 6's setting instead of CamVid's: DeepLabV3+-R101, batch 4, crop 1024, bf16, Cityscapes
+coarse labels (`--data-dir` the Cityscapes root; `--dataset synthetic` for 1024x2048 scenes);
+flags given explicitly win over the setting.
 """
 
 from __future__ import annotations
@@ -29,24 +35,41 @@ from sesam_jax import configs_common, report
 from sesam_jax import loop
 from sesam_jax.run import logs
 
+# Settings of the timed runs; flags left at None take these values.
+SETTINGS = {
+    "camvid": dict(dataset="camvid", data_dir="../shared/data/camvid", image_size=(360, 480),
+                   student="segformer", model="segformer_b0", dtype="float32", batch=8, crop=512,
+                   weak="coarse"),
+    "table6": dict(dataset="cityscapes", data_dir="", image_size=(1024, 2048),
+                   student="deeplabv3plus", model="deeplabv3plus_r101", dtype="bfloat16",
+                   batch=4, crop=1024, weak="coarse"),
+}
+METHODS = ("fixmatch", "sesam", "agmm", "supervised")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument("--dataset", default="camvid", choices=("camvid", "synthetic"),
-                      help="camvid (--data-dir) or generated synthetic scenes")
-  parser.add_argument("--data-dir", default="../shared/data/camvid", help="CamVid folder")
-  parser.add_argument("--image-size", type=int, nargs=2, default=(360, 480), metavar=("H", "W"),
-                      help="synthetic scene size")
-  parser.add_argument("--model", default="segformer_b0", help="student")
-  parser.add_argument("--dtype", default="float32", help="student compute dtype")
-  parser.add_argument("--batch", type=int, default=8, help="global batch")
-  parser.add_argument("--crop", type=int, default=512, help="training crop")
+  parser.add_argument("--setting", default="camvid", choices=tuple(SETTINGS),
+                      help="camvid: SegFormer-B0, batch 8, crop 512 on CamVid (default); "
+                           "table6: Table 6's DeepLabV3+-R101, batch 4, crop 1024, bf16")
+  parser.add_argument("--methods", default="fixmatch,sesam",
+                      help=f"methods timed, comma-separated ({', '.join(METHODS)}); FixMatch is "
+                           "always timed first (the ratios' reference)")
+  parser.add_argument("--dataset", default=None, choices=("camvid", "cityscapes", "synthetic"),
+                      help="the setting's dataset (--data-dir), or generated synthetic scenes")
+  parser.add_argument("--data-dir", default=None, help="dataset folder (default: the setting's)")
+  parser.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                      help="synthetic scene size (default: the setting's)")
+  parser.add_argument("--model", default=None, help="student (default: the setting's)")
+  parser.add_argument("--dtype", default=None, help="student compute dtype")
+  parser.add_argument("--batch", type=int, default=None, help="global batch")
+  parser.add_argument("--crop", type=int, default=None, help="training crop")
   parser.add_argument("--iterations", type=int, default=3, help="timed iterations per method")
   parser.add_argument("--warmup", type=int, default=1, help="untimed iterations (compile)")
   parser.add_argument("--backend", default="random:vit_b",
                       help="SAM backend spec; several, comma-separated, time SeSAM with each "
                            "beside one FixMatch run (e.g. jax-random:vit_b,random:vit_b)")
   parser.add_argument("--device", default="cpu", help="torch device of PyTorch SAM backends")
-  parser.add_argument("--weak", default="coarse", choices=("points", "scribbles", "coarse"))
+  parser.add_argument("--weak", default=None, choices=("points", "scribbles", "coarse"))
   parser.add_argument("--refresh-every", type=int, default=4, help="M")
   parser.add_argument("--k", type=int, default=5, help="K prompt points per instance")
   parser.add_argument("--decoder-dtype", default="auto",
@@ -57,10 +80,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "(default: a fresh temporary folder, so the pre-warm encodes every image)")
 
 
+def resolve(args: argparse.Namespace) -> argparse.Namespace:
+  """`args` with every flag left at None taken from `--setting`."""
+  out = argparse.Namespace(**vars(args))
+  for key, value in SETTINGS[args.setting].items():
+    if getattr(out, key, None) is None:
+      setattr(out, key, value)
+  return out
+
+
+def parse_methods(text: str) -> list[str]:
+  """"agmm,sesam" -> ["fixmatch", "agmm", "sesam"] (FixMatch first, always)."""
+  names = [m.strip() for m in text.split(",") if m.strip()]
+  bad = [m for m in names if m not in METHODS]
+  if bad:
+    raise ValueError(f"--methods {text!r}: choose from {', '.join(METHODS)}.")
+  return ["fixmatch"] + [m for m in dict.fromkeys(names) if m != "fixmatch"]
+
+
 def _config(args: argparse.Namespace, method: str, cache_dir: str):
-  config, _ = configs_common.student_dataset_config("segformer", args.dataset,
+  config, _ = configs_common.student_dataset_config(args.student, args.dataset,
                                                 f"weak={args.weak},method={method}")
-  if args.dataset == "camvid":
+  if args.dataset != "synthetic":
     config.data_dir = args.data_dir
   else:
     config.dataset.image_size = tuple(args.image_size)
@@ -108,14 +149,24 @@ def _sesam_figures(outcome: Any, workdir: str, fixmatch: float, args: argparse.N
 
 
 def run(args: argparse.Namespace) -> dict:
+  args = resolve(args)
+  names = parse_methods(args.methods)
   cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="sesam_bench_iteration_cache_")
   root = tempfile.mkdtemp(prefix="sesam_bench_iteration_")
   specs = [b.strip() for b in args.backend.split(",") if b.strip()]
   report.log(f"iteration bench: fixmatch, {args.warmup} + {args.iterations} steps")
   fix = loop.train(_config(args, "fixmatch", cache_dir), os.path.join(root, "fixmatch")).timing
   fixmatch = fix.seconds_per_step(args.warmup)
+  side = {"fixmatch": {"seconds": round(fixmatch, 4), "ratio": 1.0,
+                       "host_seconds": round(fix.median_host(args.warmup), 4)}}
+  for name in (n for n in names if n not in ("fixmatch", "sesam")):  # Methods without SAM.
+    report.log(f"iteration bench: {name}, {args.warmup} + {args.iterations} steps")
+    timing = loop.train(_config(args, name, cache_dir), os.path.join(root, name)).timing
+    seconds = timing.seconds_per_step(args.warmup)
+    side[name] = {"seconds": round(seconds, 4), "ratio": round(seconds / fixmatch, 3),
+                  "host_seconds": round(timing.median_host(args.warmup), 4)}
   by_backend = {}
-  for i, spec in enumerate(specs):  # SeSAM once per SAM backend, beside the same FixMatch.
+  for i, spec in enumerate(specs if "sesam" in names else []):  # SeSAM once per SAM backend, beside the same FixMatch.
     report.log(f"iteration bench: sesam with {spec}, {args.warmup} + {args.iterations} steps")
     config = _config(args, "sesam", cache_dir)
     config.sam.backend = spec
@@ -126,13 +177,24 @@ def run(args: argparse.Namespace) -> dict:
                f"{by_backend[spec]['ratio']:.3f}; host seconds between dispatches: fixmatch "
                f"{fix.median_host(args.warmup):.4f}, sesam "
                f"{by_backend[spec]['sesam_host_seconds']:.4f}")
+  if by_backend:
+    first = by_backend[specs[0]]
+    side["sesam"] = {"seconds": first["sesam_seconds"], "ratio": first["ratio"],
+                     "host_seconds": first["sesam_host_seconds"]}
+  side = {name: side[name] for name in names}
+  report.log("s/iteration (ratio to FixMatch): " + ", ".join(
+      f"{name} {v['seconds']:.3f} ({v['ratio']:.2f}x)" for name, v in side.items()))
   result = {
-      "dataset": args.dataset, "model": args.model, "dtype": args.dtype, "batch": args.batch,
-      "crop": args.crop, "weak": args.weak, "k": args.k, "refresh_every": args.refresh_every,
-      "iterations": args.iterations, "devices": jax.device_count(),
-      "platform": jax.devices()[0].platform, "fixmatch_seconds": round(fixmatch, 4),
+      "setting": args.setting, "dataset": args.dataset, "model": args.model, "dtype": args.dtype,
+      "batch": args.batch, "crop": args.crop, "weak": args.weak, "k": args.k,
+      "refresh_every": args.refresh_every, "iterations": args.iterations,
+      "devices": jax.device_count(), "platform": jax.devices()[0].platform,
+      "methods": side, "fixmatch_seconds": round(fixmatch, 4),
       "fixmatch_host_seconds": round(fix.median_host(args.warmup), 4),
-      **by_backend[specs[0]], "cache_dir": cache_dir}
+      **{f"{name}_seconds": v["seconds"] for name, v in side.items()},
+      **{f"{name}_ratio": v["ratio"] for name, v in side.items() if name not in ("fixmatch",
+                                                                                 "sesam")},
+      **(by_backend[specs[0]] if by_backend else {}), "cache_dir": cache_dir}
   if len(specs) > 1:
     result["by_backend"] = by_backend
   return result

@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sesam_jax import configs_common, methods, report
-from sesam_jax.bench import memory_peak
+from sesam_jax.bench import memory_methods, memory_peak
 from sesam_jax.models import MODELS, create_model
 from sesam_jax.train import optim, train_state, train_step as step_lib
 
@@ -71,8 +71,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--devices", default="1,8",
                       help="device counts (per-device figures); a count above the batch "
                            "becomes the batch")
-  parser.add_argument("--method", default="sesam", choices=("sesam", "fixmatch", "supervised"),
-                      help="the step compiled (supervised: no teacher, one label map)")
+  parser.add_argument("--method", default=None,
+                      help="the step(s) compiled, comma-separated (default sesam, or the "
+                           "--setting's): "
+                           f"{', '.join(memory_methods.METHODS)} (supervised: no teacher, one "
+                           "label map; agmm_naive: AGMM without class chunks)")
+  parser.add_argument("--setting", default=None, choices=tuple(memory_methods.SETTINGS),
+                      help="the paper's cases (sets --cases, --crop, --dtypes, --devices, "
+                           "--num-classes and, unless given, --method): table6 = Table 6, "
+                           "ade20k = 150 classes")
   parser.add_argument("--num-classes", type=int, default=19, help="Cityscapes: 19")
   parser.add_argument("--impl", default="gpu", choices=("gpu", "cpu", "auto"),
                       help="SegFormer forms: gpu = lax depthwise conv, unchunked attention (what "
@@ -122,12 +129,12 @@ def abstract_batch(batch: int, crop: int, sharding: Any) -> dict[str, Any]:
 
   "image" BxCxCx3 uint8 (weak view), "label" (fine, for the oracle prior), "weak", "sam" and
   "valid" BxCxC uint8, "index" B int32, "aug" Bx4 float32 (input_pipeline.make_train_dataset
-  plus the feed's "sam").
+  plus the feed's "sam"), "weak_classes" Bx256 uint8 (AGMM's image classes).
   """
   spec = {"image": ((batch, crop, crop, 3), jnp.uint8), "label": ((batch, crop, crop), jnp.uint8),
           "weak": ((batch, crop, crop), jnp.uint8), "sam": ((batch, crop, crop), jnp.uint8),
           "valid": ((batch, crop, crop), jnp.uint8), "index": ((batch,), jnp.int32),
-          "aug": ((batch, 4), jnp.float32)}
+          "aug": ((batch, 4), jnp.float32), "weak_classes": ((batch, 256), jnp.uint8)}
   return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
           for k, (shape, dtype) in spec.items()}
 
@@ -135,7 +142,8 @@ def abstract_batch(batch: int, crop: int, sharding: Any) -> dict[str, Any]:
 def jit_step(method: str, model: Any, schedule: Any, mesh: Any, state: Any) -> Any:
   """The jitted training step of `method`, exactly as the training loop builds it (the methods
   table's step on `base_config`'s paper defaults, `train_step.jit_step`)."""
-  step = methods.get_method(method).make_step(model, configs_common.base_config(), schedule)
+  name, config = memory_methods.step_config(method, configs_common.base_config())
+  step = methods.get_method(name).make_step(model, config, schedule)
   return step_lib.jit_step(step, mesh, state)
 
 
@@ -253,7 +261,8 @@ def _run_and_peak(compiled: Any, model: Any, tx: Any, mesh: Any, batch: int, cro
           "label": rng.integers(0, 19, (batch, crop, crop), dtype=np.uint8),
           "valid": np.ones((batch, crop, crop), np.uint8),
           "index": np.arange(batch, dtype=np.int32),
-          "aug": np.tile(np.float32([1.0, 0.0, 0.0, 0.0]), (batch, 1))}
+          "aug": np.tile(np.float32([1.0, 0.0, 0.0, 0.0]), (batch, 1)),
+          "weak_classes": np.ones((batch, 256), np.uint8)}
   host["weak"] = np.where(rng.random((batch, crop, crop)) < 0.2, host["label"], 255).astype(
       np.uint8)
   host["sam"] = np.where(rng.random((batch, crop, crop)) < 0.6, host["label"], 255).astype(
@@ -331,14 +340,17 @@ def _table(cases: dict[str, dict[str, Any]], crop: int) -> str:
     goal = "" if c.get("goal_gib") is None else (
         f"< {c['goal_gib']}: {'met' if c['meets_goal'] else 'MISSED'}")
     peak = f"{c['peak_gib']:.2f}" if "peak_gib" in c else c.get("run_error", "-")
+    key, _, method = key.partition("__")
     model, _, dtype, devices = key.rsplit("_", 3)
-    rows.append(f"| {model} {dtype} crop {crop} | {devices[:-3]} | "
+    rows.append(f"| {model} {dtype} crop {crop}{' ' + method if method else ''} | {devices[:-3]} | "
                 f"{c['per_device_batch']} | {state:.3f} | {c['batch_gib']:.3f} | "
                 f"{c.get('temp_gib', 0):.2f} | {total} | {goal} | {peak} |")
   return "\n".join(rows)
 
 
 def run(args: argparse.Namespace) -> dict:
+  memory_methods.apply_setting(args)
+  method_names = memory_methods.parse_methods(args.method)
   cases = parse_cases(args.cases)
   dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
   if not dtypes or set(dtypes) - {"fp32", "bf16"}:
@@ -352,42 +364,49 @@ def run(args: argparse.Namespace) -> dict:
   result: dict[str, Any] = {"crop": args.crop, "method": args.method, "impl": args.impl,
                             "query_chunk": args.query_chunk, "num_classes": args.num_classes,
                             "cases": {}}
-  for model, batch in cases:
-    for dtype in dtypes:
-      for n in sorted({min(c, batch) for c in counts}):
-        spec = dict(model_name=model, batch=batch, crop=args.crop, dtype=dtype, n_devices=n,
-                    method=args.method, num_classes=args.num_classes, impl=args.impl,
-                    output_stride=args.output_stride, query_chunk=args.query_chunk,
-                    steps=args.steps,
-                    run_step=args.run == "on", explain=args.explain)
-        if args.run == "auto":
-          spec["run_step"] = None  # Decided where it runs: on an accelerator.
-        key = case_key(model, batch, dtype, n)
-        report.log(f"memory: compiling the {args.method} step of {model}, batch {batch}, crop "
-                   f"{args.crop}, {dtype}, {n} device(s)")
-        if args.isolate or not _have_devices(n):
-          entry = _isolated(spec, args.timeout)
-        else:
-          entry = measure_spec(spec)
-        goal = goal_gib(model, dtype)
-        if goal is not None and entry.get("total_gib") is not None:
-          measured = entry.get("peak_gib", entry["total_gib"])
-          entry.update(goal_gib=goal, meets_goal=bool(measured < goal))
-        if model in PAPER_GB:
-          entry["paper_gb"] = PAPER_GB[model]
-        # The key names model, batch, dtype and devices; crop and method are the run's.
-        result["cases"][key] = {k: v for k, v in entry.items() if k not in CASE_FIELDS}
-        if "error" not in entry:
-          report.log(f"memory: {key}: {entry.get('total_gib', 0):.2f} GiB per device "
-                     f"({'XLA:CPU estimate' if entry['estimate'] else entry['backend']}), "
-                     f"temp {entry.get('temp_gib', 0):.2f} GiB, compiled in "
-                     f"{entry['compile_seconds']} s"
-                     + (f"; GPU peak {entry['peak_gib']:.2f} GiB" if "peak_gib" in entry else ""))
-          for what in ("peak_by_scope", "peak_buffers"):
-            for op, gib in entry.get(what, {}).items():
-              report.log(f"  live at the peak: {gib:8.3f} GiB  {op}")
+  grid = [(m, b, d, n, x) for m, b in cases for d in dtypes
+          for n in sorted({min(c, b) for c in counts}) for x in method_names]
+  for model, batch, dtype, n, method in grid:
+    spec = dict(model_name=model, batch=batch, crop=args.crop, dtype=dtype, n_devices=n,
+                method=method, num_classes=args.num_classes, impl=args.impl,
+                output_stride=args.output_stride, query_chunk=args.query_chunk,
+                steps=args.steps,
+                run_step=args.run == "on", explain=args.explain)
+    if args.run == "auto":
+      spec["run_step"] = None  # Decided where it runs: on an accelerator.
+    key = case_key(model, batch, dtype, n)
+    if len(method_names) > 1:  # Several methods: one entry per method of each case.
+      key = f"{key}__{method}"
+    report.log(f"memory: compiling the {method} step of {model}, batch {batch}, crop "
+               f"{args.crop}, {dtype}, {n} device(s)")
+    if args.isolate or not _have_devices(n):
+      entry = _isolated(spec, args.timeout)
+    else:
+      entry = measure_spec(spec)
+    goal = goal_gib(model, dtype)
+    if goal is not None and entry.get("total_gib") is not None:
+      measured = entry.get("peak_gib", entry["total_gib"])
+      entry.update(goal_gib=goal, meets_goal=bool(measured < goal))
+    if model in PAPER_GB and method == "sesam":
+      entry["paper_gb"] = PAPER_GB[model]
+    if method.startswith("agmm"):  # What the public code's broadcast alone would hold.
+      entry["agmm_broadcast_gib"] = memory_methods.broadcast_gib(
+          model, args.num_classes, batch // n, args.crop)
+    # The key names model, batch, dtype and devices; crop and method are the run's.
+    result["cases"][key] = {k: v for k, v in entry.items() if k not in CASE_FIELDS}
+    if "error" not in entry:
+      report.log(f"memory: {key}: {entry.get('total_gib', 0):.2f} GiB per device "
+                 f"({'XLA:CPU estimate' if entry['estimate'] else entry['backend']}), "
+                 f"temp {entry.get('temp_gib', 0):.2f} GiB, compiled in "
+                 f"{entry['compile_seconds']} s"
+                 + (f"; GPU peak {entry['peak_gib']:.2f} GiB" if "peak_gib" in entry else ""))
+      for what in ("peak_by_scope", "peak_buffers"):
+        for op, gib in entry.get(what, {}).items():
+          report.log(f"  live at the peak: {gib:8.3f} GiB  {op}")
   if any(c.get("estimate") for c in result["cases"].values()):
     result["note"] = NOTE_CPU
+  if len(method_names) > 1:
+    result["vs_fixmatch"] = memory_methods.compare(result["cases"])
   result["table"] = _table(result["cases"], args.crop)
   report.log(result["table"])
   return result

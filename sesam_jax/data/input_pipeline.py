@@ -154,7 +154,19 @@ class _WeakGeometricAug(grain.transforms.RandomMap):
         "valid": augment.valid_mask(example["image"].shape[:2], geom, self._crop),
         "index": example["index"],
         "aug": geom.as_array(),
+        "weak_classes": class_presence(example["weak"]),
     }
+
+
+def class_presence(label_HW: np.ndarray) -> np.ndarray:
+  """256 uint8: 1 for each class id with a pixel in `label_HW` (255, unlabelled, never).
+
+  Taken from the whole image's weak label before the crop: AGMM's class-absence loss needs the
+  image's classes, which a crop may not show (`sesam_jax.train.agmm`).
+  """
+  present = (np.bincount(label_HW.reshape(-1), minlength=256)[:256] > 0).astype(np.uint8)
+  present[IGNORE_INDEX] = 0
+  return present
 
 
 def make_train_dataset(source: Source, *, crop: int, batch_size: int, seed: int,
@@ -187,7 +199,9 @@ def make_train_dataset(source: Source, *, crop: int, batch_size: int, seed: int,
       "image": BxCxCx3 uint8 (padding 0), "label": BxCxC uint8 fine label
       (255 = ignore or padding), "weak": BxCxC uint8 (255 = unlabeled),
       "index": B int32 (position in `source`), "aug": Bx4 float32 rows of
-      [scale, y0, x0, flip] (`augment.Geometry.from_array`).
+      [scale, y0, x0, flip] (`augment.Geometry.from_array`), "valid": BxCxC uint8 (1 = the
+      crop shows the image, 0 = padding), "weak_classes": Bx256 uint8 (1 = the class has a
+      pixel in the whole image's weak label, before the crop).
   """
   if crop <= 0 or batch_size <= 0:
     raise ValueError(f"crop and batch_size must be positive, got {crop} and {batch_size}.")

@@ -66,8 +66,13 @@ class DeepLabV3Plus(nn.Module):
   dropout_rate: float = 0.1
 
   @nn.compact
-  def __call__(self, images_BHWC: jax.Array, train: bool = False) -> jax.Array:
-    """Images BxHxWx3 float32 (ImageNet-normalised) -> logits Bx(H/4)x(W/4)xK float32."""
+  def __call__(self, images_BHWC: jax.Array, train: bool = False,
+               return_features: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """Images BxHxWx3 float32 (ImageNet-normalised) -> logits Bx(H/4)x(W/4)xK float32.
+
+    With `return_features`, (logits, the decoder's feature Bx(H/4)x(W/4)x256 before the
+    classifier, in `dtype`): AGMM's feature (`sesam_jax.train.agmm`). Parameters are the same.
+    """
     if self.output_stride not in (8, 16):
       raise ValueError(f"DeepLabV3+ output_stride must be 8 or 16, got {self.output_stride}.")
     sizes = DEEPLAB_VARIANTS[self.variant]
@@ -85,4 +90,6 @@ class DeepLabV3Plus(nn.Module):
       x = resnet.ConvLayer(sizes["aspp_channels"], 3, dtype=self.dtype,
                            name=f"decoder_{i}")(x, train)
     logits = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x)
+    if return_features:
+      return logits.astype(jnp.float32), x
     return logits.astype(jnp.float32)

@@ -74,7 +74,10 @@ class SegformerDecodeHead(nn.Module):
   fold: bool = True
 
   @nn.compact
-  def __call__(self, features: Sequence[jax.Array], train: bool = False) -> jax.Array:
+  def __call__(self, features: Sequence[jax.Array], train: bool = False,
+               return_features: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """Stage features -> stride-4 logits (and, with `return_features`, the fused feature
+    BxhxwxD after batch norm and ReLU, before dropout and the classifier, in `dtype`)."""
     height, width = features[0].shape[1:3]
     hidden = self.decoder_hidden_size
     projections = [_DenseParams(f.shape[-1], hidden, name=f"linear_projections_{i}")()
@@ -96,11 +99,13 @@ class SegformerDecodeHead(nn.Module):
       x = jnp.concatenate(projected[::-1], axis=-1) @ fuse.astype(self.dtype)
     x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPS,
                      dtype=self.dtype, name="batch_norm")(x)
-    x = nn.relu(x)
+    x = fused = nn.relu(x)
     # Dropout needs a "dropout" rng; without one a training step is deterministic.
     x = nn.Dropout(self.dropout_rate)(
         x, deterministic=not train or not self.has_rng("dropout"))
     logits = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x)
+    if return_features:
+      return logits.astype(jnp.float32), fused
     return logits.astype(jnp.float32)
 
 
@@ -128,8 +133,13 @@ class SegFormer(nn.Module):
   query_chunk: int | None = None
 
   @nn.compact
-  def __call__(self, images_BHWC: jax.Array, train: bool = False) -> jax.Array:
-    """Images BxHxWx3 float32 (ImageNet-normalised) -> logits Bx(H/4)x(W/4)xK float32."""
+  def __call__(self, images_BHWC: jax.Array, train: bool = False,
+               return_features: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """Images BxHxWx3 float32 (ImageNet-normalised) -> logits Bx(H/4)x(W/4)xK float32.
+
+    With `return_features`, (logits, the decode head's fused feature Bx(H/4)x(W/4)xD before
+    its classifier): AGMM's feature (`sesam_jax.train.agmm`). Parameters are the same.
+    """
     sizes = mit.MIT_VARIANTS[self.variant]
     impl = self.dwconv_impl or mit.default_dwconv_impl()
     chunk = mit.default_query_chunk() if self.query_chunk is None else self.query_chunk
@@ -139,4 +149,5 @@ class SegFormer(nn.Module):
         query_chunk=chunk, name="encoder")(images_BHWC, train)
     return SegformerDecodeHead(self.num_classes, sizes["decoder_hidden_size"],
                                dropout_rate=self.dropout_rate, dtype=self.dtype,
-                               fold=self.fold_decoder, name="decode_head")(features, train)
+                               fold=self.fold_decoder, name="decode_head")(
+                                   features, train, return_features)

@@ -51,8 +51,9 @@ def ema_update(ema: Any, new: Any, decay: float) -> Any:
 
 def update_student(state: TrainState, images: jax.Array, sources: Mapping[str, losses.LabelSource],
                    dropout_rng: jax.Array, *, model: nn.Module, ema_decay: float,
-                   lr_schedule: Callable[[Any], Any], ignore_index: int = IGNORE_INDEX
-                   ) -> tuple[TrainState, dict[str, jax.Array]]:
+                   lr_schedule: Callable[[Any], Any], ignore_index: int = IGNORE_INDEX,
+                   extra_loss: Callable[[jax.Array, jax.Array], tuple[jax.Array, dict]] | None
+                   = None) -> tuple[TrainState, dict[str, jax.Array]]:
   """Student forward on `images`, CE over `sources`, AdamW step, EMA update.
 
   Shared by the supervised step and the teacher-student step (`sesam_step`).
@@ -66,15 +67,23 @@ def update_student(state: TrainState, images: jax.Array, sources: Mapping[str, l
     ema_decay: teacher EMA decay.
     lr_schedule: for the `lr` metric.
     ignore_index: the unlabeled value.
+    extra_loss: `(logits, features) -> (loss, metrics)` added to the CE (AGMM's losses); the
+      student is then called with `return_features=True`.
 
   Returns:
     (new state, float32 scalar metrics).
   """
   def loss_fn(params: Any) -> tuple[jax.Array, tuple[Any, dict]]:
-    logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, images,
-                                  train=True, mutable=["batch_stats"],
-                                  rngs={"dropout": dropout_rng})
+    kwargs = {} if extra_loss is None else {"return_features": True}
+    outputs, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, images,
+                                   train=True, mutable=["batch_stats"],
+                                   rngs={"dropout": dropout_rng}, **kwargs)
+    logits = outputs if extra_loss is None else outputs[0]
     loss, metrics = losses.segmentation_loss(logits, sources, ignore_index)
+    if extra_loss is not None:
+      extra, extra_metrics = extra_loss(logits, outputs[1])
+      loss = loss + extra
+      metrics.update(extra_metrics)
     return loss, (updates.get("batch_stats", {}), metrics)
 
   (loss, (batch_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

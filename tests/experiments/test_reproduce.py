@@ -39,11 +39,11 @@ def _config_of(command):
   return config_lib.config_from_flags(spec, overrides), workdir
 
 
-def test_table2_cityscapes_prints_13_commands_with_own_workdirs(capsys, monkeypatch):
+def test_table2_cityscapes_prints_16_commands_with_own_workdirs(capsys, monkeypatch):
   monkeypatch.chdir(REPO_ROOT)
   code, commands, out, err = _reproduce(capsys, "--table", "2", "--dataset", "cityscapes",
                                         "--workdir-root", "/runs")
-  assert code == 0 and len(commands) == 13 and out["commands"] == commands
+  assert code == 0 and len(commands) == 16 and out["commands"] == commands
   seen = set()
   for command in commands:
     config, workdir = _config_of(command)
@@ -53,13 +53,34 @@ def test_table2_cityscapes_prints_13_commands_with_own_workdirs(capsys, monkeypa
     placeholder = f"--config.sam.checkpoint={sweep.SAM_CHECKPOINT_PLACEHOLDER}"
     assert (placeholder in command) == uses_sam
     seen.add((config.weak, config.method))
-  methods = ("supervised", "fixmatch", "sam_baseline", "sesam")
+  methods = ("supervised", "fixmatch", "sam_baseline", "sesam", "agmm")
   assert seen == {(w, m) for w in ("points", "scribbles", "coarse") for m in methods} | {
       ("fine", "supervised")}
-  assert len(set(out["workdirs"])) == 13
-  assert [x["what"] for x in out["left_out"]] == ["AGMM* rows"] and "left out: AGMM* rows" in err
+  assert len(set(out["workdirs"])) == 16
+  assert [x["what"] for x in out["left_out"]] == ["AGMM* on ADE20K"]
+  assert "left out: AGMM* on ADE20K" in err
   assert sweep.SAM_CHECKPOINT_PLACEHOLDER in out["placeholders"] and "--run refuses" in err
   assert out["not_selected"] == ["deeplabv3plus cityscapes"]
+
+
+def test_agmm_cells_of_tables_2_and_6(capsys, monkeypatch):
+  monkeypatch.chdir(REPO_ROOT)
+  code, commands, out, _ = _reproduce(capsys, "--table", "2", "--student", "all")
+  assert code == 0 and len(commands) == 3 * 16 + 2 * 13  # no AGMM* cells on ADE20K
+  agmm = {tuple(w.split("/")[2:5]) for w in out["workdirs"]
+          if "/agmm/" in w}
+  assert agmm == {(d, m, w) for d, m in (("cityscapes", "segformer_b0"), ("voc", "segformer_b0"),
+                                         ("cityscapes", "deeplabv3plus_r101"))
+                  for w in ("points", "scribbles", "coarse")}
+  code, commands, out, _ = _reproduce(capsys, "--table", "6", "--data-dir", "cityscapes=/data/cs",
+                                      "--sam-checkpoint", "/w/sam.pth")
+  assert code == 0 and [_config_of(c)[0].method for c in commands] == ["fixmatch", "agmm",
+                                                                       "sesam"]
+  for command in commands:
+    config, workdir = _config_of(command)
+    assert (config.model, config.weak, config.dataset.name) == ("deeplabv3plus_r101", "coarse",
+                                                                "cityscapes")
+    assert (config.batch_size, config.crop) == (4, 1024) and workdir.startswith("workdirs/table6/")
 
 
 def test_tables_1_3_4_and_fig4(capsys, monkeypatch):
@@ -68,7 +89,8 @@ def test_tables_1_3_4_and_fig4(capsys, monkeypatch):
                                       "--data-dir", "voc=/data/voc")
   # Without --weights, each command holds its student's placeholder init, which --run refuses.
   init = sweep.INIT_PLACEHOLDER.format(model="deeplabv3plus_r101")
-  assert code == 0 and len(commands) == 9 and out["placeholders"] == [init]
+  assert code == 0 and len(commands) == 11 and out["placeholders"] == [init]
+  assert sum("method=agmm" in c for c in commands) == 2  # AGMM*: scribbles and points
   assert all(f"--config.init={init}" in c for c in commands)
   # --run would also refuse the made-up SAM and data paths: every missing input is listed.
   assert len(out["missing"]) == 3 and "/w/sam.pth not found" in out["missing"][1]
@@ -81,7 +103,7 @@ def test_tables_1_3_4_and_fig4(capsys, monkeypatch):
   assert code == 0 and not out["placeholders"] and "--config.init" not in " ".join(commands)
   assert {c["init"] for c in out["cells"]} == {"random"}
   assert any("DeepLabV2" in x["what"] for x in out["left_out"])
-  assert any("AGMM" in x["what"] for x in out["left_out"])
+  assert any("AGMM (its authors' row)" in x["what"] for x in out["left_out"])
   assert all("--config.data_dir=/data/voc" in c for c in commands)
   # The DeepLabV3+ configs train ResNet-101, the paper's: no note about the model.
   assert not any("configs train" in note for note in out["notes"]) and out["notes"]

@@ -91,7 +91,7 @@ def test_every_cell_gets_its_students_init(capsys, monkeypatch, weights_dir, tmp
   code, commands, out, err = _reproduce(
       capsys, "--table", "2", "--dataset", "cityscapes", "--student", "all", "--weights",
       str(weights_dir), "--workdir-root", str(root))
-  assert code == 0 and len(commands) == 26
+  assert code == 0 and len(commands) == 32  # 16 cells per column (AGMM* included), 2 students
   for command in commands:
     model = "segformer_b0" if "segformer_cityscapes" in command else "deeplabv3plus_r101"
     assert f"--config.init={root}/pretrained/{model}.msgpack" in command
