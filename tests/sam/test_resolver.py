@@ -123,7 +123,7 @@ def test_unknown_kind_is_one_line_naming_the_flag_and_the_kinds():
 
 def test_gpu_sharing_and_benchmarks_read_the_table():
   from sesam_jax.bench import sam as bench_sam
-  from sesam_jax.train import distributed
+  from sesam_jax.run import distributed
   config = configs_common.base_config()
   config.method, config.weak, config.sam.device = "sesam", "points", "cuda"
   for name, kind in resolver.BACKENDS.items():
