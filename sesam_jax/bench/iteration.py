@@ -8,11 +8,14 @@ The training set is cut (`dataset.max_train_images`) to the images the timed ste
 SeSAM's own pre-warm gives every one of them a SAM label before step 0, as training does; its
 encoder cost is reported apart (`--cache-dir` keeps the embeddings for the next run).
 
+`--refresh` and `--view` set `sam.refresh` (strict, the paper's default, or async) and
+`sam.view` (weak_aug or full): timing strict against async is two runs differing in `--refresh`.
+
 Reported: `fixmatch_seconds` and `sesam_seconds` (median seconds between two dispatches after
 `--warmup` steps), `ratio` = sesam / fixmatch, each method's host seconds between dispatches
 (work the host does per step, waits for the device excluded; `host_fraction` of the FixMatch
-step), the SAM labels received / stale / missing over the timed steps, and the bridge's decoder
-and geometry seconds per step (worker side). `--dataset synthetic` runs on generated scenes (no
+step), the SAM labels received / stale / missing and the refreshes due / done / skipped over
+the timed steps, and the bridge's encoder, decoder and geometry seconds per step (worker side). `--dataset synthetic` runs on generated scenes (no
 files needed, e.g. on a GPU host).
 """
 
@@ -24,6 +27,7 @@ import tempfile
 from typing import Any
 
 import jax
+import numpy as np
 
 from sesam_jax import configs_common, report
 from sesam_jax import loop
@@ -45,9 +49,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--backend", default="random:vit_b",
                       help="SAM backend spec; several, comma-separated, time SeSAM with each "
                            "beside one FixMatch run (e.g. jax-random:vit_b,random:vit_b)")
-  parser.add_argument("--device", default="cpu", help="torch device of PyTorch SAM backends")
+  parser.add_argument("--device", default="auto",
+                      help="sam.device of PyTorch SAM backends (auto: where the trainer runs)")
   parser.add_argument("--weak", default="coarse", choices=("points", "scribbles", "coarse"))
   parser.add_argument("--refresh-every", type=int, default=4, help="M")
+  parser.add_argument("--refresh", default="strict", choices=("strict", "async"),
+                      help="sam.refresh: strict (the paper: the whole batch every M-th step, "
+                           "waited for) or async (1/M of each batch per step, no wait)")
+  parser.add_argument("--view", default="weak_aug", choices=("weak_aug", "full"),
+                      help="sam.view: the step's crop (the paper) or the full image (cached "
+                           "encoder)")
   parser.add_argument("--k", type=int, default=5, help="K prompt points per instance")
   parser.add_argument("--decoder-dtype", default="auto",
                       help="SAM prompt decoder dtype: auto (bf16 only where native), float32, "
@@ -74,7 +85,7 @@ def _config(args: argparse.Namespace, method: str, cache_dir: str):
   config.log_every, config.checkpoint_every, config.eval_every = 1, steps, 0
   config.sam.backend, config.sam.device, config.sam.k = args.backend, args.device, args.k
   config.sam.refresh_every, config.sam.decoder_dtype = args.refresh_every, args.decoder_dtype
-  config.sam.cache_embeddings, config.sam.prewarm = True, True
+  config.sam.refresh, config.sam.view, config.sam.prewarm = args.refresh, args.view, True
   config.sam.cache_dir, config.sam.wait_s, config.sam.timeout_s = cache_dir, 0.0, 3600.0
   return config
 
@@ -84,7 +95,8 @@ def _timed_totals(workdir: str, warmup: int) -> dict[str, float]:
   rows = [r for r in logs.read_metrics(workdir) if "train/sam/sent" in r]
   first = next((r for r in rows if r["step"] == warmup), {})
   last = rows[-1] if rows else {}
-  names = ("received", "stale", "missing", "bridge_decode", "bridge_geometry")
+  names = ("received", "stale", "missing", "refresh_due", "refresh_done", "refresh_skipped",
+           "bridge_encode", "bridge_decode", "bridge_geometry")
   return {name: last.get(f"train/sam/{name}", 0) - first.get(f"train/sam/{name}", 0)
           for name in names}
 
@@ -95,12 +107,19 @@ def _sesam_figures(outcome: Any, workdir: str, fixmatch: float, args: argparse.N
   sesam = timing.seconds_per_step(args.warmup)
   timed = _timed_totals(workdir, args.warmup)
   host = timing.median_host(args.warmup)
+  # Strict refreshes load every M-th step only: the mean, beside the median, shows their cost.
+  gaps = np.diff(timing.dispatch[args.warmup:] + [timing.end])
   return {
       "backend": info.get("sam/backend", ""), "sesam_seconds": round(sesam, 4),
+      "sesam_mean_seconds": round(float(np.mean(gaps)), 4),
       "ratio": round(sesam / fixmatch, 3), "sesam_host_seconds": round(host, 4),
       "host_fraction": round(host / fixmatch, 4),
       "sam_received": int(timed["received"]), "sam_stale": int(timed["stale"]),
       "sam_missing": int(timed["missing"]),
+      "sam_refresh_due": int(timed["refresh_due"]),
+      "sam_refresh_done": int(timed["refresh_done"]),
+      "sam_refresh_skipped": int(timed["refresh_skipped"]),
+      "sam_encode_seconds_per_step": round(timed["bridge_encode"] / args.iterations, 3),
       "prewarm_seconds": info.get("prewarm_seconds", 0.0),
       "prewarmed_images": info.get("prewarmed", 0),
       "sam_decode_seconds_per_step": round(timed["bridge_decode"] / args.iterations, 3),
@@ -129,6 +148,7 @@ def run(args: argparse.Namespace) -> dict:
   result = {
       "dataset": args.dataset, "model": args.model, "dtype": args.dtype, "batch": args.batch,
       "crop": args.crop, "weak": args.weak, "k": args.k, "refresh_every": args.refresh_every,
+      "refresh": args.refresh, "view": args.view,
       "iterations": args.iterations, "devices": jax.device_count(),
       "platform": jax.devices()[0].platform, "fixmatch_seconds": round(fixmatch, 4),
       "fixmatch_host_seconds": round(fix.median_host(args.warmup), 4),
