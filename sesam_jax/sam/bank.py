@@ -5,22 +5,16 @@ full resolution (with the step whose view made it) and the teacher's latest
 confident pseudo-labels (>= theta2) mapped back to full resolution (the
 "extension" of the weak label). Each step:
 
-  1. `submit(batch, step)`: the examples whose refresh is due go to the bridge
-     service, keyed by image id and carrying `step` (prompt sampling is seeded by
-     (run seed, image id, step), so every refresh draws fresh prompts). Which are
-     due: `refresh="strict"` (the paper) every example of the batch at each step
-     t % M == 0; `refresh="async"` 1/M of every batch (positions p with
-     (p + step) % M == 0, so an image is refreshed about every M-th visit).
-     `view="weak_aug"` (the paper, section 3.3) sends the step's weakly augmented
-     crop; `view="full"` the full-resolution image + weak label + extension (the
+  1. `submit(batch, step)`: the due examples go to the bridge, keyed by image id
+     with `step` (which seeds fresh prompts): `refresh="strict"` (the paper) the
+     whole batch at each step t % M == 0, `"async"` 1/M of every batch (positions
+     p with (p + step) % M == 0). `view="weak_aug"` (the paper, section 3.3) sends
+     the step's weakly augmented crop; `view="full"` the full-resolution image (the
      bridge encodes each image once, then runs only the prompt decoder).
-  2. `collect()` / `wait_due(step)`: finished results are moved into the bank; async
-     waits at most `wait_s`, strict waits for every refresh due by `step` (at most
-     `timeout_s`). A crop-space result is pasted back at full resolution
-     (`augment.paste_crop`).
-  3. `settle(step)`: counts, in examples, the refreshes due, done (back before the
-     step that uses them) and skipped (queue full, still in flight, not back in
-     time); an async run skipping over 10% of them says so once.
+  2. `collect()` / `wait_due(step)`: finished results are moved into the bank (async
+     waits at most `wait_s`; strict for every refresh due by `step`, at most
+     `timeout_s`); a crop-space result is pasted back at full resolution.
+  3. `settle(step)`: counts the refreshes due, done and skipped (`sam/refresh.py`).
   4. `batch_labels(batch, step)`: each example's full-resolution SAM label is brought
      into its crop with the example's recorded scale/crop/flip, and its age in
      steps is counted; examples never refined yet get none (255, "missing").
@@ -34,15 +28,13 @@ stored); with `view="full"` the last confidence seen for the image, kept per ima
 at full resolution in 8 bits (`update_extension(..., confidence=...)`).
 
 `prewarm()` does every image's first refresh from the full image and its weak
-label alone (as step -1) before training starts, in both views (the paper's
-initial SAM labels, section 3.2). Labels and extensions are kept zlib-compressed
-(`label_store.PackedLabels`: a Cityscapes-sized bank fits in a few hundred MB
-instead of 12 GB). `get_state()` / `set_state()` carry them across a restart as they
-are packed (the bank is an item of the run's orbax checkpoint, one file per
-process). The source should keep decoded examples (`sesam_jax.data.memo.MemoSource`):
-a refresh reads the full-resolution image the input pipeline just decoded.
-The bridge's own failures surface through its service (SamServiceError), or
-come back as the weak label with `fallback` set, which is counted here.
+label alone (step -1) before training, in both views (the paper's initial SAM
+labels, section 3.2). Labels and extensions are kept zlib-compressed
+(`label_store.PackedLabels`); `get_state()` / `set_state()` carry them packed across
+a restart (an item of the run's orbax checkpoint, one file per process). The source
+should keep decoded examples (`sesam_jax.data.memo.MemoSource`). Bridge failures
+surface through its service (SamServiceError), or come back as the weak label with
+`fallback` set, which is counted here.
 """
 
 from __future__ import annotations
@@ -208,9 +200,7 @@ class SamLabelBank:
                                        full=self.cfg.view == "full")
       if request is None:
         continue
-      try:
-        self.service.submit(request, block=False)
-      except queue.Full:
+      if not self._send(request):
         self.stats["queue_full"] += 1  # Backpressure: skip, never block the trainer.
         continue
       self._pending[example_id] = pending
@@ -218,6 +208,19 @@ class SamLabelBank:
     self.stats["sent"] += sent
     self.refreshes.note_due(step, due)
     return sent
+
+  def _send(self, request: RefineRequest) -> bool:
+    """Submits without blocking; strict refreshes drain results while the queue is full
+    (every one is waited for anyway), async ones are skipped (False)."""
+    deadline = time.monotonic() + self.cfg.timeout_s
+    while True:
+      try:
+        self.service.submit(request, block=False)
+        return True
+      except queue.Full:
+        if self.cfg.refresh != "strict" or time.monotonic() > deadline:
+          return False
+        self.collect(wait_s=0.5)
 
   # --- results ----------------------------------------------------------
 
