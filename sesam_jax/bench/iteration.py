@@ -9,7 +9,9 @@ SeSAM's own pre-warm gives every one of them a SAM label before step 0, as train
 encoder cost is reported apart (`--cache-dir` keeps the embeddings for the next run).
 
 `--refresh` and `--view` set `sam.refresh` (strict, the paper's default, or async) and
-`sam.view` (weak_aug or full): timing strict against async is two runs differing in `--refresh`.
+`sam.view` (weak_aug or full); `--refresh strict,async` times both, one after the other beside
+the same FixMatch run (`by_refresh`). Strict refreshes load every M-th step only, so the mean
+seconds per step (`sesam_mean_seconds`) shows their cost where the median may not.
 
 Reported: `fixmatch_seconds` and `sesam_seconds` (median seconds between two dispatches after
 `--warmup` steps), `ratio` = sesam / fixmatch, each method's host seconds between dispatches
@@ -53,9 +55,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="sam.device of PyTorch SAM backends (auto: where the trainer runs)")
   parser.add_argument("--weak", default="coarse", choices=("points", "scribbles", "coarse"))
   parser.add_argument("--refresh-every", type=int, default=4, help="M")
-  parser.add_argument("--refresh", default="strict", choices=("strict", "async"),
+  parser.add_argument("--refresh", default="strict",
                       help="sam.refresh: strict (the paper: the whole batch every M-th step, "
-                           "waited for) or async (1/M of each batch per step, no wait)")
+                           "waited for) or async (1/M of each batch per step, no wait); "
+                           "strict,async times both side by side in this process")
   parser.add_argument("--view", default="weak_aug", choices=("weak_aug", "full"),
                       help="sam.view: the step's crop (the paper) or the full image (cached "
                            "encoder)")
@@ -85,7 +88,8 @@ def _config(args: argparse.Namespace, method: str, cache_dir: str):
   config.log_every, config.checkpoint_every, config.eval_every = 1, steps, 0
   config.sam.backend, config.sam.device, config.sam.k = args.backend, args.device, args.k
   config.sam.refresh_every, config.sam.decoder_dtype = args.refresh_every, args.decoder_dtype
-  config.sam.refresh, config.sam.view, config.sam.prewarm = args.refresh, args.view, True
+  config.sam.refresh = args.refresh.split(",")[0].strip()
+  config.sam.view, config.sam.prewarm = args.view, True
   config.sam.cache_dir, config.sam.wait_s, config.sam.timeout_s = cache_dir, 0.0, 3600.0
   return config
 
@@ -130,21 +134,27 @@ def run(args: argparse.Namespace) -> dict:
   cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="sesam_bench_iteration_cache_")
   root = tempfile.mkdtemp(prefix="sesam_bench_iteration_")
   specs = [b.strip() for b in args.backend.split(",") if b.strip()]
+  modes = [m.strip() for m in args.refresh.split(",") if m.strip()]
+  if not modes or set(modes) - {"strict", "async"}:
+    raise ValueError(f"--refresh={args.refresh!r}: strict, async or strict,async.")
   report.log(f"iteration bench: fixmatch, {args.warmup} + {args.iterations} steps")
   fix = loop.train(_config(args, "fixmatch", cache_dir), os.path.join(root, "fixmatch")).timing
   fixmatch = fix.seconds_per_step(args.warmup)
-  by_backend = {}
-  for i, spec in enumerate(specs):  # SeSAM once per SAM backend, beside the same FixMatch.
-    report.log(f"iteration bench: sesam with {spec}, {args.warmup} + {args.iterations} steps")
-    config = _config(args, "sesam", cache_dir)
-    config.sam.backend = spec
-    workdir = os.path.join(root, f"sesam{i}")
-    by_backend[spec] = _sesam_figures(loop.train(config, workdir), workdir, fixmatch, args)
-    report.log(f"fixmatch {fixmatch:.3f} s/it, sesam ({spec}) "
-               f"{by_backend[spec]['sesam_seconds']:.3f} s/it, ratio "
-               f"{by_backend[spec]['ratio']:.3f}; host seconds between dispatches: fixmatch "
-               f"{fix.median_host(args.warmup):.4f}, sesam "
-               f"{by_backend[spec]['sesam_host_seconds']:.4f}")
+  by_backend, by_refresh = {}, {}
+  for i, spec in enumerate(specs):  # SeSAM once per SAM backend (and mode), beside one FixMatch.
+    for mode in modes:
+      report.log(f"iteration bench: sesam with {spec}, sam.refresh={mode}, {args.warmup} + "
+                 f"{args.iterations} steps")
+      config = _config(args, "sesam", cache_dir)
+      config.sam.backend, config.sam.refresh = spec, mode
+      workdir = os.path.join(root, f"sesam{i}_{mode}")
+      figures = _sesam_figures(loop.train(config, workdir), workdir, fixmatch, args)
+      by_refresh.setdefault(mode, {})[spec] = figures
+      by_backend.setdefault(spec, figures)
+      report.log(f"fixmatch {fixmatch:.3f} s/it, sesam ({spec}, {mode}) "
+                 f"{figures['sesam_seconds']:.3f} s/it (mean {figures['sesam_mean_seconds']:.3f}),"
+                 f" ratio {figures['ratio']:.3f}; host seconds between dispatches: fixmatch "
+                 f"{fix.median_host(args.warmup):.4f}, sesam {figures['sesam_host_seconds']:.4f}")
   result = {
       "dataset": args.dataset, "model": args.model, "dtype": args.dtype, "batch": args.batch,
       "crop": args.crop, "weak": args.weak, "k": args.k, "refresh_every": args.refresh_every,
@@ -155,4 +165,6 @@ def run(args: argparse.Namespace) -> dict:
       **by_backend[specs[0]], "cache_dir": cache_dir}
   if len(specs) > 1:
     result["by_backend"] = by_backend
+  if len(modes) > 1:
+    result["by_refresh"] = by_refresh
   return result
