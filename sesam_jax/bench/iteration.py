@@ -17,8 +17,8 @@ Reported: `fixmatch_seconds` and `sesam_seconds` (median seconds between two dis
 `--warmup` steps), `ratio` = sesam / fixmatch, each method's host seconds between dispatches
 (work the host does per step, waits for the device excluded; `host_fraction` of the FixMatch
 step), the SAM labels received / stale / missing and the refreshes due / done / skipped over
-the timed steps, and the bridge's encoder, decoder and geometry seconds per step (worker side). `--dataset synthetic` runs on generated scenes (no
-files needed, e.g. on a GPU host).
+the timed steps, and the bridge's encoder, decoder and geometry seconds per step (worker
+side). `--dataset synthetic` runs on generated scenes (no files needed, e.g. on a GPU host).
 """
 
 from __future__ import annotations

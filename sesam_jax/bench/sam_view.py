@@ -113,7 +113,8 @@ def run(args: argparse.Namespace) -> dict:
     entry["name"] = getattr(backend, "name", spec)
     out[spec] = entry
     report.log(f"sam_view {spec}: agree {entry['agree_labelled']:.3f} of pixels both label "
-               f"({entry['agree_union']:.3f} of either's); accuracy full {entry['accuracy_full']:.3f}"
-               f" crop {entry['accuracy_crop']:.3f}; s/refresh crop {entry['crop_s']:.3f}, full "
-               f"cold {entry['full_cold_s']:.3f}, cached {entry['full_cached_s']:.3f}")
+               f"({entry['agree_union']:.3f} of either's); accuracy full "
+               f"{entry['accuracy_full']:.3f} crop {entry['accuracy_crop']:.3f}; s/refresh crop "
+               f"{entry['crop_s']:.3f}, full cold {entry['full_cold_s']:.3f}, cached "
+               f"{entry['full_cached_s']:.3f}")
   return out
