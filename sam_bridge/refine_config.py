@@ -89,8 +89,8 @@ class RefineConfig:
   cache_embeddings: bool = setting(
       False, "with a cache passed to refine(): keep each image's encoder state under its example "
       "id (ids must name one full-resolution image, not an augmented crop)",
-      trainer="on wherever the service has a cache: config.sam.cache_embeddings, the trainer's "
-      "own switch (default True), gives it one",
+      trainer="on wherever the service has a cache: training gives it one with "
+      "config.sam.view=full (refreshes of the full image; weak_aug crops are encoded each time)",
       flag="none: sesam refine encodes each image once anyway")
   lowres_selection: bool = setting(
       True, "SAM backends: compare candidates at the decoder's 256x256 resolution and upsample "

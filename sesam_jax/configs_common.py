@@ -154,8 +154,10 @@ def base_config() -> ml_collections.ConfigDict:
                                     # sam.checkpoint) ...; "" = not set (sesam/sam_baseline stop
                                     # and say how); superpixel = the SAM-free prior, by name only
   c.sam.checkpoint = ""             # weights for transformers / segment_anything backends
-  c.sam.device = "cpu"              # torch device of the bridge; "cuda" = the GPU JAX uses on
-                                    # this host (cuda:<its index>), "cuda:N" = that one
+  c.sam.device = "auto"             # where SAM runs: auto = where the trainer runs (torch
+                                    # backends: the GPU JAX uses on this host, cuda:<its index>;
+                                    # jax backends: the trainer's devices; the CPU only on a host
+                                    # without an accelerator) | cpu | cuda | cuda:N
   c.sam.gpu_memory_fraction = 0.6   # JAX's share of a GPU shared with a PyTorch SAM bridge
                                     # (XLA_PYTHON_CLIENT_MEM_FRACTION; JAX alone takes 0.75);
                                     # 0 = allocate on demand (XLA_PYTHON_CLIENT_PREALLOCATE=false)
@@ -163,13 +165,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.sam.decoder_dtype = "auto"      # SAM prompt decoder dtype: auto (bf16 where native: CUDA,
                                     # TPU, AVX512-BF16/AMX CPUs; else fp32) | float32 | bfloat16 |
                                     # "" (= sam.dtype)
-  c.sam.refresh_every = 4           # M: each step refreshes 1/M of its batch
-  c.sam.cache_embeddings = True     # requests carry the full-resolution image and the bridge
-                                    # keeps each image's encoder state: encode once, decode often
-  c.sam.cache_dir = ""              # embedding cache folder ("" = <workdir>/sam_embeddings);
-                                    # runs with the same backend and data may share one
+  c.sam.refresh_every = 4           # M: SAM labels are refreshed every M steps
+  c.sam.refresh = "strict"          # strict (the paper): at each step t % M == 0 the whole
+                                    # batch gets fresh SAM labels and the step waits for them |
+                                    # async: 1/M of each batch per step, waiting <= sam.wait_s
+  c.sam.view = "weak_aug"           # what a refresh refines: weak_aug (the paper, section 3.3:
+                                    # the step's weakly augmented crop) | full (the full image,
+                                    # its encoder state cached: encode once, decode often)
+  c.sam.cache_dir = ""              # sam.view=full: embedding cache folder ("" =
+                                    # <workdir>/sam_embeddings); runs on the same data may share it
   c.sam.prewarm = True              # refine every image from its weak label before step 0
-  c.sam.wait_s = 0.0                # longest wait for in-flight SAM labels before a step, s
+  c.sam.wait_s = 0.0                # sam.refresh=async: longest wait for in-flight SAM labels
+                                    # before a step, s (strict waits up to sam.timeout_s)
   c.sam.timeout_s = 300.0           # seconds one example may take in the bridge
   c.sam.fallback = False            # on a bridge failure use the weak label (counted) vs stop
   c.sam.max_pending = 16            # bound of the request queue (backpressure)

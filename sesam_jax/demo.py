@@ -86,6 +86,12 @@ def train_config(method: str, weak: str, *, backend: str, checkpoint: str, num_s
   config.seed = seed
   config.sam.backend = backend
   config.sam.checkpoint = checkpoint
+  if method == "sesam":
+    # A CPU demo: SAM refreshes 1/M of each batch per step without waiting, on full images
+    # encoded once, instead of the paper's strict refreshes of each weakly augmented crop.
+    config.sam.refresh, config.sam.view = "async", "full"
+    report.log("demo: SAM refreshes sam.refresh=async, sam.view=full (cheaper on a CPU than "
+               "the paper's strict, weak_aug; training.md, 'How SeSAM's SAM labels are made')")
   return config
 
 

@@ -216,7 +216,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainOutcome:
     # A bad (or missing) SAM setting, weights included (read without torch), stops the run
     # before it writes anything; the bridge's worker starts before config.json is written.
     sam_backend = resolver.from_config(config.sam, what=f"method={config.method}")
-    report.log(f"SAM: {sam_backend.description}")
+    report.log(f"SAM: {sam_backend.description} runs {sam_backend.where}; refreshes "
+               f"sam.refresh={config.sam.refresh}, sam.view={config.sam.view}, every "
+               f"M={config.sam.refresh_every} steps")
   with RunDir(workdir, primary=jax.process_index() == 0) as run_dir, \
        preemption.StopRequest() as stop:
     return _train(config, workdir, method, sam_backend, run_dir, stop)
@@ -289,7 +291,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, method: methods.Meth
       feed.close()  # Closes the SAM bridge.
   info.update(method=config.method, weak=config.weak, train_images=len(train_source),
               **_final_train_metrics(workdir),
-              **feed.summary())
+              **feed.result_fields())
   if config.weak_source:
     info["weak_source"] = config.weak_source
   if config.get("init", ""):

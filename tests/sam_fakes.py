@@ -120,6 +120,18 @@ class LowResBoxBackend(BoxBackend):
     return out
 
 
+class SlowBackend(BoxBackend):
+  """A BoxBackend that takes `seconds` per image (a SAM slower than the training steps)."""
+
+  def __init__(self, seconds: float = 0.5):
+    super().__init__()
+    self.name, self.seconds = "slow box (test backend)", seconds
+
+  def set_image(self, image: np.ndarray, *, fine_label: np.ndarray | None = None) -> None:
+    time.sleep(self.seconds)
+    super().set_image(image, fine_label=fine_label)
+
+
 def make_box_backend() -> BoxBackend:
   return BoxBackend()
 

@@ -83,8 +83,8 @@ def sample_points(mask: np.ndarray, *, k: int = 5, strategy: str = "sesam",
     strategy: "sesam" (grid + distance, eq. 2), "center" (uniform among pixels whose
       normalised distance >= center_quantile: near the distance maxima), "boundary"
       (uniform among pixels whose normalised distance <= boundary_band), "random"
-      (uniform over the mask), "confidence" (the K most confident pixels, top-k;
-      needs `confidence`, so it exists only in training with a teacher).
+      (uniform over the mask), "confidence" (the K most confident pixels, ties broken at
+      random by `rng`; needs `confidence`, so it exists only in training with a teacher).
     rng: numpy Generator; the only source of randomness.
     confidence: hxw float confidence map aligned with `mask` (strategy "confidence").
     center_quantile, boundary_band: bands of the normalised distance field for the
@@ -106,8 +106,7 @@ def sample_points(mask: np.ndarray, *, k: int = 5, strategy: str = "sesam",
     if confidence is None:
       raise ValueError("sampling strategy 'confidence' needs a confidence map (the teacher's); "
                        "it exists only in training, not at label level")
-    conf = confidence[ys, xs]
-    idx = np.argsort(-conf, kind="stable")[:k]
+    idx = top_k(confidence[ys, xs], k, rng)
   elif strategy == "random":
     idx = rng.choice(len(ys), size=min(k, len(ys)), replace=False)
   else:
@@ -129,6 +128,24 @@ def sample_points(mask: np.ndarray, *, k: int = 5, strategy: str = "sesam",
     trace.setdefault("grid", None)
     trace.setdefault("cells", None)
   return np.stack([xs[idx], ys[idx]], axis=1).astype(np.float32)
+
+
+def top_k(values: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+  """Indices of the k largest `values`, most confident first; ties at the k-th value broken
+  at random by `rng` (uint8-quantised confidence ties often: a raster-order choice would
+  pile the prompts up at the instance's top)."""
+  n = len(values)
+  if n <= k:
+    return _ranked(np.arange(n), values)
+  kth = np.partition(values, n - k)[n - k]  # The k-th largest value.
+  above = np.flatnonzero(values > kth)
+  ties = np.flatnonzero(values == kth)
+  picked = np.concatenate([above, rng.choice(ties, size=k - len(above), replace=False)])
+  return _ranked(picked, values)
+
+
+def _ranked(indices: np.ndarray, values: np.ndarray) -> np.ndarray:
+  return indices[np.argsort(-values[indices], kind="stable")]
 
 
 def _sesam_indices(ys: np.ndarray, xs: np.ndarray, weight: np.ndarray, shape: tuple[int, int],

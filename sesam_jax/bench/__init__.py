@@ -23,6 +23,7 @@ TARGETS: dict[str, str] = {
     "train-step": "sesam_jax.bench.train_step",
     "memory": "sesam_jax.bench.memory",
     "bank": "sesam_jax.bench.bank",
+    "sam_view": "sesam_jax.bench.sam_view",
 }
 # name -> one line for `sesam bench --help` (no target is imported to list them).
 DESCRIPTIONS: dict[str, str] = {
@@ -34,6 +35,7 @@ DESCRIPTIONS: dict[str, str] = {
     "train-step": "Flax vs PyTorch SegFormer-B0 training step seconds (ratio), DeepLabV3+",
     "memory": "SeSAM step memory per device from XLA's compiled memory analysis (+ GPU peak)",
     "bank": "SAM label bank and caches at Cityscapes scale: bytes per image, peak RSS",
+    "sam_view": "SAM refreshes of the weak-aug crop vs the full image: agreement, seconds",
 }
 
 

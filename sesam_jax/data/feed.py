@@ -102,6 +102,10 @@ class Feed:
     """Counters for the logs and the run's result."""
     return {}
 
+  def result_fields(self) -> dict[str, Any]:
+    """Fields for the run's result.json (default `summary()`; may add structured ones)."""
+    return self.summary()
+
   def close(self) -> None:
     """Releases what the feed holds (workers, services)."""
 

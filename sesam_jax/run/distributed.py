@@ -131,12 +131,16 @@ def initialize(config: Any) -> bool:
 
 
 def bridge_shares_gpu(config: Any) -> bool:
-  """Whether the run starts a PyTorch SAM bridge on a GPU (the one JAX may train on)."""
+  """Whether the run starts a PyTorch SAM bridge on a GPU (the one JAX may train on): `cuda...`,
+  or `auto` on a host with a GPU (`resolver.gpu_host`, asked without starting JAX)."""
   sam = config.get("sam")
   # The method table (`sesam_jax.methods`, a layer above) keeps its SAM rows equal to these.
   if sam is None or config.method not in SAM_METHODS:
     return False
-  return resolver.runs_on(sam.backend) == "torch" and str(sam.device).startswith("cuda")
+  if resolver.runs_on(sam.backend) != "torch":
+    return False
+  # `auto` puts a PyTorch bridge on the GPU JAX uses, where the host has one.
+  return str(sam.device).startswith("cuda") or (sam.device == "auto" and resolver.gpu_host())
 
 
 def gpu_memory_env(config: Any, environ: MutableMapping[str, str] | None = None

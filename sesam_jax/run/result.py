@@ -68,6 +68,17 @@ FIELDS: dict[str, Field] = {
     "sam/fallbacks": Field(int, "labels", "refinements that failed and gave the weak label back"),
     "sam/already_in_flight": Field(int, "requests", "refreshes skipped: the last one not back"),
     "sam/queue_full": Field(int, "requests", "refreshes skipped: the request queue was full"),
+    "sam/refresh_due": Field(int, "examples", "batch examples whose SAM refresh was due "
+                             "(sam.refresh: strict, all every M-th step; async, 1/M per step)"),
+    "sam/refresh_done": Field(int, "examples", "due refreshes back before the step that used "
+                              "them"),
+    "sam/refresh_skipped": Field(int, "examples", "due refreshes not back in time, queue full "
+                                 "or still in flight (due - done)"),
+    "sam/label_age_steps": Field(_NUMBER, "steps", "mean age of the SAM labels the last step "
+                                 "trained on (step - the step whose view made them)"),
+    "sam_refresh": Field(dict, "{due, done, skipped: examples; mean_age_steps: steps}",
+                         "the run's SAM refreshes summed (sam/refresh_*), and the mean age of "
+                         "the SAM labels every step trained on"),
     "sam/images_with_sam_label": Field(int, "images", "training images holding a SAM label"),
     "sam/in_flight": Field(int, "requests", "requests not answered at the end"),
     "sam/bank_bytes": Field(int, "bytes", "memory of the SAM label bank"),

@@ -26,11 +26,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import glob
 import os
 from collections.abc import Mapping
 from typing import Any
 
 import jax
+from jax._src import xla_bridge
 
 from sam_bridge import backends, weights
 from sam_bridge import refine_config as refine_schema
@@ -100,6 +102,7 @@ class SamBackend:
   in_process: bool
   decoder_note: str = ""
   checkpoint_flag: str = ""  # how the command names the weights, for errors at build time
+  where: str = ""            # where it runs, in words (training's `sam.device`, for the log)
 
   @property
   def kind(self) -> str:
@@ -243,11 +246,59 @@ def local_gpu(device: str, local_devices: Any = None) -> str:
   return f"cuda:{gpus[0].local_hardware_id}" if gpus else device
 
 
+def gpu_host(environ: Mapping[str, str] | None = None, dev: str = "/dev") -> bool:
+  """Whether JAX will train on an NVIDIA GPU here, answered without starting JAX's backend.
+
+  Once the backend is up its devices say; before (JAX's GPU memory share must be set first),
+  an NVIDIA device node and a `JAX_PLATFORMS` that does not rule out CUDA do.
+  """
+  if xla_bridge.backends_are_initialized():
+    return any(d.platform == "gpu" for d in jax.local_devices())
+  environ = os.environ if environ is None else environ
+  platforms = environ.get("JAX_PLATFORMS", "").lower()
+  if platforms and not any(p in platforms for p in ("cuda", "gpu")):
+    return False
+  return bool(glob.glob(os.path.join(dev, "nvidia[0-9]*")))
+
+
+def auto_device(device: str, backend: str, local_devices: Any = None) -> tuple[str, str]:
+  """(torch device, where SAM runs in words) for `sam.device` and a backend spec.
+
+  "auto" (the default) runs SAM where the trainer runs: a PyTorch backend on the GPU JAX uses
+  on this host (`local_gpu("cuda")`), the CPU only where JAX has no GPU (a TPU host's torch
+  has no TPU: the Flax SAM, `sam.backend=jax`, runs there); a JAX backend on the trainer's own
+  devices; numpy backends (oracle, superpixel) on the CPU whatever the device.
+
+  Args:
+    device: `sam.device` ("auto", "cpu", "cuda", "cuda:N").
+    backend: the backend spec.
+    local_devices: this process's JAX devices (default `jax.local_devices()`).
+  """
+  where = runs_on(backend)
+  if where == "jax":
+    devices = local_devices if local_devices is not None else jax.local_devices()
+    return device, f"in this process on JAX's {devices[0].platform} devices (the trainer's)"
+  if where != "torch":
+    return device, "on the CPU (numpy)"
+  if device == "auto":
+    devices = local_devices if local_devices is not None else jax.local_devices()
+    gpu = local_gpu("cuda", devices)
+    device = gpu if gpu != "cuda" else "cpu"
+    why = "the GPU JAX uses here" if device != "cpu" else "no GPU on this host"
+    return device, f"in the bridge process on {device} (sam.device=auto: {why})"
+  device = local_gpu(device, local_devices)
+  return device, f"in the bridge process on {device}"
+
+
 def from_config(sam: Any, what: str = "this run") -> SamBackend:
   """`resolve()` for a training config's `sam` group (messages name `--config.sam.*`); the
-  bridge goes on this host's GPU (`local_gpu`)."""
-  return resolve(sam.backend, sam.checkpoint, device=local_gpu(sam.device), dtype=sam.dtype,
-                 decoder_dtype=sam.decoder_dtype, flags=TRAIN_FLAGS, what=what)
+  bridge goes where the trainer runs (`auto_device`), which `SamBackend.where` says."""
+  device, where = sam.device, ""
+  if sam.backend:
+    device, where = auto_device(sam.device, sam.backend)
+  backend = resolve(sam.backend, sam.checkpoint, device=device, dtype=sam.dtype,
+                    decoder_dtype=sam.decoder_dtype, flags=TRAIN_FLAGS, what=what)
+  return dataclasses.replace(backend, where=where)
 
 
 def refine_config(config: Any, **overrides: Any) -> RefineConfig:

@@ -14,7 +14,7 @@ def test_iteration_bench_reports_ratio_and_reuses_the_cache(capsys, tmp_path, sh
   argv = ["bench", "--what", "iteration", "--data-dir", str(shared_data / "camvid"),
           "--model", "segformer_tiny", "--batch", "4", "--crop", "64", "--iterations", "2",
           "--warmup", "1", "--backend", "random:tiny", "--decoder-dtype", "float32",
-          "--cache-dir", str(tmp_path)]
+          "--cache-dir", str(tmp_path), "--refresh", "async", "--view", "full"]
   results, cached = [], []
   for _ in range(2):
     assert sesam_main.main(argv) == 0
@@ -29,3 +29,13 @@ def test_iteration_bench_reports_ratio_and_reuses_the_cache(capsys, tmp_path, sh
     assert "random" in r["backend"]
   # The second run's pre-warm found every embedding in the cache: no new entries.
   assert cached[0] and cached[1] == cached[0]
+
+
+def test_sam_view_bench_compares_the_crop_with_the_full_image(capsys, shared_data):
+  argv = ["bench", "--what", "sam_view", "--data-dir", str(shared_data / "camvid"),
+          "--images", "1", "--backends", "oracle", "--crop", "128"]
+  assert sesam_main.main(argv) == 0
+  r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["oracle"]
+  # The oracle cuts its masks from the fine label: both views are right wherever they label.
+  assert r["accuracy_full"] == r["accuracy_crop"] == 1.0 and r["agree_labelled"] == 1.0
+  assert 0 < r["agree_union"] <= 1 and r["crop_s"] > 0 and r["full_cached_s"] > 0

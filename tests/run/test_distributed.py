@@ -129,3 +129,22 @@ def test_each_hosts_bridge_goes_on_its_own_gpu(monkeypatch):
   config = _config()
   sam_feed.start_service(config, "/nonexistent")
   assert started["spec"] == "random:vit_b" and started["device"] == "cuda:2"
+
+
+def test_auto_puts_a_torch_bridge_where_the_trainer_runs(monkeypatch, tmp_path):
+  gpus = [_Device("gpu", 1)]
+  device, where = resolver.auto_device("auto", "random:vit_b", gpus)
+  assert device == "cuda:1" and "cuda:1" in where and "auto" in where
+  assert resolver.auto_device("auto", "random:vit_b", [_Device("cpu", 0)])[0] == "cpu"
+  assert "JAX's gpu devices" in resolver.auto_device("auto", "jax-random:tiny", gpus)[1]
+  assert resolver.auto_device("cuda:0", "random:vit_b", gpus)[0] == "cuda:0"
+  # Before JAX starts: a GPU host (an NVIDIA device node) shares the GPU under `auto`.
+  (tmp_path / "nvidia0").touch()
+  assert resolver.gpu_host(environ={}, dev=str(tmp_path))
+  assert not resolver.gpu_host(environ={"JAX_PLATFORMS": "cpu"}, dev=str(tmp_path))
+  assert not resolver.gpu_host(environ={}, dev=str(tmp_path / "none"))
+  monkeypatch.setattr(resolver, "gpu_host", lambda: True)
+  assert distributed.gpu_memory_env(_config(device="auto"), environ={}) == {
+      distributed.MEM_FRACTION: "0.6"}
+  monkeypatch.setattr(resolver, "gpu_host", lambda: False)
+  assert distributed.gpu_memory_env(_config(device="auto"), environ={}) == {}

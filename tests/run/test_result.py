@@ -7,6 +7,7 @@ import pathlib
 import pytest
 
 from sesam_jax.run import layout, result
+from sesam_jax.sam.refresh import RefreshCounter
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -63,6 +64,12 @@ def test_every_sam_counter_of_the_bank_is_in_the_schema():
   assert {"sent", "received", "stale", "missing"} <= counters
   for name in counters | {"images_with_sam_label", "in_flight", "bank_bytes"}:
     assert result.field(f"sam/{name}") is not None, name
+  # And the refresh counter's (sesam_jax/sam/refresh.py), with result.json's sum of them.
+  refreshes = RefreshCounter("strict", 4, 0.0)
+  refreshes.note_ages([1, 2])
+  for name in refreshes.summary():
+    assert result.field(f"sam/{name}") is not None, name
+  result.check({"sam_refresh": refreshes.result()})
 
 
 def test_write_checks_first(tmp_path):

@@ -130,3 +130,18 @@ def test_gpu_sharing_and_benchmarks_read_the_table():
     config.sam.backend = name
     assert distributed.bridge_shares_gpu(config) == (kind.runs_on == "torch"), name
     assert bench_sam._is_jax(f"{name}:x") == (kind.runs_on == "jax"), name
+
+
+def test_every_config_file_keeps_the_papers_refresh_defaults():
+  import importlib.util
+  import pathlib
+  files = sorted((pathlib.Path(__file__).parents[2] / "configs").glob("*.py"))
+  assert files
+  for path in files:
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for arg in ("weak=coarse,method=sesam", "weak=points,method=sesam,runlocal"):
+      sam = module.get_config(arg).sam
+      assert (sam.device, sam.refresh, sam.view) == ("auto", "strict", "weak_aug"), path.name
+      assert "cache_embeddings" not in sam, path.name

@@ -45,6 +45,8 @@ def _batch(source, crop=24, batch_size=4, seed=0):
 
 
 def _bank(source, service, **kw):
+  """A bank refreshing as `async` on full images unless `kw` says otherwise."""
+  kw = {"refresh": "async", "view": "full", **kw}
   cfg = sam_labels.SamLabelConfig(send_fine=True, **kw)
   return sam_labels.SamLabelBank(source, lambda i, e: e["label"], service, cfg, crop=24)
 
@@ -72,7 +74,7 @@ def test_full_resolution_labels_follow_each_crop():
 
 def test_crop_space_results_are_mapped_back():
   source = _source()
-  bank = _bank(source, _InlineService(_oracle), cache_embeddings=False)
+  bank = _bank(source, _InlineService(_oracle), view="weak_aug")
   batch = _batch(source)
   bank.submit(batch, step=0)
   bank.collect()
@@ -162,10 +164,12 @@ def test_prewarm_refines_every_image_without_a_label_once():
   assert bank.prewarm(progress=False) == 0  # Nothing left to do.
 
 
-def test_prewarm_needs_full_resolution_requests():
-  bank = _bank(_source(), _InlineService(_oracle), cache_embeddings=False)
-  with pytest.raises(ValueError, match="sam.prewarm=False"):
-    bank.prewarm(progress=False)
+def test_prewarm_refines_full_images_in_the_weak_aug_view_too():
+  source = _source(n=3)
+  bank = _bank(source, _InlineService(_oracle), view="weak_aug")
+  assert bank.prewarm(progress=False) == 3
+  assert all(r.image.shape[:2] == (40, 56) for r in bank.service.requests)
+  assert bank.label_step == {0: -1, 1: -1, 2: -1}
 
 
 def _refining_service():
@@ -197,23 +201,76 @@ def test_each_refresh_of_an_image_sends_fresh_prompts_seeded_by_its_step():
                                 _prompts(next(iter(again.service.done.values()))))
 
 
-def test_confidence_rides_with_the_request_at_full_resolution(capsys):
+def test_confidence_of_the_view_sam_sees(capsys):
   source = _source()
-  bank = _bank(source, _InlineService(_oracle), confidence=True)
   batch = _batch(source)
   confidence = np.full((4, 24, 24), 200, np.uint8)
-  assert bank.submit(batch, step=0, confidence=confidence) == 1
-  request = bank.service.requests[0]
-  assert request.confidence.shape == (40, 56) and request.confidence.dtype == np.uint8
-  # 200 inside the crop window, 0 where the crop did not look.
+  # weak_aug: the confidence on the very crop SAM refines rides along; nothing is stored.
+  crop = _bank(source, _InlineService(_oracle), confidence=True, view="weak_aug")
+  assert crop.submit(batch, step=0, confidence=confidence) == 1
+  assert crop.service.requests[0].confidence.shape == (24, 24) and not len(crop.confidence)
+  # full: the last confidence stored for the image (8 bits, full resolution, 0 where unseen);
+  # an image the teacher has not seen yet is sampled the paper's way.
+  full = _bank(source, _InlineService(_oracle), confidence=True)
+  full.submit(batch, step=0)
+  assert (full.service.requests[0].sampling, full.service.requests[0].confidence) == ("sesam",
+                                                                                      None)
+  full.collect()
+  full.update_extension(batch, np.full((4, 24, 24), 255, np.uint8), confidence=confidence)
+  full.submit(batch, step=4)
+  request = full.service.requests[-1]
+  assert request.sampling is None and request.confidence.shape == (40, 56)
   assert set(np.unique(request.confidence)) <= {0, 200} and (request.confidence == 200).any()
-  assert not hasattr(bank, "confidence")  # Kept only by the request in flight, not per image.
   # The pre-warm has no teacher: step -1 and the paper's sampling, said in the log.
   fresh = _bank(_source(n=2), _SmallQueueService(_oracle), confidence=True)
   fresh.prewarm(progress=False)
   assert {(r.step, r.sampling, r.confidence) for r in fresh.service.requests} == {
       (-1, "sesam", None)}
   assert "no teacher yet" in capsys.readouterr().err
+
+
+class _SlowService(_InlineService):
+  """Answers each request after `delay` gets (a bridge slower than the steps)."""
+
+  def __init__(self, fn, delay):
+    super().__init__(fn)
+    self.delay, self.calls = delay, 0
+
+  def get(self, example_id=None, timeout=None):
+    self.calls += 1
+    if self.calls % self.delay:
+      raise TimeoutError("not yet")
+    return super().get(example_id, timeout)
+
+
+def test_strict_refreshes_the_whole_batch_every_mth_step_and_waits():
+  source = _source()
+  bank = _bank(source, _SlowService(_oracle, delay=3), refresh="strict", view="weak_aug")
+  batch = _batch(source)
+  assert bank.refresh_positions(0, 4) == [0, 1, 2, 3] and bank.refresh_positions(1, 4) == []
+  assert bank.submit(batch, step=0) == 4
+  assert bank.wait_due(0) == 4 and not bank._pending
+  bank.settle(0)
+  labels = bank.batch_labels(batch, 0)
+  # Made from this step's crops: exactly the crops' fine labels (the oracle), age 0.
+  np.testing.assert_array_equal(labels, batch["label"])
+  assert bank.refreshes.result() == {"due": 4, "done": 4, "skipped": 0, "mean_age_steps": 0.0}
+  bank.batch_labels(batch, 2)
+  assert bank.summary()["label_age_steps"] == 2.0
+
+
+def test_async_skips_are_counted_and_warned_about_once(capsys):
+  source = _source()
+  bank = _bank(source, _InlineService(None), wait_s=0.0, device="cpu")  # Never answers.
+  batch = _batch(source)
+  for step in range(8):
+    bank.submit(batch, step)
+    bank.collect()
+    bank.settle(step)
+  totals = bank.refreshes.result()
+  assert totals["due"] == 8 and totals["skipped"] == 8 and totals["done"] == 0
+  err = capsys.readouterr().err
+  assert err.count("warning:") == 1 and "sam.wait_s" in err and "sam.device" in err
 
 
 def test_an_unreadable_weak_label_is_skipped():

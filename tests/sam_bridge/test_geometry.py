@@ -87,6 +87,33 @@ def test_ablation_strategies():
   assert geometry.sample_points(mask, strategy="random", rng=rng).shape == (5, 2)
 
 
+def test_confidence_sampling_takes_the_top_k_and_breaks_ties_at_random():
+  mask = np.zeros((40, 60), bool)
+  mask[4:36, 6:54] = True
+  # A known map: the 5 most confident pixels are chosen whatever the seed, most confident first.
+  conf = np.random.default_rng(0).integers(0, 200, mask.shape).astype(np.float32)
+  top = [(7, 30), (20, 11), (33, 50), (15, 40), (25, 25)]
+  for i, (y, x) in enumerate(top):
+    conf[y, x] = 250 - i
+  for seed in range(3):
+    pts = geometry.sample_points(mask, k=5, strategy="confidence",
+                                 rng=np.random.default_rng(seed), confidence=conf)
+    assert [(int(y), int(x)) for x, y in pts] == top
+  # A flat (uint8-quantised, saturated) map: the K pixels spread over the region, not its
+  # first K pixels in raster order (row 4, x 6..10).
+  flat = np.full(mask.shape, 1.0, np.float32)
+  drawn = np.concatenate([
+      geometry.sample_points(mask, k=5, strategy="confidence", rng=np.random.default_rng(s),
+                             confidence=flat) for s in range(40)])
+  ys, xs = np.nonzero(mask)
+  assert abs(drawn[:, 1].mean() - ys.mean()) < 2.5 and abs(drawn[:, 0].mean() - xs.mean()) < 3.5
+  assert len({tuple(p) for p in drawn.tolist()}) > 150  # Fresh pixels for each seed.
+  # The same seed draws the same pixels.
+  again = [geometry.sample_points(mask, k=5, strategy="confidence", rng=np.random.default_rng(7),
+                                  confidence=flat) for _ in range(2)]
+  np.testing.assert_array_equal(*again)
+
+
 def test_tiny_and_thin_masks_give_at_most_area_points():
   rng = np.random.default_rng(0)
   one = np.ones((1, 1), bool)
