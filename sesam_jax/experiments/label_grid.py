@@ -27,10 +27,10 @@ from typing import Any
 
 from sesam_jax import report
 from sesam_jax.experiments import grid, paper_figures, preflight
+from sesam_jax.run.layout import Layout
 
 RESULT = "refine.json"
 LABELS = "labels"
-LOG = "reproduce.log"
 SPLIT = "val"  # The paper scores SAM versions on the Cityscapes validation set.
 # SAM version -> (name in the table, the flag of `sesam reproduce` giving its checkpoint, what
 # to download).
@@ -140,7 +140,7 @@ def run_plans(plans: Sequence[LabelPlan], *, keep_going: bool = False,
       out.append({"workdir": plan.workdir, "status": "not run"})
       continue
     os.makedirs(plan.workdir, exist_ok=True)
-    log_path = os.path.join(plan.workdir, LOG)
+    log_path = str(Layout.of(plan.workdir).reproduce_log)
     report.log(f"[{i}/{len(plans)}] running (output in {log_path}): {plan.command}")
     with open(log_path, "a") as log:
       log.write(f"# {plan.command}\n")

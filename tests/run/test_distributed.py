@@ -138,7 +138,9 @@ def test_auto_puts_a_torch_bridge_where_the_trainer_runs(monkeypatch, tmp_path):
   assert resolver.auto_device("auto", "random:vit_b", [_Device("cpu", 0)])[0] == "cpu"
   assert "JAX's gpu devices" in resolver.auto_device("auto", "jax-random:tiny", gpus)[1]
   assert resolver.auto_device("cuda:0", "random:vit_b", gpus)[0] == "cuda:0"
-  # Before JAX starts: a GPU host (an NVIDIA device node) shares the GPU under `auto`.
+  # Before JAX starts: a GPU host (an NVIDIA device node) shares the GPU under `auto`. (JAX may
+  # have started in this test session already: the answer before it starts is what is tested.)
+  monkeypatch.setattr(resolver.xla_bridge, "backends_are_initialized", lambda: False)
   (tmp_path / "nvidia0").touch()
   assert resolver.gpu_host(environ={}, dev=str(tmp_path))
   assert not resolver.gpu_host(environ={"JAX_PLATFORMS": "cpu"}, dev=str(tmp_path))
