@@ -248,9 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--configs-dir", default="configs", help="folder of the config files")
   p.add_argument("--runlocal", action="store_true", help="the configs' minutes-long schedules")
   p.add_argument("--tiny", action="store_true", help="the configs' tiny test students")
-  p.add_argument("--sam-backend", default="transformers",
-                 help="config.sam.backend of cells using SAM (default transformers: SAM ViT-B "
-                      "from --sam-checkpoint, as in the paper)")
+  p.add_argument("--sam-backend", default="auto",
+                 help="config.sam.backend of cells using SAM, with --sam-checkpoint (SAM ViT-B "
+                      "as in the paper); auto: jax (the Flax SAM on the trainer's devices) on a "
+                      "GPU or TPU host, transformers (the PyTorch bridge) elsewhere")
   p.add_argument("--sam-checkpoint", default=None,
                  help="SAM weights (default: the placeholder /path/to/sam_vit_b_01ec64.pth, "
                       "which --run refuses)")

@@ -284,7 +284,7 @@ def reproduce(table: str, *, datasets: Sequence[str] | None = None,
               methods: Sequence[str] | None = None, seeds: Sequence[int] = (0,),
               budgets: Sequence[int] | None = None, root: str = "workdirs",
               configs_dir: str = "configs", config_args: str = "",
-              sam_backend: str = "transformers", sam_checkpoint: str | None = None,
+              sam_backend: str = "auto", sam_checkpoint: str | None = None,
               data_dirs: Mapping[str, str] | None = None, extra: Sequence[str] = (),
               run: bool = False, keep_going: bool = False, weights: str | None = None,
               random_init: bool = False, weak_labels: str = "auto",
@@ -305,6 +305,12 @@ def reproduce(table: str, *, datasets: Sequence[str] | None = None,
      chosen, "notes", "placeholders", "missing": inputs --run needs, "report": the command that
      makes the table, and with `run` "runs": `run_plans`' records}.
   """
+  if sam_backend == "auto":  # SAM where the trainer runs (`resolver.accelerator_backend`).
+    sam_backend = resolver.accelerator_backend()
+    report.log(f"SAM backend of the SAM cells: {sam_backend} ("
+               + ("the Flax SAM on the trainer's devices; --sam-backend transformers for the "
+                  "PyTorch bridge" if sam_backend == "jax" else
+                  "the PyTorch SAM; no GPU or TPU here for the Flax SAM") + ")")
   cells, others = grid.expand(table, datasets=datasets, students=students, weak=weak,
                               methods=methods, seeds=seeds, budgets=budgets)
   if not cells:

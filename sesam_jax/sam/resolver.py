@@ -261,6 +261,18 @@ def gpu_host(environ: Mapping[str, str] | None = None, dev: str = "/dev") -> boo
   return bool(glob.glob(os.path.join(dev, "nvidia[0-9]*")))
 
 
+def accelerator_backend(environ: Mapping[str, str] | None = None, dev: str = "/dev") -> str:
+  """The SAM backend kind a paper reproduction uses here: the Flax SAM (`jax`, on the trainer's
+  own devices) on a GPU or TPU host, the PyTorch SAM of the bridge (`transformers`) elsewhere.
+
+  Answered without starting JAX's backend, as `gpu_host`; a TPU host shows `/dev/accel*`.
+  """
+  environ = os.environ if environ is None else environ
+  tpu = "tpu" in environ.get("JAX_PLATFORMS", "").lower() or bool(
+      glob.glob(os.path.join(dev, "accel[0-9]*")))
+  return "jax" if tpu or gpu_host(environ, dev) else "transformers"
+
+
 def auto_device(device: str, backend: str, local_devices: Any = None) -> tuple[str, str]:
   """(torch device, where SAM runs in words) for `sam.device` and a backend spec.
 

@@ -150,3 +150,15 @@ def test_auto_puts_a_torch_bridge_where_the_trainer_runs(monkeypatch, tmp_path):
       distributed.MEM_FRACTION: "0.6"}
   monkeypatch.setattr(resolver, "gpu_host", lambda: False)
   assert distributed.gpu_memory_env(_config(device="auto"), environ={}) == {}
+
+
+def test_a_reproduction_uses_the_flax_sam_on_an_accelerator_host(monkeypatch, tmp_path):
+  monkeypatch.setattr(resolver.xla_bridge, "backends_are_initialized", lambda: False)
+  assert resolver.accelerator_backend(environ={}, dev=str(tmp_path)) == "transformers"
+  (tmp_path / "accel0").touch()  # A TPU host.
+  assert resolver.accelerator_backend(environ={}, dev=str(tmp_path)) == "jax"
+  (tmp_path / "accel0").unlink()
+  (tmp_path / "nvidia0").touch()  # A GPU host.
+  assert resolver.accelerator_backend(environ={}, dev=str(tmp_path)) == "jax"
+  assert resolver.accelerator_backend(environ={"JAX_PLATFORMS": "cpu"},
+                                      dev=str(tmp_path)) == "transformers"
