@@ -97,7 +97,8 @@ def test_dropout_only_with_an_rng():
                          dropped(variables, jax.random.key(3)))
 
 
-@pytest.mark.parametrize("name", ["segformer_tiny", "deeplabv3plus_tiny"])
+@pytest.mark.parametrize("name", [pytest.param("segformer_tiny", marks=pytest.mark.slow),
+                                  "deeplabv3plus_tiny"])
 def test_bf16_compute_keeps_fp32_params_and_logits(name):
   images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
   fp32 = create_model(name, NUM_CLASSES)

@@ -107,6 +107,7 @@ def test_sigterm_checkpoints_at_the_step_boundary_and_resumes(tmp_path):
   _resume_and_check(workdir, indices)
 
 
+@pytest.mark.slow  # The same stop as SIGTERM's test (default suite), through SIGINT.
 def test_ctrl_c_checkpoints_at_the_step_boundary_and_resumes(tmp_path):
   workdir, indices = tmp_path / "run", tmp_path / "indices.jsonl"
   code, err = _stop_at_step_2(workdir, indices, signal.SIGINT, group=True)

@@ -101,6 +101,7 @@ def _files(step_dir, item):
   return sorted(n for n in os.listdir(step_dir / item) if n.startswith("process_"))
 
 
+@pytest.mark.slow  # Two processes starting JAX's distributed runtime: about 25 s.
 def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
   config_arg = f"{SYNTHETIC}:weak=fine,method=supervised"
   workdir = tmp_path / "two"

@@ -45,7 +45,9 @@ def _expected_indices(steps):
 
 # The oracle prior in the bridge's worker process, and the Flax SAM (random tiny weights) run by
 # a thread of the training process on its own (4 fake CPU) devices.
-@pytest.mark.parametrize("backend", ["oracle", "jax-random:tiny"])
+# The Flax SAM case compiles SAM in both the killed run and its resume (about 40 s): slow.
+@pytest.mark.parametrize("backend", [
+    "oracle", pytest.param("jax-random:tiny", marks=pytest.mark.slow)])
 def test_killed_sesam_run_resumes_state_data_and_bank(tmp_path, backend):
   workdir, indices = tmp_path / "run", tmp_path / "indices.jsonl"
   child = _child(workdir, indices, stall_at=2, backend=backend)
