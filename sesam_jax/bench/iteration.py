@@ -40,7 +40,7 @@ import numpy as np
 
 from sesam_jax import configs_common, report
 from sesam_jax import loop
-from sesam_jax.run import logs
+from sesam_jax.run import compile_cache, logs
 
 # Settings of the timed runs; flags left at None take these values.
 SETTINGS = {
@@ -128,6 +128,7 @@ def _config(args: argparse.Namespace, method: str, cache_dir: str):
   if args.dataset == "synthetic":
     config.dataset.num_train_images = config.dataset.max_train_images
   config.log_every, config.checkpoint_every, config.eval_every = 1, steps, 0
+  config.compile_cache_dir = compile_cache.current()  # The one --compile-cache-dir set up.
   config.sam.backend, config.sam.device, config.sam.k = args.backend, args.device, args.k
   config.sam.refresh_every, config.sam.decoder_dtype = args.refresh_every, args.decoder_dtype
   config.sam.refresh = args.refresh.split(",")[0].strip()

@@ -87,6 +87,12 @@ def enable(value: str | None, *, log: bool = True) -> str | None:
   return path
 
 
+def current() -> str:
+  """The folder JAX's cache is set to now, or "none": for a config trained inside a process
+  whose cache is already chosen (`sesam bench --compile-cache-dir`), so the loop keeps it."""
+  return jax.config.jax_compilation_cache_dir or NONE
+
+
 def compile_seconds(jitted: Any, *args: Any) -> float:
   """Seconds to trace, lower and compile `jitted` for `args` (a load, when the cache holds it).
 

@@ -60,5 +60,6 @@ def test_enable_sets_jax_options_and_the_cache_is_written(tmp_path, jax_options)
   seconds = compile_cache.compile_seconds(jax.jit(lambda x: x * 3.0 + 0.123456), jnp.ones(7))
   assert seconds > 0
   assert any((tmp_path / "cache").iterdir())
+  assert compile_cache.current() == path
   assert compile_cache.enable("none", log=False) is None
-  assert jax.config.jax_compilation_cache_dir is None
+  assert jax.config.jax_compilation_cache_dir is None and compile_cache.current() == "none"
