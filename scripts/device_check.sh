@@ -29,7 +29,10 @@
 #
 # Environment: PYTHON (default python3), DEVICE_CHECK_BUDGET_S, DEVICE_CHECK_SLOWDOWN (an integer
 # that multiplies every step's own limit, for a loaded machine), SESAM_SITE (where the wheels
-# are installed, default /tmp/sesam_site).
+# are installed, default /tmp/sesam_site), SESAM_COMPILE_CACHE_DIR (JAX's persistent compilation
+# cache of every benchmark, `sesam bench --compile-cache-dir`: default auto, i.e.
+# $XDG_CACHE_HOME/sesam/jax or ~/.cache/sesam/jax, so a second call on the same machine loads
+# the steps the first one compiled; none = off). The tests keep theirs in a temporary folder.
 
 set -u -o pipefail
 
@@ -147,6 +150,7 @@ if [[ -n "$MISSING" ]]; then
 fi
 
 SESAM=("$PY" -m sesam_jax.main)
+BENCH=("${SESAM[@]}" bench --compile-cache-dir "${SESAM_COMPILE_CACHE_DIR:-auto}")
 export PYTHONUNBUFFERED=1
 
 # --- The machine ------------------------------------------------------------------------------
@@ -214,30 +218,30 @@ fi
 # SAM ViT-B, random weights: the Flax SAM and torch's side by side (encoder images/s, decoder s
 # per prompt set and their ratios), fp32 then bf16.
 for dtype in "${SAM_DTYPES[@]}"; do
-  step "sam flax vs torch $dtype" "$SAM_LIMIT" "${SESAM[@]}" bench --what sam \
+  step "sam flax vs torch $dtype" "$SAM_LIMIT" "${BENCH[@]}" --what sam \
     --backends "$SAM_BACKENDS" --dtype "$dtype" "${SAM_ARGS[@]}" --record "$RECORDS"
 done
 # SeSAM / FixMatch iteration ratio on generated data.
-step "iteration sesam/fixmatch" "$IT_LIMIT" "${SESAM[@]}" bench \
+step "iteration sesam/fixmatch" "$IT_LIMIT" "${BENCH[@]}" \
   --what iteration "${IT_ARGS[@]}" --record "$RECORDS"
 
 # SeSAM step memory: XLA's analysis + the device's peak after running it, and step seconds
 # (DeepLabV3+-R101 crop 1024 batch 4 is the paper's Table 6 setting).
-step "memory (SeSAM step)" "$MEM_LIMIT" "${SESAM[@]}" bench --what memory "${MEM_ARGS[@]}" \
+step "memory (SeSAM step)" "$MEM_LIMIT" "${BENCH[@]}" --what memory "${MEM_ARGS[@]}" \
   --record "$RECORDS"
 # The fix proposed for SegFormer-B0's memory (attention in query chunks, recomputed in the
 # backward pass), measured on the GPU.
 if [[ ${#MEM_FIX_ARGS[@]} -gt 0 ]]; then
-  step "memory B0 bf16, chunked attention" 100 "${SESAM[@]}" bench --what memory \
+  step "memory B0 bf16, chunked attention" 100 "${BENCH[@]}" --what memory \
     "${MEM_FIX_ARGS[@]}" --record "$RECORDS"
-  step "memory B0 bf16, cuDNN fused attention" 100 "${SESAM[@]}" bench --what memory \
+  step "memory B0 bf16, cuDNN fused attention" 100 "${BENCH[@]}" --what memory \
     "${MEM_FIX_ARGS[@]/1024/-1}" --record "$RECORDS"
 fi
 
 # Flax vs PyTorch SegFormer-B0 train step (torch/jax ratio), fp32 and bf16.
 for dtype in "${TS_DTYPES[@]}"; do
   for crop in "${TS_CROPS[@]}"; do
-    step "train-step $dtype crop $crop" "$TS_LIMIT" "${SESAM[@]}" bench --what train-step \
+    step "train-step $dtype crop $crop" "$TS_LIMIT" "${BENCH[@]}" --what train-step \
       "${TS_ARGS[@]}" --crop "$crop" --dtype "$dtype" --record "$RECORDS"
   done
 done

@@ -58,6 +58,8 @@ def bench(args: argparse.Namespace, rest: list[str]) -> dict:
   target_parser = argparse.ArgumentParser(prog=f"sesam bench --what {args.what}")
   target.add_arguments(target_parser)
   target_args = target_parser.parse_args(rest + (["--help"] if args.help else []))
+  from sesam_jax.run import compile_cache
+  compile_cache.enable(args.compile_cache_dir)  # Before the target compiles anything.
   result = target.run(target_args)
   if args.record:
     from sesam_jax.bench import records

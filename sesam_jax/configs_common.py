@@ -208,6 +208,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 1000         # steps between checkpoints (and one at the end)
   c.keep_checkpoints = 2            # checkpoints kept in the workdir
   c.eval_every = 0                  # steps between evaluations (0 = only at the end)
+  c.compile_cache_dir = "auto"      # JAX's persistent compilation cache: auto =
+                                    # $XDG_CACHE_HOME/sesam/jax (~/.cache/sesam/jax), resolved
+                                    # when the run starts; none = off; else a folder
   return c
 
 

@@ -44,7 +44,7 @@ from sesam_jax.models import create_model
 from sesam_jax.sam import resolver
 from sesam_jax.train import optim, train_state
 from sesam_jax import methods
-from sesam_jax.run import distributed, logs, preemption, pretrained, runs
+from sesam_jax.run import compile_cache, distributed, logs, preemption, pretrained, runs
 from sesam_jax.run import result as result_lib
 from sesam_jax.train import train_step as step_lib
 from sesam_jax.run.checkpoint import Checkpointer
@@ -175,6 +175,11 @@ class StepTiming:
   dispatch: list[float] = dataclasses.field(default_factory=list)  # perf_counter at each dispatch
   end: float | None = None  # perf_counter once the last step's state was ready
   host: list[float] = dataclasses.field(default_factory=list)      # host seconds after each one
+  # Seconds compiling (or loading from the compilation cache) each jitted function, by role.
+  compile_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+
+  def add_compile(self, name: str, seconds: float) -> None:
+    self.compile_seconds[name] = round(self.compile_seconds.get(name, 0.0) + seconds, 3)
 
   def seconds_per_step(self, skip: int = 1) -> float:
     """Median seconds per step after the first `skip` (compilation): between consecutive
@@ -209,6 +214,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainOutcome:
     train_seconds summed over resumes, the feed's counters) and the steps' timing.
   """
   method = methods.get_method(config.method)
+  compile_cache.enable(config.get("compile_cache_dir", compile_cache.AUTO))
   distributed.gpu_memory_share(config)  # Both before JAX's devices start (the SAM check may
   distributed.initialize(config)        # start them).
   sam_backend = None
@@ -345,6 +351,9 @@ def _run_steps(config: ml_collections.ConfigDict, workdir: str, state: Any, step
                                 unit="step"):
       batch = feed.next(step)
       device_batch = step_lib.shard_batch(batch, mesh)
+      if step == start:  # Compiled apart, so that the first dispatch is timed without it.
+        timing.add_compile("train_step", compile_cache.compile_seconds(
+            step_fn, state, device_batch, step_rng))
       timing.dispatch.append(time.perf_counter())
       state, metrics, aux = step_fn(state, device_batch, step_rng)
       host_start = time.perf_counter()
@@ -363,6 +372,7 @@ def _run_steps(config: ml_collections.ConfigDict, workdir: str, state: Any, step
       ckpt.poll()  # A save that failed in the background stops the run now, not at the end.
       if config.eval_every and n % config.eval_every == 0 and n < num_steps:
         ev = evaluate_state(config, model, state, val_source, mesh, log=False)
+        timing.add_compile("eval_step", ev["compile_seconds"])
         writer.write_evaluation(n, ev, val_source)
       if n < num_steps and stop.should_stop(n):
         flush()
@@ -389,11 +399,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """
   outcome = train(config, workdir)
   ev = evaluate_state(config, outcome.model, outcome.state, outcome.val_source, outcome.mesh)
+  outcome.timing.add_compile("eval_step", ev["compile_seconds"])
   writer = MetricWriter(workdir)
   writer.write_evaluation(int(config.num_steps), ev, outcome.val_source)
   writer.close()
   result = result_lib.make_result(int(outcome.state.step), ev,
                                   outcome.val_source.info.class_names, **outcome.info,
+                                  compile_seconds=outcome.timing.compile_seconds,
                                   workdir=str(Layout.of(workdir).root))
   if jax.process_index() == 0:
     result_lib.write(workdir, result)

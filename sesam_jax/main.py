@@ -218,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
                  help="append the figures with a fingerprint of the machine to FILE (JSON lines)")
   p.add_argument("--compare", nargs="+", default=None, metavar="FILE.jsonl",
                  help="a markdown table of recorded runs, one column per machine")
+  p.add_argument("--compile-cache-dir", default="auto", metavar="DIR",
+                 help="JAX's persistent compilation cache: auto ($XDG_CACHE_HOME/sesam/jax, "
+                      "default ~/.cache/sesam/jax), none (off) or a folder")
   p.set_defaults(handler=commands.bench, takes_rest=True, print_help=p.print_help)
 
   p = sub.add_parser("reproduce", help="the `sesam train` command of every cell of a paper table "

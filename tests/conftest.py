@@ -21,6 +21,18 @@ def shared_data() -> pathlib.Path:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def hermetic_caches(tmp_path_factory):
+  """XDG_CACHE_HOME in a temporary folder for the session: runs and benchmarks with the default
+  `compile_cache_dir=auto` (`sesam_jax/run/compile_cache.py`) and the split checks' verdicts
+  never write into the user's ~/.cache (nor read a JAX_COMPILATION_CACHE_DIR of theirs);
+  subprocesses inherit it."""
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg_cache")))
+    mp.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    yield
+
+
+@pytest.fixture(scope="session", autouse=True)
 def test_model():
   """TinySeg (tests/fakes.py) as model `fakes.TEST_MODEL` for the session, then removed."""
   from sesam_jax import models

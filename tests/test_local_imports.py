@@ -51,6 +51,7 @@ CLI_DEFERRALS: dict[str, frozenset[str]] = {
         "sesam_jax.plots.curves",
         "sesam_jax.plots.qualitative",
         "sesam_jax.plots.refinement",
+        "sesam_jax.run.compile_cache",
         "sesam_jax.run.runs",
         "sesam_jax.sam.refine_labels",
         "sesam_jax.sam.resolver",

@@ -14,7 +14,8 @@ the same FixMatch run (`by_refresh`). Strict refreshes load every M-th step only
 seconds per step (`sesam_mean_seconds`) shows their cost where the median may not.
 
 Reported: `fixmatch_seconds` and `sesam_seconds` (median seconds between two dispatches after
-`--warmup` steps), `ratio` = sesam / fixmatch, each method's host seconds between dispatches
+`--warmup` steps), `ratio` = sesam / fixmatch, `compile_seconds` (each method's train step traced,
+lowered and compiled, or loaded from `sesam bench --compile-cache-dir`, before its first step), each method's host seconds between dispatches
 (work the host does per step, waits for the device excluded; `host_fraction` of the FixMatch
 step), the SAM labels received / stale / missing and the refreshes due / done / skipped over
 the timed steps, and the bridge's encoder, decoder and geometry seconds per step (worker
@@ -39,7 +40,7 @@ import numpy as np
 
 from sesam_jax import configs_common, report
 from sesam_jax import loop
-from sesam_jax.run import logs
+from sesam_jax.run import compile_cache, logs
 
 # Settings of the timed runs; flags left at None take these values.
 SETTINGS = {
@@ -127,6 +128,7 @@ def _config(args: argparse.Namespace, method: str, cache_dir: str):
   if args.dataset == "synthetic":
     config.dataset.num_train_images = config.dataset.max_train_images
   config.log_every, config.checkpoint_every, config.eval_every = 1, steps, 0
+  config.compile_cache_dir = compile_cache.current()  # The one --compile-cache-dir set up.
   config.sam.backend, config.sam.device, config.sam.k = args.backend, args.device, args.k
   config.sam.refresh_every, config.sam.decoder_dtype = args.refresh_every, args.decoder_dtype
   config.sam.refresh = args.refresh.split(",")[0].strip()
@@ -156,6 +158,7 @@ def _sesam_figures(outcome: Any, workdir: str, fixmatch: float, args: argparse.N
   gaps = np.diff(timing.dispatch[args.warmup:] + [timing.end])
   return {
       "backend": info.get("sam/backend", ""), "sesam_seconds": round(sesam, 4),
+      "sesam_compile_seconds": timing.compile_seconds.get("train_step", 0.0),
       "sesam_mean_seconds": round(float(np.mean(gaps)), 4),
       "ratio": round(sesam / fixmatch, 3), "sesam_host_seconds": round(host, 4),
       "host_fraction": round(host / fixmatch, 4),
@@ -184,13 +187,15 @@ def run(args: argparse.Namespace) -> dict:
   fix = loop.train(_config(args, "fixmatch", cache_dir), os.path.join(root, "fixmatch")).timing
   fixmatch = fix.seconds_per_step(args.warmup)
   side = {"fixmatch": {"seconds": round(fixmatch, 4), "ratio": 1.0,
-                       "host_seconds": round(fix.median_host(args.warmup), 4)}}
+                       "host_seconds": round(fix.median_host(args.warmup), 4),
+                       "compile_seconds": fix.compile_seconds.get("train_step", 0.0)}}
   for name in (n for n in names if n not in ("fixmatch", "sesam")):  # Methods without SAM.
     report.log(f"iteration bench: {name}, {args.warmup} + {args.iterations} steps")
     timing = loop.train(_config(args, name, cache_dir), os.path.join(root, name)).timing
     seconds = timing.seconds_per_step(args.warmup)
     side[name] = {"seconds": round(seconds, 4), "ratio": round(seconds / fixmatch, 3),
-                  "host_seconds": round(timing.median_host(args.warmup), 4)}
+                  "host_seconds": round(timing.median_host(args.warmup), 4),
+                  "compile_seconds": timing.compile_seconds.get("train_step", 0.0)}
   by_backend, by_refresh = {}, {}
   # SeSAM once per SAM backend (and refresh mode), beside the same FixMatch.
   for i, spec in enumerate(specs if "sesam" in names else []):
@@ -210,7 +215,8 @@ def run(args: argparse.Namespace) -> dict:
   if by_backend:
     first = by_backend[specs[0]]
     side["sesam"] = {"seconds": first["sesam_seconds"], "ratio": first["ratio"],
-                     "host_seconds": first["sesam_host_seconds"]}
+                     "host_seconds": first["sesam_host_seconds"],
+                     "compile_seconds": first["sesam_compile_seconds"]}
   side = {name: side[name] for name in names}
   report.log("s/iteration (ratio to FixMatch): " + ", ".join(
       f"{name} {v['seconds']:.3f} ({v['ratio']:.2f}x)" for name, v in side.items()))
@@ -224,6 +230,7 @@ def run(args: argparse.Namespace) -> dict:
       "fixmatch_seconds": round(fixmatch, 4),
       "fixmatch_host_seconds": round(fix.median_host(args.warmup), 4),
       **{f"{name}_seconds": v["seconds"] for name, v in side.items()},
+      "compile_seconds": {name: v["compile_seconds"] for name, v in side.items()},
       **{f"{name}_ratio": v["ratio"] for name, v in side.items() if name not in ("fixmatch",
                                                                                  "sesam")},
       **(by_backend[specs[0]] if by_backend else {}), "cache_dir": cache_dir}

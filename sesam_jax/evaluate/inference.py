@@ -25,6 +25,7 @@ from sesam_jax import report
 from sesam_jax.data.base import IGNORE_INDEX
 from sesam_jax.evaluate import metrics
 from sesam_jax.models import normalize_images
+from sesam_jax.run import compile_cache
 
 
 def _windows(size: int, window: int, stride: int) -> list[int]:
@@ -150,7 +151,9 @@ def evaluate(model: nn.Module, weights: Mapping[str, Mapping[str, Any]],
 
   Returns:
     {"<name>_miou": float, "<name>_per_class_iou": list, "<name>_confusion": CxC int64,
-     "num_images": int, "eval_seconds": float}; with `keep_examples`, "examples": [{"index"
+     "num_images": int, "eval_seconds": float, "compile_seconds": float (the first batch's
+     compile, or its load from the compilation cache; near 0 when this process compiled it
+     before)}; with `keep_examples`, "examples": [{"index"
      (position in the split, when batches carry "index"), "image" HxWx3 uint8, "label" HxW
      uint8, "labels" {name: HxW uint8 predicted class ids}}], cropped to each image's size.
   """
@@ -161,6 +164,7 @@ def evaluate(model: nn.Module, weights: Mapping[str, Mapping[str, Any]],
   pending: list[tuple[str, jax.Array]] = []
   kept: list[dict[str, Any]] = []
   num_images = 0
+  compile_s = None
   sharding = NamedSharding(mesh, P("data"))
   for batch in report.progress(batches, desc="eval", total=total, unit="batch"):
     host = pad_batch(batch, mesh.devices.size)
@@ -172,6 +176,8 @@ def evaluate(model: nn.Module, weights: Mapping[str, Mapping[str, Any]],
       offset = jax.process_index() * n
       host = {k: v[offset:offset + n] for k, v in host.items()}
     device = {k: jax.make_array_from_process_local_data(sharding, v) for k, v in host.items()}
+    if compile_s is None:  # The first batch's shapes, compiled apart (every weight set's alike).
+      compile_s = compile_cache.compile_seconds(eval_fn, next(iter(weights.values())), device)
     # Dispatch every weight set before reading back the previous batch's counts.
     new = [(name, eval_fn(variables, device)) for name, variables in weights.items()]
     if keep_examples:
@@ -194,6 +200,7 @@ def evaluate(model: nn.Module, weights: Mapping[str, Mapping[str, Any]],
       report.log(f"{name} weights, {num_images} images:\n{metrics.format_iou_table(conf, names)}")
   result["num_images"] = num_images
   result["eval_seconds"] = time.time() - start
+  result["compile_seconds"] = compile_s or 0.0
   if keep_examples:
     result["examples"] = kept
   return result

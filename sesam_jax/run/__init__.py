@@ -9,4 +9,5 @@ file names or calls orbax on it.
   runs         `open_run(workdir) -> Run`: config, result, metrics, checkpoints, restore
   val_images   validation predictions drawn in TensorBoard
   preemption   stop signals -> a checkpoint at the next step boundary
+  compile_cache  JAX's persistent compilation cache (`enable`), `compile_seconds`
 """

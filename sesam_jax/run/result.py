@@ -57,6 +57,10 @@ FIELDS: dict[str, Field] = {
     "train_seconds": Field(_NUMBER, "s", "training wall time summed over resumes (pre-warm "
                            "excluded)"),
     "host_seconds_per_step": Field(_NUMBER, "s", "median host work between two dispatches"),
+    "compile_seconds": Field(dict, "{function: s}", "this session's seconds compiling each "
+                             "jitted function (train_step, eval_step: traced, lowered and "
+                             "compiled for the first batch, or loaded from the compilation "
+                             "cache, config.compile_cache_dir)"),
     # The SAM feed (SeSAM): `prepare` and the label bank's counters at the end.
     "sam/backend": Field(str, "name", "the backend the SAM service runs"),
     "prewarm_seconds": Field(_NUMBER, "s", "SAM labels made before step 0 (sam.prewarm)"),

@@ -1,6 +1,6 @@
 """`sesam bench --what iteration` at toy sizes: both methods run through the training loop, the
 JSON has the ratio, host seconds and SAM-label counts, and `--cache-dir` lets a second run reuse
-the first run's SAM embeddings."""
+the first run's SAM embeddings, and `--compile-cache-dir` its compiled steps."""
 
 import json
 
@@ -11,7 +11,7 @@ from sesam_jax import main as sesam_main
 
 @pytest.mark.slow
 def test_iteration_bench_reports_ratio_and_reuses_the_cache(capsys, tmp_path, shared_data):
-  argv = ["bench", "--what", "iteration", "--data-dir", str(shared_data / "camvid"),
+  argv = ["bench", "--compile-cache-dir", str(tmp_path / "xla"), "--what", "iteration", "--data-dir", str(shared_data / "camvid"),
           "--model", "segformer_tiny", "--batch", "4", "--crop", "64", "--iterations", "2",
           "--warmup", "1", "--backend", "random:tiny", "--decoder-dtype", "float32",
           "--cache-dir", str(tmp_path), "--refresh", "async", "--view", "full"]
@@ -27,8 +27,13 @@ def test_iteration_bench_reports_ratio_and_reuses_the_cache(capsys, tmp_path, sh
     # Every timed example was pre-warmed: none is missing a SAM label.
     assert r["prewarmed_images"] == 4 * (1 + 2 + 2) and r["sam_missing"] == 0
     assert "random" in r["backend"]
+    assert set(r["compile_seconds"]) == {"fixmatch", "sesam"}
+    assert r["methods"]["sesam"]["compile_seconds"] == r["compile_seconds"]["sesam"] > 0
   # The second run's pre-warm found every embedding in the cache: no new entries.
   assert cached[0] and cached[1] == cached[0]
+  # The second run loaded both steps from the compilation cache instead of compiling them.
+  for name in ("fixmatch", "sesam"):
+    assert results[1]["compile_seconds"][name] < results[0]["compile_seconds"][name]
 
 
 def test_sam_view_bench_compares_the_crop_with_the_full_image(capsys, shared_data):

@@ -6,6 +6,7 @@ import pytest
 
 from sesam_jax import configs_common
 from sesam_jax.bench import iteration, memory, memory_methods
+from sesam_jax.run import compile_cache
 
 
 def _memory_args(*argv):
@@ -51,5 +52,7 @@ def test_iteration_setting_and_methods():
   assert (args.model, args.crop, args.dataset, args.methods) == (
       "segformer_b0", 512, "camvid", "fixmatch,sesam")
   assert iteration.parse_methods("sesam,agmm") == ["fixmatch", "sesam", "agmm"]
+  # The timed runs keep the compilation cache `sesam bench --compile-cache-dir` set up.
+  assert iteration._config(args, "fixmatch", "").compile_cache_dir == compile_cache.current()
   with pytest.raises(ValueError, match="--methods"):
     iteration.parse_methods("agmm,nope")

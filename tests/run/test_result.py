@@ -17,7 +17,10 @@ def test_the_tiny_runs_result_is_in_the_schema(tiny_run):
   assert result.check(written) == written
   assert written == result.read(tiny_run.workdir)
   assert {"step", "val_miou", "method", "weak", "train_images", "train_seconds",
-          "eval_seconds", "workdir"} <= set(written)
+          "eval_seconds", "workdir", "compile_seconds"} <= set(written)
+  # Each jitted step's compile (or load from the session's compilation cache), in seconds.
+  assert set(written["compile_seconds"]) == {"train_step", "eval_step"}
+  assert all(s > 0 for s in written["compile_seconds"].values())
 
 
 def test_unknown_keys_and_wrong_types_fail():
