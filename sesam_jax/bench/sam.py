@@ -346,7 +346,7 @@ def _encode_throughput(backend, image: np.ndarray, batch: int, rounds: int) -> d
 def _parity() -> dict:
   """Both ViT-B parity checks (official vs converted torch; Flax vs transformers)."""
   out = {"parity_vit_b": vit_b_parity()}
-  flax = sam_parity("vit_b", image_hw=(360, 480), bf16=True, query_rows=4)  # As on CPU.
+  flax = sam_parity("vit_b", image_hw=(360, 480), bf16=True, attention="chunked")  # As on CPU.
   report.log(f"Flax vs transformers ViT-B (fp32): embeddings {flax['embedding_max_abs_diff']:.2e}, "
              f"IoU {flax['iou_max_abs_diff']:.2e}, "
              f"low-res logits {flax['logits_max_abs_diff']:.2e}, "

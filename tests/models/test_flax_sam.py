@@ -46,10 +46,12 @@ def _flat(params):
   return flax.traverse_util.flatten_dict(params["params"])
 
 
-def test_tiny_matches_transformers_for_every_prompt_kind():
+@pytest.mark.parametrize("attention", ["chunked", "dot_product"])
+def test_tiny_matches_transformers_for_every_prompt_kind(attention):
   # window_size=6 on the 16x16 grid pads windows as ViT-B's 64x64 grid does with 14;
-  # query_rows=4 runs the chunked global attention of the CPU backend.
-  result = sam_parity("tiny", bf16=False, window_size=6, query_rows=4)
+  # "chunked" runs the global attention of the CPU backend 4 query rows at a time,
+  # "dot_product" every attention through jax.nn.dot_product_attention, relative terms as bias.
+  result = sam_parity("tiny", bf16=False, window_size=6, attention=attention, query_rows=4)
   assert result["logits_max_abs"] > 1.0  # Masks are not all-background noise.
   for key in ("embedding", "iou", "points_logits", "box_logits", "points_box_logits",
               "mask_logits", "padded_logits", "masked_pad_logits"):
