@@ -205,9 +205,12 @@ def test_bench_side_by_side_reports_both_backends_and_ratios():
   from sesam_jax.bench import sam as bench_sam
   parser = argparse.ArgumentParser()
   bench_sam.add_arguments(parser)
-  args = parser.parse_args(["--prompts", "4", "--rounds", "1", "--data-dir", "/nonexistent"])
+  args = parser.parse_args(["--prompts", "4", "--rounds", "1", "--data-dir", "/nonexistent",
+                            "--attention", "chunked,dot_product"])
   out = bench_sam.side_by_side(args, ["jax-random:tiny", "random:tiny"])
-  assert "random weights" in out["jax-random:tiny"]["name"]
-  assert out["jax-random:tiny"]["compiled_shapes"]["encoder"] == 1
-  ratio = out["ratios"]["jax-random:tiny / random:tiny"]
-  assert all(v > 0 for v in ratio.values()), ratio
+  for attention in ("chunked", "dot_product"):  # One Flax backend per attention, same rounds.
+    flax = out[f"jax-random:tiny[{attention}]"]
+    assert "random weights" in flax["name"] and flax["attention"] == attention
+    assert flax["compiled_shapes"]["encoder"] == 1
+    ratio = out["ratios"][f"jax-random:tiny[{attention}] / random:tiny"]
+    assert all(v > 0 for v in ratio.values()), ratio
