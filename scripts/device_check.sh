@@ -187,7 +187,11 @@ if [[ "$MODE" == gpu ]]; then
   SAM_ARGS=(--device cuda --scenes none --reps 5 --encode-batch 8)
   SAM_DTYPES=(float32 bfloat16)
   SAM_BACKENDS=jax-random:vit_b,random:vit_b
-  SAM_LIMIT=110
+  # The Flax encoder's attention: today's einsum form beside jax.nn.dot_product_attention (XLA);
+  # cuDNN's flash attention (bf16 only) gets its own step below, so a failure costs only it.
+  SAM_ATTENTION=full,dot_product
+  SAM_CUDNN=1
+  SAM_LIMIT=150
   # SeSAM with the Flax SAM in the training process and with the torch bridge, one FixMatch.
   IT_ARGS=(--dataset synthetic --image-size 512 1024 --crop 512 --batch 8
            --iterations 4 --warmup 2 --device cuda --backend jax-random:vit_b,random:vit_b)
@@ -208,6 +212,8 @@ else
   SAM_ARGS=(--device cpu --scenes none --reps 1 --prompts 4)
   SAM_DTYPES=(float32)
   SAM_BACKENDS=jax-random:tiny,random:tiny
+  SAM_ATTENTION=chunked,dot_product
+  SAM_CUDNN=0
   SAM_LIMIT=150
   IT_ARGS=(--dataset synthetic --image-size 96 128 --model segformer_tiny
            --crop 64 --batch 2 --iterations 2 --warmup 1 --backend jax-random:tiny)
@@ -216,11 +222,18 @@ fi
 
 # --- Benchmarks on generated data, the scarcest figures first -----------------------------------
 # SAM ViT-B, random weights: the Flax SAM and torch's side by side (encoder images/s, decoder s
-# per prompt set and their ratios), fp32 then bf16.
+# per prompt set and their ratios), fp32 then bf16, the Flax encoder once per attention
+# implementation (SAM_ATTENTION) in the same rounds.
 for dtype in "${SAM_DTYPES[@]}"; do
   step "sam flax vs torch $dtype" "$SAM_LIMIT" "${BENCH[@]}" --what sam \
-    --backends "$SAM_BACKENDS" --dtype "$dtype" "${SAM_ARGS[@]}" --record "$RECORDS"
+    --backends "$SAM_BACKENDS" --dtype "$dtype" --attention "$SAM_ATTENTION" "${SAM_ARGS[@]}" \
+    --record "$RECORDS"
 done
+if [[ $SAM_CUDNN == 1 ]]; then
+  step "sam flax bf16, cuDNN attention vs dot_product" 110 "${BENCH[@]}" --what sam \
+    --backends jax-random:vit_b --dtype bfloat16 --attention dot_product,cudnn "${SAM_ARGS[@]}" \
+    --record "$RECORDS"
+fi
 # SeSAM / FixMatch iteration ratio on generated data.
 step "iteration sesam/fixmatch" "$IT_LIMIT" "${BENCH[@]}" \
   --what iteration "${IT_ARGS[@]}" --record "$RECORDS"

@@ -105,8 +105,9 @@ def _record_subset(train: base.SubsetSource, workdir: str) -> None:
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> Any:
-  """The student named by `config.model` with `config.dtype` compute."""
-  return create_model(config.model, num_classes, dtype=jnp.dtype(config.dtype))
+  """The student named by `config.model` with `config.dtype` compute and `config.attention`."""
+  return create_model(config.model, num_classes, dtype=jnp.dtype(config.dtype),
+                      attention=config.get("attention", "auto"))
 
 
 def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:

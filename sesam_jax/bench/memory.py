@@ -46,6 +46,7 @@ import numpy as np
 from sesam_jax import configs_common, methods, report
 from sesam_jax.bench import memory_methods, memory_peak
 from sesam_jax.models import MODELS, create_model
+from sesam_jax.models.attention import resolve_attention
 from sesam_jax.train import optim, train_state, train_step as step_lib
 
 GIB = 2 ** 30
@@ -55,8 +56,8 @@ DEFAULT_CASES = "deeplabv3plus_r101:4,segformer_b0:8"
 GOALS_GIB = {("segformer_b0", "bf16"): 16.0, ("deeplabv3plus_r101", None): 22.7}
 PAPER_GB = {"deeplabv3plus_r101": 22.7}  # Table 6, SeSAM, crop 1024, batch 4 (GPU memory)
 # Model forms (see sesam_jax.models.mit): what a GPU runs, or the CPU fast paths.
-IMPLS = {"gpu": {"dwconv_impl": "lax", "query_chunk": 0},
-         "cpu": {"dwconv_impl": "shift", "query_chunk": 1024}}
+IMPLS = {"gpu": {"dwconv_impl": "lax", "attention": "full"},
+         "cpu": {"dwconv_impl": "shift", "attention": "chunked"}}
 # measure()'s fields that `case_key` and the run's own fields already say.
 CASE_FIELDS = ("model", "batch", "crop", "dtype", "devices", "method", "device_kind")
 NOTE_CPU = ("XLA:CPU's compiled memory analysis of the step: an estimate of the memory a GPU "
@@ -89,6 +90,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "GPU in bf16), overriding --impl's "
                            "(chunks are recomputed in the backward pass, so the attention "
                            "weights are never kept whole)")
+  parser.add_argument("--attention", default=None,
+                      help="SegFormer attention implementation (chunked, full, dot_product, "
+                           "cudnn, auto), overriding --impl's and --query-chunk's")
   parser.add_argument("--output-stride", type=int, default=16, choices=(8, 16),
                       help="DeepLabV3+ backbone output stride")
   parser.add_argument("--run", default="auto", choices=("auto", "on", "off"),
@@ -161,7 +165,8 @@ def _devices_for(n: int) -> tuple[list, bool]:
 
 def measure(model_name: str, batch: int, crop: int, dtype: str, n_devices: int, *,
             method: str = "sesam", num_classes: int = 19, impl: str = "gpu",
-            output_stride: int = 16, query_chunk: int | None = None, run_step: bool = False,
+            output_stride: int = 16, query_chunk: int | None = None,
+            attention: str | None = None, run_step: bool = False,
             steps: int = 3, explain: int = 0) -> dict[str, Any]:
   """Compiles one training step on abstract inputs and reads its memory per device.
 
@@ -175,7 +180,10 @@ def measure(model_name: str, batch: int, crop: int, dtype: str, n_devices: int, 
     num_classes: classes of the head.
     impl: SegFormer forms, a key of IMPLS or "auto".
     output_stride: DeepLabV3+ output stride.
-    query_chunk: SegFormer attention query chunk, overriding `impl`'s (None: keep).
+    query_chunk: SegFormer attention query chunk, overriding `impl`'s attention (None: keep;
+      0: "full"; -1: "cudnn"; > 0: "chunked" with that many queries per chunk).
+    attention: SegFormer attention implementation (sesam_jax.models.attention), overriding
+      `impl`'s and `query_chunk`'s (None: keep).
     run_step: also execute the step on real (random) data and read the device's peak.
     steps: timed steps after the first when `run_step`.
     explain: if > 0, also the `explain` largest groups of buffers live at the peak.
@@ -197,11 +205,17 @@ def measure(model_name: str, batch: int, crop: int, dtype: str, n_devices: int, 
   if model_name.startswith("segformer"):
     overrides = dict(IMPLS[impl]) if impl != "auto" else {}
     if query_chunk is not None:
-      overrides["query_chunk"] = query_chunk
+      overrides["attention"] = {0: "full", -1: "cudnn"}.get(query_chunk, "chunked")
+      if query_chunk > 0:
+        overrides["query_chunk"] = query_chunk
+    if attention is not None:
+      overrides["attention"] = attention
   if model_name.startswith("deeplabv3plus"):
     overrides = {"output_stride": output_stride}
-  model = create_model(model_name, num_classes,
-                       dtype=jnp.bfloat16 if dtype == "bf16" else jnp.float32, **overrides)
+  compute_dtype = jnp.bfloat16 if dtype == "bf16" else jnp.float32
+  attn = resolve_attention(overrides.pop("attention", "auto"), dtype=compute_dtype,
+                           field="--attention")  # "auto": this process's backend's choice.
+  model = create_model(model_name, num_classes, dtype=compute_dtype, attention=attn, **overrides)
   optim_cfg = configs_common.base_config().optim
   tx, schedule = optim.make_optimizer(optim_cfg, train_state.abstract_params(model), 1000)
   state = train_state.abstract_train_state(model, tx, mesh)
@@ -362,7 +376,8 @@ def run(args: argparse.Namespace) -> dict:
   if unknown:
     raise ValueError(f"--cases: unknown students {unknown}; choose from {', '.join(MODELS)}.")
   result: dict[str, Any] = {"crop": args.crop, "method": args.method, "impl": args.impl,
-                            "query_chunk": args.query_chunk, "num_classes": args.num_classes,
+                            "query_chunk": args.query_chunk, "attention": args.attention,
+                            "num_classes": args.num_classes,
                             "cases": {}}
   grid = [(m, b, d, n, x) for m, b in cases for d in dtypes
           for n in sorted({min(c, b) for c in counts}) for x in method_names]
@@ -370,6 +385,7 @@ def run(args: argparse.Namespace) -> dict:
     spec = dict(model_name=model, batch=batch, crop=args.crop, dtype=dtype, n_devices=n,
                 method=method, num_classes=args.num_classes, impl=args.impl,
                 output_stride=args.output_stride, query_chunk=args.query_chunk,
+                attention=args.attention,
                 steps=args.steps,
                 run_step=args.run == "on", explain=args.explain)
     if args.run == "auto":

@@ -81,7 +81,8 @@ def segformer_parity(variant: str = "B0", *, num_classes: int = 19,
     sizes: (H, W) inputs to compare on (batch 2 each).
     seed: seed of the random weights and images.
     bf16: also measure the Flax model under bf16 compute.
-    **model_kwargs: SegFormer attributes (e.g. query_chunk=64, fold_decoder=False).
+    **model_kwargs: SegFormer attributes (e.g. attention="chunked", query_chunk=64,
+      fold_decoder=False).
 
   Returns:
     {"segformer_fp32_max_abs_diff", "segformer_bf16_max_abs_err" (if bf16),

@@ -20,6 +20,8 @@ with Flax/torch ratios. Threads: torch runs `--torch-threads`; with 1, XLA:CPU i
 single-threaded too (XLA_FLAGS, set before jax starts); torch flushes subnormals
 (`torch.set_flush_denormal(True)`, else SAM's zero padding slows its encoder ~10x here).
 `--encode-batch N` also times N images per encoder call (images/s; the GPU figure).
+`--attention chunked,dot_product` times the Flax encoder with each attention implementation
+(`sesam_jax.models.attention`) as its own backend, `<spec>[<attention>]`, in the same rounds.
 On a GPU, jax picks it up by itself; give torch `--device cuda`.
 
 `--scenes camvid` (the default) times what training pays on a real CamVid image with
@@ -89,6 +91,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "outputs on a full random ViT-B")
   parser.add_argument("--rounds", type=int, default=3,
                       help="side-by-side rounds (backends alternate; medians reported)")
+  parser.add_argument("--attention", default="auto",
+                      help="Flax SAM encoder attention implementations, comma-separated, each "
+                           "timed as its own backend in the same run (of: auto, chunked, full, "
+                           "dot_product, cudnn; auto = chunked on CPU, cudnn/dot_product on GPU)")
   parser.add_argument("--encode-batch", type=int, default=0,
                       help="side by side: also time this many images per encoder call (images/s)")
 
@@ -262,11 +268,16 @@ def side_by_side(args: argparse.Namespace, specs: list[str]) -> dict:
   rng = np.random.default_rng(0)
   prompts = [PromptSet.from_points(rng.uniform(0, [w - 1, h - 1], (5, 2)))
              for _ in range(args.prompts)]
-  sam_specs = [s for s in specs if s not in ("oracle", "superpixel")]
+  attentions = [a.strip() for a in args.attention.split(",") if a.strip()] or ["auto"]
+  # label -> (spec, attention): a jax spec once per attention implementation.
+  labels = {(f"{s}[{a}]" if _is_jax(s) and len(attentions) > 1 else s): (s, a)
+            for s in specs if s not in ("oracle", "superpixel")
+            for a in (attentions if _is_jax(s) else [None])}
+  sam_specs = list(labels)
   backends = {}
   for spec in sam_specs:
     t0 = time.perf_counter()
-    backends[spec] = make_backend(spec, args)
+    backends[spec] = make_backend(labels[spec][0], args, attention=labels[spec][1])
     backends[spec].set_image(image)  # First call: jit compilation (jax) / allocator warm-up.
     backends[spec].upsample(np.stack([p.logits[0] for p in backends[spec].predict_lowres(prompts)]))
     _sync(backends[spec])
@@ -301,11 +312,12 @@ def side_by_side(args: argparse.Namespace, specs: list[str]) -> dict:
                  "upsample_s_per_prompt_set": med(t["up"])}
     if hasattr(backend, "compiled_shapes"):
       out[spec]["compiled_shapes"] = backend.compiled_shapes()
+      out[spec]["attention"] = backend.attention
     if args.encode_batch:
       out[spec].update(_encode_throughput(backend, image, args.encode_batch, args.rounds))
   ratios = {}
-  for a in (s for s in sam_specs if _is_jax(s)):
-    for b in (s for s in sam_specs if not _is_jax(s)):
+  for a in (s for s in sam_specs if _is_jax(labels[s][0])):
+    for b in (s for s in sam_specs if not _is_jax(labels[s][0])):
       x, y = out[a], out[b]
       ratios[f"{a} / {b}"] = {
           "encode": x["encode_s"] / y["encode_s"],
@@ -346,7 +358,7 @@ def _encode_throughput(backend, image: np.ndarray, batch: int, rounds: int) -> d
 def _parity() -> dict:
   """Both ViT-B parity checks (official vs converted torch; Flax vs transformers)."""
   out = {"parity_vit_b": vit_b_parity()}
-  flax = sam_parity("vit_b", image_hw=(360, 480), bf16=True, query_rows=4)  # As on CPU.
+  flax = sam_parity("vit_b", image_hw=(360, 480), bf16=True, attention="chunked")  # As on CPU.
   report.log(f"Flax vs transformers ViT-B (fp32): embeddings {flax['embedding_max_abs_diff']:.2e}, "
              f"IoU {flax['iou_max_abs_diff']:.2e}, "
              f"low-res logits {flax['logits_max_abs_diff']:.2e}, "

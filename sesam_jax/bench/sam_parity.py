@@ -112,7 +112,8 @@ def _prompt_cases(rng: np.random.Generator, size: int, num_sets: int) -> dict[st
 
 
 def sam_parity(variant: str = "tiny", *, seed: int = 0, num_sets: int = 4, bf16: bool = True,
-               image_hw: tuple[int, int] = (90, 120), query_rows: int = 0,
+               image_hw: tuple[int, int] = (90, 120), attention: str = "full",
+               query_rows: int = 4,
                **vision_overrides: Any) -> dict[str, Any]:
   """Max abs differences Flax SAM vs transformers SamModel (see the module docstring).
 
@@ -122,7 +123,9 @@ def sam_parity(variant: str = "tiny", *, seed: int = 0, num_sets: int = 4, bf16:
     num_sets: prompt sets per batch.
     bf16: also run the Flax model in bfloat16 and report its errors.
     image_hw: the random image's size (letterboxed into SxS).
-    query_rows: the Flax global attention's query rows per chunk (sam._attend_grid).
+    attention: the Flax encoder's attention implementation (chunked, full, dot_product,
+      cudnn; sesam_jax.models.attention).
+    query_rows: the Flax global attention's query rows per chunk of "chunked".
     **vision_overrides: transformers vision-config fields (e.g. window_size=6, so that the
       tiny encoder's windows need zero padding as ViT-B's 64x64 grid does with 14).
 
@@ -166,10 +169,10 @@ def sam_parity(variant: str = "tiny", *, seed: int = 0, num_sets: int = 4, bf16:
   emb_want = emb_t.numpy().transpose(0, 2, 3, 1)
 
   result: dict[str, Any] = {"variant": variant, "image_hw": list(image_hw),
-                            "query_rows": query_rows,
+                            "attention": attention, "query_rows": query_rows,
                             "logits_max_abs": float(max(np.abs(w[0]).max() for w in want.values()))}
   for dtype in ([jnp.float32, jnp.bfloat16] if bf16 else [jnp.float32]):
-    model = sam.Sam(spec, dtype=dtype, query_rows=query_rows)
+    model = sam.Sam(spec, dtype=dtype, attention=attention, query_rows=query_rows)
     # Full float32 matmuls on GPU/TPU too (their default for f32 is TF32 / bf16 passes).
     precise = jax.default_matmul_precision("highest" if dtype == jnp.float32 else "default")
     encode = jax.jit(precise(lambda v, x: model.apply(v, x, method=sam.Sam.encode)))

@@ -36,6 +36,7 @@ import optax
 
 from sesam_jax import report
 from sesam_jax.data.base import IGNORE_INDEX
+from sesam_jax.models import attention as attention_lib
 from sesam_jax.models import create_model
 
 LEARNING_RATE = 1e-4
@@ -57,8 +58,9 @@ def _peak_rss_mb() -> float:
 
 
 def make_jax_step(name: str, num_classes: int, crop: int, batch: int, dtype: Any,
-                  dwconv_impl: str | None) -> tuple[Callable[[], None], dict]:
-  """Builds a jitted train step for a registered student.
+                  dwconv_impl: str | None,
+                  attention: str = "auto") -> tuple[Callable[[], None], dict]:
+  """Builds a jitted train step for a registered student (`attention`: SegFormer's).
 
   Returns:
     (run_one_step, info): run_one_step() performs one step and blocks until
@@ -66,7 +68,7 @@ def make_jax_step(name: str, num_classes: int, crop: int, batch: int, dtype: Any
   """
 
   overrides = {"dwconv_impl": dwconv_impl} if dwconv_impl and name.startswith("segformer") else {}
-  model = create_model(name, num_classes, dtype=dtype, **overrides)
+  model = create_model(name, num_classes, dtype=dtype, attention=attention, **overrides)
   images_np, labels_np = _batch(batch, crop, num_classes, seed=0)
   images, labels = jnp.asarray(images_np), jnp.asarray(labels_np)
   variables = jax.jit(model.init)(jax.random.key(0), images[:1])
@@ -170,6 +172,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--reps", type=int, default=3, help="timed steps per model (median)")
   parser.add_argument("--dwconv", default=None, choices=("shift", "lax"),
                       help="SegFormer depthwise conv (default: shift on CPU, lax elsewhere)")
+  parser.add_argument("--attention", default="auto",
+                      help="SegFormer attention implementations to time, comma-separated, each "
+                           "as its own step in the same run (of: auto, chunked, full, "
+                           "dot_product, cudnn; auto = chunked on CPU, cudnn/dot_product on GPU)")
   parser.add_argument("--torch-threads", type=int, default=None,
                       help="torch.set_num_threads (default: torch's own choice)")
   parser.add_argument("--torch-device", default=None,
@@ -183,17 +189,25 @@ def run(args: argparse.Namespace) -> dict:
   if unknown:
     raise ValueError(f"unknown --models {unknown}; choose from {', '.join(JAX_MODELS)}.")
   dtype = jnp.bfloat16 if args.dtype == "bf16" else jnp.float32
+  attentions = [attention_lib.resolve_attention(a.strip(), dtype=dtype, field="--attention")
+                for a in args.attention.split(",") if a.strip()] or ["chunked"]
+  # One step per (student, attention); a single attention keeps the plain names.
+  jobs = [(name, attn, name if len(attentions) == 1 or not name.startswith("segformer")
+           else f"{name}_{attn}") for name in models for attn in attentions]
+  jobs = list({label: (name, attn, label) for name, attn, label in jobs}.values())
   device = jax.devices()[0]
   result: dict[str, Any] = {
       "batch": args.batch, "crop": args.crop, "dtype": args.dtype, "num_classes": args.num_classes,
       "reps": args.reps, "device": f"{device.platform}:{device.device_kind}",
-      "dwconv": args.dwconv or ("shift" if jax.default_backend() == "cpu" else "lax")}
+      "dwconv": args.dwconv or ("shift" if jax.default_backend() == "cpu" else "lax"),
+      "attention": ",".join(attentions)}
   steps: dict[str, Callable[[], None]] = {}
-  for name in models:
-    report.log(f"compiling {name} (batch {args.batch}, crop {args.crop}, {args.dtype})")
+  for model_name, attention, name in jobs:
+    report.log(f"compiling {name} (batch {args.batch}, crop {args.crop}, {args.dtype}, "
+               f"attention {attention})")
     start = time.perf_counter()
-    steps[name], info = make_jax_step(name, args.num_classes, args.crop, args.batch, dtype,
-                                      args.dwconv)
+    steps[name], info = make_jax_step(model_name, args.num_classes, args.crop, args.batch, dtype,
+                                      args.dwconv, attention)
     for _ in range(args.warmup):
       steps[name]()
     result[f"{name}_compile_and_warmup_seconds"] = round(time.perf_counter() - start, 1)

@@ -106,7 +106,8 @@ def load_run(workdir: str | os.PathLike, *, ema: bool = False) -> LoadedRun:
   run = runs.open_run(workdir)
   info = dataset_info(run.config)
   variables, step = run.restore_weights(ema=ema)
-  model = create_model(run.config.model, info.num_classes, dtype=jnp.dtype(run.config.dtype))
+  model = create_model(run.config.model, info.num_classes, dtype=jnp.dtype(run.config.dtype),
+                       attention=run.config.get("attention", "auto"))
   _check_fits(model, variables, run.layout)
   return LoadedRun(run.workdir, run.config, info, model, variables, step,
                    "ema" if ema else "student")

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sesam_jax.models.attention import resolve_attention
 from sesam_jax.models.deeplabv3plus import DEEPLAB_VARIANTS, DeepLabV3Plus
 from sesam_jax.models.mit import MIT_VARIANTS
 from sesam_jax.models.segformer import SegFormer
@@ -45,6 +46,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 
 
 def create_model(name: str, num_classes: int, *, dtype: Any = jnp.float32,
+                 attention: str = "auto", platform: str | None = None,
                  **overrides: Any) -> nn.Module:
   """Builds a student by name.
 
@@ -53,6 +55,11 @@ def create_model(name: str, num_classes: int, *, dtype: Any = jnp.float32,
       deeplabv3plus_r50, deeplabv3plus_r101, deeplabv3plus_tiny.
     num_classes: number of output classes.
     dtype: compute dtype (jnp.float32 or jnp.bfloat16); params stay float32.
+    attention: SegFormer's attention implementation (`config.attention`; see
+      `sesam_jax.models.attention`); "auto" is resolved here, once, for `platform`.
+      DeepLabV3+ has no attention and only checks the name.
+    platform: the platform "auto" chooses for ("cpu", "gpu", "tpu"); None: this process's
+      default backend.
     **overrides: module attributes, e.g. drop_path_rate=0.0, dwconv_impl="lax"
       (SegFormer), output_stride=8 (DeepLabV3+).
 
@@ -64,6 +71,10 @@ def create_model(name: str, num_classes: int, *, dtype: Any = jnp.float32,
     raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))}.")
   if num_classes < 1:
     raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
+  attention = resolve_attention(attention, platform=platform, dtype=dtype,
+                                field="config.attention")
+  if name.startswith("segformer"):
+    overrides = {"attention": attention, **overrides}
   return MODELS[name](num_classes, dtype, **overrides)
 
 

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from sesam_jax.models import attention as attention_lib
+
 Dtype = Any
 
 # Sizes of the published MiT encoders (SegFormer paper, table 6; `nvidia/mit-b*`),
@@ -54,15 +56,8 @@ def default_dwconv_impl() -> str:
   return "shift" if jax.default_backend() == "cpu" else "lax"
 
 
-# `query_chunk` value selecting cuDNN's fused (flash) attention through
-# `jax.nn.dot_product_attention(implementation="cudnn")`: GPU only, bf16/fp16 compute; the
-# attention weights are never stored (the backward pass recomputes them in the kernel).
-FUSED = -1
-
-
-def default_query_chunk() -> int:
-  """1024 queries per attention chunk on CPU (see `attend`), unchunked elsewhere."""
-  return 1024 if jax.default_backend() == "cpu" else 0
+# Queries per chunk of the "chunked" attention (see `attend`).
+QUERY_CHUNK = 1024
 
 
 def depthwise_conv3x3(x_BHWC: jax.Array, kernel_33IC: jax.Array, impl: str) -> jax.Array:
@@ -151,44 +146,45 @@ class SequenceReduction(nn.Module):
     return nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="layer_norm")(x)
 
 
-def attend(q_BhNd: jax.Array, k_BhMd: jax.Array, v_BhMd: jax.Array, *,
-           query_chunk: int = 0) -> jax.Array:
-  """softmax(q k^T / sqrt(d)) v, the softmax in float32; chunked over queries if asked.
+def attend(q_BTNH: jax.Array, k_BSNH: jax.Array, v_BSNH: jax.Array, *, attention: str,
+           query_chunk: int = QUERY_CHUNK) -> jax.Array:
+  """softmax(q k^T / sqrt(d)) v, the softmax in float32, by the named implementation.
 
   Args:
-    q_BhNd, k_BhMd, v_BhMd: queries, keys, values (batch, heads, tokens, head dim).
-    query_chunk: if > 0 and N > query_chunk, attend `query_chunk` queries at a
-      time under `jax.checkpoint` (lax.map): the BxhxNxM weights never exist
-      whole and the backward pass recomputes them per chunk. On XLA:CPU this
-      is ~2-4x faster for MiT's stage 1 at crop 512 (N=16384, M=256), which
-      otherwise moves the 134 MB weight matrix through memory several times.
-      `FUSED`: cuDNN's fused attention (GPU, bf16/fp16), which never stores them.
+    q_BTNH, k_BSNH, v_BSNH: queries, keys, values (batch, tokens, heads, head dim); the
+      spatially reduced keys may be fewer than the queries (S <= T).
+    attention: an implementation of `sesam_jax.models.attention` (not "auto"):
+      "chunked": `query_chunk` queries at a time under `jax.checkpoint` (lax.map), so the
+      BxNxTxS weights never exist whole and the backward pass recomputes them per chunk.
+      On XLA:CPU this is ~2-4x faster for MiT's stage 1 at crop 512 (T=16384, S=256),
+      which otherwise moves the 134 MB weight matrix through memory several times.
+      "full": all queries at once. "dot_product" / "cudnn": `jax.nn.dot_product_attention`
+      (XLA's, or cuDNN's fused flash attention: GPU, bf16/fp16, weights never stored).
+    query_chunk: queries per chunk of "chunked".
 
   Returns:
-    BxhxNxd.
+    BxTxNxH.
   """
-  scale = q_BhNd.shape[-1] ** -0.5
+  attention_lib.check_implementation(attention)
+  scale = q_BTNH.shape[-1] ** -0.5
+  if attention in ("dot_product", "cudnn"):
+    return attention_lib.dot_product(q_BTNH, k_BSNH, v_BSNH, scale=scale,
+                                     implementation=attention)
 
   def one(q):
-    logits = jnp.einsum("bhnd,bhmd->bhnm", q, k_BhMd) * scale
+    logits = jnp.einsum("btnh,bsnh->bnts", q, k_BSNH) * scale
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
-    return jnp.einsum("bhnm,bhmd->bhnd", weights, v_BhMd)
+    return jnp.einsum("bnts,bsnh->btnh", weights, v_BSNH)
 
-  if query_chunk == FUSED:
-    # jax.nn.dot_product_attention takes (batch, tokens, heads, dim).
-    t = lambda a: a.transpose(0, 2, 1, 3)
-    out = jax.nn.dot_product_attention(t(q_BhNd), t(k_BhMd), t(v_BhMd), scale=scale,
-                                       implementation="cudnn")
-    return t(out)
-  batch, heads, tokens, dim = q_BhNd.shape
-  if query_chunk <= 0 or tokens <= query_chunk:
-    return one(q_BhNd)
+  batch, tokens, heads, dim = q_BTNH.shape
+  if attention == "full" or tokens <= query_chunk:
+    return one(q_BTNH)
   num_chunks = -(-tokens // query_chunk)
-  q = jnp.pad(q_BhNd, ((0, 0), (0, 0), (0, num_chunks * query_chunk - tokens), (0, 0)))
-  q = q.reshape(batch, heads, num_chunks, query_chunk, dim).transpose(2, 0, 1, 3, 4)
+  q = jnp.pad(q_BTNH, ((0, 0), (0, num_chunks * query_chunk - tokens), (0, 0), (0, 0)))
+  q = jnp.moveaxis(q.reshape(batch, num_chunks, query_chunk, heads, dim), 1, 0)
   out = lax.map(jax.checkpoint(one), q)
-  out = out.transpose(1, 2, 0, 3, 4).reshape(batch, heads, num_chunks * query_chunk, dim)
-  return out[:, :, :tokens]
+  out = jnp.moveaxis(out, 0, 1).reshape(batch, num_chunks * query_chunk, heads, dim)
+  return out[:, :tokens]
 
 
 class EfficientAttention(nn.Module):
@@ -196,14 +192,16 @@ class EfficientAttention(nn.Module):
   num_heads: int
   sr_ratio: int
   dtype: Dtype = jnp.float32
-  query_chunk: int = 0
+  attention: str = "full"
+  query_chunk: int = QUERY_CHUNK
 
   @nn.compact
   def __call__(self, x_BHWC: jax.Array) -> jax.Array:
     batch, height, width, channels = x_BHWC.shape
     head_dim = channels // self.num_heads
     dense = functools.partial(nn.Dense, channels, dtype=self.dtype)
-    split = lambda t: t.reshape(batch, -1, self.num_heads, head_dim).transpose(0, 2, 1, 3)
+    # Tokens stay in BxTxNxH (jax.nn.dot_product_attention's layout): no transposes.
+    split = lambda t: t.reshape(batch, -1, self.num_heads, head_dim)
     q = split(dense(name="q_proj")(x_BHWC))
     kv_BhwC = x_BHWC
     if self.sr_ratio > 1:
@@ -211,8 +209,8 @@ class EfficientAttention(nn.Module):
                                   name="sequence_reduction")(x_BHWC)
     k = split(dense(name="k_proj")(kv_BhwC))
     v = split(dense(name="v_proj")(kv_BhwC))
-    out = attend(q, k, v, query_chunk=self.query_chunk)
-    out = out.transpose(0, 2, 1, 3).reshape(batch, height, width, channels)
+    out = attend(q, k, v, attention=self.attention, query_chunk=self.query_chunk)
+    out = out.reshape(batch, height, width, channels)
     return dense(name="o_proj")(out)
 
 
@@ -239,14 +237,16 @@ class MiTBlock(nn.Module):
   drop_path: float = 0.0
   dtype: Dtype = jnp.float32
   dwconv_impl: str = "shift"
-  query_chunk: int = 0
+  attention: str = "full"
+  query_chunk: int = QUERY_CHUNK
 
   @nn.compact
   def __call__(self, x_BHWC: jax.Array, train: bool) -> jax.Array:
     drop = DropPath(self.drop_path)
     y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="layernorm_before")(x_BHWC)
     y = EfficientAttention(self.num_heads, self.sr_ratio, dtype=self.dtype,
-                           query_chunk=self.query_chunk, name="attention")(y)
+                           attention=self.attention, query_chunk=self.query_chunk,
+                           name="attention")(y)
     x_BHWC = x_BHWC + drop(y, train)
     y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="layernorm_after")(x_BHWC)
     y = MixFFN(x_BHWC.shape[-1] * self.mlp_ratio, dtype=self.dtype,
@@ -265,7 +265,8 @@ class MiTStage(nn.Module):
   drop_paths: Sequence[float]
   dtype: Dtype = jnp.float32
   dwconv_impl: str = "shift"
-  query_chunk: int = 0
+  attention: str = "full"
+  query_chunk: int = QUERY_CHUNK
 
   @nn.compact
   def __call__(self, x_BHWC: jax.Array, train: bool) -> jax.Array:
@@ -274,7 +275,8 @@ class MiTStage(nn.Module):
     for j in range(self.depth):
       x = MiTBlock(self.num_heads, self.sr_ratio, MLP_RATIO, drop_path=self.drop_paths[j],
                    dtype=self.dtype, dwconv_impl=self.dwconv_impl,
-                   query_chunk=self.query_chunk, name=f"blocks_{j}")(x, train)
+                   attention=self.attention, query_chunk=self.query_chunk,
+                   name=f"blocks_{j}")(x, train)
     return nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="layer_norm")(x)
 
 
@@ -286,7 +288,8 @@ class MixTransformer(nn.Module):
     drop_path_rate: stochastic depth rising linearly to this rate over all blocks.
     dtype: compute dtype (parameters stay float32).
     dwconv_impl: "shift" or "lax", see `depthwise_conv3x3`.
-    query_chunk: attention query chunk (0: off), see `attend`.
+    attention: attention implementation (not "auto"), see `attend`.
+    query_chunk: queries per chunk of the "chunked" attention.
   """
   hidden_sizes: Sequence[int]
   depths: Sequence[int]
@@ -294,7 +297,8 @@ class MixTransformer(nn.Module):
   drop_path_rate: float = 0.0
   dtype: Dtype = jnp.float32
   dwconv_impl: str = "shift"
-  query_chunk: int = 0
+  attention: str = "full"
+  query_chunk: int = QUERY_CHUNK
 
   @nn.compact
   def __call__(self, images_BHWC: jax.Array, train: bool = False) -> list[jax.Array]:
@@ -306,8 +310,8 @@ class MixTransformer(nn.Module):
     for i, depth in enumerate(self.depths):
       x = MiTStage(self.hidden_sizes[i], depth, self.num_heads[i], PATCH_SIZES[i], STRIDES[i],
                    SR_RATIOS[i], tuple(rates[start:start + depth]), dtype=self.dtype,
-                   dwconv_impl=self.dwconv_impl, query_chunk=self.query_chunk,
-                   name=f"stages_{i}")(x, train)
+                   dwconv_impl=self.dwconv_impl, attention=self.attention,
+                   query_chunk=self.query_chunk, name=f"stages_{i}")(x, train)
       start += depth
       features.append(x)
     return features

@@ -62,17 +62,21 @@ class Sam(nn.Module):
     spec: sizes (sam_spec(variant)).
     dtype: image-encoder compute dtype.
     decoder_dtype: prompt-encoder/mask-decoder compute dtype (None: `dtype`).
-    query_rows: global attention query rows per chunk (0: unchunked).
+    attention: the image encoder's attention implementation (chunked, full, dot_product,
+      cudnn; see `sesam_jax.models.attention`; the JAX backend resolves "auto").
+    query_rows: global attention query rows per chunk of "chunked".
   """
   spec: SamSpec
   dtype: Dtype = jnp.float32
   decoder_dtype: Dtype | None = None
-  query_rows: int = 0
+  attention: str = "full"
+  query_rows: int = 4
 
   def setup(self):
     dec = self.decoder_dtype or self.dtype
     self.shared_image_embedding = PositionalEmbedding(self.spec.num_pos_feats)
-    self.vision_encoder = ImageEncoder(self.spec, dtype=self.dtype, query_rows=self.query_rows)
+    self.vision_encoder = ImageEncoder(self.spec, dtype=self.dtype, attention=self.attention,
+                                       query_rows=self.query_rows)
     self.prompt_encoder = PromptEncoder(self.spec, dtype=dec)
     self.mask_decoder = MaskDecoder(self.spec, dtype=dec)
 

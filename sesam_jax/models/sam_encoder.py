@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from sesam_jax.models import attention as attention_lib
 from sesam_jax.models.sam_common import Dtype, SamSpec, _dense, _dense_init, _layer_norm
 
 # ----------------------------------------------------------------------------
@@ -103,6 +104,25 @@ def _attend_grid(q_BnSSd: jax.Array, k_BnSSd: jax.Array, v_BnSSd: jax.Array, rh_
   return jnp.moveaxis(out, 0, 1)
 
 
+def _attend_grid_dot_product(q_BTNH: jax.Array, k_BTNH: jax.Array, v_BTNH: jax.Array,
+                             rh_SSd: jax.Array, rw_SSd: jax.Array, size: int,
+                             implementation: str) -> jax.Array:
+  """`_attend_grid` through `jax.nn.dot_product_attention`, tokens T = S*S row-major, BTNH.
+
+  The decomposed relative-position term q . Rh[row(q), row(k)] + q . Rw[col(q), col(k)] is
+  its `bias` (B x N x T x T in the compute dtype); tokens stay in the layout the qkv
+  projection gives and the output reshapes straight back to the grid (no transposes).
+  """
+  batch, _, heads, head_dim = q_BTNH.shape
+  q_BSSNd = q_BTNH.reshape(batch, size, size, heads, head_dim)
+  rel_row = jnp.einsum("brwnd,rkd->bnrwk", q_BSSNd, rh_SSd)
+  rel_col = jnp.einsum("brwnd,wkd->bnrwk", q_BSSNd, rw_SSd)
+  bias_BNTT = (rel_row[..., :, None] + rel_col[..., None, :]).reshape(
+      batch, heads, size * size, size * size)
+  return attention_lib.dot_product(q_BTNH, k_BTNH, v_BTNH, bias_BNTT, scale=head_dim ** -0.5,
+                                   implementation=implementation)
+
+
 class VisionAttention(nn.Module):
   """Multi-head self-attention of a ViT block, windowed (window > 0) or global.
 
@@ -110,12 +130,18 @@ class VisionAttention(nn.Module):
   SAM does); padded tokens' q/k/v are the qkv bias, so the projection runs on the
   unpadded tokens and the padding is added after it (same values, 16% fewer FLOPs
   for ViT-B's 64 -> 70 grid), and the output projection runs after unpartitioning.
+
+  `attention` (see `sesam_jax.models.attention`, not "auto"): "chunked" (global blocks one
+  head and `query_rows` query rows at a time, `_attend_grid`) or "full" (all at once), both
+  with windows' relative terms folded into the logits matmul; "dot_product" / "cudnn":
+  `jax.nn.dot_product_attention` with the relative terms as its bias.
   """
   num_heads: int
   window: int  # 0: global attention over the grid.
   grid: int
   dtype: Dtype = jnp.float32
-  query_rows: int = 0
+  attention: str = "full"
+  query_rows: int = 4
 
   @nn.compact
   def __call__(self, x_BHWC: jax.Array) -> jax.Array:
@@ -130,14 +156,20 @@ class VisionAttention(nn.Module):
                                            pad_value=True))
       qkv = jnp.where(padded, bias, window_partition(qkv, self.window))
     b = qkv.shape[0]
-    qkv = qkv.reshape(b, size, size, 3, heads, head_dim).transpose(3, 0, 4, 1, 2, 5)
     rel_h = self.param("rel_pos_h", nn.initializers.zeros, (2 * size - 1, head_dim), jnp.float32)
     rel_w = self.param("rel_pos_w", nn.initializers.zeros, (2 * size - 1, head_dim), jnp.float32)
     rh_SSd = relative_positions(rel_h, size).astype(self.dtype)
     rw_SSd = relative_positions(rel_w, size).astype(self.dtype)
-    out_BnSSd = _attend_grid(qkv[0], qkv[1], qkv[2], rh_SSd, rw_SSd, self.dtype,
-                             0 if self.window else self.query_rows)
-    out = out_BnSSd.transpose(0, 2, 3, 1, 4).reshape(b, size, size, channels)
+    attention_lib.check_implementation(self.attention)
+    if self.attention in ("dot_product", "cudnn"):
+      qkv = qkv.reshape(b, size * size, 3, heads, head_dim)
+      out = _attend_grid_dot_product(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], rh_SSd, rw_SSd,
+                                     size, self.attention).reshape(b, size, size, channels)
+    else:
+      qkv = qkv.reshape(b, size, size, 3, heads, head_dim).transpose(3, 0, 4, 1, 2, 5)
+      rows = self.query_rows if self.attention == "chunked" and not self.window else 0
+      out_BnSSd = _attend_grid(qkv[0], qkv[1], qkv[2], rh_SSd, rw_SSd, self.dtype, rows)
+      out = out_BnSSd.transpose(0, 2, 3, 1, 4).reshape(b, size, size, channels)
     if self.window:
       out = window_unpartition(out, self.window, height, width)
     return _dense(channels, "proj", self.dtype)(out)
@@ -169,13 +201,14 @@ class VisionLayer(nn.Module):
   grid: int
   mlp_dim: int
   dtype: Dtype = jnp.float32
-  query_rows: int = 0
+  attention: str = "full"
+  query_rows: int = 4
 
   @nn.compact
   def __call__(self, x_BHWC: jax.Array) -> jax.Array:
     y = _layer_norm("layer_norm1", self.dtype)(x_BHWC)
     y = VisionAttention(self.num_heads, self.window, self.grid, dtype=self.dtype,
-                        query_rows=self.query_rows, name="attn")(y)
+                        attention=self.attention, query_rows=self.query_rows, name="attn")(y)
     x_BHWC = x_BHWC + y
     y = _layer_norm("layer_norm2", self.dtype)(x_BHWC)
     return x_BHWC + Mlp(self.mlp_dim, "gelu", dtype=self.dtype, name="mlp")(y)
@@ -213,7 +246,8 @@ class ImageEncoder(nn.Module):
   """SAM's ViT: B x S x S x 3 normalised pixels -> B x S/16 x S/16 x prompt_dim embedding."""
   spec: SamSpec
   dtype: Dtype = jnp.float32
-  query_rows: int = 0  # See VisionAttention (global blocks only).
+  attention: str = "full"  # An implementation, see VisionAttention.
+  query_rows: int = 4  # Query rows per chunk of "chunked" (global blocks only).
 
   @nn.compact
   def __call__(self, pixels_BSS3: jax.Array) -> jax.Array:
@@ -225,5 +259,6 @@ class ImageEncoder(nn.Module):
     for i in range(s.encoder_depth):
       window = 0 if i in s.global_attn_indexes else s.window_size
       x = VisionLayer(s.encoder_heads, window, s.grid, s.mlp_dim, dtype=self.dtype,
-                      query_rows=self.query_rows, name=f"layers_{i}")(x)
+                      attention=self.attention, query_rows=self.query_rows,
+                      name=f"layers_{i}")(x)
     return Neck(s.prompt_dim, dtype=self.dtype, name="neck")(x)

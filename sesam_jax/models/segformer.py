@@ -120,8 +120,10 @@ class SegFormer(nn.Module):
     dropout_rate: decode-head dropout before the classifier.
     dwconv_impl: "shift" or "lax" (default: "shift" on CPU, "lax" elsewhere).
     fold_decoder: fold the head's projections into its fuse (see SegformerDecodeHead).
-    query_chunk: attention query chunk, 0 = off, `mit.FUSED` = cuDNN's fused attention (GPU,
-      bf16) (default: 1024 on CPU, off elsewhere).
+    attention: attention implementation, one of `sesam_jax.models.attention.IMPLEMENTATIONS`
+      (chunked, full, dot_product, cudnn); `create_model` resolves its "auto" (chunked on
+      CPU, cudnn / dot_product on GPU) when it builds the model.
+    query_chunk: queries per chunk of the "chunked" attention.
   """
   num_classes: int
   variant: str = "B0"
@@ -130,7 +132,8 @@ class SegFormer(nn.Module):
   dropout_rate: float = 0.1
   dwconv_impl: str | None = None
   fold_decoder: bool = True
-  query_chunk: int | None = None
+  attention: str = "full"
+  query_chunk: int = mit.QUERY_CHUNK
 
   @nn.compact
   def __call__(self, images_BHWC: jax.Array, train: bool = False,
@@ -142,11 +145,10 @@ class SegFormer(nn.Module):
     """
     sizes = mit.MIT_VARIANTS[self.variant]
     impl = self.dwconv_impl or mit.default_dwconv_impl()
-    chunk = mit.default_query_chunk() if self.query_chunk is None else self.query_chunk
     features = mit.MixTransformer(
         sizes["hidden_sizes"], sizes["depths"], sizes["num_heads"],
         drop_path_rate=self.drop_path_rate, dtype=self.dtype, dwconv_impl=impl,
-        query_chunk=chunk, name="encoder")(images_BHWC, train)
+        attention=self.attention, query_chunk=self.query_chunk, name="encoder")(images_BHWC, train)
     return SegformerDecodeHead(self.num_classes, sizes["decoder_hidden_size"],
                                dropout_rate=self.dropout_rate, dtype=self.dtype,
                                fold=self.fold_decoder, name="decode_head")(

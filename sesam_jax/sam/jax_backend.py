@@ -38,6 +38,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from sam_bridge.api import LowResPrediction, Prediction, PromptSet
 from sam_bridge.backends import BackendKind
 from sesam_jax.models import sam, sam_convert
+from sesam_jax.models.attention import resolve_attention
 
 MIN_TOKEN_SLOTS = 8  # Token slots per prompt set: 8, 16, 32, ...
 _DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16,
@@ -85,9 +86,12 @@ class JaxSamBackend:
       None = 4 per device on CPU (cache-sized, as torch's bridge), 64 elsewhere.
     encode_batch: images per encoder call; None = one per device.
     mask_logit: magnitude of the logits a binary mask prompt becomes.
-    query_rows: global-attention query rows per chunk (see sam._attend_grid); None = 4 on
-      CPU (one head's 256 x 4096 logits at a time stay in cache: ViT-B's global blocks run
-      ~1.4x faster than torch's), unchunked elsewhere.
+    attention: the encoder's attention implementation (`sesam_jax.models.attention`:
+      chunked, full, dot_product, cudnn), or "auto", resolved here once for the devices'
+      platform and `dtype`: chunked on CPU (one head's 4 x 64 x 4096 global logits at a time
+      stay in cache: ViT-B's global blocks run ~1.4x faster than torch's), cudnn (bf16) or
+      dot_product (fp32) on GPU, dot_product on TPU.
+    query_rows: global-attention query rows per chunk of "chunked" (see sam._attend_grid).
   """
 
   is_oracle = False
@@ -95,7 +99,7 @@ class JaxSamBackend:
   def __init__(self, params: dict, spec: sam.SamSpec, *, name: str, dtype: str = "float32",
                decoder_dtype: str | None = None, devices: Sequence | None = None,
                batch_size: int | None = None, encode_batch: int | None = None,
-               mask_logit: float = 8.0, query_rows: int | None = None):
+               mask_logit: float = 8.0, attention: str = "auto", query_rows: int = 4):
     self.spec = spec
     self.devices = list(devices) if devices else default_devices()
     for d in self.devices:
@@ -109,11 +113,11 @@ class JaxSamBackend:
     self.batch_size = _bucket(batch_size or (4 * n if cpu else 64), multiple=n)
     self.encode_batch = _bucket(encode_batch or n, multiple=n)
     self.mask_logit = mask_logit
-    if query_rows is None:
-      query_rows = 4 if cpu and spec.grid % 4 == 0 and spec.grid > 4 else 0
+    self.attention = resolve_attention(attention, platform=self.devices[0].platform,
+                                       dtype=_dtype(dtype), field="the SAM encoder's attention")
     self.model = sam.Sam(spec, dtype=_dtype(dtype),
                          decoder_dtype=_dtype(decoder_dtype) if decoder_dtype else None,
-                         query_rows=query_rows)
+                         attention=self.attention, query_rows=query_rows)
     self.mesh = Mesh(np.array(self.devices), ("sam",))
     self._replicated = NamedSharding(self.mesh, PartitionSpec())
     self._split = NamedSharding(self.mesh, PartitionSpec("sam"))
@@ -290,7 +294,8 @@ def create_jax_backend(spec: str, *, dtype: str = "float32", decoder_dtype: str 
     decoder_dtype: prompt decoder dtype if not `dtype`.
     seed: random weights' seed (jax-random).
     devices: local devices (default: default_devices()).
-    **kw: JaxSamBackend keywords (batch_size, encode_batch, mask_logit, query_rows).
+    **kw: JaxSamBackend keywords (batch_size, encode_batch, mask_logit, attention,
+      query_rows).
 
   Returns:
     A JaxSamBackend.

@@ -60,8 +60,8 @@ def test_segformer_logits_match_transformers_square_and_non_square(fast_paths):
   # 56x88 makes stage grids 14x22, 7x11, 4x6, 2x3: non-integer upsampling factors.
   # fast_paths: shifted depthwise conv, chunked attention (stage 1 has 196 and 256
   # queries: chunks of 48 with padding), folded decoder; else the plain forms.
-  kwargs = (dict(dwconv_impl="shift", query_chunk=48, fold_decoder=True) if fast_paths
-            else dict(dwconv_impl="lax", query_chunk=0, fold_decoder=False))
+  kwargs = (dict(dwconv_impl="shift", attention="chunked", query_chunk=48, fold_decoder=True)
+            if fast_paths else dict(dwconv_impl="lax", attention="full", fold_decoder=False))
   result = parity.segformer_parity("tiny", num_classes=NUM_CLASSES,
                                    sizes=((64, 64), (56, 88)), bf16=False, **kwargs)
   assert result["segformer_fp32_max_abs_diff"] < 1e-4, result

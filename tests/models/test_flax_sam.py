@@ -46,10 +46,12 @@ def _flat(params):
   return flax.traverse_util.flatten_dict(params["params"])
 
 
-def test_tiny_matches_transformers_for_every_prompt_kind():
+@pytest.mark.parametrize("attention", ["chunked", "dot_product"])
+def test_tiny_matches_transformers_for_every_prompt_kind(attention):
   # window_size=6 on the 16x16 grid pads windows as ViT-B's 64x64 grid does with 14;
-  # query_rows=4 runs the chunked global attention of the CPU backend.
-  result = sam_parity("tiny", bf16=False, window_size=6, query_rows=4)
+  # "chunked" runs the global attention of the CPU backend 4 query rows at a time,
+  # "dot_product" every attention through jax.nn.dot_product_attention, relative terms as bias.
+  result = sam_parity("tiny", bf16=False, window_size=6, attention=attention, query_rows=4)
   assert result["logits_max_abs"] > 1.0  # Masks are not all-background noise.
   for key in ("embedding", "iou", "points_logits", "box_logits", "points_box_logits",
               "mask_logits", "padded_logits", "masked_pad_logits"):
@@ -203,9 +205,12 @@ def test_bench_side_by_side_reports_both_backends_and_ratios():
   from sesam_jax.bench import sam as bench_sam
   parser = argparse.ArgumentParser()
   bench_sam.add_arguments(parser)
-  args = parser.parse_args(["--prompts", "4", "--rounds", "1", "--data-dir", "/nonexistent"])
+  args = parser.parse_args(["--prompts", "4", "--rounds", "1", "--data-dir", "/nonexistent",
+                            "--attention", "chunked,dot_product"])
   out = bench_sam.side_by_side(args, ["jax-random:tiny", "random:tiny"])
-  assert "random weights" in out["jax-random:tiny"]["name"]
-  assert out["jax-random:tiny"]["compiled_shapes"]["encoder"] == 1
-  ratio = out["ratios"]["jax-random:tiny / random:tiny"]
-  assert all(v > 0 for v in ratio.values()), ratio
+  for attention in ("chunked", "dot_product"):  # One Flax backend per attention, same rounds.
+    flax = out[f"jax-random:tiny[{attention}]"]
+    assert "random weights" in flax["name"] and flax["attention"] == attention
+    assert flax["compiled_shapes"]["encoder"] == 1
+    ratio = out["ratios"][f"jax-random:tiny[{attention}] / random:tiny"]
+    assert all(v > 0 for v in ratio.values()), ratio

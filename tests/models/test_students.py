@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from sesam_jax.models import MODELS, create_model, mit, normalize_images
+from sesam_jax.models import attention as attention_lib
 
 NUM_CLASSES = 5
 
@@ -151,14 +152,41 @@ def test_segformer_dwconv_impls_agree():
                              jax.jit(lax_model.apply)(variables, images), atol=1e-5)
 
 
-def test_chunked_attention_matches_plain_with_gradients():
+@pytest.mark.parametrize("attention", ["chunked", "dot_product"])
+def test_attention_implementations_match_full_with_gradients(attention):
   keys = jax.random.split(jax.random.key(0), 3)
-  q = jax.random.normal(keys[0], (2, 2, 100, 8))  # 100 queries: chunks of 32 plus padding.
-  k = jax.random.normal(keys[1], (2, 2, 16, 8))
-  v = jax.random.normal(keys[2], (2, 2, 16, 8))
-  loss = lambda chunk: jax.jit(jax.value_and_grad(
-      lambda q, k, v: jnp.sum(mit.attend(q, k, v, query_chunk=chunk) ** 2), argnums=(0, 1, 2)))
-  (plain, plain_grads), (chunked, chunked_grads) = loss(0)(q, k, v), loss(32)(q, k, v)
-  np.testing.assert_allclose(chunked, plain, rtol=1e-5)
-  for a, b in zip(chunked_grads, plain_grads):
+  q = jax.random.normal(keys[0], (2, 100, 2, 8))  # 100 queries: chunks of 32 plus padding.
+  k = jax.random.normal(keys[1], (2, 16, 2, 8))  # Spatially reduced: fewer keys than queries.
+  v = jax.random.normal(keys[2], (2, 16, 2, 8))
+  loss = lambda impl: jax.jit(jax.value_and_grad(
+      lambda q, k, v: jnp.sum(mit.attend(q, k, v, attention=impl, query_chunk=32) ** 2),
+      argnums=(0, 1, 2)))
+  (plain, plain_grads), (other, other_grads) = loss("full")(q, k, v), loss(attention)(q, k, v)
+  np.testing.assert_allclose(other, plain, rtol=1e-5)
+  for a, b in zip(other_grads, plain_grads):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_segformer_attention_implementations_agree():
+  images = jax.random.normal(jax.random.key(1), (1, 64, 64, 3))  # Stage 1: 256 queries.
+  models = {name: create_model("segformer_tiny", NUM_CLASSES, attention=name, query_chunk=96)
+            for name in ("full", "chunked", "dot_product")}
+  variables = random_variables(models["full"], images)
+  logits = {name: jax.jit(m.apply)(variables, images) for name, m in models.items()}
+  for name in ("chunked", "dot_product"):
+    np.testing.assert_allclose(logits[name], logits["full"], rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_attention_auto_is_resolved_when_the_model_is_built():
+  resolve = attention_lib.resolve_attention
+  assert resolve("auto", platform="cpu") == "chunked"
+  # cuDNN stays opt-in until a GPU has measured it (sesam_jax/models/attention.py).
+  assert resolve("auto", platform="gpu", dtype=jnp.bfloat16) == "dot_product"
+  assert resolve("auto", platform="gpu", dtype=jnp.float32) == "dot_product"
+  assert resolve("auto", platform="tpu", dtype=jnp.bfloat16) == "dot_product"
+  model = create_model("segformer_tiny", NUM_CLASSES, platform="gpu", dtype=jnp.bfloat16)
+  assert model.attention == "dot_product"
+  with pytest.raises(ValueError, match=r"^unknown attention implementation 'flash' for "
+                     r"config\.attention; choose one of: chunked, full, dot_product, cudnn, "
+                     r"auto\.$"):
+    create_model("segformer_tiny", NUM_CLASSES, attention="flash")
