@@ -16,8 +16,9 @@ cannot run (DeepLabV2, prior methods other than the baselines and AGMM*) is name
   table4  SegFormer on Cityscapes, coarse                      sampling, selection, prompt choices
   table5  SAM versions (label level)                           `sesam refine` of Cityscapes
                                                                val coarse with SAM, SAM 2.1, SAM 3
-  table6  DeepLabV3+ on Cityscapes, coarse, batch 4, crop 1024  FixMatch, AGMM, SeSAM (s/iter,
-                                                               memory: `sesam bench`)
+  table6  DeepLabV3+ on Cityscapes, coarse, batch 4, crop 1024  FixMatch, AGMM, SeSAM: `sesam
+                                                               bench` cells (s/iter, memory);
+                                                               mIoU from Table 2's runs
   fig4    SegFormer on Cityscapes                              {points, scribbles, coarse} x SeSAM
                                                                + fine, at 100/500/1500/all images
   camvid  SegFormer on CamVid, the CPU protocol (not a paper   {points, scribbles, coarse} x
@@ -81,8 +82,9 @@ class Table:
     budgets: `dataset.max_train_images` values crossed with the rows (0 = all images).
     left_out: ((what, why), ...): the paper's rows this project cannot run.
     notes: what still differs from the paper in the rows it runs.
-    kind: "train" (each cell a `sesam train` run) or "labels" (each cell a `sesam refine` of a
-      split, scored at label level: `label_grid`; the column's "student" is the labeler).
+    kind: "train" (each cell a `sesam train` run), "labels" (each cell a `sesam refine` of a
+      split, scored at label level: `label_grid`; the column's "student" is the labeler) or
+      "bench" (each cell `sesam bench` runs of one method: `bench_grid`).
     not_on: ((method, dataset), ...): cells the paper leaves empty (no run), named in left_out.
     config_args: `key=val,flag` arguments of every cell's config file (e.g. "cpu"), before the
       user's (`sesam reproduce --runlocal` / `--tiny`).
@@ -167,8 +169,6 @@ _SUPERPIXEL = ((SAM_BACKEND_FIELD, "superpixel"),)
 _ORACLE = ((SAM_BACKEND_FIELD, "oracle"),)
 _THREE_SEEDS = (0, 1, 2)
 _SPREAD_KINDS = ("points", "coarse")  # Where supervised and SeSAM get three seeds.
-# Table 6: the runtime and memory comparison's runs (its s/iter and memory: `sesam bench`).
-_TABLE6_FIELDS = (("batch_size", 4), ("crop", 1024))
 
 TABLES: dict[str, Table] = {t.name: t for t in (
     Table("table1", "PASCAL VOC 2012, DeepLabV3+: scribbles and points, mIoU and WvF",
@@ -235,13 +235,12 @@ TABLES: dict[str, Table] = {t.name: t for t in (
                  "label alone (no teacher extension), as the paper describes Table 5",
                  "the paper names SAM 3's checkpoint only as 'the only publicly released model'")),
     Table("table6", "runtime and memory on Cityscapes coarse with DeepLabV3+-R101, batch 4, "
-          "crop 1024: FixMatch, AGMM and SeSAM (mIoU here; s/iter and memory: sesam bench "
-          "--what iteration --setting table6, --what memory --setting table6)",
+          "crop 1024: FixMatch, AGMM and SeSAM (s/iter and memory: `sesam bench`; mIoU: "
+          "Table 2's DeepLabV3+ Cityscapes coarse runs)",
           columns=(("deeplabv3plus", "cityscapes"),), weak_kinds=("coarse",),
-          fine_reference=False,
-          variants=(Variant(("Fixmatch",), "fixmatch", _TABLE6_FIELDS),
-                    Variant(("AGMM",), "agmm", _TABLE6_FIELDS),
-                    Variant(("Ours",), "sesam", _TABLE6_FIELDS))),
+          fine_reference=False, kind="bench",
+          variants=(Variant(("Fixmatch",), "fixmatch"), Variant(("AGMM",), "agmm"),
+                    Variant(("Ours",), "sesam"))),
     Table("fig4", "annotation cost vs mIoU on Cityscapes: each weak kind with SeSAM and fine "
           "labels at 100, 500, 1500 and all (2975) training images",
           columns=_SEGFORMER_CITYSCAPES, weak_kinds=("points", "scribbles", "coarse"),

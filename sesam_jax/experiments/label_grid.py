@@ -20,14 +20,12 @@ import dataclasses
 import json
 import os
 import shlex
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sesam_jax import report
 from sesam_jax.experiments import grid, paper_figures, preflight
-from sesam_jax.run.layout import Layout
 
 RESULT = "refine.json"
 LABELS = "labels"
@@ -125,42 +123,15 @@ def read_result(workdir: str | os.PathLike) -> dict | None:
 
 def run_plans(plans: Sequence[LabelPlan], *, keep_going: bool = False,
               python: str = sys.executable) -> list[dict[str, Any]]:
-  """Runs the commands one after another, skipping finished cells.
-
-  Returns:
-    Per plan: {"workdir", "status": "skipped" | "ran" | "failed" | "not run"}.
-  """
-  out, failures = [], []
-  for i, plan in enumerate(plans, 1):
-    if read_result(plan.workdir) is not None:
-      report.log(f"[{i}/{len(plans)}] finished before: {plan.workdir}")
-      out.append({"workdir": plan.workdir, "status": "skipped"})
-      continue
-    if failures and not keep_going:
-      out.append({"workdir": plan.workdir, "status": "not run"})
-      continue
-    os.makedirs(plan.workdir, exist_ok=True)
-    log_path = str(Layout.of(plan.workdir).reproduce_log)
-    report.log(f"[{i}/{len(plans)}] running (output in {log_path}): {plan.command}")
-    with open(log_path, "a") as log:
-      log.write(f"# {plan.command}\n")
-      log.flush()
-      proc = subprocess.run([python, "-m", "sesam_jax.main", *plan.argv[1:]],
-                            stdout=subprocess.PIPE, stderr=log, text=True)
-      log.write(proc.stdout)
-    lines = proc.stdout.strip().splitlines()
-    result = json.loads(lines[-1]) if lines else {}
-    if proc.returncode != 0 or "error" in result:
-      failures.append(f"{plan.workdir} (exit code {proc.returncode}; "
-                      f"{result.get('error', 'see ' + log_path)})")
-      out.append({"workdir": plan.workdir, "status": "failed"})
-      continue
+  """Runs the commands one after another, skipping finished cells (`preflight.run_each`)."""
+  def run_one(plan: LabelPlan, log: Any) -> str | None:
+    code, result = preflight.run_sesam(plan.argv, log, python)
+    if code != 0 or "error" in result or not result:
+      return f"exit code {code}; {result.get('error', 'see ' + log.name)}"
     report.write_json(os.path.join(plan.workdir, RESULT), result)
-    out.append({"workdir": plan.workdir, "status": "ran"})
-  if failures:
-    raise ValueError(f"{len(failures)} cell(s) failed: " + "; ".join(failures) + ". Fix the "
-                     "cause and run the same command again (finished cells are skipped).")
-  return out
+    return None
+  return preflight.run_each(plans, finished=lambda p: read_result(p.workdir) is not None,
+                            run_one=run_one, keep_going=keep_going)
 
 
 def find_results(paths: Sequence[str | os.PathLike]) -> list[tuple[str, dict]]:

@@ -7,11 +7,15 @@ input is; `--run` refuses them, naming the flag that provides each.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sesam_jax import report
+from sesam_jax.run.layout import Layout
 from sesam_jax.experiments import label_sources, weights as weights_lib
 from sesam_jax.methods import get_method
 from sesam_jax.sam import resolver
@@ -92,3 +96,64 @@ def run_or_print(plans: Sequence[Any], out: dict[str, Any], lacking: Sequence[st
       print(plan.command, flush=True)
     report.log(f"dry run: nothing was run (--run runs them); the table afterwards: {report_cmd}")
   return out
+
+
+def run_each(plans: Sequence[Any], *, finished: Callable[[Any], bool],
+             run_one: Callable[[Any, Any], str | None],
+             keep_going: bool = False) -> list[dict[str, Any]]:
+  """Runs the cells one after another, skipping finished ones (the loop of label-level and
+  bench-backed tables; training cells resume from checkpoints: `sweep.run_plans`).
+
+  Args:
+    plans: the cells, each with `workdir` and `command`.
+    finished: whether a cell finished before (skipped).
+    run_one: runs one cell with its open `reproduce.log`; returns None, or why it failed.
+    keep_going: run the other cells after a failed one.
+
+  Returns:
+    Per plan: {"workdir", "status": "skipped" | "ran" | "failed" | "not run"}.
+
+  Raises:
+    ValueError: a cell failed (each named with its reason), after the others ran or not.
+  """
+  out, failures = [], []
+  for i, plan in enumerate(plans, 1):
+    if finished(plan):
+      report.log(f"[{i}/{len(plans)}] finished before: {plan.workdir}")
+      out.append({"workdir": plan.workdir, "status": "skipped"})
+      continue
+    if failures and not keep_going:
+      out.append({"workdir": plan.workdir, "status": "not run"})
+      continue
+    os.makedirs(plan.workdir, exist_ok=True)
+    log_path = str(Layout.of(plan.workdir).reproduce_log)
+    report.log(f"[{i}/{len(plans)}] running (output in {log_path}): {plan.command}")
+    with open(log_path, "a") as log:
+      log.write(f"# {plan.command}\n")
+      log.flush()
+      error = run_one(plan, log)
+    if error is not None:
+      failures.append(f"{plan.workdir} ({error})")
+      out.append({"workdir": plan.workdir, "status": "failed"})
+      continue
+    out.append({"workdir": plan.workdir, "status": "ran"})
+  if failures:
+    raise ValueError(f"{len(failures)} cell(s) failed: " + "; ".join(failures) + ". Fix the "
+                     "cause and run the same command again (finished cells are skipped).")
+  return out
+
+
+def run_sesam(argv: Sequence[str], log: Any, python: str = sys.executable
+              ) -> tuple[int, dict[str, Any]]:
+  """Runs a `sesam ...` command in a child process, its log lines to `log`; (exit code, the
+  JSON result of its last stdout line, or {})."""
+  proc = subprocess.run([python, "-m", "sesam_jax.main", *argv[1:]], stdout=subprocess.PIPE,
+                        stderr=log, text=True)
+  log.write(proc.stdout)
+  log.flush()
+  lines = proc.stdout.strip().splitlines()
+  try:
+    result = json.loads(lines[-1]) if lines else {}
+  except json.JSONDecodeError:
+    result = {}
+  return proc.returncode, result if isinstance(result, dict) else {}

@@ -51,7 +51,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sesam_jax import report
-from sesam_jax.experiments import label_grid, tables_csv
+from sesam_jax.experiments import bench_grid, label_grid, tables_csv
 from sesam_jax.experiments.run_groups import COVERAGE, Group, group_runs, row_fields, variant_text
 from sesam_jax.run import runs as runs_lib
 from sesam_jax.run.layout import Layout
@@ -189,6 +189,9 @@ def report_runs(paths: Sequence[str], *, ema: bool = False, csv_path: str | None
   try:
     runs = runs_lib.open_runs(paths)
   except FileNotFoundError:
+    bench_cells = bench_grid.find_results(paths)  # Table 6: `sesam bench` cells, no runs.
+    if bench_cells:
+      return bench_grid.report_bench(bench_cells)
     label_cells = label_grid.find_results(paths)  # Table 5: `sesam refine` cells, no runs.
     if label_cells:
       return label_grid.report_labels(label_cells)

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sesam_jax import config_lib, report
-from sesam_jax.experiments import grid, label_grid, label_sources, preflight
+from sesam_jax.experiments import bench_grid, grid, label_grid, label_sources, preflight
 from sesam_jax.experiments import weights as weights_lib
 from sesam_jax.experiments.preflight import (DATA_DIR_PLACEHOLDER, INIT_PLACEHOLDER,
                                              SAM_CHECKPOINT_PLACEHOLDER, missing_inputs)
@@ -322,6 +322,10 @@ def reproduce(table: str, *, datasets: Sequence[str] | None = None,
     raise ValueError(f"--table {table} with --weak {','.join(weak or [])} selects no cell; "
                      f"its weak kinds are {', '.join(grid.TABLES[table].weak_kinds)}.")
   data_dirs = dict(data_dirs or {})
+  if grid.TABLES[table].kind == "bench":  # Table 6: `sesam bench` cells (flags: the bench's).
+    return bench_grid.reproduce(cells, grid.TABLES[table], root=root, data_dirs=data_dirs,
+                                sam_backend=sam_backend, sam_checkpoint=sam_checkpoint,
+                                extra=extra, run=run, keep_going=keep_going)
   found, notes = weights_lib.scan(weights) if weights and not random_init else ({}, [])
   cache_dir = os.path.join(root, "pretrained")
   inits = {m: weights_lib.cache_path(w, cache_dir) for m, w in found.items()}

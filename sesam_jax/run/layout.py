@@ -19,6 +19,9 @@ A workdir of `sesam train` holds (who writes each, and what it is):
   sam_baseline_labels/     sam.refine_labels: the SAM baseline's labels, made before step 0
   reproduce.log            experiments.sweep: the output of a `sesam reproduce` cell
 
+A cell of a bench-backed table (`experiments.bench_grid`, Table 6) holds no config.json: its
+`sesam bench` records (bench.jsonl), reproduce.log and, once both benchmarks ran, result.json.
+
 Workdirs written before this module existed have the same layout: nothing was renamed.
 """
 
@@ -39,6 +42,7 @@ TRAIN_IMAGES = "train_images.json"
 SAM_EMBEDDINGS = "sam_embeddings"
 SAM_BASELINE_LABELS = "sam_baseline_labels"
 REPRODUCE_LOG = "reproduce.log"
+BENCH_RECORDS = "bench.jsonl"
 
 # Items of a checkpoint (`checkpoints/<step>/<item>`) that every run has; feeds add their own.
 STATE_ITEM = "state"
@@ -103,6 +107,10 @@ class Layout:
   @property
   def reproduce_log(self) -> pathlib.Path:
     return self.root / REPRODUCE_LOG
+
+  @property
+  def bench_records(self) -> pathlib.Path:
+    return self.root / BENCH_RECORDS
 
   def checkpoint(self, step: int, item: str | None = None) -> pathlib.Path:
     """`checkpoints/<step>`, or one of its items (`checkpoints/<step>/state`)."""

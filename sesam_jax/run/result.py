@@ -85,6 +85,15 @@ FIELDS: dict[str, Field] = {
     "sam/images_with_sam_label": Field(int, "images", "training images holding a SAM label"),
     "sam/in_flight": Field(int, "requests", "requests not answered at the end"),
     "sam/bank_bytes": Field(int, "bytes", "memory of the SAM label bank"),
+    # A bench-backed cell (`experiments.bench_grid`, Table 6): its `sesam bench` figures.
+    "seconds_per_iteration": Field(_NUMBER, "s", "median seconds between two dispatches of "
+                                   "the method's training step (`sesam bench --what iteration`)"),
+    "ratio_to_fixmatch": Field(_NUMBER, "ratio", "seconds_per_iteration over FixMatch's, timed "
+                               "in the same process"),
+    "peak_memory_gib": Field(_NUMBER, "GiB", "the step's memory per device (`sesam bench --what "
+                             "memory`): the device's peak where it ran, else XLA's estimate"),
+    "peak_memory_from": Field(str, "name", "'device peak' or 'xla estimate' (peak_memory_gib)"),
+    "bench_device": Field(str, "text", "where the benchmarks ran (platform and device kind)"),
 }
 
 # Keys named after something: "<prefix><name>".

@@ -21,7 +21,8 @@ def test_no_module_outside_run_spells_a_workdir_name():
   # config.json is left out: transformers' model folders have one too (sam_convert).
   names = {layout.RESULT, layout.METRICS, layout.CHECKPOINTS, layout.TENSORBOARD, layout.LOCK,
            layout.UNREADABLE_CHECKPOINTS, layout.TRAIN_IMAGES, layout.SAM_EMBEDDINGS,
-           layout.SAM_BASELINE_LABELS, layout.REPRODUCE_LOG, layout.SAM_BANK_ITEM}
+           layout.SAM_BASELINE_LABELS, layout.REPRODUCE_LOG, layout.BENCH_RECORDS,
+           layout.SAM_BANK_ITEM}
   found = []
   for path in PACKAGE.rglob("*.py"):
     if path.parent.name == "run" and path.parent.parent == PACKAGE:
