@@ -33,7 +33,7 @@ from sesam_jax.experiments.preflight import (DATA_DIR_PLACEHOLDER, INIT_PLACEHOL
 from sesam_jax.run import result as result_lib, runs as runs_lib
 from sesam_jax.run.layout import Layout
 from sesam_jax.sam import resolver
-from sesam_jax.methods import get_method
+from sesam_jax.methods import METHODS, get_method
 
 # Datasets whose grids train from random students (no paper figure to reach).
 NO_WEIGHTS_DATASETS = ("synthetic", "camvid")
@@ -311,8 +311,9 @@ def reproduce(table: str, *, datasets: Sequence[str] | None = None,
                               methods=methods, seeds=seeds, budgets=budgets)
   config_args = ",".join(dict.fromkeys(a for a in (grid.TABLES[table].config_args.split(",") +
                                                    config_args.split(",")) if a))
-  if sam_backend == "auto" and any(get_method(c.method).uses_sam and c.sam_backend is None
-                                   for c in cells):  # SAM where the trainer runs.
+  if sam_backend == "auto" and any(  # SAM where the trainer runs, for cells naming none.
+      c.sam_backend is None and (c.method not in METHODS or METHODS[c.method].uses_sam)
+      for c in cells):
     sam_backend = resolver.accelerator_backend()
     report.log(f"SAM backend of the SAM cells: {sam_backend} ("
                + ("the Flax SAM on the trainer's devices; --sam-backend transformers for the "
