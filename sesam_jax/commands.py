@@ -221,9 +221,10 @@ def reproduce(args: argparse.Namespace, rest: list[str]) -> dict:
   from sesam_jax.experiments import grid, label_sources, sweep
   datasets = _comma_list(args.dataset)
   return sweep.reproduce(
-      args.table if args.table.startswith("fig") else f"table{args.table}", datasets=datasets,
+      f"table{args.table}" if args.table.isdigit() else args.table, datasets=datasets,
       students=_comma_list(args.student), weak=_comma_list(args.weak),
-      methods=_comma_list(args.methods), seeds=grid.parse_seeds(args.seeds),
+      methods=_comma_list(args.methods),
+      seeds=grid.parse_seeds(args.seeds) if args.seeds else None,
       budgets=grid.parse_budgets(args.budgets) if args.budgets else None,
       root=args.workdir_root, configs_dir=args.configs_dir,
       config_args=",".join(a for a in ("runlocal" if args.runlocal else "",

@@ -48,6 +48,7 @@ from sesam_jax.run import compile_cache, distributed, logs, preemption, pretrain
 from sesam_jax.run import result as result_lib
 from sesam_jax.train import train_step as step_lib
 from sesam_jax.run.checkpoint import Checkpointer
+from sesam_jax.run.clock import RunClock, process_cpu_seconds
 from sesam_jax.run.layout import CLOCK_ITEM, Layout
 from sesam_jax.run.logs import MetricWriter
 from sesam_jax.run.workdir import RunDir
@@ -143,26 +144,6 @@ def evaluate_state(config: ml_collections.ConfigDict, model: Any, state: train_s
                   mode=config.eval.mode, window=config.eval.window, stride=config.eval.stride,
                   image_scale=config.eval.image_scale, total=math.ceil(len(val_source) / bs),
                   log=log, keep_examples=config.eval.tb_images)
-
-
-class RunClock:
-  """Training seconds summed over a run's sessions (a checkpoint item, `get_state`/`set_state`)."""
-
-  def __init__(self) -> None:
-    self.before = 0.0                 # seconds trained before this restart (restored)
-    self.started: float | None = None  # when this session's training started
-
-  def start(self) -> None:
-    self.started = time.time()
-
-  def seconds(self) -> float:
-    return self.before + (time.time() - self.started if self.started is not None else 0.0)
-
-  def get_state(self) -> bytes:
-    return json.dumps({"train_seconds": self.seconds()}).encode()
-
-  def set_state(self, state: bytes) -> None:
-    self.before = float(json.loads(state)["train_seconds"])
 
 
 @dataclasses.dataclass
@@ -309,6 +290,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, method: methods.Meth
     info["skipped_examples"] = len(skipper.skipped)
     info["bad_weak_labels"] = bad_weak
   info["train_seconds"] = round(clock.seconds(), 2)
+  info["cpu_seconds"] = round(clock.cpu_seconds(), 2)  # The bridge's worker has exited here.
   if timing.host:
     info["host_seconds_per_step"] = round(timing.median_host(), 4)
   return TrainOutcome(state, model, mesh, val_source, info, timing)
@@ -399,8 +381,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     `sesam_jax.run.result.FIELDS` (a key missing there stops the run before it is written).
   """
   outcome = train(config, workdir)
+  cpu_start = process_cpu_seconds()
   ev = evaluate_state(config, outcome.model, outcome.state, outcome.val_source, outcome.mesh)
   outcome.timing.add_compile("eval_step", ev["compile_seconds"])
+  outcome.info["cpu_seconds"] = round(  # The final evaluation's CPU too, as wall_seconds.
+      outcome.info["cpu_seconds"] + process_cpu_seconds() - cpu_start, 2)
   writer = MetricWriter(workdir)
   writer.write_evaluation(int(config.num_steps), ev, outcome.val_source)
   writer.close()
@@ -414,14 +399,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 
 def _final_train_metrics(workdir: str) -> dict[str, float]:
-  """Label-source coverage at the last logged step (from metrics.jsonl), for the summary."""
+  """Label-source coverage (and the SAM labels' precision) at the last logged step (from
+  metrics.jsonl), for the summary."""
   last: dict[str, Any] = {}
   if Layout.of(workdir).metrics.is_file():
     for row in logs.read_metrics(workdir):
       if any(k.startswith("train/coverage_") for k in row):
         last = row
   return {k.replace("train/", "final_"): round(v, 5) for k, v in last.items()
-          if k.startswith("train/coverage_") or k == "train/teacher_confident"}
+          if k.startswith(("train/coverage_", "train/precision_"))
+          or k == "train/teacher_confident"}
 
 
 def evaluate_workdir(workdir: str, config: ml_collections.ConfigDict | None = None

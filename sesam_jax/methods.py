@@ -83,7 +83,9 @@ def teacher_student_step(model: Any, config: ml_collections.ConfigDict, schedule
       theta2=t.theta2, lambda1=t.lambda1, lambda2=t.lambda2, strong=strong,
       # SeSAM's refreshes sample prompts by the teacher's confidence (Table 4a): send it back.
       confidence_aux=use_sam and config.sam.sampling == "confidence",
-      merge_weak_sam=bool(config.loss.merge_weak_sam))
+      merge_weak_sam=bool(config.loss.merge_weak_sam),
+      # Weak labels made from the fine labels: the batch's "label" is the fine label.
+      sam_precision=use_sam and not config.weak_source)
   return functools.partial(sesam_step.sesam_train_step, model=model, cfg=cfg)
 
 

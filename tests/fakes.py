@@ -109,7 +109,7 @@ class FakeSource:
 # The shared tiny run (tests/conftest.py `tiny_run`): TinySeg on CamVid (../shared/data), 4 steps,
 # checkpoints and evaluations (with TensorBoard images) at 2 and 4, on the first 3 val images.
 # Tests that need a finished workdir use it instead of training again.
-TINY_CONFIG = os.path.join(REPO, "configs", "segformer_camvid.py") + ":tiny"
+TINY_CONFIG = os.path.join(REPO, "configs", "segformer_camvid.py") + ":tiny,cpu"
 TINY_OVERRIDES = [
     f"--config.model={TEST_MODEL}", "--config.num_steps=4", "--config.checkpoint_every=2",
     "--config.log_every=2", "--config.crop=32", "--config.batch_size=8",

@@ -21,6 +21,9 @@ cannot run (DeepLabV2, prior methods other than the baselines and AGMM*) is name
                                                                mIoU from Table 2's runs
   fig4    SegFormer on Cityscapes                              {points, scribbles, coarse} x SeSAM
                                                                + fine, at 100/500/1500/all images
+  camvid  SegFormer on CamVid, the CPU protocol (not a paper   {points, scribbles, coarse} x
+          table: issue 25's evidence that SeSAM learns)        baselines, SeSAM with superpixel /
+                                                               oracle prior, AGMM* + fine (26 runs)
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+from sesam_jax import configs_common
 from sesam_jax.methods import METHODS, WEAK_KINDS
 
 # Rows of every weak kind; "fine" with `supervised` is the WvF reference (the upper bound).
@@ -39,6 +43,8 @@ ALL_IMAGES = 0
 # The paper's students (section 4.1: SegFormer MiT-B0, DeepLabV3+ ResNet-101) and datasets.
 PAPER_MODELS = {"segformer": "segformer_b0", "deeplabv3plus": "deeplabv3plus_r101"}
 PAPER_DATASETS = ("cityscapes", "ade20k", "voc")
+# The config field that names a cell's SAM backend (its prior), when the cell sets it.
+SAM_BACKEND_FIELD = "sam.backend"
 # Tables whose cells train students at the paper's schedules: they start from ImageNet weights.
 PAPER_TABLES = ("table1", "table2", "table3", "table4", "table6", "fig4")
 
@@ -52,11 +58,13 @@ class Variant:
     method: `config.method`.
     fields: ((dotted config field, value), ...) set on the command line.
     weak: the weak kinds this run is made for (None: every weak kind of the table).
+    seeds: the seeds of this row when the user gives none (None: seed 0).
   """
   rows: tuple[str, ...]
   method: str
   fields: tuple[tuple[str, Any], ...] = ()
   weak: tuple[str, ...] | None = None
+  seeds: tuple[int, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +86,8 @@ class Table:
       split, scored at label level: `label_grid`; the column's "student" is the labeler) or
       "bench" (each cell `sesam bench` runs of one method: `bench_grid`).
     not_on: ((method, dataset), ...): cells the paper leaves empty (no run), named in left_out.
+    config_args: `key=val,flag` arguments of every cell's config file (e.g. "cpu"), before the
+      user's (`sesam reproduce --runlocal` / `--tiny`).
   """
   name: str
   title: str
@@ -91,6 +101,7 @@ class Table:
   notes: tuple[str, ...] = ()
   kind: str = "train"
   not_on: tuple[tuple[str, str], ...] = ()
+  config_args: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +143,11 @@ class Cell:
     parts.append(f"seed{self.seed}")
     return "/".join(parts)
 
+  @property
+  def sam_backend(self) -> str | None:
+    """The SAM backend (prior) the cell names itself (`sam.backend` field), else None."""
+    return next((str(v) for f, v in self.fields if f == SAM_BACKEND_FIELD), None)
+
 
 def variant_slug(fields: Sequence[tuple[str, Any]]) -> str:
   """A folder name for ablation fields, e.g. `refined_sampling-off+sampling-center`."""
@@ -142,11 +158,17 @@ def variant_slug(fields: Sequence[tuple[str, Any]]) -> str:
   return "+".join(f"{name.rsplit('.', 1)[-1]}-{text(value)}" for name, value in sorted(fields))
 
 
+_SAM_DEFAULTS = configs_common.base_config().sam  # What a cell does not set (stated in notes).
 _NO_REFINED = ("sam.refined_sampling", False)  # Table 3c: prompts from the weak label alone.
 _COARSE = ("coarse",)  # Rows the paper reports on coarse labels only.
 _SEGFORMER_CITYSCAPES = (("segformer", "cityscapes"),)
 _BASELINES_ONLY = ("prior methods", "not implemented in this project; it trains the paper's "
                    "baselines (Supervised, FixMatch, SAM baseline), AGMM* and SeSAM")
+# The CamVid protocol (issue 25): priors named on each SAM cell's command line.
+_SUPERPIXEL = ((SAM_BACKEND_FIELD, "superpixel"),)
+_ORACLE = ((SAM_BACKEND_FIELD, "oracle"),)
+_THREE_SEEDS = (0, 1, 2)
+_SPREAD_KINDS = ("points", "coarse")  # Where supervised and SeSAM get three seeds.
 
 TABLES: dict[str, Table] = {t.name: t for t in (
     Table("table1", "PASCAL VOC 2012, DeepLabV3+: scribbles and points, mIoU and WvF",
@@ -223,6 +245,35 @@ TABLES: dict[str, Table] = {t.name: t for t in (
           "labels at 100, 500, 1500 and all (2975) training images",
           columns=_SEGFORMER_CITYSCAPES, weak_kinds=("points", "scribbles", "coarse"),
           methods=("sesam",), budgets=(100, 500, 1500, ALL_IMAGES)),
+    Table("camvid", "CamVid with SegFormer on this machine's CPU protocol "
+          "(configs/segformer_camvid.py:cpu): every weak kind with the baselines, SeSAM with "
+          "the SAM-free superpixel prior and with the oracle prior (its upper bound), and fine "
+          "labels",
+          columns=(("segformer", "camvid"),), weak_kinds=("points", "scribbles", "coarse"),
+          config_args="cpu",
+          variants=(
+              Variant(("Supervised",), "supervised", weak=_SPREAD_KINDS, seeds=_THREE_SEEDS),
+              Variant(("Supervised",), "supervised", weak=("scribbles",)),
+              Variant(("FixMatch",), "fixmatch"),
+              Variant(("SAM baseline (superpixel)",), "sam_baseline", _SUPERPIXEL),
+              Variant(("SeSAM (superpixel)",), "sesam", _SUPERPIXEL, weak=_SPREAD_KINDS,
+                      seeds=_THREE_SEEDS),
+              Variant(("SeSAM (superpixel)",), "sesam", _SUPERPIXEL, weak=("scribbles",)),
+              Variant(("SeSAM (oracle)",), "sesam", _ORACLE),
+              Variant(("AGMM*",), "agmm", weak=("points", "scribbles")),
+          ),
+          left_out=(("AGMM* on coarse", "AGMM is a method for sparse labels (points, "
+                     "scribbles); the paper's Table 2 runs it on coarse too"),),
+          notes=("not a paper table: a random-init SegFormer on the CPU protocol; the paper's "
+                 "claim checked is its ordering (SeSAM > FixMatch > Supervised per weak kind)",
+                 "every SAM cell names its prior: superpixel (the SAM-free stand-in, no SAM "
+                 "weights) or oracle (components of the fine label: the refinement rules' upper "
+                 "bound)",
+                 "every SeSAM cell refreshes with the config's defaults, sam.refresh="
+                 f"{_SAM_DEFAULTS.refresh} and sam.view={_SAM_DEFAULTS.view}, every "
+                 f"M={_SAM_DEFAULTS.refresh_every} steps",
+                 "seeds 0, 1, 2 for supervised and SeSAM (superpixel) on points and coarse, "
+                 "seed 0 elsewhere (--seeds gives every row the same seeds)")),
 )}
 
 
@@ -282,7 +333,7 @@ def select_columns(table: Table, datasets: Sequence[str] | None,
 
 def expand(table_name: str, *, datasets: Sequence[str] | None = None,
            students: Sequence[str] | None = None, weak: Sequence[str] | None = None,
-           methods: Sequence[str] | None = None, seeds: Sequence[int] = (0,),
+           methods: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
            budgets: Sequence[int] | None = None) -> tuple[list[Cell], list[str]]:
   """The cells of a table for the chosen columns and rows, in the paper's row order.
 
@@ -293,7 +344,7 @@ def expand(table_name: str, *, datasets: Sequence[str] | None = None,
     weak: weak kinds of the rows (default: the table's); the weak=fine reference stays in
       (WvF needs it), and `["fine"]` selects it alone.
     methods: methods of the rows (default: the table's); for ablation tables, a filter.
-    seeds: one run per seed.
+    seeds: one run per seed, every row (default: each row's own `Variant.seeds`, else seed 0).
     budgets: `dataset.max_train_images` values (0 = all; default: the table's).
 
   Returns:
@@ -326,8 +377,8 @@ def expand(table_name: str, *, datasets: Sequence[str] | None = None,
               or (row.method, dataset) in table.not_on):
             continue
           cells += [Cell(table.name, student, dataset, kind, row.method, row.fields, budget, seed,
-                         row.rows) for seed in seeds]
+                         row.rows) for seed in (seeds or row.seeds or (0,))]
       if table.fine_reference:
         cells += [Cell(table.name, student, dataset, FINE, REFERENCE_METHOD, (), budget, seed,
-                       ("fine",)) for seed in seeds]
+                       ("fine",)) for seed in (seeds or (0,))]
   return cells, others

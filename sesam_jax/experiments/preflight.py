@@ -44,14 +44,17 @@ def missing_inputs(plans: Sequence[Any], *, sam_backend: str, sam_checkpoint: st
       else:
         item = f"data folder of {plan.cell.dataset} (give --data-dir {plan.cell.dataset}=DIR)"
       missing.append(item)
-  if any(get_method(p.cell.method).uses_sam for p in plans) and not any(
-      SAM_CHECKPOINT_PLACEHOLDER in p.placeholders for p in plans):
+  # The SAM backends of the cells: the one of --sam-backend, or the cell's own prior.
+  backends = {p.cell.sam_backend or sam_backend for p in plans
+              if get_method(p.cell.method).uses_sam}
+  for backend in sorted(backends) if not any(SAM_CHECKPOINT_PLACEHOLDER in p.placeholders
+                                             for p in plans) else ():
     try:  # The backend's name and weights, without loading them.
-      resolver.resolve(sam_backend, sam_checkpoint or "",
+      resolver.resolve(backend, sam_checkpoint or "",
                        flags={**resolver.CLI_FLAGS, "backend": "--sam-backend",
                               "checkpoint": "--sam-checkpoint"})
     except (ValueError, FileNotFoundError, report.UserError) as e:
-      missing.append(f"SAM backend {sam_backend} ({e})")
+      missing.append(f"SAM backend {backend} ({e})")
   for dataset, path in data_dirs.items():
     if not os.path.isdir(path):
       missing.append(f"data folder of {dataset} ({path}: no such folder; --data-dir "

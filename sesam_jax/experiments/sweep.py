@@ -33,7 +33,7 @@ from sesam_jax.experiments.preflight import (DATA_DIR_PLACEHOLDER, INIT_PLACEHOL
 from sesam_jax.run import result as result_lib, runs as runs_lib
 from sesam_jax.run.layout import Layout
 from sesam_jax.sam import resolver
-from sesam_jax.methods import get_method
+from sesam_jax.methods import METHODS, get_method
 
 # Datasets whose grids train from random students (no paper figure to reach).
 NO_WEIGHTS_DATASETS = ("synthetic", "camvid")
@@ -102,8 +102,9 @@ def plan_cells(cells: Sequence[grid.Cell], *, root: str, configs_dir: str = "con
     root: the sweep's root folder (workdirs below it).
     configs_dir: the folder of `<student>_<dataset>.py` config files.
     config_args: more `key=val` arguments for each config file (e.g. "runlocal").
-    sam_backend, sam_checkpoint: `config.sam.backend` / `.checkpoint` of cells that use SAM;
-      a backend that needs weights and no checkpoint gets SAM_CHECKPOINT_PLACEHOLDER.
+    sam_backend, sam_checkpoint: `config.sam.backend` / `.checkpoint` of cells that use SAM
+      and name no backend of their own (`Cell.sam_backend`, which wins); a backend that needs
+      weights and no checkpoint gets SAM_CHECKPOINT_PLACEHOLDER.
     data_dirs: dataset -> data_dir; a dataset whose config has none gets DATA_DIR_PLACEHOLDER.
     extra: `--config.a.b=value` flags added to every command (checked here).
     inits: student (`config.model`) -> converted ImageNet weights, its cells' `config.init`.
@@ -142,7 +143,7 @@ def plan_cells(cells: Sequence[grid.Cell], *, root: str, configs_dir: str = "con
       flags.append(f"--config.dataset.max_train_images={cell.budget}")
     flags += [f"--config.{f}={_flag_value(v)}" for f, v in cell.fields]
     placeholders = []
-    if get_method(cell.method).uses_sam:
+    if get_method(cell.method).uses_sam and cell.sam_backend is None:  # Else the cell's prior.
       flags.append(f"--config.sam.backend={sam_backend}")
       if sam_checkpoint:
         flags.append(f"--config.sam.checkpoint={sam_checkpoint}")
@@ -281,7 +282,7 @@ def _last_line(path: str) -> str:
 
 def reproduce(table: str, *, datasets: Sequence[str] | None = None,
               students: Sequence[str] | None = None, weak: Sequence[str] | None = None,
-              methods: Sequence[str] | None = None, seeds: Sequence[int] = (0,),
+              methods: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
               budgets: Sequence[int] | None = None, root: str = "workdirs",
               configs_dir: str = "configs", config_args: str = "",
               sam_backend: str = "auto", sam_checkpoint: str | None = None,
@@ -297,7 +298,8 @@ def reproduce(table: str, *, datasets: Sequence[str] | None = None,
   ImageNet weights (`weights.scan`), converted once into `ROOT/pretrained/` when run;
   `random_init` lets the paper's schedules start from random students; `weak_labels` and
   `scribbles` choose the weak labels (`label_sources`); `sam_checkpoints` the weights of the
-  other SAM versions of a label-level table ({"sam2": ..., "sam3": ...}; `label_grid`).
+  other SAM versions of a label-level table ({"sam2": ..., "sam3": ...}; `label_grid`);
+  `config_args` come after the table's own (`Table.config_args`); `seeds` None: each row's own.
 
   Returns:
     {"table", "commands": [...], "workdirs": [...], "cells": [{"workdir", "init",
@@ -305,14 +307,18 @@ def reproduce(table: str, *, datasets: Sequence[str] | None = None,
      chosen, "notes", "placeholders", "missing": inputs --run needs, "report": the command that
      makes the table, and with `run` "runs": `run_plans`' records}.
   """
-  if sam_backend == "auto":  # SAM where the trainer runs (`resolver.accelerator_backend`).
+  cells, others = grid.expand(table, datasets=datasets, students=students, weak=weak,
+                              methods=methods, seeds=seeds, budgets=budgets)
+  config_args = ",".join(dict.fromkeys(a for a in (grid.TABLES[table].config_args.split(",") +
+                                                   config_args.split(",")) if a))
+  if sam_backend == "auto" and any(  # SAM where the trainer runs, for cells naming none.
+      c.sam_backend is None and (c.method not in METHODS or METHODS[c.method].uses_sam)
+      for c in cells):
     sam_backend = resolver.accelerator_backend()
     report.log(f"SAM backend of the SAM cells: {sam_backend} ("
                + ("the Flax SAM on the trainer's devices; --sam-backend transformers for the "
                   "PyTorch bridge" if sam_backend == "jax" else
                   "the PyTorch SAM; no GPU or TPU here for the Flax SAM") + ")")
-  cells, others = grid.expand(table, datasets=datasets, students=students, weak=weak,
-                              methods=methods, seeds=seeds, budgets=budgets)
   if not cells:
     raise ValueError(f"--table {table} with --weak {','.join(weak or [])} selects no cell; "
                      f"its weak kinds are {', '.join(grid.TABLES[table].weak_kinds)}.")

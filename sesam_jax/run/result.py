@@ -56,6 +56,9 @@ FIELDS: dict[str, Field] = {
     # Time.
     "train_seconds": Field(_NUMBER, "s", "training wall time summed over resumes (pre-warm "
                            "excluded)"),
+    "cpu_seconds": Field(_NUMBER, "s", "CPU seconds (user + system) of the training process "
+                         "and its exited children (the SAM bridge's worker), start-up, pre-warm "
+                         "and final evaluation included, summed over resumes"),
     "host_seconds_per_step": Field(_NUMBER, "s", "median host work between two dispatches"),
     "compile_seconds": Field(dict, "{function: s}", "this session's seconds compiling each "
                              "jitted function (train_step, eval_step: traced, lowered and "
@@ -101,6 +104,10 @@ FIELDS: dict[str, Field] = {
 PATTERNS: dict[str, Field] = {
     "final_coverage_": Field(_NUMBER, "fraction 0-1", "final_coverage_<source>: pixels labelled "
                              "by <source> (weak, sam, pseudo) at the last logged step"),
+    "final_precision_": Field(_NUMBER, "fraction 0-1", "final_precision_sam: share of the "
+                              "pixels the SAM labels supervise whose fine label they match, "
+                              "over those with a fine label, at the last logged step (SeSAM "
+                              "with weak labels made from the fine labels)"),
     "final_teacher_confident": Field(_NUMBER, "fraction 0-1", "teacher pixels above theta2 at "
                                      "the last logged step"),
     "sam/bridge_": Field(_NUMBER, "s", "sam/bridge_<stage>: the SAM worker's seconds in <stage> "

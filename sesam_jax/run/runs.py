@@ -137,6 +137,22 @@ class Run:
       raise ValueError(f"run {self.workdir}: cannot count its training images ({e}); write "
                        f"\"train_images\" into its {RESULT}.") from None
 
+  def command(self) -> str:
+    """The `sesam train` command `sesam reproduce --run` ran here, or "" (run some other way).
+
+    It is the first header line of reproduce.log, `# <date> <time> <command>`
+    (`sesam_jax.experiments.sweep.run_plans` writes one per session; a resume repeats it).
+    """
+    path = self.layout.reproduce_log
+    if not path.is_file():
+      return ""
+    with open(path, errors="replace") as f:
+      for line in f:
+        if line.startswith("# ") and " sesam " in f" {line}":
+          parts = line[2:].rstrip("\n").split(" ", 2)
+          return parts[2] if len(parts) == 3 else ""
+    return ""
+
   def final_val_miou(self) -> tuple[float, str]:
     """(student val mIoU, where it came from): result.json, else the last logged validation."""
     if self.result is not None and self.result.get("val_miou") is not None:

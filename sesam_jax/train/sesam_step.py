@@ -12,6 +12,10 @@ resolution to extend each image's weak label for its next SAM refresh. With
 confidence quantised to uint8 (round(255 p), 0 on padding), which SAM's prompts are
 then sampled by; only then, since it adds a BxCxC transfer to the host every step.
 
+With `sam_precision` (weak labels made from the fine labels, which ride in the batch as
+"label") the metrics hold `precision_sam`: the share of the SAM-supervised pixels (on the weak
+view, before CutMix) whose SAM label matches the fine label.
+
 The loss averages each source over its own pixels (weak + lambda1 SAM + lambda2 pseudo).
 `merge_weak_sam` reads the paper's loss the other way: weak and SAM labels as one map
 (weak where it has a label, else SAM) and one average over it, SAM pixels weighted
@@ -51,6 +55,7 @@ class SesamStepConfig:
   ignore_index: int = IGNORE_INDEX
   confidence_aux: bool = False             # aux["confidence"]: uint8 teacher confidence
   merge_weak_sam: bool = False             # one CE average over weak and SAM pixels together
+  sam_precision: bool = False              # batch["label"] is the fine label: log precision_sam
 
 
 def teacher_predictions(state: TrainState, images_BHWC: jax.Array, *, model: nn.Module,
@@ -71,7 +76,8 @@ def sesam_train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax
     state: TrainState (its ema_* trees are the teacher).
     batch: "image" BxCxCx3 uint8 (weak view), "weak" BxCxC uint8 (255 = unlabeled),
       optionally "valid" BxCxC (0 = padding of the crop: no pseudo-label there), and
-      with `cfg.use_sam` "sam" BxCxC uint8 (255 = no SAM label).
+      with `cfg.use_sam` "sam" BxCxC uint8 (255 = no SAM label), with `cfg.sam_precision`
+      "label" BxCxC uint8, the fine label (the pipeline's, cropped alike).
     rng: the run's base key (folded with the step).
     model: the student (and, with EMA weights, the teacher).
     cfg: SesamStepConfig.
@@ -90,6 +96,10 @@ def sesam_train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax
   confident = jnp.where(conf >= cfg.theta2, pseudo, cfg.ignore_index).astype(jnp.uint8)
   sam = batch["sam"] if cfg.use_sam else None
   maps = targets.split_by_precedence(batch["weak"], sam, pseudo, conf, theta1=cfg.theta1)
+  if sam is not None and cfg.sam_precision:  # The SAM pixels of the loss against the fine label.
+    extra_metrics = {"precision_sam": targets.precision(maps["sam"], batch["label"])}
+  else:
+    extra_metrics = {}
   images = batch["image"].astype(jnp.float32) / 255.0
   strong_images, maps = strong_aug.strong_augment(aug_rng, images, maps, cfg.strong)
   x = step_lib.normalize(strong_images * 255.0)
@@ -109,7 +119,7 @@ def sesam_train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax
   new_state, metrics = step_lib.update_student(
       state, x, sources, dropout_rng, model=model, ema_decay=cfg.ema_decay,
       lr_schedule=cfg.lr_schedule, ignore_index=cfg.ignore_index)
-  metrics.update(extra)
+  metrics.update(extra, **extra_metrics)
   metrics["teacher_confident"] = jnp.mean((confident != cfg.ignore_index).astype(jnp.float32))
   aux = {"confident": confident}
   if cfg.confidence_aux:

@@ -68,3 +68,19 @@ def coverage(targets: dict[str, jax.Array]) -> dict[str, jax.Array]:
   """Fraction of pixels each source supervises ("coverage/weak", ...)."""
   return {f"coverage/{name}": jnp.mean((t != IGNORE_INDEX).astype(jnp.float32))
           for name, t in targets.items()}
+
+
+def precision(target: jax.Array, fine: jax.Array) -> jax.Array:
+  """Share of a source's pixels whose label matches the fine label (float32 scalar).
+
+  Args:
+    target: BxHxW int, one source's map (`split_by_precedence`; 255 = not this source's).
+    fine: BxHxW int, the fine label (255 = unlabelled: not judged).
+
+  Returns:
+    Matching pixels / pixels of `target` with a fine label; 0 when there is none.
+  """
+  target, fine = target.astype(jnp.int32), fine.astype(jnp.int32)
+  judged = (target != IGNORE_INDEX) & (fine != IGNORE_INDEX)
+  correct = jnp.sum((judged & (target == fine)).astype(jnp.float32))
+  return correct / jnp.maximum(jnp.sum(judged.astype(jnp.float32)), 1.0)

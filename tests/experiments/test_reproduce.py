@@ -272,15 +272,16 @@ def test_report_of_the_sweep_has_wvf_and_lists_an_unfinished_run(sweep_root, cap
   assert miou[CELLS[2]] == FINE_MIOU
   wvf = 100 * miou[CELLS[0]] / FINE_MIOU
   lines = text.splitlines()
-  assert lines[0].startswith(f"| labels | method | init | labels from | {fakes.TEST_MODEL} "
-                             "synthetic: mIoU | WvF |")
+  # The SAM baseline's prior (the synthetic config's superpixel) is a column of its own.
+  assert lines[0].startswith(f"| labels | method | prior | init | labels from | "
+                             f"{fakes.TEST_MODEL} synthetic: mIoU | WvF |")
   row = next(l for l in lines if l.startswith("| points | supervised |")).split(" | ")
-  assert row[2:4] == ["random", "generated"]  # Synthetic grids need no student weights.
-  assert row[4] == f"{100 * miou[CELLS[0]]:.1f} (1 of 2 runs finished)" and row[5] == f"{wvf:.1f}"
-  assert row[6] == f"{4 * 0.75 / 60:.3g}"  # 4 training images with points: 0.05 h
+  assert row[2:5] == ["", "random", "generated"]  # Synthetic grids need no student weights.
+  assert row[5] == f"{100 * miou[CELLS[0]]:.1f} (1 of 2 runs finished)" and row[6] == f"{wvf:.1f}"
+  assert row[7] == f"{4 * 0.75 / 60:.3g}"  # 4 training images with points: 0.05 h
   fine = next(l for l in lines if l.startswith("| fine | supervised |")).split(" | ")
-  assert fine[5] == "100.0" and fine[6] == "6"  # 4 images x 90 min
-  assert any(l.startswith("| points | sam_baseline |") for l in lines)
+  assert fine[6] == "100.0" and fine[7] == "6"  # 4 images x 90 min
+  assert any(l.startswith("| points | sam_baseline | superpixel |") for l in lines)
   assert f"seed 1 (step 1 of 2): {killed}" in text
   payload = json.loads(lines[-1])
   assert payload["unfinished"] == [str(killed)] and payload["finished"] == 3

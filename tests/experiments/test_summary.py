@@ -136,3 +136,44 @@ def test_report_of_the_suites_tiny_run(tiny_run, capsys):
   assert row["wvf_pct"] == 100.0 and row["train_images"] == tiny_run.result["train_images"] == 367
   assert row["hours"] == pytest.approx(367 * 90 / 60)
   assert "| fine | supervised |" in capsys.readouterr().out
+
+
+def test_csv_has_the_camvid_columns_and_priors_never_share_a_cell(tmp_path, capsys):
+  root = tmp_path / "camvid"
+  extra = {"final_coverage_sam": 0.2, "final_precision_sam": 0.8, "cpu_seconds": 300.0}
+  for seed, miou in enumerate((0.30, 0.34)):
+    workdir = _run(root, f"sp/seed{seed}", weak="coarse", method="sesam", seed=seed, miou=miou,
+                   images=367, sam__backend="superpixel")
+    result = json.loads((workdir / "result.json").read_text())
+    (workdir / "result.json").write_text(json.dumps({**result, **extra}))
+  # `sesam reproduce --run` heads the cell's log with its command (a resume repeats it).
+  command = ("sesam train --config=configs/segformer_camvid.py:weak=coarse,method=sesam,cpu "
+             f"--workdir={root / 'sp/seed0'} --config.seed=0 --config.sam.backend=superpixel")
+  (root / "sp/seed0/reproduce.log").write_text(
+      f"# 2025-01-01 10:00:00 {command}\nstep 1\n# 2025-01-01 11:00:00 {command}\n")
+  _run(root, "oracle/seed0", weak="coarse", method="sesam", miou=0.5, images=367,
+       sam__backend="oracle")
+  _run(root, "sup/seed0", weak="coarse", method="supervised", miou=0.2, images=367,
+       sam__backend="superpixel")  # No SAM: its sam.backend means nothing, no prior.
+  _run(root, "fine/seed0", weak="fine", method="supervised", miou=0.4, images=367)
+  out = summary.report_runs([str(root)], csv_path=str(tmp_path / "camvid.csv"))
+  text = capsys.readouterr().out
+  with open(tmp_path / "camvid.csv") as f:
+    records = list(csv.DictReader(f))
+  assert {"weak", "method", "prior", "seeds", "miou_mean", "miou_std", "wvf",
+          "final_coverage_sam", "final_precision_sam", "wall_seconds", "cpu_seconds",
+          "command"} <= set(records[0])
+  rows = {(r["weak"], r["method"], r["prior"]): r for r in records}
+  assert set(rows) == {("coarse", "sesam", "superpixel"), ("coarse", "sesam", "oracle"),
+                       ("coarse", "supervised", ""), ("fine", "supervised", "")}
+  sp = rows[("coarse", "sesam", "superpixel")]
+  assert sp["seeds"] == "2" and float(sp["miou_mean"]) == pytest.approx(0.32)
+  assert float(sp["miou_std"]) == pytest.approx(0.02828, abs=1e-4)
+  assert float(sp["wvf"]) == pytest.approx(0.8) and float(sp["final_precision_sam"]) == 0.8
+  assert float(sp["final_coverage_sam"]) == 0.2 and float(sp["cpu_seconds"]) == 300.0
+  assert float(sp["wall_seconds"]) == 120.0 and sp["command"] == command
+  assert rows[("coarse", "sesam", "oracle")]["command"] == ""  # Not run by `sesam reproduce`.
+  assert rows[("coarse", "sesam", "oracle")]["final_precision_sam"] == ""
+  assert out["cells"][0]["prior"] == ""  # Sorted: coarse supervised first.
+  assert "| coarse | sesam | superpixel |" in text and "| coarse | sesam | oracle |" in text
+  assert "SAM precision %" in text

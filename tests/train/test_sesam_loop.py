@@ -28,6 +28,14 @@ def test_sesam_trains_with_sam_labels_and_resumes_the_bank(tmp_path):
   first = loop.train_and_evaluate(_config("sesam", 3), workdir)
   assert first["method"] == "sesam" and first["step"] == 3
   assert first["sam/received"] > 0 and first["final_coverage_sam"] > 0
+  # The oracle's SAM labels are fine-label components: most pixels they supervise match the fine
+  # label (weak labels made from it, so it rides in the batch for this metric); not all, as
+  # theta2 = 0 lets the random teacher's labels extend the weak labels SAM's classes come from.
+  assert 0.5 < first["final_precision_sam"] <= 1.0
+  rows = [r for r in logs.read_metrics(workdir) if "train/precision_sam" in r]
+  assert rows and round(rows[-1]["train/precision_sam"], 5) == first["final_precision_sam"]
+  # CPU seconds of the process (start-up, pre-warm, steps, evaluation) and its exited children.
+  assert first["cpu_seconds"] > 0
   # The pre-warm refined all 8 training images before step 0.
   assert first["sam/images_with_sam_label"] == 8 and first["sam/received"] >= 8
   assert first["prewarm_seconds"] > 0
@@ -44,6 +52,8 @@ def test_sesam_trains_with_sam_labels_and_resumes_the_bank(tmp_path):
   assert "process_0-of-1.bin" in os.listdir(os.path.join(step_dir, "sam_bank"))
   second = loop.train_and_evaluate(_config("sesam", 6), workdir)  # Same workdir: resumes.
   assert second["step"] == 6
+  # Summed over resumes: the first session's CPU seconds come from its checkpoint.
+  assert second["cpu_seconds"] > first["cpu_seconds"]
   # The restored bank's counters carry on from the first run's; step 4 refreshed its batch.
   assert second["sam/received"] > first["sam/received"]
   assert second["sam_refresh"]["done"] == second["sam_refresh"]["due"] == 16
@@ -55,6 +65,7 @@ def test_fixmatch_uses_pseudo_labels_and_no_sam(tmp_path):
   result = loop.train_and_evaluate(_config("fixmatch", 3), str(tmp_path / "fm"))
   assert result["final_coverage_pseudo"] > 0
   assert "final_coverage_sam" not in result and not any(k.startswith("sam/") for k in result)
+  assert "final_precision_sam" not in result and result["cpu_seconds"] > 0
 
 
 def test_async_refreshes_with_a_slow_sam_are_counted_and_warned_once(tmp_path, monkeypatch,

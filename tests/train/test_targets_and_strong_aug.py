@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from sesam_jax.train import strong_aug, targets
 
@@ -21,6 +22,17 @@ def test_precedence_weak_over_sam_over_pseudo():
   assert int(labeled.max()) == 1
   cov = targets.coverage(t)
   assert float(sum(cov.values())) == 0.75
+
+
+def test_sam_precision_counts_only_sam_pixels_with_a_fine_label():
+  weak = jnp.array([[[1, 255, 255, 255, 255, 255]]], jnp.uint8)
+  sam = jnp.array([[[2, 2, 3, 3, 4, 255]]], jnp.uint8)
+  fine = jnp.array([[[2, 2, 3, 0, 255, 1]]], jnp.uint8)
+  t = targets.split_by_precedence(weak, sam, None, None, theta1=0.96)
+  # SAM's pixels are 1-4 (pixel 0 is the weak label's); pixel 4 has no fine label: of 1-3,
+  # two match.
+  assert float(targets.precision(t["sam"], fine)) == pytest.approx(2 / 3)
+  assert float(targets.precision(jnp.full_like(t["sam"], 255), fine)) == 0.0  # None: 0.
 
 
 def test_absent_sources_and_padding():
