@@ -25,6 +25,7 @@ DEEPLAB_VARIANTS: dict[str, dict[str, Any]] = {
     "r50": dict(backbone="50", aspp_channels=256, low_level_channels=48),
     "r101": dict(backbone="101", aspp_channels=256, low_level_channels=48),
     "tiny": dict(backbone="tiny", aspp_channels=16, low_level_channels=8),
+    "small": dict(backbone="small", aspp_channels=32, low_level_channels=12),
 }
 
 
@@ -55,7 +56,7 @@ class DeepLabV3Plus(nn.Module):
 
   Attributes:
     num_classes: number of output classes.
-    variant: key of DEEPLAB_VARIANTS ("r50", "r101", "tiny").
+    variant: key of DEEPLAB_VARIANTS ("r50", "r101", "tiny", "small").
     output_stride: backbone output stride, 16 (default) or 8.
     dtype: compute dtype; parameters and logits stay float32.
   """

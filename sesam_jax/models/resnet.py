@@ -24,6 +24,8 @@ RESNET_VARIANTS: dict[str, dict[str, Any]] = {
     "50": dict(depths=(3, 4, 6, 3), hidden_sizes=(256, 512, 1024, 2048), embedding_size=64),
     "101": dict(depths=(3, 4, 23, 3), hidden_sizes=(256, 512, 1024, 2048), embedding_size=64),
     "tiny": dict(depths=(1, 1, 1, 1), hidden_sizes=(16, 32, 64, 128), embedding_size=8),
+    # CPU-sized (the CamVid CPU protocol, configs/segformer_camvid.py:cpu): no published weights.
+    "small": dict(depths=(1, 1, 1, 1), hidden_sizes=(32, 64, 128, 256), embedding_size=16),
 }
 BN_EPS = 1e-5
 BN_MOMENTUM = 0.9  # PyTorch's momentum 0.1.

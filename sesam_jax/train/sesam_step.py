@@ -96,7 +96,7 @@ def sesam_train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax
   confident = jnp.where(conf >= cfg.theta2, pseudo, cfg.ignore_index).astype(jnp.uint8)
   sam = batch["sam"] if cfg.use_sam else None
   maps = targets.split_by_precedence(batch["weak"], sam, pseudo, conf, theta1=cfg.theta1)
-  if sam is not None and cfg.sam_precision:  # The SAM pixels of the loss against the fine label.
+  if sam is not None and cfg.sam_precision and "label" in batch:  # SAM pixels vs the fine label.
     extra_metrics = {"precision_sam": targets.precision(maps["sam"], batch["label"])}
   else:
     extra_metrics = {}
