@@ -3,7 +3,6 @@
 import re
 import shutil
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -135,7 +134,7 @@ def test_custom_dataset(tmp_path):
   assert np.array_equal(source[0]["label"], label)
 
 
-def test_synthetic_is_deterministic_varied_and_fast():
+def test_synthetic_is_deterministic_and_varied():
   source = get_source("synthetic", split="train", num_images=6, size=(256, 512), seed=0)
   a, b = source[2], get_source("synthetic", num_images=6, size=(256, 512), seed=0)[2]
   assert np.array_equal(a["image"], b["image"]) and np.array_equal(a["label"], b["label"])
@@ -144,12 +143,9 @@ def test_synthetic_is_deterministic_varied_and_fast():
   assert not np.array_equal(source[0]["label"], get_source("synthetic", split="val")[0]["label"])
   _check_item(a, 7)
   from skimage import measure
-  items, seconds = [], []
-  for i in range(6):
-    start = time.perf_counter()
-    items.append(source[i])
-    seconds.append(time.perf_counter() - start)
-  assert np.median(seconds) < 0.05  # About 20 ms per 256x512 scene on one idle core.
+  # Its speed (about 20 ms per 256x512 scene on one idle core) is `sesam bench --what input`'s:
+  # a timed assertion here failed whenever the shared machine was loaded.
+  items = [source[i] for i in range(6)]
   counts = np.zeros(7)
   for item in items:
     counts += np.bincount(item["label"].ravel(), minlength=7) > 0
