@@ -257,7 +257,8 @@ def camvid_data_dir(config: ml_collections.ConfigDict) -> None:
 
 def camvid_cpu_schedule(config: ml_collections.ConfigDict, *, runlocal: bool, num_steps: int,
                         batch_size: int, crop: int, warmup_steps: int, ema_decay: float,
-                        model: str = "", image_scale: float = 0.5) -> None:
+                        model: str = "", image_scale: float = 0.5, lr: float | None = None,
+                        head_lr_mult: float | None = None, sam_view: str = "") -> None:
   """CamVid downscaled on a CPU (in place); see configs/segformer_camvid.py.
 
   Args:
@@ -269,6 +270,8 @@ def camvid_cpu_schedule(config: ml_collections.ConfigDict, *, runlocal: bool, nu
     image_scale: images are trained and evaluated at this scale (0.5: half resolution); the
       training rescale range is the usual 0.5-2.0 times it, and evaluation's logits are resized
       back to the full-resolution labels.
+    lr, head_lr_mult: `config.optim.lr` and `.head_lr_mult` (None keeps the config's).
+    sam_view: `config.sam.view` ("" keeps the config's).
   """
   camvid_data_dir(config)
   if model:
@@ -281,9 +284,15 @@ def camvid_cpu_schedule(config: ml_collections.ConfigDict, *, runlocal: bool, nu
   config.batch_size = batch_size
   config.crop = crop
   config.optim.warmup_steps = warmup_steps
+  if lr is not None:
+    config.optim.lr = lr
+  if head_lr_mult is not None:
+    config.optim.head_lr_mult = head_lr_mult
+  if sam_view:
+    config.sam.view = sam_view
   config.ema_decay = ema_decay
-  config.log_every = 25
-  config.checkpoint_every = 250
+  config.log_every = 100 if num_steps >= 2000 else 25
+  config.checkpoint_every = 1000 if num_steps >= 2000 else 250
   if runlocal:
     config.num_steps = 50
     config.optim.warmup_steps = 5

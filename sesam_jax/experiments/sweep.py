@@ -150,6 +150,9 @@ def plan_cells(cells: Sequence[grid.Cell], *, root: str, configs_dir: str = "con
       elif resolver.needs_weights(sam_backend):
         flags.append(f"--config.sam.checkpoint={SAM_CHECKPOINT_PLACEHOLDER}")
         placeholders.append(SAM_CHECKPOINT_PLACEHOLDER)
+    table = grid.TABLES.get(cell.table)
+    if get_method(cell.method).uses_sam and table is not None and table.shared_sam_cache:
+      flags.append(f"--config.sam.cache_dir={os.path.join(root, cell.table, 'sam_cache')}")
     source = (weak_sources or {}).get((cell.dataset, cell.weak), "")
     if source:
       flags.append(f"--config.weak_source={source}")
