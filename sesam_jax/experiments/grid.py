@@ -248,8 +248,8 @@ TABLES: dict[str, Table] = {t.name: t for t in (
           "labels at 100, 500, 1500 and all (2975) training images",
           columns=_SEGFORMER_CITYSCAPES, weak_kinds=("points", "scribbles", "coarse"),
           methods=("sesam",), budgets=(100, 500, 1500, ALL_IMAGES)),
-    Table("camvid", "CamVid with the CPU protocol's student "
-          "(configs/segformer_camvid.py:cpu, a random-init deeplabv3plus_tiny): every weak kind with the baselines, SeSAM with "
+    Table("camvid", "CamVid with the CPU protocol's student (configs/segformer_camvid.py:cpu, "
+          "a random-init deeplabv3plus_tiny): every weak kind with the baselines, SeSAM with "
           "the SAM-free superpixel prior and with the oracle prior (its upper bound), and fine "
           "labels",
           columns=(("segformer", "camvid"),), weak_kinds=("points", "scribbles", "coarse"),
@@ -268,8 +268,7 @@ TABLES: dict[str, Table] = {t.name: t for t in (
           left_out=(("AGMM* on coarse", "AGMM is a method for sparse labels (points, "
                      "scribbles); the paper's Table 2 runs it on coarse too"),),
           notes=("not a paper table: a random-init CPU-sized student on the CPU protocol; the "
-                 "paper's "
-                 "claim checked is its ordering (SeSAM > FixMatch > Supervised per weak kind)",
+                 "paper's claim checked is its ordering (SeSAM > FixMatch > Supervised per weak kind)",
                  "every SAM cell names its prior: superpixel (the SAM-free stand-in, no SAM "
                  "weights) or oracle (components of the fine label: the refinement rules' upper "
                  "bound)",
