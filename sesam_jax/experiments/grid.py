@@ -268,7 +268,8 @@ TABLES: dict[str, Table] = {t.name: t for t in (
           left_out=(("AGMM* on coarse", "AGMM is a method for sparse labels (points, "
                      "scribbles); the paper's Table 2 runs it on coarse too"),),
           notes=("not a paper table: a random-init CPU-sized student on the CPU protocol; the "
-                 "paper's claim checked is its ordering (SeSAM > FixMatch > Supervised per weak kind)",
+                 "paper's claim checked is its ordering (SeSAM > FixMatch > Supervised per "
+                 "weak kind)",
                  "every SAM cell names its prior: superpixel (the SAM-free stand-in, no SAM "
                  "weights) or oracle (components of the fine label: the refinement rules' upper "
                  "bound)",
