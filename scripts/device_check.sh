@@ -9,6 +9,8 @@
 #   2. nvidia-smi, versions;
 #   3. benchmarks on generated data only (datasets do not travel), the scarcest figures first,
 #      each appending its record (figures + machine fingerprint) to OUTDIR/records.jsonl:
+#        Table 6's s/iteration: FixMatch, AGMM, SeSAM (Flax SAM and torch bridge), DeepLabV3+-R101
+#          batch 4 crop 1024 bf16, from the weak-aug crop and from the full image;
 #        Flax vs PyTorch SegFormer-B0 train step, fp32 and bf16, batch 8, crops 512 and 1024;
 #        SeSAM step memory (XLA's analysis and the measured peak) and step seconds for
 #          DeepLabV3+-R101 crop 1024 batch 4 and SegFormer-B0 crop 1024 batch 8;
@@ -196,6 +198,9 @@ if [[ "$MODE" == gpu ]]; then
   IT_ARGS=(--dataset synthetic --image-size 512 1024 --crop 512 --batch 8
            --iterations 4 --warmup 2 --device cuda --backend jax-random:vit_b,random:vit_b)
   IT_LIMIT=200
+  IT6_ARGS=(--dataset synthetic --iterations 4 --warmup 2 --device cuda
+            --backend jax-random:vit_b,random:vit_b)
+  IT6_LIMIT=240
 else
   # Small settings, one case each: the path is exercised, the figures mean little here.
   export JAX_PLATFORMS=cpu
@@ -218,9 +223,21 @@ else
   IT_ARGS=(--dataset synthetic --image-size 96 128 --model segformer_tiny
            --crop 64 --batch 2 --iterations 2 --warmup 1 --backend jax-random:tiny)
   IT_LIMIT=120
+  IT6_ARGS=(--dataset synthetic --image-size 64 128 --model deeplabv3plus_tiny --crop 64
+            --batch 2 --dtype float32 --iterations 1 --warmup 1 --backend jax-random:tiny)
+  IT6_LIMIT=150
 fi
 
 # --- Benchmarks on generated data, the scarcest figures first -----------------------------------
+# The paper's Table 6 first: FixMatch, AGMM and SeSAM s/iteration side by side at its setting
+# (DeepLabV3+-R101, batch 4, crop 1024, bf16, strict refreshes every M = 4 steps, K = 5; SeSAM
+# with the Flax SAM in the trainer and with the torch bridge), from the weak-aug crop, then from
+# the full image.
+for view in weak_aug full; do
+  step "table6 iteration, view $view" "$IT6_LIMIT" "${BENCH[@]}" --what iteration \
+    --setting table6 --methods fixmatch,agmm,sesam --view "$view" "${IT6_ARGS[@]}" \
+    --record "$RECORDS"
+done
 # SAM ViT-B, random weights: the Flax SAM and torch's side by side (encoder images/s, decoder s
 # per prompt set and their ratios), fp32 then bf16, the Flax encoder once per attention
 # implementation (SAM_ATTENTION) in the same rounds.
