@@ -127,19 +127,19 @@ def cell_result(method: str, iteration: Mapping[str, Any], memory: Mapping[str, 
 def run_plans(plans: Sequence[BenchPlan], *, keep_going: bool = False,
               python: str = sys.executable) -> list[dict[str, Any]]:
   """Runs each cell's benchmarks, skipping cells with a result.json (`preflight.run_each`)."""
-  def run_one(plan: BenchPlan, log: Any) -> str | None:
+  def run_one(_: int, plan: BenchPlan, log: Any) -> dict[str, Any]:
     results = []
     for argv in plan.commands:
       code, result = preflight.run_sesam(argv, log, python)
       if code != 0 or not result or "error" in result:
-        return (f"{argv[3]} benchmark: exit code {code}; "
-                f"{result.get('error', 'see ' + log.name)}")
+        return {"error": f"{argv[3]} benchmark: exit code {code}; "
+                         f"{result.get('error', 'see ' + log.name)}"}
       results.append(result)
     try:
       result_lib.write(plan.workdir, cell_result(plan.cell.method, *results, plan.workdir))
     except (KeyError, StopIteration, ValueError) as e:
-      return f"its benchmarks gave no figure for {plan.cell.method} ({e!r})"
-    return None
+      return {"error": f"its benchmarks gave no figure for {plan.cell.method} ({e!r})"}
+    return {}
   return preflight.run_each(
       plans, finished=lambda p: Layout.of(p.workdir).result.is_file(), run_one=run_one,
       keep_going=keep_going)

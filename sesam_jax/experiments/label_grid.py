@@ -124,12 +124,12 @@ def read_result(workdir: str | os.PathLike) -> dict | None:
 def run_plans(plans: Sequence[LabelPlan], *, keep_going: bool = False,
               python: str = sys.executable) -> list[dict[str, Any]]:
   """Runs the commands one after another, skipping finished cells (`preflight.run_each`)."""
-  def run_one(plan: LabelPlan, log: Any) -> str | None:
+  def run_one(_: int, plan: LabelPlan, log: Any) -> dict[str, Any]:
     code, result = preflight.run_sesam(plan.argv, log, python)
     if code != 0 or "error" in result or not result:
-      return f"exit code {code}; {result.get('error', 'see ' + log.name)}"
+      return {"error": f"exit code {code}; {result.get('error', 'see ' + log.name)}"}
     report.write_json(os.path.join(plan.workdir, RESULT), result)
-    return None
+    return {}
   return preflight.run_each(plans, finished=lambda p: read_result(p.workdir) is not None,
                             run_one=run_one, keep_going=keep_going)
 

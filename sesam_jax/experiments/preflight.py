@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -99,19 +100,21 @@ def run_or_print(plans: Sequence[Any], out: dict[str, Any], lacking: Sequence[st
 
 
 def run_each(plans: Sequence[Any], *, finished: Callable[[Any], bool],
-             run_one: Callable[[Any, Any], str | None],
-             keep_going: bool = False) -> list[dict[str, Any]]:
-  """Runs the cells one after another, skipping finished ones (the loop of label-level and
-  bench-backed tables; training cells resume from checkpoints: `sweep.run_plans`).
+             run_one: Callable[[int, Any, Any], dict[str, Any]], keep_going: bool = False,
+             again: str = "finished cells are skipped") -> list[dict[str, Any]]:
+  """Runs the cells one after another, skipping finished ones: the loop of every table kind.
 
   Args:
     plans: the cells, each with `workdir` and `command`.
     finished: whether a cell finished before (skipped).
-    run_one: runs one cell with its open `reproduce.log`; returns None, or why it failed.
+    run_one: runs cell i (1-based) with its open `reproduce.log`; returns the fields of its
+      record, with "error" (why it failed) when it failed. May raise `report.Stopped`.
     keep_going: run the other cells after a failed one.
+    again: what running the same command again does, for the failure message.
 
   Returns:
-    Per plan: {"workdir", "status": "skipped" | "ran" | "failed" | "not run"}.
+    Per plan: {"workdir", "status": "skipped" | "ran" | "failed" | "not run", and run_one's
+    fields}.
 
   Raises:
     ValueError: a cell failed (each named with its reason), after the others ran or not.
@@ -129,17 +132,18 @@ def run_each(plans: Sequence[Any], *, finished: Callable[[Any], bool],
     log_path = str(Layout.of(plan.workdir).reproduce_log)
     report.log(f"[{i}/{len(plans)}] running (output in {log_path}): {plan.command}")
     with open(log_path, "a") as log:
-      log.write(f"# {plan.command}\n")
+      # `Run.command` reads the command back from this header.
+      log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {plan.command}\n")
       log.flush()
-      error = run_one(plan, log)
+      fields = run_one(i, plan, log)
+    error = fields.pop("error", None)
     if error is not None:
       failures.append(f"{plan.workdir} ({error})")
-      out.append({"workdir": plan.workdir, "status": "failed"})
-      continue
-    out.append({"workdir": plan.workdir, "status": "ran"})
+    out.append({"workdir": plan.workdir, "status": "ran" if error is None else "failed",
+                **fields})
   if failures:
     raise ValueError(f"{len(failures)} cell(s) failed: " + "; ".join(failures) + ". Fix the "
-                     "cause and run the same command again (finished cells are skipped).")
+                     f"cause and run the same command again ({again}).")
   return out
 
 

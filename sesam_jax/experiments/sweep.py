@@ -31,7 +31,6 @@ from sesam_jax.experiments import weights as weights_lib
 from sesam_jax.experiments.preflight import (DATA_DIR_PLACEHOLDER, INIT_PLACEHOLDER,
                                              SAM_CHECKPOINT_PLACEHOLDER, missing_inputs)
 from sesam_jax.run import result as result_lib, runs as runs_lib
-from sesam_jax.run.layout import Layout
 from sesam_jax.sam import resolver
 from sesam_jax.methods import METHODS, get_method
 
@@ -215,44 +214,26 @@ def run_plans(plans: Sequence[Plan], *, keep_going: bool = False,
   if pending:
     raise ValueError(f"the commands still hold placeholders ({', '.join(pending)}); give "
                      "--sam-checkpoint (SAM weights) and --data-dir DATASET=DIR, then run again.")
-  out, failures = [], []
-  for i, plan in enumerate(plans, 1):
-    name = plan.workdir
-    done = runs_lib.finished_step(plan.workdir, plan.num_steps)
-    if done is not None:
-      report.log(f"[{i}/{len(plans)}] finished before (step {done}): {name}")
-      out.append({"workdir": plan.workdir, "status": "skipped"})
-      continue
-    if failures and not keep_going:
-      out.append({"workdir": plan.workdir, "status": "not run"})
-      continue
-    os.makedirs(plan.workdir, exist_ok=True)
-    log_path = str(Layout.of(plan.workdir).reproduce_log)
-    report.log(f"[{i}/{len(plans)}] running (output in {log_path}): {plan.command}")
+
+  def run_one(i: int, plan: Plan, log: Any) -> dict[str, Any]:
     start = time.time()
-    with open(log_path, "a") as log:
-      log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {plan.command}\n")
-      log.flush()
-      code = _train(python, plan.argv[1:], log)
+    code = _train(python, plan.argv[1:], log)
     seconds = round(time.time() - start, 1)
     if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):  # Stopped with a checkpoint.
       raise report.Stopped(f"stopped in cell {i}/{len(plans)} ({plan.workdir}); run the same "
                            "command to resume", code)
     if code != 0 or runs_lib.finished_step(plan.workdir, plan.num_steps) is None:
-      failures.append(f"{plan.workdir} (exit code {code}; {_last_line(log_path)})")
-      report.log(f"[{i}/{len(plans)}] failed after {seconds} s: see {log_path}")
-      out.append({"workdir": plan.workdir, "status": "failed", "seconds": seconds})
-      continue
+      report.log(f"[{i}/{len(plans)}] failed after {seconds} s: see {log.name}")
+      log.flush()
+      return {"error": f"exit code {code}; {_last_line(log.name)}", "seconds": seconds}
     result = result_lib.read(plan.workdir)
     report.log(f"[{i}/{len(plans)}] finished in {seconds} s: val mIoU "
                f"{result.get('val_miou', float('nan')):.4f}")
-    out.append({"workdir": plan.workdir, "status": "ran", "seconds": seconds,
-                "val_miou": result.get("val_miou")})
-  if failures:
-    raise ValueError(f"{len(failures)} cell(s) failed: " + "; ".join(failures) +
-                     ". Fix the cause and run the same command again (finished cells are "
-                     "skipped, interrupted ones resume).")
-  return out
+    return {"seconds": seconds, "val_miou": result.get("val_miou")}
+  return preflight.run_each(
+      plans, finished=lambda p: runs_lib.finished_step(p.workdir, p.num_steps) is not None,
+      run_one=run_one, keep_going=keep_going,
+      again="finished cells are skipped, interrupted ones resume")
 
 
 def _train(python: str, args: Sequence[str], log: Any) -> int:
