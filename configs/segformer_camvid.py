@@ -18,8 +18,10 @@ init, while other jobs shared the CPU; docs/experiments.md, "CamVid training (CP
   lr 5e-4); the tiny DeepLabV3+ 0.282 in 3000 steps (204 s) and 0.374 in 8000 (605 s);
   `deeplabv3plus_small` (0.4 M) 0.338 in 3000 steps (509 s);
 - lr 1e-3 with no 10x head multiplier (from scratch; 1e-4 learned 2-3x slower in 300 steps);
-- 6000 steps, batch 8, crop 112 at half resolution: supervised in about 5 minutes, SeSAM (a
-  teacher forward and SAM refreshes on top) within the 15-minute budget;
+- 6000 steps, batch 8, crop 112 at half resolution: supervised in about 5 minutes (0.335 on
+  fine labels); SeSAM pays a teacher forward and the prior's refreshes on top, 0.137 s a step
+  against 0.046, and its first superpixel cell took 18.5 minutes with the pre-warm (280 s,
+  cached for the next cells): over the 15-minute goal by a few minutes;
 - `sam.view=full`: the SAM-free priors segment an image once (cached) and answer refreshes
   from it, where the crop's view would re-segment every crop (45 ms per crop with superpixels,
   1.5 s per full image once); the cache (`sam.cache_dir`) is shared by the grid's cells.
