@@ -26,7 +26,8 @@ init, while other jobs shared the CPU; docs/experiments.md, "CamVid training (CP
   from it, where the crop's view would re-segment every crop (45 ms per crop with superpixels,
   1.5 s per full image once); the cache (`sam.cache_dir`) is shared by the grid's cells.
 
-`runlocal` shrinks the CPU protocol further, to a smoke run of about 2 minutes:
+`runlocal` shrinks the CPU protocol further, to a smoke run (50 steps, crop 96; 204 s and val
+mIoU 0.126 measured while two trainings shared the CPU):
 
   sesam train --config=configs/segformer_camvid.py:weak=fine,cpu --workdir=workdirs/camvid_cpu
   sesam train --config=configs/segformer_camvid.py:weak=fine,runlocal --workdir=workdirs/camvid_rl
