@@ -43,8 +43,8 @@ from sesam_jax.run.layout import BENCH_RECORDS, RESULT, Layout
 SETTINGS = {"table6": "table6"}
 # The table whose training runs give a bench-backed table its mIoU column.
 MIOU_FROM = {"table6": "table2"}
-# Table 6's rows: (method, the paper's row label).
-ROWS = (("fixmatch", "Fixmatch"), ("agmm", "AGMM"), ("sesam", "Ours"))
+# Table 6's rows: (method, the paper's row label), as the grid lists them.
+ROWS = tuple((v.method, v.rows[0]) for v in grid.TABLES["table6"].variants)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,8 +170,7 @@ def reproduce(cells: Sequence[grid.Cell], table: grid.Table, *, root: str,
   report.log(f"{len(plans)} bench cells under {table_root}")
   for note in notes:
     report.log(f"note: {note}")
-  lacking = [f"data folder of {d} ({p}: no such folder; --data-dir {d}=DIR)"
-             for d, p in data_dirs.items() if not os.path.isdir(p)]
+  lacking = preflight.missing_data_dirs(data_dirs)
   out: dict[str, Any] = {
       "table": table.name, "commands": [p.command for p in plans],
       "workdirs": [p.workdir for p in plans],

@@ -21,8 +21,8 @@ cannot run (DeepLabV2, prior methods other than the baselines and AGMM*) is name
                                                                mIoU from Table 2's runs
   fig4    SegFormer on Cityscapes                              {points, scribbles, coarse} x SeSAM
                                                                + fine, at 100/500/1500/all images
-  camvid  SegFormer on CamVid, the CPU protocol (not a paper   {points, scribbles, coarse} x
-          table: issue 25's evidence that SeSAM learns)        baselines, SeSAM with superpixel /
+  camvid  CamVid, the CPU protocol's deeplabv3plus_tiny (not  {points, scribbles, coarse} x
+          a paper table: issue 25's evidence that SeSAM learns) baselines, SeSAM with superpixel /
                                                                oracle prior, AGMM* + fine (26 runs)
 """
 

@@ -56,13 +56,16 @@ def missing_inputs(plans: Sequence[Any], *, sam_backend: str, sam_checkpoint: st
                               "checkpoint": "--sam-checkpoint"})
     except (ValueError, FileNotFoundError, report.UserError) as e:
       missing.append(f"SAM backend {backend} ({e})")
-  for dataset, path in data_dirs.items():
-    if not os.path.isdir(path):
-      missing.append(f"data folder of {dataset} ({path}: no such folder; --data-dir "
-                     f"{dataset}=DIR)")
+  missing += missing_data_dirs(data_dirs)
   used = {(p.cell.dataset, p.cell.weak) for p in plans}
   missing += [c.missing for key, c in labels.items() if c.missing and key in used]
   return list(dict.fromkeys(missing))
+
+
+def missing_data_dirs(data_dirs: Mapping[str, str]) -> list[str]:
+  """The `--data-dir DATASET=DIR` folders that do not exist, one item each."""
+  return [f"data folder of {dataset} ({path}: no such folder; --data-dir {dataset}=DIR)"
+          for dataset, path in data_dirs.items() if not os.path.isdir(path)]
 
 
 def run_or_print(plans: Sequence[Any], out: dict[str, Any], lacking: Sequence[str], *, run: bool,
