@@ -89,8 +89,8 @@ def base_config() -> ml_collections.ConfigDict:
                                     # the others at exit, seconds
   c.model = "segformer_b0"          # name for sesam_jax.models.create_model
   c.dtype = "float32"               # compute dtype of the student: float32 | bfloat16
-  c.attention = "auto"              # SegFormer's attention: auto (chunked on CPU; on GPU cudnn
-                                    # in bf16, dot_product in fp32; dot_product on TPU) |
+  c.attention = "auto"              # SegFormer's attention: auto (chunked on CPU, dot_product
+                                    # on GPU and TPU; cudnn opt-in until measured on a GPU) |
                                     # chunked | full | dot_product | cudnn
   c.init = ""                       # `sesam convert` output laid over the fresh student before
                                     # the EMA copy (ImageNet weights); "" = random init.

@@ -89,8 +89,8 @@ class JaxSamBackend:
     attention: the encoder's attention implementation (`sesam_jax.models.attention`:
       chunked, full, dot_product, cudnn), or "auto", resolved here once for the devices'
       platform and `dtype`: chunked on CPU (one head's 4 x 64 x 4096 global logits at a time
-      stay in cache: ViT-B's global blocks run ~1.4x faster than torch's), cudnn (bf16) or
-      dot_product (fp32) on GPU, dot_product on TPU.
+      stay in cache: ViT-B's global blocks run ~1.4x faster than torch's), dot_product on GPU
+      and TPU (cudnn is opt-in until a GPU has measured it).
     query_rows: global-attention query rows per chunk of "chunked" (see sam._attend_grid).
   """
 
