@@ -23,8 +23,9 @@ init, while other jobs shared the CPU; docs/experiments.md, "CamVid training (CP
   against 0.046, and its first superpixel cell took 18.5 minutes with the pre-warm (280 s,
   cached for the next cells): over the 15-minute goal by a few minutes;
 - `sam.view=full`: the SAM-free priors segment an image once (cached) and answer refreshes
-  from it, where the crop's view would re-segment every crop (45 ms per crop with superpixels,
-  1.5 s per full image once); the cache (`sam.cache_dir`) is shared by the grid's cells.
+  from it, where the crop's view would re-segment every crop it refreshes (the superpixel
+  pre-warm segments the 367 full images in 280 s, once); the cache (`sam.cache_dir`) is shared
+  by the grid's cells.
 
 `runlocal` shrinks the CPU protocol further, to a smoke run (50 steps, crop 96; 204 s and val
 mIoU 0.126 measured while two trainings shared the CPU):
