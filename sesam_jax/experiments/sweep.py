@@ -21,6 +21,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -241,10 +242,13 @@ def _train(python: str, args: Sequence[str], log: Any) -> int:
 
   Ctrl-C reaches the child from the terminal too: it checkpoints at its next step boundary and
   exits 130, which the sweep waits for (SIGTERM is forwarded in case the child did not get the
-  Ctrl-C itself). A second Ctrl-C stops both at once.
+  Ctrl-C itself). A second Ctrl-C stops both at once. A SIGTERM sent to the sweep alone (`kill`,
+  a batch scheduler) is forwarded to the child, which checkpoints and exits 143.
   """
   child = subprocess.Popen([python, "-m", "sesam_jax.main", *args], stdout=log,
                            stderr=subprocess.STDOUT)
+  forward = lambda signum, frame: child.send_signal(signal.SIGTERM)
+  previous = _set_handler(signal.SIGTERM, forward)
   try:
     return child.wait()
   except KeyboardInterrupt:
@@ -255,6 +259,15 @@ def _train(python: str, args: Sequence[str], log: Any) -> int:
       child.kill()
       child.wait()
       raise
+  finally:
+    _set_handler(signal.SIGTERM, previous)
+
+
+def _set_handler(signum: int, handler: Any) -> Any:
+  """`signal.signal`, a no-op (returning None) outside the main thread or for a None handler."""
+  if handler is None or threading.current_thread() is not threading.main_thread():
+    return None
+  return signal.signal(signum, handler)
 
 
 def _last_line(path: str) -> str:
