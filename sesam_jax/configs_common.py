@@ -173,6 +173,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.sam.decoder_dtype = "auto"      # SAM prompt decoder dtype: auto (bf16 where native: CUDA,
                                     # TPU, AVX512-BF16/AMX CPUs; else fp32) | float32 | bfloat16 |
                                     # "" (= sam.dtype)
+  c.sam.attention = "auto"          # the Flax SAM encoder's attention (jax backends; as the
+                                    # student's `attention`: auto = chunked on CPU, dot_product
+                                    # on GPU/TPU | chunked | full | dot_product | cudnn)
   c.sam.refresh_every = 4           # M: SAM labels are refreshed every M steps
   c.sam.refresh = "strict"          # strict (the paper): at each step t % M == 0 the whole
                                     # batch gets fresh SAM labels and the step waits for them |

@@ -29,7 +29,8 @@ from sam_bridge.backends.transformers_sam import RANDOM_VARIANTS, TransformersSa
 
 RUNS_ON = ("torch", "jax", "numpy")
 WEIGHTS = ("checkpoint", "random", "")
-OPTIONS = ("device", "dtype", "decoder_dtype")
+OPTIONS = ("device", "dtype", "decoder_dtype", "attention")  # every setting a kind may take
+TORCH_OPTIONS = ("device", "dtype", "decoder_dtype")  # torch SAMs keep their own attention
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +47,8 @@ class BackendKind:
       "random" (random weights of a variant named after ':') or "" (no weights).
     build: (the spec's part after ':', **backend keywords) -> Backend.
     variants: the variants of a "random" kind; the first is the default.
-    options: the SAM settings the kind takes as keywords (device, dtype, decoder_dtype).
+    options: the SAM settings the kind takes as keywords (device, dtype, decoder_dtype,
+      attention).
     note: what it is, said in every report, where it is not SAM with its own weights.
   """
   name: str
@@ -79,10 +81,11 @@ KINDS: dict[str, BackendKind] = {k.name: k for k in (
     BackendKind("superpixel", "superpixel", "numpy", "", lambda _, **kw: SuperpixelBackend(**kw),
                 note="SAM-free prior: superpixels, no SAM"),
     BackendKind("random", "random:VARIANT", "torch", "random", _random_torch_sam,
-                variants=tuple(RANDOM_VARIANTS), options=OPTIONS,
+                variants=tuple(RANDOM_VARIANTS), options=TORCH_OPTIONS,
                 note="random weights: for timing and tests only"),
     BackendKind("transformers", "transformers:PATH (a transformers SAM folder or sam_vit_*.pth)",
-                "torch", "checkpoint", TransformersSamBackend.from_path, options=OPTIONS),
+                "torch", "checkpoint", TransformersSamBackend.from_path,
+                options=TORCH_OPTIONS),
     BackendKind("segment_anything", "segment_anything:PATH (sam_vit_*.pth; needs torchvision)",
                 "torch", "checkpoint", OfficialSamBackend, options=("device", "dtype")),
 )}

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import argparse
 
-from sesam_jax.sam import jax_backend, resolver
+from sesam_jax.sam import resolver
 
 
 def make_backend(spec: str, args: argparse.Namespace, attention: str | None = None):
   """The backend `spec` names, built in this process through the resolver (the torch side or
   the Flax SAM for jax:/jax-random: specs); no --decoder-dtype = the compute dtype.
   `attention` (jax specs): the Flax encoder's attention implementation (None: "auto")."""
-  resolved = resolver.resolve(spec, device=args.device, dtype=args.dtype,
-                              decoder_dtype=args.decoder_dtype or "")
-  if attention is None:
-    return resolved.build()
-  return jax_backend.create_jax_backend(spec, attention=attention, **resolved.kwargs)
+  return resolver.resolve(spec, device=args.device, dtype=args.dtype,
+                          decoder_dtype=args.decoder_dtype or "",
+                          attention=attention or "auto").build()

@@ -323,9 +323,9 @@ KINDS: dict[str, BackendKind] = {k.name: k for k in (
     BackendKind("jax", "jax:PATH (a `sesam convert --format sam` .msgpack, a transformers SAM "
                 "folder or .safetensors)", "jax", "checkpoint",
                 lambda path, **kw: create_jax_backend(f"jax:{path}", **kw),
-                options=("dtype", "decoder_dtype")),
+                options=("dtype", "decoder_dtype", "attention")),
     BackendKind("jax-random", "jax-random:VARIANT", "jax", "random",
                 lambda variant, **kw: create_jax_backend(f"jax-random:{variant}", **kw),
-                variants=tuple(sam.SAM_VARIANTS), options=("dtype", "decoder_dtype"),
+                variants=tuple(sam.SAM_VARIANTS), options=("dtype", "decoder_dtype", "attention"),
                 note="random weights: for timing and tests only"),
 )}

@@ -41,6 +41,7 @@ from sam_bridge.backends import BackendKind
 from sam_bridge.local_service import LocalRefineService
 from sam_bridge.refine_config import RefineConfig
 from sam_bridge.service import RefineService
+from sesam_jax.models import attention as attention_lib
 from sesam_jax.sam import jax_backend
 
 # sesam_jax's table of backend kinds: sam_bridge's (PyTorch SAM, oracle, superpixel) and the
@@ -50,9 +51,10 @@ BACKENDS: dict[str, BackendKind] = {**backends.KINDS, **jax_backend.KINDS}
 # How each command names the settings, for the fix hints of errors.
 TRAIN_FLAGS = {"backend": "--config.sam.backend", "checkpoint": "--config.sam.checkpoint",
                "device": "--config.sam.device", "dtype": "--config.sam.dtype",
-               "decoder_dtype": "--config.sam.decoder_dtype"}
+               "decoder_dtype": "--config.sam.decoder_dtype",
+               "attention": "--config.sam.attention"}
 CLI_FLAGS = {"backend": "--backend", "checkpoint": "--checkpoint", "device": "--device",
-             "dtype": "--dtype", "decoder_dtype": "--decoder-dtype"}
+             "dtype": "--dtype", "decoder_dtype": "--decoder-dtype", "attention": "--attention"}
 
 
 def needs_weights(backend: str) -> bool:
@@ -147,8 +149,8 @@ class SamBackend:
 
 
 def resolve(backend: str, checkpoint: str = "", *, device: str = "cpu", dtype: str = "float32",
-            decoder_dtype: str = "auto", flags: Mapping[str, str] = CLI_FLAGS,
-            what: str = "this run") -> SamBackend:
+            decoder_dtype: str = "auto", attention: str = "auto",
+            flags: Mapping[str, str] = CLI_FLAGS, what: str = "this run") -> SamBackend:
   """Checks SAM settings and says how to run them.
 
   Args:
@@ -158,6 +160,8 @@ def resolve(backend: str, checkpoint: str = "", *, device: str = "cpu", dtype: s
     device: torch device of PyTorch backends ("cpu", "cuda", "cuda:1").
     dtype: SAM compute dtype (float32 | bfloat16).
     decoder_dtype: prompt-decoder dtype: "auto", "" (= dtype), float32 or bfloat16.
+    attention: the Flax SAM encoder's attention (`sesam_jax.models.attention.CHOICES`; "auto"
+      is resolved where the encoder is built); PyTorch backends keep their own.
     flags: how the calling command names these settings (for error messages).
     what: who needs SAM, for the message when `backend` is "" (e.g. "method=sesam").
 
@@ -181,6 +185,9 @@ def resolve(backend: str, checkpoint: str = "", *, device: str = "cpu", dtype: s
     if value not in ("float32", "bfloat16") + (("auto", "") if name == "decoder_dtype" else ()):
       raise ValueError(f"{flags[name]}={value!r}: choose float32 or bfloat16"
                        f"{' (or auto)' if name == 'decoder_dtype' else ''}.")
+  if attention not in attention_lib.CHOICES:
+    raise ValueError(f"{flags['attention']}={attention!r}: choose one of "
+                     f"{', '.join(attention_lib.CHOICES)}.")
   if row.weights == "checkpoint":
     path = arg or checkpoint
     if not path:
@@ -206,6 +213,8 @@ def resolve(backend: str, checkpoint: str = "", *, device: str = "cpu", dtype: s
     kwargs["device"] = device
   if "dtype" in row.options:
     kwargs["dtype"] = dtype
+  if "attention" in row.options:
+    kwargs["attention"] = attention
   note = ""
   if "decoder_dtype" in row.options:
     if decoder_dtype == "auto" and row.runs_on == "jax" and _jax_platform() == "cpu":
@@ -309,7 +318,8 @@ def from_config(sam: Any, what: str = "this run") -> SamBackend:
   if sam.backend:
     device, where = auto_device(sam.device, sam.backend)
   backend = resolve(sam.backend, sam.checkpoint, device=device, dtype=sam.dtype,
-                    decoder_dtype=sam.decoder_dtype, flags=TRAIN_FLAGS, what=what)
+                    decoder_dtype=sam.decoder_dtype, attention=sam.get("attention", "auto"),
+                    flags=TRAIN_FLAGS, what=what)
   return dataclasses.replace(backend, where=where)
 
 

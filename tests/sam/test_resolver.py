@@ -27,7 +27,20 @@ def test_specs_resolve_to_a_worker_or_an_in_process_backend(tmp_path):
   tr = resolver.resolve("transformers", str(weights), decoder_dtype="")
   assert tr.spec == f"transformers:{weights}" and "decoder_dtype" not in tr.kwargs
   jx = resolver.resolve("jax-random:tiny", decoder_dtype="bfloat16")
-  assert jx.in_process and jx.kwargs == {"dtype": "float32", "decoder_dtype": "bfloat16"}
+  assert jx.in_process and jx.kwargs == {"dtype": "float32", "decoder_dtype": "bfloat16",
+                                         "attention": "auto"}
+
+
+def test_the_config_names_the_flax_sam_encoders_attention():
+  """`--config.sam.attention` reaches the Flax SAM (resolved for this platform there); the
+  PyTorch backends keep their own attention and take no such keyword."""
+  config = configs_common.base_config()
+  config.sam.backend, config.sam.attention = "jax-random:tiny", "full"
+  backend = resolver.from_config(config.sam)
+  assert backend.kwargs["attention"] == "full" and backend.build().attention == "full"
+  config.sam.attention = "auto"
+  assert resolver.from_config(config.sam).build().attention == "chunked"  # This CPU.
+  assert "attention" not in resolver.resolve("random:tiny", attention="full").kwargs
 
 
 def test_bad_settings_name_the_flag_of_the_command():
@@ -41,6 +54,8 @@ def test_bad_settings_name_the_flag_of_the_command():
     resolver.resolve("sam9")
   with pytest.raises(ValueError, match="--config.sam.decoder_dtype='fp8'"):
     resolver.resolve("random:tiny", decoder_dtype="fp8", flags=resolver.TRAIN_FLAGS)
+  with pytest.raises(ValueError, match="--config.sam.attention='flash': choose one of chunked"):
+    resolver.resolve("jax-random:tiny", attention="flash", flags=resolver.TRAIN_FLAGS)
 
 
 def test_auto_decoder_dtype_follows_native_bf16(monkeypatch):
