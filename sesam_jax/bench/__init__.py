@@ -24,6 +24,7 @@ TARGETS: dict[str, str] = {
     "memory": "sesam_jax.bench.memory",
     "bank": "sesam_jax.bench.bank",
     "sam_view": "sesam_jax.bench.sam_view",
+    "sam_agreement": "sesam_jax.bench.sam_agreement",
 }
 # name -> one line for `sesam bench --help` (no target is imported to list them).
 DESCRIPTIONS: dict[str, str] = {
@@ -36,6 +37,7 @@ DESCRIPTIONS: dict[str, str] = {
     "memory": "SeSAM step memory per device from XLA's compiled memory analysis (+ GPU peak)",
     "bank": "SAM label bank and caches at Cityscapes scale: bytes per image, peak RSS",
     "sam_view": "SAM refreshes of the weak-aug crop vs the full image: agreement, seconds",
+    "sam_agreement": "Flax SAM refinement, bf16 vs fp32 encoder: shared label pixels, precision",
 }
 
 
