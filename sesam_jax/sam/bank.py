@@ -19,7 +19,8 @@ confident pseudo-labels (>= theta2) mapped back to full resolution (the
      into its crop with the example's recorded scale/crop/flip, and its age in
      steps is counted; examples never refined yet get none (255, "missing").
   5. `update_extension(batch, confident)`: the teacher's confident crop-space
-     pseudo-labels replace the extension inside the crop window.
+     pseudo-labels replace the extension inside the crop window (the feed's, on a background
+     thread while the next step runs: a request reading an image's extension waits for it).
 
 With `confidence` (sam.sampling=confidence, the paper's baseline) the teacher's
 confidence rides with each request: with `view="weak_aug"` the confidence on the
@@ -40,7 +41,6 @@ surface through its service (SamServiceError), or come back as the weak label wi
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import dataclasses
 import os
 import queue
@@ -54,7 +54,7 @@ from sam_bridge.api import RefineRequest
 from sesam_jax import report
 from sesam_jax.data import augment
 from sesam_jax.data.base import IGNORE_INDEX
-from sesam_jax.sam import label_store
+from sesam_jax.sam import bank_work, label_store
 from sesam_jax.sam.refresh import RefreshCounter
 
 # The step a pre-warm request carries (before step 0; seeds its prompts apart from every refresh).
@@ -114,8 +114,8 @@ class SamLabelBank:
     self.refreshes = RefreshCounter(cfg.refresh, cfg.refresh_every, cfg.wait_s, cfg.device)
     self.stats: collections.Counter = collections.Counter()
     self.bridge_seconds: collections.Counter = collections.Counter()  # encode/decode/geometry
-    self._threads = min(8, os.cpu_count() or 1)  # Per-example host work of a step, side by side.
-    self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+    self._pool = bank_work.ExamplePool(min(8, os.cpu_count() or 1))  # A step's examples.
+    self._writer = bank_work.KeyedWriter()  # Extensions written while the next step runs.
 
   # --- requests ---------------------------------------------------------
 
@@ -148,6 +148,7 @@ class SamLabelBank:
     """
     index = int(batch["index"][p])
     example_id = self.source.ids[index]
+    self._writer.wait([index])  # Its extension (and confidence) as the last step left them.
     if full:
       example = self.source[index]
       if example is None:  # Unreadable, skipped (`data.base.SkipUnreadable`).
@@ -337,17 +338,8 @@ class SamLabelBank:
     return self.stats["received"] - received
 
   def _each(self, fn: Callable[[Any], None], items: list) -> None:
-    """`fn` over `items` on the bank's threads: unpacking, packing (zlib) and resampling
-    (numpy, PIL) release the GIL, so a step's examples are handled side by side."""
-    if len(items) <= 1 or self._threads <= 1:
-      for item in items:
-        fn(item)
-      return
-    if self._pool is None:
-      self._pool = concurrent.futures.ThreadPoolExecutor(self._threads,
-                                                         thread_name_prefix="sam-bank")
-    for _ in self._pool.map(fn, items):  # Re-raises a worker's exception here.
-      pass
+    """`fn` over `items` on the bank's threads (`bank_work.ExamplePool`)."""
+    self._pool.each(fn, items)
 
   def batch_labels(self, batch: Mapping[str, np.ndarray], step: int | None = None) -> np.ndarray:
     """BxCxC uint8 SAM labels for the batch's crops (255 where none).
@@ -381,39 +373,44 @@ class SamLabelBank:
     return out
 
   def update_extension(self, batch: Mapping[str, np.ndarray], confident: np.ndarray,
-                       confidence: np.ndarray | None = None) -> None:
+                       confidence: np.ndarray | None = None, *, background: bool = False) -> None:
     """Records the teacher's confident pseudo-labels (BxCxC uint8, 255 = not confident) and,
-    given, its BxCxC uint8 confidence (kept per image for view=full confidence sampling)."""
-    positions: dict[int, list[int]] = collections.defaultdict(list)
-    for p in range(len(batch["index"])):
-      positions[int(batch["index"][p])].append(p)  # An image twice in a batch: one task.
+    given, its BxCxC uint8 confidence (kept per image for view=full confidence sampling).
 
-    def paste(store: label_store.PackedLabels, index: int, crops: np.ndarray, fill: int) -> None:
-      full = store.get(index)  # A fresh array (unpacked), updated in place.
-      if full is None:
-        full = np.full(self._full_hw(index), fill, np.uint8)
-      for p in positions[index]:
-        geom = augment.Geometry.from_array(batch["aug"][p])
-        augment.paste_crop(full, np.asarray(crops[p], np.uint8), geom)
-      store[index] = full
+    With `background` the maps are written on the bank's writer thread and this returns at
+    once; whatever reads an image's extension later (a request, `get_state`) waits for its
+    writes first, so it sees what a synchronous call would have left.
+    """
+    positions = bank_work.positions_by_index(batch["index"])
+    aug = np.array(batch["aug"], np.float32)  # Its own copy: the writer may run after the step.
+    hw = {index: self._full_hw(index) for index in positions}  # The source, read here only.
 
     def update(index: int) -> None:
-      paste(self.extension, index, confident, IGNORE_INDEX)
+      bank_work.paste_crops(self.extension, index, positions[index], aug, confident, IGNORE_INDEX,
+                            hw[index])
       if confidence is not None:
-        paste(self.confidence, index, confidence, 0)
+        bank_work.paste_crops(self.confidence, index, positions[index], aug, confidence, 0,
+                              hw[index])
 
-    self._each(update, list(positions))
+    if background:  # One image after another on the writer's thread, leaving the pool free.
+      self._writer.submit(lambda: [update(index) for index in positions], positions)
+    else:
+      self._writer.wait(positions)  # Earlier background writes to these images come first.
+      self._each(update, list(positions))
 
   def close(self) -> None:
-    """Stops the bank's threads (the service is closed by its owner)."""
-    if self._pool is not None:
-      self._pool.shutdown()
-      self._pool = None
+    """Finishes the extensions' writes and stops the bank's threads (the service is closed by
+    its owner)."""
+    try:
+      self._writer.close()
+    finally:
+      self._pool.close()
 
   # --- persistence (the checkpoint's `sam_bank` item) ---------------------
 
   def get_state(self) -> bytes:
     """The bank (labels, extensions, counters): its packed maps as they are, one buffer."""
+    self._writer.wait()
     return label_store.to_bytes(
         {"label": self.labels, "ext": self.extension, "conf": self.confidence},
         {"stats": dict(self.stats), "label_step": {str(i): s for i, s in self.label_step.items()},
@@ -426,6 +423,7 @@ class SamLabelBank:
     checkpoint could run code: the bank starts empty, says so in one line, and fills again as
     training refreshes its images (and the pre-warm, when it runs, refines them all up front).
     """
+    self._writer.wait()
     if not label_store.is_packed_buffer(data):
       report.log("this checkpoint's SAM bank was written by an older version of sesam-jax "
                  "(pickled, so it is not read): resuming with an empty bank, which SAM "

@@ -13,8 +13,9 @@
     refreshes are counted (`settle`) and each example's SAM label is brought into
     its crop (`batch["sam"]`), its age counted;
   - the teacher's confident labels of step t (the step's `aux["confident"]`) extend
-    the weak labels once step t+1 is dispatched, never stalling the device (with
-    sam.view=full and confidence sampling, its confidence is kept per image too);
+    the weak labels once step t+1 is dispatched, never stalling the device, on the bank's
+    writer thread (with sam.view=full and confidence sampling, its confidence is kept per
+    image too);
   - the bank is saved with the train state (checkpoint item `sam_bank`).
 All of this runs in `Feed.after_dispatch`, while the device computes (a strict wait
 included: the next batch's labels are waited for while the current step runs).
@@ -79,7 +80,9 @@ class SamFeed(Feed):
       self._last = None
       cfg = self.bank.cfg
       keep = local_rows(aux["confidence"]) if cfg.confidence and cfg.view == "full" else None
-      self.bank.update_extension(batch, local_rows(aux["confident"]), confidence=keep)
+      # Written on the bank's thread while the next step runs (requests wait for their images).
+      self.bank.update_extension(batch, local_rows(aux["confident"]), confidence=keep,
+                                 background=True)
       if self._submit_after_step:  # The batch's refreshes, with the teacher's confidence.
         self.bank.submit(batch, step, confidence=local_rows(aux["confidence"]))
 

@@ -65,7 +65,8 @@ class PackedLabels(MutableMapping):
   @property
   def nbytes(self) -> int:
     """Compressed bytes held (the maps' pixels; Python's per-entry overhead excluded)."""
-    return sum(len(data) for data, _ in self._packed.values())
+    # A snapshot (one C call): the bank's writer thread may add maps meanwhile.
+    return sum(len(data) for data, _ in list(self._packed.values()))
 
 
 MAGIC = b"SESAMLB1"  # First bytes of a `to_bytes` buffer (earlier bank checkpoints: .npz).
