@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import threading
 from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any
 
@@ -36,7 +35,6 @@ class ExamplePool:
   def __init__(self, threads: int, name: str = "sam-bank") -> None:
     self.threads, self.name = int(threads), name
     self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-    self._lock = threading.Lock()  # The loop's thread and the writer's both use the pool.
 
   def each(self, fn: Callable[[Any], None], items: list) -> None:
     """Runs `fn` on every item and returns once all are done (re-raising a worker's error)."""
@@ -44,19 +42,16 @@ class ExamplePool:
       for item in items:
         fn(item)
       return
-    with self._lock:
-      if self._pool is None:
-        self._pool = concurrent.futures.ThreadPoolExecutor(self.threads,
-                                                           thread_name_prefix=self.name)
-      pool = self._pool
-    for _ in pool.map(fn, items):  # Re-raises a worker's exception here.
+    if self._pool is None:
+      self._pool = concurrent.futures.ThreadPoolExecutor(self.threads,
+                                                         thread_name_prefix=self.name)
+    for _ in self._pool.map(fn, items):  # Re-raises a worker's exception here.
       pass
 
   def close(self) -> None:
-    with self._lock:
-      if self._pool is not None:
-        self._pool.shutdown()
-        self._pool = None
+    if self._pool is not None:
+      self._pool.shutdown()
+      self._pool = None
 
 
 class KeyedWriter:
